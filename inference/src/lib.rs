@@ -1,0 +1,1 @@
+//! Backhaul inference server (filled in by the inference issue).

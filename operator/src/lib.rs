@@ -1,0 +1,1 @@
+//! Backhaul operator (filled in by the operator issue).

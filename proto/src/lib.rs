@@ -1,0 +1,1 @@
+//! Generated protobuf types (filled in by the inference issue).
