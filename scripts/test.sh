@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# make test: every test. Rust tests run against the real local control plane
+# (started here and stopped on exit, unless one was already running), the
+# Helm chart is linted, snapshot-checked and installed, and the Worker's suite
+# runs inside workerd.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$repo_root"
+
+cluster_was_running=0
+if tests/cluster/up.sh --status >/dev/null 2>&1; then cluster_was_running=1; fi
+cleanup() {
+  if [ "$cluster_was_running" = 0 ]; then tests/cluster/down.sh >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+
+# The control plane must come up: a test run without it is a failed run.
+kubeconfig_line=$(step "control plane" tests/cluster/up.sh | tail -n 1)
+eval "$kubeconfig_line"
+export KUBECONFIG
+
+failed=()
+step "rust tests" cargo test --workspace --locked || failed+=(rust)
+step "helm chart" charts/test-chart.sh || failed+=(chart)
+step "worker tests (workerd)" bash -c 'source scripts/node-env.sh && cd worker && npm test' || failed+=(worker)
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "make test: FAILED suites: ${failed[*]}" >&2
+  exit 1
+fi
+echo "make test: all suites passed" >&2
