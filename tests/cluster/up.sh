@@ -1,0 +1,317 @@
+#!/usr/bin/env bash
+# Starts the local Kubernetes control plane the tests run against, on
+# 127.0.0.1 only: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler and kwok, which fakes the nodes' kubelets: nodes are Ready,
+# pods bound to them go Running/Ready at once, nothing is actually run.
+#
+# Then it registers fake GPU nodes in three regions (all labelled type=kwok,
+# annotated kwok.x-k8s.io/node=fake, no taints):
+#
+#   node              topology.kubernetes.io/region  nvidia.com/gpu.product   nvidia.com/gpu
+#   gpu-us-east-0/1   us-east                        NVIDIA-H100-80GB-HBM3    8 each
+#   gpu-eu-west-0/1   eu-west                        NVIDIA-H100-80GB-HBM3    8 each
+#   gpu-ap-south-0    ap-south                       NVIDIA-A100-SXM4-80GB    8
+#
+# State (etcd data, certificates, kubeconfigs, logs, PIDs) lives under
+# $BACKHAUL_CACHE/cluster (default ~/.cache/backhaul/cluster); down.sh stops
+# everything and removes it. Progress goes to stderr; the last (and only) line
+# on stdout is `export KUBECONFIG=<path>`.
+#
+# Idempotent: when the cluster is already up it only prints that line; when
+# part of it died, it is stopped and started afresh.
+#
+# Environment: BACKHAUL_CACHE, BACKHAUL_APISERVER_PORT (16443),
+# BACKHAUL_ETCD_PORT (16379, and the next one for peers),
+# BACKHAUL_CONTROLLER_MANAGER_PORT (16457), BACKHAUL_SCHEDULER_PORT (16459),
+# BACKHAUL_CLUSTER_TIMEOUT (seconds to wait for readiness, 90).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+timeout=${BACKHAUL_CLUSTER_TIMEOUT:-90}
+
+for tool in openssl curl flock setsid base64; do
+  if ! command -v "$tool" >/dev/null; then
+    if [ "$tool" = openssl ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+      log "installing openssl"
+      apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >&2
+    else
+      log "needs $tool on PATH"
+      exit 1
+    fi
+  fi
+done
+
+# The binaries, built from the pinned Go modules (a no-op when up to date).
+"$here/build-tools.sh" "${components[@]}" kubectl
+kubectl=$bin/kubectl
+
+take_lock
+
+apiserver_url=https://127.0.0.1:$apiserver_port
+
+readyz() {
+  curl -fsS --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+    "$apiserver_url/readyz" 2>/dev/null | grep -qx ok
+}
+
+all_alive() {
+  local name
+  for name in "${components[@]}"; do
+    [ -n "$(live_pid "$name")" ] || return 1
+  done
+}
+
+if [ -f "$kubeconfig" ] && all_alive && readyz; then
+  log "already running ($apiserver_url); logs in $logs"
+  echo "export KUBECONFIG=$kubeconfig"
+  exit 0
+fi
+
+started=$(date +%s%3N)
+stop_components
+rm -rf "$state"
+mkdir -p "$pids" "$logs" "$pki" "$state/etcd" "$state/kwok"
+
+# Refuse ports someone else holds rather than fail obscurely later.
+for port in "$apiserver_port" "$etcd_port" "$etcd_peer_port" "$controller_manager_port" "$scheduler_port"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    log "port $port on 127.0.0.1 is in use by another process; set BACKHAUL_*_PORT (see $0)"
+    exit 1
+  fi
+done
+
+on_failure() {
+  log "FAILED; logs are in $logs"
+  stop_components
+}
+trap 'on_failure' ERR
+
+# ---------------------------------------------------------------------------
+# Certificates: one local CA signs everything; ECDSA P-256 keys throughout.
+# ---------------------------------------------------------------------------
+newkey() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+
+newkey "$pki/ca.key"
+openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=backhaul-local-ca" -days 3650 \
+  -addext "basicConstraints=critical,CA:TRUE" \
+  -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+  -out "$pki/ca.crt" 2>/dev/null
+
+# sign NAME SUBJECT EXTENSIONS
+sign() {
+  newkey "$pki/$1.key"
+  openssl req -new -key "$pki/$1.key" -subj "$2" 2>/dev/null |
+    openssl x509 -req -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAserial "$pki/ca.srl" -CAcreateserial \
+      -days 365 -extfile <(printf '%s\n' "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature,keyEncipherment" "$3") \
+      -out "$pki/$1.crt" 2>/dev/null
+}
+
+sign apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+sign admin "/O=system:masters/CN=backhaul-admin" "extendedKeyUsage=clientAuth"
+sign controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
+sign scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+# Service-account token signing key pair.
+newkey "$pki/sa.key"
+openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+
+# write_kubeconfig FILE CLIENT
+write_kubeconfig() {
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: backhaul
+  cluster:
+    server: $apiserver_url
+    certificate-authority-data: $(base64 -w0 <"$pki/ca.crt")
+users:
+- name: $2
+  user:
+    client-certificate-data: $(base64 -w0 <"$pki/$2.crt")
+    client-key-data: $(base64 -w0 <"$pki/$2.key")
+contexts:
+- name: backhaul
+  context:
+    cluster: backhaul
+    user: $2
+current-context: backhaul
+EOF
+  chmod 600 "$1"
+}
+write_kubeconfig "$state/controller-manager.kubeconfig" controller-manager
+write_kubeconfig "$state/scheduler.kubeconfig" scheduler
+# kwok acts for every node; it gets the admin identity, as kwokctl does.
+write_kubeconfig "$state/admin.kubeconfig" admin
+
+# ---------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------
+# start_component NAME ARGS...: detached (own session), stdin from /dev/null,
+# output to its log, without our lock's fd 9, PID recorded.
+start_component() {
+  local name=$1
+  shift
+  setsid "$bin/$name" "$@" </dev/null >"$logs/$name.log" 2>&1 9>&- &
+  echo $! >"$pids/$name.pid"
+  log "started $name ($!)"
+}
+
+# wait_until WHAT COMMAND...: polls COMMAND every 0.2 s until it succeeds or
+# the overall deadline passes; fails early if a component has died.
+deadline=$(($(date +%s) + timeout))
+wait_until() {
+  local what=$1 name
+  shift
+  until "$@"; do
+    for name in "${components[@]}"; do
+      if [ -f "$pids/$name.pid" ] && [ -z "$(live_pid "$name")" ]; then
+        log "$name exited while waiting for $what; last lines of $logs/$name.log:"
+        tail -n 20 "$logs/$name.log" >&2 || true
+        return 1
+      fi
+    done
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      log "timed out after ${timeout}s waiting for $what"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+start_component etcd \
+  --name=backhaul \
+  --data-dir="$state/etcd" \
+  --listen-client-urls="http://127.0.0.1:$etcd_port" \
+  --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+  --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+  --initial-cluster="backhaul=http://127.0.0.1:$etcd_peer_port" \
+  --unsafe-no-fsync \
+  --log-level=warn
+
+etcd_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health" 2>/dev/null | grep -q '"health":"true"'; }
+wait_until "etcd" etcd_healthy
+
+start_component kube-apiserver \
+  --bind-address=127.0.0.1 \
+  --advertise-address=127.0.0.1 \
+  --secure-port="$apiserver_port" \
+  --etcd-servers="http://127.0.0.1:$etcd_port" \
+  --service-cluster-ip-range=10.96.0.0/16 \
+  --endpoint-reconciler-type=none \
+  --authorization-mode=Node,RBAC \
+  --enable-admission-plugins=NodeRestriction \
+  --allow-privileged=true \
+  --client-ca-file="$pki/ca.crt" \
+  --tls-cert-file="$pki/apiserver.crt" \
+  --tls-private-key-file="$pki/apiserver.key" \
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file="$pki/sa.pub" \
+  --service-account-signing-key-file="$pki/sa.key" \
+  --profiling=false
+
+wait_until "kube-apiserver /readyz" readyz
+
+start_component kube-controller-manager \
+  --kubeconfig="$state/controller-manager.kubeconfig" \
+  --authentication-kubeconfig="$state/controller-manager.kubeconfig" \
+  --authorization-kubeconfig="$state/controller-manager.kubeconfig" \
+  --bind-address=127.0.0.1 \
+  --secure-port="$controller_manager_port" \
+  --cert-dir="$state/controller-manager" \
+  --leader-elect=false \
+  --controllers='*' \
+  --use-service-account-credentials=true \
+  --service-account-private-key-file="$pki/sa.key" \
+  --root-ca-file="$pki/ca.crt" \
+  --cluster-signing-cert-file="$pki/ca.crt" \
+  --cluster-signing-key-file="$pki/ca.key" \
+  --profiling=false
+
+start_component kube-scheduler \
+  --kubeconfig="$state/scheduler.kubeconfig" \
+  --authentication-kubeconfig="$state/scheduler.kubeconfig" \
+  --authorization-kubeconfig="$state/scheduler.kubeconfig" \
+  --bind-address=127.0.0.1 \
+  --secure-port="$scheduler_port" \
+  --cert-dir="$state/scheduler" \
+  --leader-elect=false \
+  --profiling=false
+
+# kwok reads its Stage configuration (how fake nodes and pods change state)
+# from kwok-stages.yaml; KWOK_WORKDIR keeps it away from ~/.kwok.
+KWOK_WORKDIR=$state/kwok start_component kwok \
+  --kubeconfig="$state/admin.kubeconfig" \
+  --config="$here/kwok-stages.yaml" \
+  --manage-all-nodes=false \
+  --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+  --node-lease-duration-seconds=40 \
+  --cidr=10.244.0.0/16 \
+  --node-ip=10.0.0.1
+
+write_kubeconfig "$kubeconfig" admin
+
+# Fake GPU nodes: region:count:product.
+nodes=()
+for spec in us-east:2:NVIDIA-H100-80GB-HBM3 eu-west:2:NVIDIA-H100-80GB-HBM3 ap-south:1:NVIDIA-A100-SXM4-80GB; do
+  IFS=: read -r region count product <<<"$spec"
+  for ((i = 0; i < count; i++)); do
+    name=gpu-$region-$i
+    nodes+=("$name")
+    cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $name
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    type: kwok
+    kubernetes.io/hostname: $name
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    topology.kubernetes.io/region: $region
+    topology.kubernetes.io/zone: $region-a
+    nvidia.com/gpu.present: "true"
+    nvidia.com/gpu.product: $product
+    nvidia.com/gpu.count: "8"
+status:
+  capacity: &resources
+    cpu: "96"
+    memory: 1536Gi
+    ephemeral-storage: 2Ti
+    pods: "110"
+    nvidia.com/gpu: "8"
+  allocatable: *resources
+EOF
+  done
+done >"$state/nodes.yaml"
+"$kubectl" --kubeconfig="$kubeconfig" apply -f "$state/nodes.yaml" >"$logs/nodes.log" 2>&1
+
+controller_manager_healthy() { curl -fsSk --max-time 2 "https://127.0.0.1:$controller_manager_port/healthz" 2>/dev/null | grep -qx ok; }
+scheduler_healthy() { curl -fsSk --max-time 2 "https://127.0.0.1:$scheduler_port/healthz" 2>/dev/null | grep -qx ok; }
+nodes_ready() {
+  local ready
+  ready=$("$kubectl" --kubeconfig="$kubeconfig" get nodes -l type=kwok \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c '^True$') || true
+  [ "$ready" = "${#nodes[@]}" ]
+}
+# The service-account controllers are up once the default namespace has its
+# ServiceAccount; pods cannot be admitted into a namespace before that.
+default_service_account() { "$kubectl" --kubeconfig="$kubeconfig" get serviceaccount default -n default >/dev/null 2>&1; }
+
+wait_until "kube-controller-manager /healthz" controller_manager_healthy
+wait_until "kube-scheduler /healthz" scheduler_healthy
+wait_until "${#nodes[@]} nodes Ready" nodes_ready
+wait_until "the default ServiceAccount" default_service_account
+
+trap - ERR
+elapsed=$(($(date +%s%3N) - started))
+log "ready in $((elapsed / 1000)).$(printf '%03d' $((elapsed % 1000)))s at $apiserver_url; logs in $logs"
+echo "export KUBECONFIG=$kubeconfig"
