@@ -1,0 +1,97 @@
+{{/* Chart name, 63 characters at most. */}}
+{{- define "backhaul-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's objects: the release name, followed by the chart
+name unless the release name already contains it. 63 characters at most (the
+DNS label limit some names are subject to).
+*/}}
+{{- define "backhaul-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "backhaul-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels every object carries. */}}
+{{- define "backhaul-operator.labels" -}}
+helm.sh/chart: {{ include "backhaul-operator.chart" . }}
+{{ include "backhaul-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: backhaul
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Labels that select the operator's pods; never change them (Deployment selectors are immutable). */}}
+{{- define "backhaul-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "backhaul-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "backhaul-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "backhaul-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "backhaul-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "backhaul-operator.inferenceImage" -}}
+{{- printf "%s:%s" .Values.inferenceImage.repository (default .Chart.AppVersion .Values.inferenceImage.tag) }}
+{{- end }}
+
+{{- define "backhaul-operator.leaseName" -}}
+{{- default (include "backhaul-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/* The Secret holding the publication secret, empty when publication is off. */}}
+{{- define "backhaul-operator.publishSecretName" -}}
+{{- if .Values.publishSecret.existingSecret }}
+{{- .Values.publishSecret.existingSecret }}
+{{- else if .Values.publishSecret.value }}
+{{- printf "%s-publish" (include "backhaul-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* The Worker's TCP port: explicit in workerUrl, else the scheme's. */}}
+{{- define "backhaul-operator.workerPort" -}}
+{{- $url := urlParse .Values.workerUrl }}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" }}
+{{- if $port }}
+{{- $port }}
+{{- else if eq $url.scheme "http" }}
+{{- 80 }}
+{{- else }}
+{{- 443 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Settings that cannot be expressed in values.schema.json, checked here so that
+`helm install` and `helm template` fail with a message saying what to change.
+*/}}
+{{- define "backhaul-operator.validate" -}}
+{{- if and .Values.workerUrl (not (include "backhaul-operator.publishSecretName" .)) }}
+{{- fail "workerUrl is set but the Worker's publication secret is not: set publishSecret.existingSecret (an existing Secret in the release namespace) or publishSecret.value" }}
+{{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail (printf "replicaCount is %d but leaderElection.enabled is false: several replicas without leader election would reconcile the same objects at once" (int .Values.replicaCount)) }}
+{{- end }}
+{{- end }}

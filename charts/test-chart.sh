@@ -1,0 +1,324 @@
+#!/usr/bin/env bash
+# Tests the backhaul-operator Helm chart:
+#
+#   1. helm lint --strict, with the default values and with every option on;
+#   2. helm template compared with the committed snapshots under
+#      charts/backhaul-operator/tests/ (--update rewrites them);
+#   3. what the templates render for particular values (secrets, RBAC scope,
+#      NetworkPolicy ports, image tags);
+#   4. bad values fail `helm template` with the schema's or the chart's message;
+#   5. the chart's crds/ equals the repository's crds/, the chart's appVersion
+#      the Cargo workspace's version; the Dockerfiles pass hadolint;
+#   6. when $KUBECONFIG reaches a cluster (tests/cluster/up.sh): helm install
+#      into fresh namespaces, the operator Deployment becomes Available, its
+#      ServiceAccount can do exactly what the operator needs and no more, an
+#      upgrade that changes the publication secret rolls the pods, and
+#      helm uninstall removes everything.
+#
+# Usage: charts/test-chart.sh [--update]
+#   --update  rewrite the snapshots and the chart's CRD copy (make generate), then test.
+# Environment: BACKHAUL_CHART_TIMEOUT (seconds to wait for the Deployment, 120),
+#   BACKHAUL_CHART_SKIP_CLUSTER=1 to skip step 6.
+set -euo pipefail
+source "$(dirname "$0")/../scripts/lib.sh"
+cd "$repo_root"
+
+chart=charts/backhaul-operator
+tests=$chart/tests
+timeout=${BACKHAUL_CHART_TIMEOUT:-120}
+update=0
+case "${1:-}" in
+  --update) update=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--update]" >&2; exit 2 ;;
+esac
+
+# helm and kubectl, built from the pinned Go modules (a no-op when built).
+tests/cluster/build-tools.sh helm kubectl
+helm=$BACKHAUL_CACHE/bin/helm
+kubectl=$BACKHAUL_CACHE/bin/kubectl
+
+tmp=$(mktemp -d)
+cleanups=()
+cleanup() {
+  local c
+  for c in "${cleanups[@]}"; do eval "$c" || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+passed=0
+failed=0
+failures=()
+# check NAME CMD...: one test; its output is shown only when it fails.
+check() {
+  local name=$1
+  shift
+  if "$@" >"$tmp/out" 2>&1; then
+    passed=$((passed + 1))
+    echo "ok   $name" >&2
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    echo "FAIL $name" >&2
+    sed 's/^/     | /' "$tmp/out" >&2
+  fi
+}
+
+# render [HELM ARGS...]: helm template for release "backhaul" in backhaul-system.
+render() { "$helm" template backhaul "$chart" --namespace backhaul-system "$@"; }
+
+# yq EXPR: evaluates the Python expression EXPR over the YAML documents on
+# stdin; `docs` is the list of objects, `obj(kind, name=None)` the one of that
+# kind, `container` the operator container and `env` its environment as a
+# dict of name -> value or valueFrom. Prints the result as JSON; fails when
+# the expression raises or is False.
+yq() {
+  python3 -c '
+import json, sys, yaml
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+def obj(kind, name=None):
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    if len(found) != 1:
+        raise SystemExit(f"expected one {kind} {name or ""}, found {len(found)}")
+    return found[0]
+def has(kind):
+    return any(d["kind"] == kind for d in docs)
+deps = [d for d in docs if d["kind"] == "Deployment"]
+container = deps[0]["spec"]["template"]["spec"]["containers"][0] if deps else None
+env = {e["name"]: e.get("value", e.get("valueFrom")) for e in (container or {}).get("env", [])}
+result = eval(sys.argv[1])
+print(json.dumps(result, sort_keys=True))
+if result is False:
+    raise SystemExit(f"false: {sys.argv[1]}")
+' "$1"
+}
+
+export -f yq
+export helm chart
+
+# expect_render NAME "HELM ARGS" EXPR...: renders with the args, then every EXPR holds.
+expect_render() {
+  local name=$1 args=$2
+  shift 2
+  check "$name" bash -c '
+    set -euo pipefail
+    args=$1; shift
+    # shellcheck disable=SC2086 # a word list by design
+    out=$("$helm" template backhaul "$chart" --namespace backhaul-system $args)
+    for expr in "$@"; do printf "%s\n" "$out" | yq "$expr"; done' _ "$args" "$@"
+}
+
+# ---------------------------------------------------------------------------
+# Generated files
+# ---------------------------------------------------------------------------
+snapshot_all_args=(-f "$tests/values-all.yaml")
+if [ "$update" = 1 ]; then
+  scripts/sync-chart-crds.sh
+  render >"$tests/snapshot.yaml"
+  render "${snapshot_all_args[@]}" >"$tests/snapshot-all.yaml"
+  echo "test-chart: rewrote $tests/snapshot.yaml and $tests/snapshot-all.yaml" >&2
+fi
+
+echo "== static checks" >&2
+check "helm lint --strict (default values)" "$helm" lint --strict "$chart"
+check "helm lint --strict (every option on)" "$helm" lint --strict "$chart" "${snapshot_all_args[@]}"
+check "default values render as in tests/snapshot.yaml (charts/test-chart.sh --update to accept)" \
+  bash -c '"$@" | diff -u "$0" -' "$tests/snapshot.yaml" "$helm" template backhaul "$chart" --namespace backhaul-system
+check "values-all.yaml renders as in tests/snapshot-all.yaml (charts/test-chart.sh --update to accept)" \
+  bash -c '"$@" | diff -u "$0" -' "$tests/snapshot-all.yaml" "$helm" template backhaul "$chart" --namespace backhaul-system "${snapshot_all_args[@]}"
+check "chart crds/ is a copy of crds/ (scripts/sync-chart-crds.sh to fix)" scripts/sync-chart-crds.sh --check
+check "chart appVersion equals the Cargo workspace version" bash -c '
+  app=$(awk -F": *" "\$1 == \"appVersion\" { gsub(/\"/, \"\", \$2); print \$2 }" "$0/Chart.yaml")
+  crate=$(awk -F" *= *" "\$1 == \"version\" { gsub(/\"/, \"\", \$2); print \$2; exit }" Cargo.toml)
+  echo "chart appVersion=$app workspace version=$crate"; [ -n "$app" ] && [ "$app" = "$crate" ]' "$chart"
+check "Dockerfiles pass hadolint" scripts/hadolint.sh
+
+echo "== rendering" >&2
+expect_render "defaults: no publication, images tagged with appVersion, leader election on" "" \
+  'not has("Secret") and "BACKHAUL_WORKER_URL" not in env and "BACKHAUL_PUBLISH_SECRET" not in env' \
+  'container["image"] == "ghcr.io/backhaul-dev/backhaul-operator:0.1.0"' \
+  'env["BACKHAUL_INFERENCE_IMAGE"] == "ghcr.io/backhaul-dev/backhaul-inference:0.1.0"' \
+  'env["BACKHAUL_LEADER_ELECTION"] == "true" and env["BACKHAUL_LEASE_NAME"] == "backhaul-backhaul-operator"' \
+  'env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}' \
+  'not has("NetworkPolicy") and not has("ServiceMonitor") and has("ClusterRoleBinding")'
+expect_render "the container runs non-root, read-only, without capabilities" "" \
+  'container["securityContext"]["readOnlyRootFilesystem"] is True and container["securityContext"]["runAsNonRoot"] is True' \
+  'container["securityContext"]["capabilities"] == {"drop": ["ALL"]} and container["securityContext"]["allowPrivilegeEscalation"] is False' \
+  'container["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}' \
+  'obj("Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 65532' \
+  'container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"} and container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}' \
+  'set(container["resources"]) == {"requests", "limits"}'
+expect_render "publishSecret.value: the chart creates the Secret and the pod reads it by reference" \
+  "--set workerUrl=https://backhaul.example.workers.dev --set publishSecret.value=s3cret" \
+  'obj("Secret", "backhaul-backhaul-operator-publish")["data"] == {"publish-secret": "czNjcmV0"}' \
+  'env["BACKHAUL_PUBLISH_SECRET"] == {"secretKeyRef": {"name": "backhaul-backhaul-operator-publish", "key": "publish-secret"}}' \
+  'env["BACKHAUL_WORKER_URL"] == "https://backhaul.example.workers.dev"' \
+  '"s3cret" not in json.dumps(obj("Deployment"))' \
+  '"checksum/publish-secret" in obj("Deployment")["spec"]["template"]["metadata"]["annotations"]'
+expect_render "publishSecret.existingSecret: no Secret is created, the named one is referenced" \
+  "--set workerUrl=https://w.example.com --set publishSecret.existingSecret=mine --set publishSecret.key=hmac --set publishSecret.value=ignored" \
+  'not has("Secret")' \
+  'env["BACKHAUL_PUBLISH_SECRET"] == {"secretKeyRef": {"name": "mine", "key": "hmac"}}'
+expect_render "regions, log settings and image tags reach the operator" \
+  "--set regions={us-east,eu-west} --set logLevel=backhaul_operator=debug --set logFormat=text --set image.tag=dev --set inferenceImage.tag=1.2.3-cuda" \
+  'env["BACKHAUL_REGIONS"] == "us-east,eu-west" and env["RUST_LOG"] == "backhaul_operator=debug" and env["BACKHAUL_LOG_FORMAT"] == "text"' \
+  'container["image"].endswith(":dev") and env["BACKHAUL_INFERENCE_IMAGE"] == "ghcr.io/backhaul-dev/backhaul-inference:1.2.3-cuda"'
+expect_render "watchNamespace: permissions bound in that namespace only" "--set watchNamespace=models" \
+  'not has("ClusterRoleBinding") and obj("RoleBinding", "backhaul-backhaul-operator")["metadata"]["namespace"] == "models"' \
+  'env["BACKHAUL_WATCH_NAMESPACE"] == "models"'
+expect_render "leaderElection off: no Lease permissions" "--set leaderElection.enabled=false" \
+  'not has("Role") and env["BACKHAUL_LEADER_ELECTION"] == "false" and "BACKHAUL_LEASE_NAME" not in env'
+expect_render "networkPolicy: ingress to metrics only; egress to DNS, API server and the Worker's port" \
+  "--set networkPolicy.enabled=true --set workerUrl=http://worker.internal:8787 --set publishSecret.value=x --set networkPolicy.apiServer.cidrs={10.0.0.1/32}" \
+  'obj("NetworkPolicy")["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]' \
+  '[r["ports"][0]["port"] for r in obj("NetworkPolicy")["spec"]["egress"]] == [53, 443, 8787]' \
+  'obj("NetworkPolicy")["spec"]["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]'
+expect_render "networkPolicy: an https Worker without a port is reached on 443" \
+  "--set networkPolicy.enabled=true --set workerUrl=https://w.example.com/base --set publishSecret.value=x" \
+  'obj("NetworkPolicy")["spec"]["egress"][2]["ports"] == [{"port": 443, "protocol": "TCP"}]'
+expect_render "serviceMonitor: scrapes the metrics port of the operator's Service" \
+  "--set metrics.serviceMonitor.enabled=true --set metrics.serviceMonitor.labels.release=prom" \
+  'obj("ServiceMonitor")["spec"]["endpoints"][0]["port"] == "metrics" and obj("ServiceMonitor")["metadata"]["labels"]["release"] == "prom"' \
+  'all(obj("Service")["metadata"]["labels"].get(k) == v for k, v in obj("ServiceMonitor")["spec"]["selector"]["matchLabels"].items())'
+
+# bad NAME EXPECTED-REGEX HELM-ARGS...: helm template fails and says EXPECTED.
+bad() {
+  local name=$1 expected=$2
+  shift 2
+  check "rejected: $name" bash -c '
+    expected=$1; shift
+    if out=$("$@" 2>&1); then echo "helm template succeeded; expected an error matching: $expected"; exit 1; fi
+    printf "%s\n" "$out"
+    printf "%s\n" "$out" | grep -Eq -- "$expected"' _ "$expected" \
+    "$helm" template backhaul "$chart" --namespace backhaul-system "$@"
+}
+echo "== bad values" >&2
+bad "replicaCount -1" "replicaCount.*(minimum|>=|less than)" --set replicaCount=-1
+bad "replicaCount not a number" "replicaCount.*(integer|type)" --set-string replicaCount=two
+bad "workerUrl not a URL" "workerUrl.*(pattern|match)" --set workerUrl=backhaul.example.com --set publishSecret.value=x
+bad "workerUrl with another scheme" "workerUrl.*(pattern|match)" --set workerUrl=ftp://w.example.com --set publishSecret.value=x
+bad "unknown top-level key" "(additional properties|additionalProperties|not allowed).*replicas|replicas.*(not allowed|additional)" --set replicas=2
+bad "misspelt nested key" "(additional properties|additionalProperties|not allowed).*existingsecret|existingsecret.*(not allowed|additional)" --set publishSecret.existingsecret=x
+bad "logFormat xml" "logFormat" --set logFormat=xml
+bad "image.pullPolicy Sometimes" "pullPolicy" --set image.pullPolicy=Sometimes
+bad "region not a Kubernetes name" "regions" --set "regions={US East}"
+bad "workerUrl without a publication secret" "workerUrl is set but the Worker's publication secret is not" --set workerUrl=https://w.example.com
+bad "two replicas without leader election" "replicaCount is 2 but leaderElection.enabled is false" --set replicaCount=2 --set leaderElection.enabled=false
+
+# ---------------------------------------------------------------------------
+# Against the local control plane
+# ---------------------------------------------------------------------------
+cluster_reachable() { [ -n "${KUBECONFIG:-}" ] && "$kubectl" get --raw /readyz >/dev/null 2>&1; }
+if [ "${BACKHAUL_CHART_SKIP_CLUSTER:-0}" = 1 ]; then
+  echo "== cluster: skipped (BACKHAUL_CHART_SKIP_CLUSTER=1)" >&2
+elif ! cluster_reachable; then
+  echo "== cluster: skipped (no reachable cluster; KUBECONFIG='${KUBECONFIG:-}'; start one with tests/cluster/up.sh)" >&2
+else
+  echo "== cluster" >&2
+  suffix=$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  ns=bh-chart-$suffix
+  watched=bh-chart-models-$suffix
+  other=bh-chart-other-$suffix
+  rel=bh-chart-$suffix
+  fullname=$rel-backhaul-operator
+  sa=system:serviceaccount:$ns:$fullname
+  for n in "$ns" "$watched" "$other"; do
+    "$kubectl" create namespace "$n" >/dev/null
+    cleanups+=("'$kubectl' delete namespace '$n' --wait=false >/dev/null 2>&1")
+  done
+  cleanups=("'$helm' uninstall '$rel' -n '$ns' >/dev/null 2>&1" "'$helm' uninstall '$rel-scoped' -n '$ns' >/dev/null 2>&1" "${cleanups[@]}")
+
+  # The operator's identity needs no real image: kwok runs the pods' lifecycle
+  # (Running and Ready as soon as they are bound to its fake nodes).
+  install_args=(--set workerUrl=https://backhaul.example.workers.dev --set publishSecret.value=first
+    --set replicaCount=2 --set "regions={us-east,eu-west}" --set networkPolicy.enabled=true)
+  check "helm install into a fresh namespace" "$helm" install "$rel" "$chart" -n "$ns" "${install_args[@]}"
+  check "the operator Deployment becomes Available with 2 ready replicas" bash -c '
+    "$1" -n "$2" wait --for=condition=Available "deployment/$3" --timeout="$4s" &&
+    [ "$("$1" -n "$2" get "deployment/$3" -o jsonpath="{.status.readyReplicas}")" = 2 ]' \
+    _ "$kubectl" "$ns" "$fullname" "$timeout"
+  check "the API server accepted the pod's security settings and secret reference" bash -c '
+    pod=$("$1" -n "$2" get pods -l app.kubernetes.io/instance="$3" -o json)
+    printf "%s" "$pod" | python3 -c "
+import json, sys
+pod = json.load(sys.stdin)[\"items\"][0][\"spec\"]
+c = pod[\"containers\"][0]
+assert c[\"securityContext\"][\"readOnlyRootFilesystem\"] is True, c
+assert c[\"securityContext\"][\"capabilities\"][\"drop\"] == [\"ALL\"], c
+assert pod[\"securityContext\"][\"runAsNonRoot\"] is True, pod
+ref = [e for e in c[\"env\"] if e[\"name\"] == \"BACKHAUL_PUBLISH_SECRET\"][0][\"valueFrom\"][\"secretKeyRef\"]
+print(ref)
+"
+    "$1" -n "$2" get secret "$4-publish" -o jsonpath="{.data.publish-secret}" | base64 -d | grep -qx first' \
+    _ "$kubectl" "$ns" "$rel" "$fullname"
+  check "the CRD is installed from the chart" "$kubectl" get crd modeldeployments.backhaul.dev
+
+  # can NAMESPACE VERB RESOURCE [--subresource=S]: the operator's ServiceAccount
+  # may do it there; cannot: it may not.
+  can() { [ "$("$kubectl" auth can-i "${@:2}" -n "$1" --as="$sa" 2>&1)" = yes ]; }
+  cannot() { [ "$("$kubectl" auth can-i "${@:2}" -n "$1" --as="$sa" 2>&1)" = no ]; }
+  export -f can cannot
+  export kubectl sa
+  md=modeldeployments.backhaul.dev
+  rbac_yes=()
+  for v in get list watch patch update; do rbac_yes+=("$v $md"); done
+  for v in get patch update; do rbac_yes+=("$v $md --subresource=status"); done
+  rbac_yes+=("update $md --subresource=finalizers")
+  for r in deployments.apps services poddisruptionbudgets.policy; do
+    for v in get list watch create patch update delete; do rbac_yes+=("$v $r"); done
+  done
+  for v in get list watch; do rbac_yes+=("$v pods"); done
+  for v in create patch; do rbac_yes+=("$v events" "$v events.events.k8s.io"); done
+  rbac_no=("create $md" "delete $md" "delete $md --subresource=status"
+    "get secrets" "list secrets" "watch secrets" "create pods" "delete pods" "update pods"
+    "get configmaps" "delete namespaces" "create namespaces" "list nodes" "delete nodes"
+    "create clusterroles.rbac.authorization.k8s.io" "create rolebindings.rbac.authorization.k8s.io"
+    "delete statefulsets.apps" "create serviceaccounts --subresource=token" "create pods --subresource=exec"
+    "get leases.coordination.k8s.io" "create leases.coordination.k8s.io")
+  # shellcheck disable=SC2086 # each entry is a word list
+  check "the ServiceAccount can do all the operator needs, in any namespace" bash -c '
+    for ns in "$0" default; do for p in "$@"; do can "$ns" $p || { echo "cannot $p in $ns"; exit 1; }; done; done' \
+    "$other" "${rbac_yes[@]}"
+  # shellcheck disable=SC2086
+  check "the ServiceAccount can do nothing else (secrets, pods, namespaces, RBAC, other Leases)" bash -c '
+    for p in "$@"; do cannot "$0" $p || { echo "can $p in $0 (or the check failed)"; exit 1; }; done' \
+    "$other" "${rbac_no[@]}"
+  check "leader election: its own Lease in the release namespace, and only that one" bash -c '
+    l=leases.coordination.k8s.io
+    can "$0" create $l && can "$0" get "$l/$1" && can "$0" update "$l/$1" && can "$0" patch "$l/$1" &&
+    cannot "$0" get $l/some-other-lease && cannot "$0" delete "$l/$1" && cannot "$0" list $l &&
+    cannot "$2" create $l' "$ns" "$fullname" "$other"
+
+  check "helm upgrade with a new publication secret rolls the operator pods" bash -c '
+    rev() { "$5" -n "$4" get "deployment/$6" -o jsonpath="{.metadata.annotations.deployment\.kubernetes\.io/revision}"; }
+    before=$(rev)
+    "$1" upgrade "$2" "$3" -n "$4" --reuse-values --set publishSecret.value=second &&
+    "$5" -n "$4" rollout status "deployment/$6" --timeout="$7s" &&
+    after=$(rev) && echo "Deployment revision $before -> $after" && [ "$after" -gt "$before" ] &&
+    "$5" -n "$4" get secret "$6-publish" -o jsonpath="{.data.publish-secret}" | base64 -d | grep -qx second' \
+    _ "$helm" "$rel" "$chart" "$ns" "$kubectl" "$fullname" "$timeout"
+
+  check "helm install with watchNamespace: permissions in that namespace only" bash -c '
+    "$1" install "$2-scoped" "$3" -n "$4" --set watchNamespace="$5" --set leaderElection.enabled=false &&
+    s=system:serviceaccount:$4:$2-scoped-backhaul-operator &&
+    [ "$("$6" auth can-i patch deployments.apps -n "$5" --as="$s")" = yes ] &&
+    [ "$("$6" auth can-i watch modeldeployments.backhaul.dev -n "$5" --as="$s")" = yes ] &&
+    [ "$("$6" auth can-i patch deployments.apps -n "$7" --as="$s")" = no ] &&
+    [ "$("$6" auth can-i list modeldeployments.backhaul.dev -A --as="$s")" = no ]' \
+    _ "$helm" "$rel" "$chart" "$ns" "$watched" "$kubectl" "$other"
+
+  check "helm uninstall removes the release's objects, cluster-scoped ones included" bash -c '
+    "$1" uninstall "$2" -n "$3" --wait --timeout "$6s" && "$1" uninstall "$2-scoped" -n "$3" --wait --timeout "$6s" &&
+    left=$("$4" get deployments,services,secrets,serviceaccounts,roles,rolebindings,networkpolicies -n "$3" -l app.kubernetes.io/instance="$2" -o name) &&
+    cluster=$("$4" get clusterroles,clusterrolebindings -o name | grep -F "$5" || true) &&
+    echo "left in namespace: [$left]; cluster-scoped: [$cluster]" && [ -z "$left" ] && [ -z "$cluster" ]' \
+    _ "$helm" "$rel" "$ns" "$kubectl" "$fullname" "$timeout"
+fi
+
+echo >&2
+if [ "$failed" -gt 0 ]; then
+  printf 'test-chart: failed: %s\n' "${failures[@]}" >&2
+fi
+echo "chart: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
