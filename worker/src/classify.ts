@@ -1,0 +1,88 @@
+/**
+ * Light or heavy: where one chat completion should run. Pure.
+ *
+ * Prompt tokens are estimated without a tokenizer as
+ *   sum over messages of ceil(chars(content) / 4) + 4
+ * plus 3 for the reply's priming: about four characters per token for English
+ * text (OpenAI's rule of thumb) and the chat template's few tokens per message.
+ * It errs high on code and non-Latin text, which only sends more to regions.
+ */
+import type { Routing } from "./route";
+
+export const CHARS_PER_TOKEN = 4;
+export const TOKENS_PER_MESSAGE = 4;
+export const TOKENS_PER_REPLY = 3;
+
+export interface ChatMessage {
+	role: string;
+	content: unknown;
+	[k: string]: unknown;
+}
+
+/** Characters of text in a message's content: a string, or OpenAI content parts. */
+export function contentChars(content: unknown): number {
+	if (typeof content === "string") return content.length;
+	if (Array.isArray(content)) {
+		let n = 0;
+		for (const part of content) {
+			if (typeof part === "object" && part !== null && typeof (part as { text?: unknown }).text === "string") {
+				n += (part as { text: string }).text.length;
+			}
+		}
+		return n;
+	}
+	return 0;
+}
+
+export function estimatePromptTokens(messages: readonly ChatMessage[]): number {
+	let tokens = TOKENS_PER_REPLY;
+	for (const m of messages) tokens += Math.ceil(contentChars(m.content) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE;
+	return tokens;
+}
+
+/** `x-backhaul-route`: `region` forces a region; `edge` asks for the edge when the model has one. */
+export type RouteHint = "region" | "edge" | null;
+
+export function parseRouteHint(header: string | null): RouteHint | "invalid" {
+	if (header === null || header === "") return null;
+	const v = header.trim().toLowerCase();
+	return v === "region" || v === "edge" ? v : "invalid";
+}
+
+export type Tier = "edge" | "region";
+
+export interface Classification {
+	tier: Tier;
+	reason:
+		| "no-edge-model"
+		| "client-asked-region"
+		| "client-asked-edge"
+		| "prompt-tokens"
+		| "max-tokens"
+		| "light";
+	promptTokens: number;
+}
+
+/**
+ * Heavy (region) when the model has no edge model, the client asks for a
+ * region, or the estimated prompt tokens or max_tokens reach the published
+ * thresholds (a threshold of 0 makes every request heavy). `edge` from the
+ * client overrides the thresholds, not a missing edge model.
+ */
+export function classify(input: {
+	edgeModel: string | null;
+	routing: Pick<Routing, "heavyPromptTokens" | "heavyMaxTokens">;
+	messages: readonly ChatMessage[];
+	maxTokens: number | null;
+	hint: RouteHint;
+}): Classification {
+	const promptTokens = estimatePromptTokens(input.messages);
+	const c = (tier: Tier, reason: Classification["reason"]): Classification => ({ tier, reason, promptTokens });
+	if (input.edgeModel === null) return c("region", "no-edge-model");
+	if (input.hint === "region") return c("region", "client-asked-region");
+	if (input.hint === "edge") return c("edge", "client-asked-edge");
+	if (promptTokens >= input.routing.heavyPromptTokens) return c("region", "prompt-tokens");
+	if (input.maxTokens !== null && input.maxTokens >= input.routing.heavyMaxTokens) return c("region", "max-tokens");
+	if (input.routing.heavyMaxTokens === 0) return c("region", "max-tokens");
+	return c("edge", "light");
+}

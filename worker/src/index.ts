@@ -1,0 +1,184 @@
+/**
+ * Backhaul's routing Worker: an OpenAI-compatible front door that answers
+ * light chat completions on Workers AI at the edge and sends heavy ones to
+ * the nearest live GPU region, failing over between regions. The operator
+ * keeps the route table current through the signed admin API
+ * (docs/publication.md). Decisions live in pure modules (classify, rank,
+ * failover, route, signature); this file wires them to I/O.
+ */
+import { handleAdmin, ADMIN_PREFIX } from "./admin";
+import { authenticate } from "./auth";
+import { classify, parseRouteHint, type Classification } from "./classify";
+import { edgeInputs, toChatCompletion, toOpenAiStream, type AiRunner } from "./edge";
+import { ApiError, badRequest } from "./errors";
+import { cooldownUntil, forwardToRegions } from "./proxy";
+import { locationFromCf, parseLocation, rankRegions, isLive } from "./rank";
+import { parseChatRequest, readBodyCapped, type ChatRequest } from "./request";
+import { publishedAtMs, type Route } from "./route";
+import { loadRoutes } from "./table";
+
+export { RouteTable } from "./table";
+
+const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
+
+export default {
+	async fetch(request, env, ctx): Promise<Response> {
+		const url = new URL(request.url);
+		try {
+			if (url.pathname === "/health") {
+				if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed("GET");
+				return Response.json({ status: "ok" });
+			}
+			if (url.pathname === ADMIN_PREFIX || url.pathname.startsWith(`${ADMIN_PREFIX}/`)) {
+				return await handleAdmin(request, env, url);
+			}
+			if (url.pathname === "/v1/models") {
+				if (request.method !== "GET") throw methodNotAllowed("GET");
+				await authenticate(request, env);
+				return await listModels(env);
+			}
+			if (url.pathname === "/v1/chat/completions") {
+				if (request.method !== "POST") throw methodNotAllowed("POST");
+				await authenticate(request, env);
+				return await chatCompletions(request, env, ctx);
+			}
+			throw new ApiError(404, "not_found_error", "not_found", `No route for ${request.method} ${url.pathname}.`);
+		} catch (err) {
+			if (err instanceof ApiError) return err.toResponse();
+			console.error("unhandled error", err);
+			return new ApiError(500, "server_error", "internal_error", "The Worker failed to handle the request.").toResponse();
+		}
+	},
+} satisfies ExportedHandler<Env>;
+
+const methodNotAllowed = (allowed: string) =>
+	new ApiError(405, "invalid_request_error", "method_not_allowed", `Use ${allowed}.`, null, { allow: allowed });
+
+/** A model's reference route: thresholds and edge model come from the newest live route, else the newest route. */
+export function referenceRoute(routes: readonly Route[], nowMs: number): Route | null {
+	const newest = (rs: readonly Route[]) => rs.reduce<Route | null>((best, r) => (!best || publishedAtMs(r) > publishedAtMs(best) ? r : best), null);
+	return newest(routes.filter((r) => isLive(r, nowMs, new Map()))) ?? newest(routes);
+}
+
+async function listModels(env: Env): Promise<Response> {
+	const now = Date.now();
+	const routes = await loadRoutes(env);
+	const models = new Map<string, string>();
+	for (const r of routes) {
+		if (isLive(r, now, cooldownUntil) || r.edgeModel !== null) models.set(r.model, "backhaul");
+	}
+	for (const r of routes) if (r.edgeModel !== null && !models.has(r.edgeModel)) models.set(r.edgeModel, "backhaul-edge");
+	const created = Math.floor(now / 1000);
+	return Response.json({
+		object: "list",
+		data: [...models].sort(([a], [b]) => (a < b ? -1 : 1)).map(([id, owned_by]) => ({ id, object: "model", created, owned_by })),
+	});
+}
+
+function maxBodyBytes(env: Env): number {
+	const v = Number(env.MAX_BODY_BYTES);
+	return Number.isInteger(v) && v > 0 ? v : DEFAULT_MAX_BODY_BYTES;
+}
+
+async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
+	const body = await readBodyCapped(request, maxBodyBytes(env));
+	const chat = parseChatRequest(body);
+	const hint = parseRouteHint(request.headers.get("x-backhaul-route"));
+	if (hint === "invalid") throw badRequest("x-backhaul-route must be 'edge' or 'region'.", "x-backhaul-route");
+
+	const nowMs = Date.now();
+	const routes = await loadRoutes(env, nowMs);
+	const modelRoutes = routes.filter((r) => r.model === chat.model);
+	const ref = referenceRoute(modelRoutes, nowMs);
+	// A client may also name an edge model itself: it runs only at the edge.
+	const edgeOnly = !ref && routes.some((r) => r.edgeModel === chat.model);
+	if (!ref && !edgeOnly) {
+		throw new ApiError(404, "not_found_error", "model_not_found", `The model '${chat.model}' does not exist or is not published.`, "model");
+	}
+	const classification: Classification = edgeOnly
+		? { tier: "edge", reason: "client-asked-edge", promptTokens: 0 }
+		: classify({ edgeModel: ref!.edgeModel, routing: ref!.routing, messages: chat.messages, maxTokens: chat.maxTokens, hint });
+	const edgeModel = edgeOnly ? chat.model : ref!.edgeModel;
+
+	let attempts = 0;
+	let edgeFailure: string | null = null;
+	if (classification.tier === "edge" && edgeModel !== null) {
+		attempts++;
+		const ai = (env as { AI?: AiRunner }).AI;
+		if (!ai) edgeFailure = "the AI binding is not configured";
+		else {
+			try {
+				const result = await ai.run(edgeModel, edgeInputs(chat));
+				return withRouting(edgeResponse(result, chat), { tier: "edge", region: "edge", attempts, classification });
+			} catch (err) {
+				edgeFailure = `Workers AI failed: ${String(err)}`;
+				console.warn("edge failed, falling back to a region", { model: edgeModel, error: String(err) });
+			}
+		}
+	}
+	if (edgeOnly) {
+		throw new ApiError(503, "service_unavailable", "edge_unavailable", `The edge model '${chat.model}' is unavailable (${edgeFailure}) and no region serves it.`);
+	}
+
+	const ranked = rankRegions({
+		routes: modelRoutes,
+		model: chat.model,
+		client: locationFromCf(request.cf as { latitude?: unknown; longitude?: unknown } | undefined),
+		fallback: parseLocation(env.DEFAULT_LOCATION),
+		nowMs,
+		cooldownUntil,
+	});
+	if (ranked.routes.length === 0) {
+		const why = edgeFailure ? ` The edge could not take it either: ${edgeFailure}.` : "";
+		throw new ApiError(
+			503,
+			"service_unavailable",
+			"no_live_region",
+			`No live region serves '${chat.model}' (routed to a region: ${classification.reason}).${why}`,
+			null,
+			{ "x-backhaul-attempts": String(attempts) },
+		);
+	}
+	const maxAttempts = ranked.routes[0]!.routing.failoverAttempts;
+	try {
+		const result = await forwardToRegions({
+			routes: ranked.routes,
+			body,
+			stream: chat.stream,
+			maxAttempts,
+			clientSignal: request.signal,
+			ctx,
+		});
+		const region = ranked.routes[result.attempts - 1]!.region;
+		return withRouting(result.response, { tier: "region", region, attempts: attempts + result.attempts, classification });
+	} catch (err) {
+		if (err instanceof ApiError) {
+			const tried = Math.min(maxAttempts, ranked.routes.length);
+			throw new ApiError(err.status, err.type, err.code, err.message, err.param, { ...err.headers, "x-backhaul-attempts": String(attempts + tried) });
+		}
+		throw err;
+	}
+}
+
+function edgeResponse(result: unknown, chat: ChatRequest): Response {
+	const created = Math.floor(Date.now() / 1000);
+	if (chat.stream) {
+		if (!(result instanceof ReadableStream)) throw new Error("Workers AI returned no stream");
+		return new Response(toOpenAiStream(result, chat.model, created), {
+			headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
+		});
+	}
+	return Response.json(toChatCompletion(result, chat.model, created));
+}
+
+function withRouting(
+	response: Response,
+	r: { tier: "edge" | "region"; region: string; attempts: number; classification: Classification },
+): Response {
+	const headers = new Headers(response.headers);
+	headers.set("x-backhaul-tier", r.tier);
+	headers.set("x-backhaul-region", r.region);
+	headers.set("x-backhaul-attempts", String(r.attempts));
+	headers.set("x-backhaul-reason", r.classification.reason);
+	return new Response(response.body, { status: response.status, headers });
+}
