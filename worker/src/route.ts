@@ -120,7 +120,8 @@ export function validateRoute(raw: unknown): Route {
 	if (obj.edgeModel === null) edgeModel = null;
 	else {
 		edgeModel = str(obj, "edgeModel");
-		if (!MODEL_NAME.test(edgeModel)) throw new ValidationError("edgeModel", "must be null or 1-128 characters of [A-Za-z0-9._:/-]");
+		// Workers AI model names look like "@cf/meta/llama-3.2-1b-instruct".
+		if (!/^[A-Za-z0-9@._:/-]{1,128}$/.test(edgeModel)) throw new ValidationError("edgeModel", "must be null or a Workers AI model name");
 	}
 	const generation = int(obj, "generation", 0);
 	const publishedAt = str(obj, "publishedAt");

@@ -1,0 +1,66 @@
+import { describe, expect, it } from "vitest";
+import { validateRoute, ValidationError } from "../../src/route";
+
+// The example route of docs/publication.md, verbatim.
+const example = {
+	namespace: "default",
+	name: "smollm2",
+	region: "us-east",
+	model: "smollm2-135m",
+	endpoint: "https://us-east.gpu.example.com",
+	location: { latitude: 39.04, longitude: -77.49 },
+	replicas: 2,
+	readyReplicas: 2,
+	routing: { heavyPromptTokens: 1024, heavyMaxTokens: 512, requestTimeoutMs: 120000, firstByteTimeoutMs: 15000, failoverAttempts: 3 },
+	edgeModel: "@cf/meta/llama-3.2-1b-instruct",
+	generation: 4,
+	publishedAt: "2026-11-23T07:00:00Z",
+	ttlSeconds: 60,
+};
+
+const field = (mutate: (r: any) => void): string => {
+	const r = structuredClone(example) as any;
+	mutate(r);
+	try {
+		validateRoute(r);
+	} catch (e) {
+		if (e instanceof ValidationError) return e.field;
+		throw e;
+	}
+	return "valid";
+};
+
+describe("validateRoute", () => {
+	it("accepts the documented example unchanged", () => {
+		expect(validateRoute(example)).toEqual(example);
+	});
+	it("accepts a null edge model, loopback http and a trailing slash", () => {
+		expect(field((r) => (r.edgeModel = null))).toBe("valid");
+		expect(validateRoute({ ...example, endpoint: "http://127.0.0.1:8080/" }).endpoint).toBe("http://127.0.0.1:8080");
+		expect(field((r) => (r.endpoint = "http://localhost:9000"))).toBe("valid");
+	});
+	it("names the failing field", () => {
+		expect(field((r) => (r.namespace = "Default"))).toBe("namespace");
+		expect(field((r) => (r.name = "a".repeat(64)))).toBe("name");
+		expect(field((r) => (r.region = "-us"))).toBe("region");
+		expect(field((r) => (r.model = "bad model"))).toBe("model");
+		expect(field((r) => (r.model = ""))).toBe("model");
+		expect(field((r) => (r.endpoint = "http://gpu.example.com"))).toBe("endpoint");
+		expect(field((r) => (r.endpoint = "not a url"))).toBe("endpoint");
+		expect(field((r) => (r.location.latitude = 91))).toBe("location.latitude");
+		expect(field((r) => (r.location.longitude = -181))).toBe("location.longitude");
+		expect(field((r) => delete r.location)).toBe("location");
+		expect(field((r) => (r.replicas = -1))).toBe("replicas");
+		expect(field((r) => (r.readyReplicas = 1.5))).toBe("readyReplicas");
+		expect(field((r) => (r.routing.heavyPromptTokens = -1))).toBe("routing.heavyPromptTokens");
+		expect(field((r) => (r.routing.requestTimeoutMs = 0))).toBe("routing.requestTimeoutMs");
+		expect(field((r) => (r.routing.firstByteTimeoutMs = "15000"))).toBe("routing.firstByteTimeoutMs");
+		expect(field((r) => (r.routing.failoverAttempts = 0))).toBe("routing.failoverAttempts");
+		expect(field((r) => (r.edgeModel = 3))).toBe("edgeModel");
+		expect(field((r) => (r.generation = -1))).toBe("generation");
+		expect(field((r) => (r.publishedAt = "yesterday"))).toBe("publishedAt");
+		expect(field((r) => (r.publishedAt = "2026-11-23T07:00:00"))).toBe("publishedAt");
+		expect(field((r) => (r.ttlSeconds = 9))).toBe("ttlSeconds");
+		expect(field((r) => (r.ttlSeconds = 3601))).toBe("ttlSeconds");
+	});
+});

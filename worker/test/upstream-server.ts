@@ -1,0 +1,135 @@
+/**
+ * Simulated GPU regions for the integration tests: a real HTTP server on
+ * 127.0.0.1 (vitest global setup, runs in Node). A route's endpoint picks the
+ * behaviour: `{base}/{scenario}/{id}` so the Worker calls
+ * `{base}/{scenario}/{id}/v1/chat/completions`.
+ *
+ * Scenarios: ok, status503, status429 (Retry-After: 30), slow (headers after
+ * 3 s), midfail (two chunks, then the socket is destroyed), truncated (two
+ * chunks, then a clean end without [DONE]), gated (first chunk, then waits for
+ * /control/release/{id}), hold (first chunk, then holds until the client goes).
+ * Control: /control/count/{id} (requests seen), /control/release/{id},
+ * /control/closed/{id} (answers once the upstream connection of {id} closed;
+ * 504 after 10 s).
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { TestProject } from "vitest/node";
+
+declare module "vitest" {
+	export interface ProvidedContext {
+		upstreamPort: number;
+		refusedPort: number;
+	}
+}
+
+const counts = new Map<string, number>();
+const releases = new Map<string, () => void>();
+const closed = new Map<string, Promise<void>>();
+const closedResolvers = new Map<string, () => void>();
+
+function closedPromise(id: string): Promise<void> {
+	if (!closed.has(id)) closed.set(id, new Promise<void>((resolve) => closedResolvers.set(id, resolve)));
+	return closed.get(id)!;
+}
+
+const chunk = (id: string, text: string) =>
+	`data: ${JSON.stringify({ id: "chatcmpl-up", object: "chat.completion.chunk", created: 1, model: "m", choices: [{ index: 0, delta: { content: text }, finish_reason: null }] })}\n\n`;
+
+async function readBody(req: IncomingMessage): Promise<string> {
+	let s = "";
+	for await (const c of req) s += c;
+	return s;
+}
+
+async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+	const parts = (req.url ?? "/").split("/").filter(Boolean);
+	if (parts[0] === "control") {
+		const [, what, id = ""] = parts;
+		if (what === "count") return void res.end(String(counts.get(id) ?? 0));
+		if (what === "release") {
+			releases.get(id)?.();
+			return void res.end("released");
+		}
+		if (what === "closed") {
+			const timer = new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 10_000));
+			const result = await Promise.race([closedPromise(id).then(() => "closed" as const), timer]);
+			res.statusCode = result === "closed" ? 200 : 504;
+			return void res.end(result);
+		}
+	}
+	const [scenario = "", id = ""] = parts;
+	counts.set(id, (counts.get(id) ?? 0) + 1);
+	const body = await readBody(req);
+	const stream = (JSON.parse(body || "{}") as { stream?: boolean }).stream === true;
+	res.on("close", () => {
+		closedPromise(id);
+		closedResolvers.get(id)?.();
+	});
+	switch (scenario) {
+		case "status503":
+			res.writeHead(503, { "content-type": "application/json" });
+			return void res.end(JSON.stringify({ error: { message: "overloaded", type: "server_error" } }));
+		case "status429":
+			res.writeHead(429, { "content-type": "application/json", "retry-after": "30" });
+			return void res.end(JSON.stringify({ error: { message: "saturated", type: "rate_limit_error" } }));
+		case "badrequest":
+			res.writeHead(400, { "content-type": "application/json" });
+			return void res.end(JSON.stringify({ error: { message: "upstream says no", type: "invalid_request_error" } }));
+		case "slow":
+			await new Promise((r) => setTimeout(r, 3000));
+			break;
+	}
+	if (!stream) {
+		res.writeHead(200, { "content-type": "application/json" });
+		return void res.end(
+			JSON.stringify({
+				id: "chatcmpl-up",
+				object: "chat.completion",
+				created: 1,
+				model: "m",
+				choices: [{ index: 0, message: { role: "assistant", content: `hello from ${id}` }, finish_reason: "stop" }],
+			}),
+		);
+	}
+	res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+	res.write(chunk(id, `hello from ${id}`));
+	switch (scenario) {
+		case "midfail":
+			res.write(chunk(id, " and then"));
+			setTimeout(() => res.destroy(), 50);
+			return;
+		case "truncated":
+			res.write(chunk(id, " and then"));
+			return void res.end();
+		case "gated":
+			await new Promise<void>((r) => releases.set(id, r));
+			break;
+		case "hold":
+			return; // until the client goes away
+	}
+	res.write(chunk(id, " bye"));
+	res.end("data: [DONE]\n\n");
+}
+
+export default async function setup(project: TestProject) {
+	const server = createServer((req, res) => {
+		handle(req, res).catch((err) => {
+			res.statusCode = 500;
+			res.end(String(err));
+		});
+	});
+	await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+	// A port with nothing listening: connections to it are refused.
+	const probe = createServer();
+	await new Promise<void>((r) => probe.listen(0, "127.0.0.1", r));
+	const refusedPort = (probe.address() as AddressInfo).port;
+	await new Promise<void>((r) => probe.close(() => r()));
+
+	project.provide("upstreamPort", (server.address() as AddressInfo).port);
+	project.provide("refusedPort", refusedPort);
+	return async () => {
+		server.closeAllConnections();
+		await new Promise<void>((r) => server.close(() => r()));
+	};
+}

@@ -1,0 +1,25 @@
+import { cloudflareTest } from "@cloudflare/vitest-plugin";
+import { defineConfig } from "vitest/config";
+
+// Tests run inside workerd (Miniflare) with the `local` environment of
+// wrangler.jsonc: the real Durable Object, rate limiter and vars. Regions are
+// a real HTTP server on 127.0.0.1 started by test/upstream-server.ts.
+export default defineConfig({
+	plugins: [
+		cloudflareTest(({ inject }) => ({
+			wrangler: { configPath: "./wrangler.jsonc", environment: "local" },
+			miniflare: {
+				bindings: {
+					BACKHAUL_PUBLISH_SECRET: "test-publish-secret",
+					TEST_UPSTREAM: `http://127.0.0.1:${inject<number>("upstreamPort")}`,
+					TEST_REFUSED: `http://127.0.0.1:${inject<number>("refusedPort")}`,
+				},
+			},
+		})),
+	],
+	test: {
+		globalSetup: ["./test/upstream-server.ts"],
+		include: ["test/**/*.test.ts"],
+		testTimeout: 20_000,
+	},
+});
