@@ -1,1 +1,45 @@
-//! Backhaul inference server (filled in by the inference issue).
+//! Backhaul's inference server: one model, loaded with mistral.rs, served
+//! over gRPC (`backhaul.inference.v1.Inference`, health, reflection) and an
+//! OpenAI-compatible HTTP API in the same process.
+//!
+//! Every request takes one path, whichever API it came in on:
+//!
+//! ```text
+//! gRPC / HTTP adapter ─► validate ─► count prompt ─► admit ─► engine ─► relay ─► adapter
+//!   (grpc, http)        (validate)    (engine)    (admission) (engine)  (relay)
+//! ```
+//!
+//! - [`validate`] turns raw input into a [`validate::ValidatedRequest`];
+//! - [`admission`] bounds concurrent and queued work, refusing the rest at
+//!   once (RESOURCE_EXHAUSTED / 429 with Retry-After);
+//! - [`engine`] submits to mistral.rs with a roomy channel that [`relay`]
+//!   drains at once, so a slow client is cut off rather than stalling the
+//!   batch, stop sequences never leak, and deadlines are honoured;
+//! - [`error`] maps every failure to a gRPC status, an HTTP status and an
+//!   OpenAI error body, with one bounded category for metrics;
+//! - [`server`] binds first, loads, serves, and drains on request.
+//!
+//! [`server::start`] returns a [`server::ServerHandle`] with the bound
+//! addresses, a ready signal and drain/shutdown controls; the binary wires
+//! it to signals.
+
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod model_source;
+pub mod relay;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+pub mod validate;
+
+pub use config::Config;
+pub use engine::{Engine, LoadError, ModelInfo};
+pub use error::InferenceError;
+pub use server::{ModelSource, ServeError, ServerHandle, start};

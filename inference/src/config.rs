@@ -1,0 +1,193 @@
+//! Command-line and environment configuration. Every flag also reads a
+//! `BACKHAUL_*` variable; the operator builds pod arguments from exactly
+//! these names, so renaming one is a breaking change.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, ValueEnum};
+
+/// Backhaul inference server: one model, served over gRPC and an
+/// OpenAI-compatible HTTP API.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "backhaul-inference", version, about, long_about = None)]
+pub struct Config {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Log line format.
+    #[arg(long, env = "BACKHAUL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// What to load and where to run it.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Model")]
+pub struct ModelArgs {
+    /// Model to serve: a GGUF file, a directory (safetensors, or GGUF with
+    /// --gguf-file), or `hf://org/repo[@revision]` downloaded into
+    /// --model-cache.
+    #[arg(long, env = "BACKHAUL_MODEL")]
+    pub model: String,
+    /// Weights format; `auto` picks GGUF for `.gguf` files or when
+    /// --gguf-file is given, and plain safetensors otherwise.
+    #[arg(long, env = "BACKHAUL_FORMAT", value_enum, default_value_t = ModelFormat::Auto)]
+    pub format: ModelFormat,
+    /// GGUF file name inside a directory or hf:// repo (repeat for sharded
+    /// models).
+    #[arg(long = "gguf-file", env = "BACKHAUL_GGUF_FILE", value_delimiter = ',')]
+    pub gguf_files: Vec<String>,
+    /// Name clients use in `model`; defaults to the model's file or repo name.
+    #[arg(long, env = "BACKHAUL_SERVED_NAME")]
+    pub served_name: Option<String>,
+    /// Chat template overriding the model's own: a `.jinja` file, or a
+    /// `tokenizer_config.json`-style `.json` file.
+    #[arg(long, env = "BACKHAUL_CHAT_TEMPLATE")]
+    pub chat_template: Option<PathBuf>,
+    /// In-situ quantization for plain models, e.g. `q4k`, `q8_0`, `4`, `8`.
+    #[arg(long, env = "BACKHAUL_ISQ")]
+    pub isq: Option<String>,
+    /// Where hf:// models are downloaded.
+    #[arg(
+        long,
+        env = "BACKHAUL_MODEL_CACHE",
+        default_value = "/var/cache/backhaul/models"
+    )]
+    pub model_cache: PathBuf,
+    /// Device to run on; `auto` uses CUDA device 0 when built with the
+    /// `cuda` feature and one is present, else the CPU.
+    #[arg(long, env = "BACKHAUL_DEVICE", value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Activation and weight dtype for plain models.
+    #[arg(long, env = "BACKHAUL_DTYPE", value_enum, default_value_t = DtypeChoice::Auto)]
+    pub dtype: DtypeChoice,
+    /// Most sequences the engine batches together.
+    #[arg(long, env = "BACKHAUL_MAX_NUM_SEQS", default_value_t = 32)]
+    pub max_num_seqs: usize,
+    /// Cap on the context window (prompt plus generated tokens); defaults
+    /// to the model's own. Also sizes the PagedAttention cache and device
+    /// mapping.
+    #[arg(long, env = "BACKHAUL_MAX_SEQ_LEN")]
+    pub max_seq_len: Option<usize>,
+    /// Use PagedAttention (CUDA only; ignored, with a warning, on CPU).
+    #[arg(long, env = "BACKHAUL_PAGED_ATTN")]
+    pub paged_attn: bool,
+    /// Fraction of GPU memory PagedAttention may take for its KV cache.
+    #[arg(long, env = "BACKHAUL_PAGED_ATTN_GPU_MEM_UTIL", default_value_t = 0.9)]
+    pub paged_attn_gpu_mem_util: f32,
+}
+
+/// How requests are accepted, bounded and drained.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Serving")]
+pub struct ServeArgs {
+    /// gRPC listen address (Inference, Health, reflection).
+    #[arg(long, env = "BACKHAUL_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (OpenAI API, /health, /ready, /metrics).
+    #[arg(long, env = "BACKHAUL_HTTP_ADDR", default_value = "0.0.0.0:8000")]
+    pub http_addr: SocketAddr,
+    /// Requests generating at once; more wait in the queue.
+    #[arg(long, env = "BACKHAUL_MAX_IN_FLIGHT", default_value_t = 32)]
+    pub max_in_flight: usize,
+    /// Requests waiting for a generation slot; beyond this a request is
+    /// refused at once with RESOURCE_EXHAUSTED / HTTP 429 and Retry-After.
+    #[arg(long, env = "BACKHAUL_MAX_QUEUE", default_value_t = 64)]
+    pub max_queue: usize,
+    /// On SIGTERM/SIGINT, how long in-flight requests may run before they
+    /// are cancelled, e.g. `30s`, `500ms`, `2m`.
+    #[arg(long, env = "BACKHAUL_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Events a streaming client may fall behind before it is cut off (its
+    /// sequence cancelled) so that it cannot hold up the batch.
+    #[arg(long, env = "BACKHAUL_STREAM_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(2..))]
+    pub stream_buffer: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelFormat {
+    Auto,
+    Gguf,
+    Plain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeChoice {
+    Auto,
+    Bf16,
+    F16,
+    F32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 30s, 500ms or 2m"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown duration unit `{unit}` in `{text}`")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn every_flag_has_a_backhaul_env_var() {
+        let command = Config::command();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{id} has no env var"));
+            assert!(env.to_string_lossy().starts_with("BACKHAUL_"), "{id}");
+        }
+        command.debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ports() {
+        let config = Config::try_parse_from(["backhaul-inference", "--model", "m.gguf"]).unwrap();
+        assert_eq!(config.serve.grpc_addr.port(), 50051);
+        assert_eq!(config.serve.http_addr.port(), 8000);
+        assert_eq!(config.serve.drain_timeout, Duration::from_secs(30));
+    }
+}

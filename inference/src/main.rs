@@ -1,0 +1,56 @@
+//! `backhaul-inference`: parse flags, start the server, drain on
+//! SIGTERM/SIGINT, exit 0 once drained.
+
+use anyhow::Context;
+use backhaul_inference::{Config, ModelSource, start, telemetry};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Config {
+        model,
+        serve,
+        log_format,
+    } = Config::parse();
+    telemetry::init(log_format);
+    telemetry::log_build_info();
+
+    let handle = start(serve, ModelSource::Load(model))
+        .await
+        .context("starting the server")?;
+    let drain = handle.drain_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received; draining");
+        drain.cancel();
+    });
+    handle.wait().await.context("serving")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,356 @@
+//! Process lifecycle: bind both listeners first (so health answers
+//! NOT_SERVING while the model loads), load, serve, and drain.
+//!
+//! Drain (SIGTERM/SIGINT in the binary, [`ServerHandle::drain`] in tests):
+//! readiness turns NOT_SERVING at once (gRPC health for "" and the service,
+//! and HTTP /ready), new and queued requests get UNAVAILABLE / 503, running
+//! generations get `--drain-timeout` to finish and are cancelled after it,
+//! then both servers stop.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use backhaul_proto::{INFERENCE_SERVICE_NAME, inference::v1::inference_server::InferenceServer};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    admission::Admission,
+    config::{ModelArgs, ServeArgs},
+    engine::{Engine, LoadError},
+    grpc::GrpcApi,
+    http,
+    metrics::Metrics,
+    service::InferenceService,
+};
+
+/// How long listeners get to close connections after the drain; long-lived
+/// health `Watch` streams would otherwise hold the gRPC server open.
+const LISTENER_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("gRPC server failed: {0}")]
+    Grpc(String),
+    #[error("HTTP server failed: {0}")]
+    Http(String),
+    #[error("server task failed: {0}")]
+    Task(String),
+}
+
+/// Where the model comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// Load from these arguments after the listeners are up.
+    Load(ModelArgs),
+    /// An engine loaded already (tests share one across servers).
+    Loaded(Arc<Engine>),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    ready: watch::Receiver<Readiness>,
+    drain: CancellationToken,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+    service: InferenceService,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Readiness {
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+impl ServerHandle {
+    /// Waits until the model is loaded and requests are served.
+    pub async fn ready(&mut self) -> Result<(), String> {
+        let state = self
+            .ready
+            .wait_for(|r| *r != Readiness::Loading)
+            .await
+            .map_err(|_| "server stopped before it was ready".to_string())?;
+        match &*state {
+            Readiness::Failed(message) => Err(message.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts the graceful drain (as SIGTERM does); returns at once.
+    pub fn drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// A token that starts the drain when cancelled.
+    pub fn drain_token(&self) -> CancellationToken {
+        self.drain.clone()
+    }
+
+    /// Requests admitted and not yet finished.
+    pub fn active_requests(&self) -> usize {
+        self.service.admission().active()
+    }
+
+    /// Waits for the server to stop (after a drain, or a load failure).
+    pub async fn wait(mut self) -> Result<(), ServeError> {
+        match self.task.take() {
+            Some(task) => task.await.map_err(|e| ServeError::Task(e.to_string()))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Drains and waits for the server to stop.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.drain();
+        self.wait().await
+    }
+}
+
+impl Drop for ServerHandle {
+    /// A dropped handle stops its server (tests rely on this).
+    fn drop(&mut self) {
+        self.drain.cancel();
+        self.service.cancel_all();
+    }
+}
+
+/// Binds both listeners and starts serving; the model loads in the
+/// background (see [`ServerHandle::ready`]).
+pub async fn start(serve: ServeArgs, model: ModelSource) -> Result<ServerHandle, ServeError> {
+    let metrics = Metrics::new();
+    let admission = Admission::new(serve.max_in_flight, serve.max_queue, metrics.clone());
+    let service = InferenceService::new(admission, metrics.clone(), serve.stream_buffer as usize);
+
+    let grpc_listener =
+        TcpListener::bind(serve.grpc_addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: serve.grpc_addr,
+                source,
+            })?;
+    let http_listener =
+        TcpListener::bind(serve.http_addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: serve.http_addr,
+                source,
+            })?;
+    let grpc_addr = local_addr(&grpc_listener, serve.grpc_addr)?;
+    let http_addr = local_addr(&http_listener, serve.http_addr)?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // tonic-health starts "" as SERVING; nothing is served until the model
+    // has loaded.
+    set_health(&health, ServingStatus::NotServing).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(backhaul_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Grpc(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(backhaul_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Grpc(e.to_string()))?;
+
+    let stop_listeners = CancellationToken::new();
+    let grpc_task = tokio::spawn({
+        let stop = stop_listeners.clone();
+        let router = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(InferenceServer::new(GrpcApi::new(service.clone())));
+        async move {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(grpc_listener),
+                    stop.cancelled_owned(),
+                )
+                .await
+                .map_err(|e| ServeError::Grpc(e.to_string()))
+        }
+    });
+    let http_task = tokio::spawn({
+        let stop = stop_listeners.clone();
+        let app = http::router(service.clone());
+        async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .map_err(|e| ServeError::Http(e.to_string()))
+        }
+    });
+    tracing::info!(%grpc_addr, %http_addr, "listening");
+
+    let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
+    let drain = CancellationToken::new();
+    let lifecycle = Lifecycle {
+        service: service.clone(),
+        health,
+        metrics,
+        drain: drain.clone(),
+        drain_timeout: serve.drain_timeout,
+        ready: ready_tx,
+        stop_listeners,
+    };
+    let task = tokio::spawn(lifecycle.run(model, grpc_task, http_task));
+    Ok(ServerHandle {
+        grpc_addr,
+        http_addr,
+        ready: ready_rx,
+        drain,
+        task: Some(task),
+        service,
+    })
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServeError> {
+    listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(INFERENCE_SERVICE_NAME, status)
+        .await;
+}
+
+struct Lifecycle {
+    service: InferenceService,
+    health: HealthReporter,
+    metrics: Metrics,
+    drain: CancellationToken,
+    drain_timeout: Duration,
+    ready: watch::Sender<Readiness>,
+    stop_listeners: CancellationToken,
+}
+
+impl Lifecycle {
+    async fn run(
+        self,
+        model: ModelSource,
+        grpc_task: JoinHandle<Result<(), ServeError>>,
+        http_task: JoinHandle<Result<(), ServeError>>,
+    ) -> Result<(), ServeError> {
+        let loaded = tokio::select! {
+            loaded = load(model) => Some(loaded),
+            () = self.drain.cancelled() => None,
+        };
+        let result = match loaded {
+            Some(Ok(engine)) => {
+                self.on_loaded(engine).await;
+                self.drain.cancelled().await;
+                self.on_drain().await;
+                Ok(())
+            }
+            Some(Err(error)) => {
+                tracing::error!(%error, "model failed to load");
+                let _ = self.ready.send(Readiness::Failed(error.to_string()));
+                Err(ServeError::Load(error))
+            }
+            None => Ok(()),
+        };
+        self.stop_listeners.cancel();
+        for task in [grpc_task, http_task] {
+            let abort = task.abort_handle();
+            match tokio::time::timeout(LISTENER_SHUTDOWN_GRACE, task).await {
+                Ok(Ok(Err(error))) => tracing::warn!(%error, "listener ended with an error"),
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!("listener did not close in time; aborting it");
+                    abort.abort();
+                }
+            }
+        }
+        tracing::info!("server stopped");
+        result
+    }
+
+    async fn on_loaded(&self, engine: Arc<Engine>) {
+        let info = engine.info().clone();
+        self.metrics.model_load_seconds.set(engine.load_seconds());
+        self.metrics
+            .engine_info
+            .with_label_values(&[
+                info.served_name.as_str(),
+                info.device.as_str(),
+                env!("CARGO_PKG_VERSION"),
+            ])
+            .set(1);
+        self.service.set_engine(engine.clone());
+        set_health(&self.health, ServingStatus::Serving).await;
+        let _ = self.ready.send(Readiness::Ready);
+        tracing::info!(
+            model = %info.served_name,
+            context_length = info.context_length,
+            quantization = %info.quantization,
+            device = %info.device,
+            load_seconds = engine.load_seconds(),
+            "model loaded; serving"
+        );
+    }
+
+    async fn on_drain(&self) {
+        self.service.admission().start_draining();
+        set_health(&self.health, ServingStatus::NotServing).await;
+        let active = self.service.admission().active();
+        tracing::info!(
+            active,
+            drain_timeout_s = self.drain_timeout.as_secs_f64(),
+            "draining: no new requests; waiting for in-flight ones"
+        );
+        let idle = self.service.admission().wait_idle();
+        if tokio::time::timeout(self.drain_timeout, idle)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                active = self.service.admission().active(),
+                "drain timeout reached; cancelling the remaining generations"
+            );
+            self.service.cancel_all();
+            // Cancelled relays end their streams at once; give clients a
+            // moment to read the final event.
+            let _ = tokio::time::timeout(
+                LISTENER_SHUTDOWN_GRACE,
+                self.service.admission().wait_idle(),
+            )
+            .await;
+        }
+        tracing::info!("drained");
+    }
+}
+
+async fn load(model: ModelSource) -> Result<Arc<Engine>, LoadError> {
+    match model {
+        ModelSource::Loaded(engine) => Ok(engine),
+        ModelSource::Load(args) => {
+            tracing::info!(model = %args.model, "loading model");
+            // Loading blocks its thread for seconds to minutes; keep it off
+            // the workers serving health checks.
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || handle.block_on(Engine::load(&args)))
+                .await
+                .map_err(|e| LoadError::Engine {
+                    model: String::new(),
+                    message: format!("loader task failed: {e}"),
+                })?
+                .map(Arc::new)
+        }
+    }
+}

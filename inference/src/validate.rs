@@ -1,0 +1,427 @@
+//! Validation: a [`RawRequest`] (whatever a gRPC or HTTP client sent) becomes
+//! a [`ValidatedRequest`] or an [`InferenceError::InvalidArgument`] naming
+//! the field at fault. Nothing past this point sees unchecked input.
+//!
+//! Checks that need the tokenizer (prompt and max_tokens against the context
+//! window) are in [`check_context`], run once the prompt is counted.
+
+use crate::{engine::ModelInfo, error::InferenceError};
+
+/// Most stop sequences a request may carry.
+pub const MAX_STOP_SEQUENCES: usize = 16;
+
+/// A request as a client sent it; adapters fill this from proto or JSON.
+#[derive(Debug, Clone, Default)]
+pub struct RawRequest {
+    pub model: Option<String>,
+    pub prompt: RawPrompt,
+    pub sampling: RawSampling,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RawPrompt {
+    Chat(Vec<RawMessage>),
+    Text(String),
+}
+
+impl Default for RawPrompt {
+    fn default() -> Self {
+        Self::Chat(Vec::new())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RawMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RawSampling {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
+    pub max_tokens: Option<i64>,
+    pub stop: Vec<String>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    /// Refused when set: mistral.rs 0.8.1 has no per-request seed.
+    pub seed: Option<i64>,
+    /// Refused unless 1.
+    pub n: Option<i64>,
+}
+
+/// A checked request, ready for admission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedRequest {
+    pub request_id: String,
+    pub prompt: Prompt,
+    pub sampling: RequestedSampling,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Chat(Vec<ChatMessage>),
+    Text(String),
+}
+
+impl Prompt {
+    /// The request field holding the prompt, for error messages.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Chat(_) => "messages",
+            Self::Text(_) => "prompt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+        }
+    }
+}
+
+/// Sampling as requested; `max_tokens` is settled by [`check_context`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestedSampling {
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub min_p: Option<f64>,
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+}
+
+/// Final sampling settings with a definite token budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub min_p: Option<f64>,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> InferenceError {
+    InferenceError::invalid(field, message)
+}
+
+/// Checks everything that does not need the tokenizer.
+pub fn validate(raw: RawRequest, model: &ModelInfo) -> Result<ValidatedRequest, InferenceError> {
+    if let Some(requested) = raw.model.filter(|m| !m.is_empty()) {
+        if requested != model.served_name {
+            return Err(InferenceError::ModelNotFound {
+                requested,
+                served: model.served_name.clone(),
+            });
+        }
+    }
+    let request_id = match raw.request_id.filter(|id| !id.is_empty()) {
+        Some(id) if id.len() > 128 || id.chars().any(|c| c.is_control()) => {
+            return Err(invalid(
+                "request_id",
+                "must be at most 128 printable characters",
+            ));
+        }
+        Some(id) => id,
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let prompt = match raw.prompt {
+        RawPrompt::Chat(messages) => {
+            if messages.is_empty() {
+                return Err(invalid("messages", "must contain at least one message"));
+            }
+            let messages = messages
+                .into_iter()
+                .map(|m| {
+                    let role = match m.role.as_str() {
+                        "system" | "developer" => Role::System,
+                        "user" => Role::User,
+                        "assistant" => Role::Assistant,
+                        other => {
+                            return Err(invalid(
+                                "messages",
+                                format!(
+                                    "unknown role `{}`; expected system, user or assistant",
+                                    other.escape_debug()
+                                ),
+                            ));
+                        }
+                    };
+                    Ok(ChatMessage {
+                        role,
+                        content: m.content,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Prompt::Chat(messages)
+        }
+        RawPrompt::Text(text) => {
+            if text.is_empty() {
+                return Err(invalid("prompt", "must not be empty"));
+            }
+            Prompt::Text(text)
+        }
+    };
+    let sampling = validate_sampling(raw.sampling, model)?;
+    Ok(ValidatedRequest {
+        request_id,
+        prompt,
+        sampling,
+    })
+}
+
+fn finite_in(
+    field: &'static str,
+    value: Option<f64>,
+    min: f64,
+    max: f64,
+) -> Result<Option<f64>, InferenceError> {
+    match value {
+        Some(v) if !v.is_finite() => Err(invalid(field, "must be a finite number")),
+        Some(v) if v < min || v > max => Err(invalid(
+            field,
+            format!("must be between {min} and {max}, got {v}"),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn validate_sampling(
+    raw: RawSampling,
+    model: &ModelInfo,
+) -> Result<RequestedSampling, InferenceError> {
+    if raw.seed.is_some() {
+        return Err(invalid(
+            "seed",
+            "is not supported: the engine has no per-request seed; use temperature 0 for reproducible output",
+        ));
+    }
+    if let Some(n) = raw.n {
+        if n != 1 {
+            return Err(invalid("n", "only one choice (n = 1) is supported"));
+        }
+    }
+    let temperature = finite_in("temperature", raw.temperature, 0.0, 100.0)?.unwrap_or(1.0);
+    let top_p = finite_in("top_p", raw.top_p, 0.0, 1.0)?;
+    if top_p == Some(0.0) {
+        return Err(invalid("top_p", "must be greater than 0"));
+    }
+    let min_p = finite_in("min_p", raw.min_p, 0.0, 1.0)?;
+    let top_k = match raw.top_k {
+        Some(k) if k < 0 => return Err(invalid("top_k", "must not be negative")),
+        // 0 means "no top-k filtering", as in most servers.
+        Some(0) | None => None,
+        Some(k) => Some(usize::try_from(k).map_err(|_| invalid("top_k", "is too large"))?),
+    };
+    let frequency_penalty = finite_in("frequency_penalty", raw.frequency_penalty, -2.0, 2.0)?;
+    let presence_penalty = finite_in("presence_penalty", raw.presence_penalty, -2.0, 2.0)?;
+    let max_tokens = match raw.max_tokens {
+        None => None,
+        Some(m) if m < 1 => return Err(invalid("max_tokens", "must be at least 1")),
+        Some(m) => {
+            let m = usize::try_from(m).unwrap_or(usize::MAX);
+            if m > model.context_length {
+                return Err(invalid(
+                    "max_tokens",
+                    format!(
+                        "{m} exceeds the model's context window of {} tokens",
+                        model.context_length
+                    ),
+                ));
+            }
+            Some(m)
+        }
+    };
+    if raw.stop.len() > MAX_STOP_SEQUENCES {
+        return Err(invalid(
+            "stop",
+            format!("at most {MAX_STOP_SEQUENCES} stop sequences are allowed"),
+        ));
+    }
+    if raw.stop.iter().any(String::is_empty) {
+        return Err(invalid("stop", "stop sequences must not be empty"));
+    }
+    Ok(RequestedSampling {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        max_tokens,
+        stop: raw.stop,
+        #[allow(clippy::cast_possible_truncation)]
+        frequency_penalty: frequency_penalty.map(|v| v as f32),
+        #[allow(clippy::cast_possible_truncation)]
+        presence_penalty: presence_penalty.map(|v| v as f32),
+    })
+}
+
+/// Checks the counted prompt against the context window and settles the
+/// token budget: an unset `max_tokens` means "up to the end of the context".
+pub fn check_context(
+    requested: &RequestedSampling,
+    prompt: &Prompt,
+    prompt_tokens: usize,
+    context_length: usize,
+) -> Result<Sampling, InferenceError> {
+    if prompt_tokens >= context_length {
+        return Err(invalid(
+            prompt.field(),
+            format!(
+                "the prompt is {prompt_tokens} tokens; the model's context window is {context_length}"
+            ),
+        ));
+    }
+    let room = context_length - prompt_tokens;
+    let max_tokens = match requested.max_tokens {
+        Some(m) if m > room => {
+            return Err(invalid(
+                "max_tokens",
+                format!(
+                    "prompt ({prompt_tokens} tokens) plus max_tokens ({m}) exceeds the context window of {context_length}"
+                ),
+            ));
+        }
+        Some(m) => m,
+        None => room,
+    };
+    Ok(Sampling {
+        temperature: requested.temperature,
+        top_k: requested.top_k,
+        top_p: requested.top_p,
+        min_p: requested.min_p,
+        max_tokens,
+        stop: requested.stop.clone(),
+        frequency_penalty: requested.frequency_penalty,
+        presence_penalty: requested.presence_penalty,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> ModelInfo {
+        ModelInfo {
+            served_name: "smol".into(),
+            context_length: 100,
+            quantization: "gguf".into(),
+            device: "cpu".into(),
+        }
+    }
+
+    fn chat(messages: &[(&str, &str)]) -> RawRequest {
+        RawRequest {
+            prompt: RawPrompt::Chat(
+                messages
+                    .iter()
+                    .map(|(role, content)| RawMessage {
+                        role: (*role).into(),
+                        content: (*content).into(),
+                    })
+                    .collect(),
+            ),
+            ..RawRequest::default()
+        }
+    }
+
+    fn field_of(err: InferenceError) -> &'static str {
+        match err {
+            InferenceError::InvalidArgument { field, .. } => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_chat_validates_with_defaults() {
+        let v = validate(chat(&[("user", "hi")]), &model()).unwrap();
+        assert_eq!(v.sampling.temperature, 1.0);
+        assert_eq!(v.sampling.max_tokens, None);
+        assert!(!v.request_id.is_empty());
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let m = model();
+        assert_eq!(field_of(validate(chat(&[]), &m).unwrap_err()), "messages");
+        assert_eq!(
+            field_of(validate(chat(&[("wizard", "x")]), &m).unwrap_err()),
+            "messages"
+        );
+        let with = |f: fn(&mut RawSampling)| {
+            let mut r = chat(&[("user", "hi")]);
+            f(&mut r.sampling);
+            field_of(validate(r, &m).unwrap_err())
+        };
+        assert_eq!(with(|s| s.temperature = Some(f64::NAN)), "temperature");
+        assert_eq!(with(|s| s.temperature = Some(-1.0)), "temperature");
+        assert_eq!(with(|s| s.top_p = Some(1.5)), "top_p");
+        assert_eq!(with(|s| s.top_k = Some(-3)), "top_k");
+        assert_eq!(with(|s| s.min_p = Some(f64::INFINITY)), "min_p");
+        assert_eq!(with(|s| s.max_tokens = Some(0)), "max_tokens");
+        assert_eq!(with(|s| s.max_tokens = Some(101)), "max_tokens");
+        assert_eq!(
+            with(|s| s.frequency_penalty = Some(9.0)),
+            "frequency_penalty"
+        );
+        assert_eq!(with(|s| s.stop = vec![String::new()]), "stop");
+        assert_eq!(with(|s| s.seed = Some(1)), "seed");
+        assert_eq!(with(|s| s.n = Some(2)), "n");
+    }
+
+    #[test]
+    fn unknown_models_are_not_found() {
+        let mut r = chat(&[("user", "hi")]);
+        r.model = Some("gpt-9".into());
+        assert!(matches!(
+            validate(r, &model()),
+            Err(InferenceError::ModelNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn the_context_window_bounds_prompt_and_budget() {
+        let v = validate(chat(&[("user", "hi")]), &model()).unwrap();
+        assert_eq!(
+            check_context(&v.sampling, &v.prompt, 30, 100)
+                .unwrap()
+                .max_tokens,
+            70
+        );
+        assert_eq!(
+            field_of(check_context(&v.sampling, &v.prompt, 100, 100).unwrap_err()),
+            "messages"
+        );
+        let mut r = chat(&[("user", "hi")]);
+        r.sampling.max_tokens = Some(80);
+        let v = validate(r, &model()).unwrap();
+        assert_eq!(
+            field_of(check_context(&v.sampling, &v.prompt, 30, 100).unwrap_err()),
+            "max_tokens"
+        );
+    }
+}

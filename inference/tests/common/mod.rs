@@ -1,0 +1,205 @@
+//! Shared by the integration tests: finds the test model, loads it once per
+//! test binary, and starts real servers on free loopback ports.
+
+#![allow(dead_code)]
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use backhaul_inference::{
+    Engine, ModelSource, ServerHandle,
+    config::{Config, ServeArgs},
+    start,
+};
+use backhaul_proto::inference::v1::{
+    self as pb, ChatRequest, Message, Sampling, inference_client::InferenceClient,
+};
+use clap::Parser;
+use tonic::transport::Channel;
+
+/// Where `make model` puts SmolLM2-135M-Instruct; BACKHAUL_MODEL overrides.
+pub fn model_path() -> PathBuf {
+    if let Ok(path) = std::env::var("BACKHAUL_MODEL") {
+        return PathBuf::from(path);
+    }
+    let cache = std::env::var("BACKHAUL_CACHE").map_or_else(
+        |_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME is set"))
+                .join(".cache")
+                .join("backhaul")
+        },
+        PathBuf::from,
+    );
+    let path = cache.join("models").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "test model not found at {}: run `make model` (or set BACKHAUL_MODEL to a GGUF file)",
+        path.display()
+    );
+    path
+}
+
+/// Tests in one binary share one loaded model. It is loaded on a runtime
+/// that lives for the whole process, since each test has its own runtime.
+pub fn engine() -> Arc<Engine> {
+    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let runtime = RUNTIME.get_or_init(|| {
+                tokio::runtime::Runtime::new().expect("a runtime for loading the model")
+            });
+            let path = model_path();
+            let config = Config::try_parse_from([
+                "backhaul-inference",
+                "--model",
+                path.to_str().expect("utf-8 model path"),
+                "--device",
+                "cpu",
+                "--served-name",
+                "smollm2",
+            ])
+            .expect("test flags parse");
+            let started = Instant::now();
+            let engine = runtime
+                .block_on(Engine::load(&config.model))
+                .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+            eprintln!("model loaded in {:.1}s", started.elapsed().as_secs_f64());
+            Arc::new(engine)
+        })
+        .clone()
+}
+
+/// Engine-bound tests take turns: greedy outputs are compared across
+/// requests, and batching with another test's sequences could change them.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Serving flags for a test server on free loopback ports.
+pub fn serve_args(extra: &[&str]) -> ServeArgs {
+    let mut argv = vec![
+        "backhaul-inference",
+        "--model",
+        "unused",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ];
+    argv.extend_from_slice(extra);
+    Config::try_parse_from(argv)
+        .expect("test flags parse")
+        .serve
+}
+
+/// Starts a server on the shared model and waits until it is ready.
+pub async fn server(extra: &[&str]) -> ServerHandle {
+    let mut handle = start(serve_args(extra), ModelSource::Loaded(engine()))
+        .await
+        .expect("server starts");
+    handle.ready().await.expect("server becomes ready");
+    handle
+}
+
+pub async fn grpc(handle: &ServerHandle) -> InferenceClient<Channel> {
+    InferenceClient::connect(format!("http://{}", handle.grpc_addr))
+        .await
+        .expect("gRPC connects")
+}
+
+pub fn http_url(handle: &ServerHandle, path: &str) -> String {
+    format!("http://{}{}", handle.http_addr, path)
+}
+
+pub fn chat(prompt: &str, max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        model: "smollm2".into(),
+        messages: vec![Message {
+            role: "user".into(),
+            content: prompt.into(),
+        }],
+        sampling: Some(Sampling {
+            temperature: Some(0.0),
+            max_tokens: Some(max_tokens),
+            ..Sampling::default()
+        }),
+        request_id: String::new(),
+    }
+}
+
+/// The text and last message of a gRPC chat stream read to its end.
+pub async fn grpc_stream_text(
+    client: &mut InferenceClient<Channel>,
+    request: ChatRequest,
+) -> (String, pb::ChatStreamResponse) {
+    let mut stream = client
+        .chat_stream(request)
+        .await
+        .expect("stream starts")
+        .into_inner();
+    let mut text = String::new();
+    let mut last = None;
+    while let Some(message) = stream.message().await.expect("stream message") {
+        text.push_str(&message.delta);
+        last = Some(message);
+    }
+    (text, last.expect("at least one message"))
+}
+
+/// Text and parsed `data:` payloads of an OpenAI SSE response body.
+pub fn sse_payloads(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| data.trim().to_string())
+        .collect()
+}
+
+/// Concatenated `delta.content` of chat completion SSE payloads.
+pub fn sse_chat_text(payloads: &[String]) -> String {
+    payloads
+        .iter()
+        .filter(|p| p.as_str() != "[DONE]")
+        .filter_map(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect()
+}
+
+/// Polls `check` until it holds, failing the test after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of one sample line in /metrics, e.g.
+/// `backhaul_inference_requests_queued`.
+pub async fn metric(handle: &ServerHandle, sample: &str) -> f64 {
+    let body = reqwest::get(http_url(handle, "/metrics"))
+        .await
+        .expect("metrics reachable")
+        .text()
+        .await
+        .expect("metrics body");
+    body.lines()
+        .find_map(|line| {
+            line.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
