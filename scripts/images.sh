@@ -11,7 +11,9 @@
 # access to them too.
 #
 # Usage: scripts/images.sh [--push] [operator|inference|inference-cuda ...]   (default: all three)
-# Environment: BACKHAUL_IMAGE_REGISTRY (ghcr.io/backhaul-dev), DOCKER (docker).
+# Environment: BACKHAUL_IMAGE_REGISTRY (ghcr.io/backhaul-dev), DOCKER (docker),
+#   CUDA_COMPUTE_CAP (the CUDA image's GPU generation, Dockerfile.cuda's default
+#   when unset: 90 = H100/H200, 80 = A100, 89 = L4/L40).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$repo_root"
@@ -56,12 +58,16 @@ declare -A spec=(
 built=()
 for name in "${wanted[@]}"; do
   IFS='|' read -r dockerfile tag <<<"${spec[$name]}"
+  extra=()
+  if [ "$name" = inference-cuda ] && [ -n "${CUDA_COMPUTE_CAP:-}" ]; then
+    extra+=(--build-arg "CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP")
+  fi
   if [ ! -f "$dockerfile" ]; then
     echo "images: $dockerfile does not exist" >&2
     exit 1
   fi
   step "image $tag" env DOCKER_BUILDKIT=1 "$docker" build \
-    --file "$dockerfile" --tag "$tag" --build-arg "VERSION=$version" \
+    --file "$dockerfile" --tag "$tag" --build-arg "VERSION=$version" "${extra[@]}" \
     --label "org.opencontainers.image.revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
     .
   built+=("$tag")
