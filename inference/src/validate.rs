@@ -273,9 +273,7 @@ fn validate_sampling(
         min_p,
         max_tokens,
         stop: raw.stop,
-        #[allow(clippy::cast_possible_truncation)]
         frequency_penalty: frequency_penalty.map(|v| v as f32),
-        #[allow(clippy::cast_possible_truncation)]
         presence_penalty: presence_penalty.map(|v| v as f32),
     })
 }
