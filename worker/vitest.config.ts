@@ -11,6 +11,8 @@ export default defineConfig({
 			miniflare: {
 				bindings: {
 					BACKHAUL_PUBLISH_SECRET: "test-publish-secret",
+					// Whatever a local .dev.vars says, the suite starts with an open API.
+					BACKHAUL_API_KEYS: "",
 					TEST_UPSTREAM: `http://127.0.0.1:${inject<number>("upstreamPort")}`,
 					TEST_REFUSED: `http://127.0.0.1:${inject<number>("refusedPort")}`,
 				},

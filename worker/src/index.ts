@@ -103,10 +103,10 @@ async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext
 	let attempts = 0;
 	let edgeFailure: string | null = null;
 	if (classification.tier === "edge" && edgeModel !== null) {
-		attempts++;
-		const ai = (env as { AI?: AiRunner }).AI;
+		const ai = env.AI as AiRunner | undefined;
 		if (!ai) edgeFailure = "the AI binding is not configured";
 		else {
+			attempts++;
 			try {
 				const result = await ai.run(edgeModel, edgeInputs(chat));
 				return withRouting(edgeResponse(result, chat), { tier: "edge", region: "edge", attempts, classification });

@@ -1,5 +1,5 @@
 import { env, SELF } from "cloudflare:test";
-import type { Route } from "../src/route";
+import type { Route, Routing } from "../src/route";
 import { sign } from "../src/signature";
 
 export const testEnv = env as Env & { TEST_UPSTREAM: string; TEST_REFUSED: string };
@@ -14,7 +14,7 @@ export const upstream = (scenario: string, id: string) => `${testEnv.TEST_UPSTRE
 export const upstreamControl = (what: string, id: string) => fetch(`${testEnv.TEST_UPSTREAM}/control/${what}/${id}`);
 export const upstreamCount = async (id: string) => Number(await (await upstreamControl("count", id)).text());
 
-export function makeRoute(overrides: Partial<Route> & { routing?: Partial<Route["routing"]> } = {}): Route {
+export function makeRoute(overrides: Partial<Omit<Route, "routing">> & { routing?: Partial<Routing> } = {}): Route {
 	const { routing, ...rest } = overrides;
 	return {
 		namespace: "default",

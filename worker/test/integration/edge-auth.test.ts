@@ -1,0 +1,157 @@
+/**
+ * Paths that need an env the suite's Worker does not have (Workers AI has no
+ * local mode; API keys are off for the rest of the suite): these call the
+ * Worker's fetch handler directly, inside workerd, with that env.
+ */
+import { createExecutionContext, env } from "cloudflare:test";
+import { describe, expect, it } from "vitest";
+import worker from "../../src/index";
+import type { AiRunner } from "../../src/edge";
+import { makeRoute, publish, sseContent, ssePayloads, uid, upstream, userMessage } from "../helpers";
+
+const EDGE = "@cf/meta/llama-3.2-1b-instruct";
+
+async function call(path: string, init: RequestInit, overrides: Record<string, unknown>): Promise<Response> {
+	// The context is not awaited here: a streamed answer's pump (ctx.waitUntil)
+	// runs only as fast as the test reads the body.
+	return worker.fetch(new Request(`https://router.test${path}`, init) as Request<unknown, IncomingRequestCfProperties>, { ...env, ...overrides } as Env, createExecutionContext());
+}
+const chat = (body: unknown, overrides: Record<string, unknown>, headers: Record<string, string> = {}) =>
+	call("/v1/chat/completions", { method: "POST", body: JSON.stringify(body), headers: { "content-type": "application/json", ...headers } }, overrides);
+
+/** A Workers AI binding answering as the real one does: `{response}` or an SSE stream of `{"response": ...}` events. */
+function aiAnswering(text: string, calls: { model: string; inputs: Record<string, unknown> }[] = []): AiRunner {
+	return {
+		async run(model, inputs) {
+			calls.push({ model, inputs });
+			if (!inputs.stream) return { response: text, usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 } };
+			const enc = new TextEncoder();
+			return new ReadableStream({
+				start(c) {
+					for (const word of text.split(" ")) c.enqueue(enc.encode(`data: ${JSON.stringify({ response: word + " " })}\n\n`));
+					c.enqueue(enc.encode("data: [DONE]\n\n"));
+					c.close();
+				},
+			});
+		},
+	};
+}
+const aiFailing = (message: string): AiRunner => ({
+	run: async () => {
+		throw new Error(message);
+	},
+});
+
+async function edgeModelDeployment() {
+	const model = uid("edge-");
+	const name = uid("md");
+	await publish(makeRoute({ name, region: "r0", model, edgeModel: EDGE, endpoint: upstream("ok", `${name}-r0`), routing: { heavyPromptTokens: 100, heavyMaxTokens: 256 } }));
+	return { model, regionId: `${name}-r0` };
+}
+
+describe("edge tier (Workers AI)", () => {
+	it("answers a light request at the edge with an OpenAI chat.completion", async () => {
+		const { model } = await edgeModelDeployment();
+		const calls: { model: string; inputs: Record<string, unknown> }[] = [];
+		const res = await chat({ model, messages: userMessage("Hi"), max_tokens: 20 }, { AI: aiAnswering("Hello there", calls) });
+		expect(res.status).toBe(200);
+		expect(res.headers.get("x-backhaul-tier")).toBe("edge");
+		expect(res.headers.get("x-backhaul-attempts")).toBe("1");
+		expect(await res.json()).toMatchObject({ object: "chat.completion", model, choices: [{ message: { content: "Hello there" } }] });
+		expect(calls).toEqual([{ model: EDGE, inputs: { messages: [{ role: "user", content: "Hi" }], stream: false, max_tokens: 20 } }]);
+	});
+
+	it("streams edge answers as OpenAI chunks", async () => {
+		const { model } = await edgeModelDeployment();
+		const res = await chat({ model, messages: userMessage("Hi"), stream: true }, { AI: aiAnswering("one two") });
+		const text = await res.text();
+		expect(sseContent(text)).toBe("one two ");
+		expect(ssePayloads(text).at(-1)).toBe("[DONE]");
+	});
+
+	it("sends heavy requests to a region even with an edge model", async () => {
+		const { model } = await edgeModelDeployment();
+		const calls: { model: string; inputs: Record<string, unknown> }[] = [];
+		for (const [body, headers] of [
+			[{ model, messages: userMessage("Hi"), max_tokens: 256 }, {}],
+			[{ model, messages: userMessage("x".repeat(400)) }, {}],
+			[{ model, messages: userMessage("Hi") }, { "x-backhaul-route": "region" }],
+		] as const) {
+			const res = await chat(body, { AI: aiAnswering("edge", calls) }, headers);
+			expect(res.headers.get("x-backhaul-tier")).toBe("region");
+			await res.body?.cancel();
+		}
+		expect(calls).toHaveLength(0);
+		const forced = await chat({ model, messages: userMessage("x".repeat(400)) }, { AI: aiAnswering("edge", calls) }, { "x-backhaul-route": "edge" });
+		expect(forced.headers.get("x-backhaul-tier")).toBe("edge");
+	});
+
+	it("falls back to a region when the AI binding is absent or fails", async () => {
+		const { model, regionId } = await edgeModelDeployment();
+		const absent = await chat({ model, messages: userMessage("Hi") }, { AI: undefined });
+		expect(absent.headers.get("x-backhaul-tier")).toBe("region");
+		expect(absent.headers.get("x-backhaul-attempts")).toBe("1");
+		expect(((await absent.json()) as { choices: { message: { content: string } }[] }).choices[0]!.message.content).toBe(`hello from ${regionId}`);
+
+		const failing = await chat({ model, messages: userMessage("Hi"), stream: true }, { AI: aiFailing("3040: Capacity temporarily exceeded") });
+		expect(failing.headers.get("x-backhaul-tier")).toBe("region");
+		expect(failing.headers.get("x-backhaul-attempts")).toBe("2");
+		expect(sseContent(await failing.text())).toBe(`hello from ${regionId} bye`);
+	});
+
+	it("says so when neither the edge nor a region can answer", async () => {
+		const model = uid("edge-");
+		await publish(makeRoute({ name: uid("md"), model, edgeModel: EDGE, publishedAt: "2026-01-01T00:00:00Z", ttlSeconds: 10 }));
+		const res = await chat({ model, messages: userMessage("Hi") }, { AI: aiFailing("boom") });
+		expect(res.status).toBe(503);
+		const err = ((await res.json()) as { error: { message: string } }).error;
+		expect(err.message).toContain("No live region");
+		expect(err.message).toContain("boom");
+	});
+
+	it("lists the edge model and models that only the edge can serve now", async () => {
+		const model = uid("edge-");
+		await publish(makeRoute({ name: uid("md"), model, edgeModel: EDGE, publishedAt: "2026-01-01T00:00:00Z", ttlSeconds: 10 }));
+		const list = (await (await call("/v1/models", {}, {})).json()) as { data: { id: string; owned_by: string }[] };
+		expect(list.data).toContainEqual(expect.objectContaining({ id: model }));
+		expect(list.data).toContainEqual(expect.objectContaining({ id: EDGE, owned_by: "backhaul-edge" }));
+	});
+});
+
+describe("API keys and rate limits", () => {
+	const keys = { BACKHAUL_API_KEYS: "key-one, key-two" };
+
+	it("401s a missing or wrong key and accepts every configured key", async () => {
+		const missing = await call("/v1/models", {}, keys);
+		expect(missing.status).toBe(401);
+		expect(await missing.json()).toMatchObject({ error: { type: "authentication_error", code: "missing_api_key" } });
+		const wrong = await call("/v1/models", { headers: { authorization: "Bearer key-three" } }, keys);
+		expect(wrong.status).toBe(401);
+		expect(await wrong.json()).toMatchObject({ error: { code: "invalid_api_key" } });
+		const post = await chat({ model: "x", messages: userMessage("hi") }, keys);
+		expect(post.status).toBe(401);
+		for (const key of ["key-one", "key-two"]) {
+			expect((await call("/v1/models", { headers: { authorization: `Bearer ${key}` } }, keys)).status).toBe(200);
+		}
+		// /health stays open for load balancers and probes.
+		expect((await call("/health", {}, keys)).status).toBe(200);
+	});
+
+	it("429s a key over its rate limit with Retry-After, without touching other keys", async () => {
+		const key = uid("rl-key-");
+		const own = { BACKHAUL_API_KEYS: `${key},other-key` };
+		const statuses: number[] = [];
+		for (let i = 0; i < 121; i++) {
+			const res = await call("/v1/models", { headers: { authorization: `Bearer ${key}` } }, own);
+			statuses.push(res.status);
+			await res.body?.cancel();
+		}
+		expect(statuses.slice(0, 120).every((s) => s === 200)).toBe(true);
+		expect(statuses[120]).toBe(429);
+		const limited = await call("/v1/models", { headers: { authorization: `Bearer ${key}` } }, own);
+		expect(limited.status).toBe(429);
+		expect(limited.headers.get("retry-after")).toBe("60");
+		expect(await limited.json()).toMatchObject({ error: { type: "rate_limit_error" } });
+		expect((await call("/v1/models", { headers: { authorization: "Bearer other-key" } }, own)).status).toBe(200);
+	});
+});
