@@ -36,4 +36,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_hash" ]; then
   npm ci --no-audit --no-fund
   echo "$lock_hash" >"$stamp"
 fi
-echo "worker-deps: node $(node --version), npm $(npm --version), wrangler $(npx --no-install wrangler --version 2>/dev/null | tail -n1)" >&2
+echo "worker-deps: node $(node --version), wrangler $(node -p 'require("./node_modules/wrangler/package.json").version')" >&2

@@ -4,8 +4,8 @@
  * BACKHAUL_API_KEYS (secret): comma-separated keys; unset or empty leaves the
  * public API open. Clients send `Authorization: Bearer <key>`. Keys are
  * compared as SHA-256 digests with a timing-safe comparison. The rate limit
- * (binding KEY_RATE_LIMITER) counts per key, or per client IP when no keys
- * are configured; over it, 429 with Retry-After.
+ * (binding KEY_RATE_LIMITER) counts per key; over it, 429 with Retry-After.
+ * Without keys there is no client identity and no rate limit.
  */
 import { ApiError } from "./errors";
 
@@ -35,31 +35,26 @@ export async function matchKey(token: string, keys: readonly string[]): Promise<
 	return found;
 }
 
-/** 401 when keys are configured and the request has none or a wrong one; 429 over the rate limit. */
+/** 401 when keys are configured and the request has none or a wrong one; 429 when that key is over its rate limit. */
 export async function authenticate(request: Request, env: Env): Promise<void> {
 	const keys = configuredKeys(env);
-	let limitKey: string;
-	if (keys.length > 0) {
-		const token = bearerToken(request.headers.get("authorization"));
-		if (token === null) {
-			throw new ApiError(401, "authentication_error", "missing_api_key", "Missing API key: send Authorization: Bearer <key>.", null, {
-				"www-authenticate": 'Bearer realm="backhaul"',
-			});
-		}
-		const index = await matchKey(token, keys);
-		if (index < 0) {
-			throw new ApiError(401, "authentication_error", "invalid_api_key", "Incorrect API key provided.", null, {
-				"www-authenticate": 'Bearer realm="backhaul", error="invalid_token"',
-			});
-		}
-		// The limiter sees a digest prefix, never the key itself.
-		limitKey = `key:${hex(await digest(keys[index]!)).slice(0, 32)}`;
-	} else {
-		limitKey = `ip:${request.headers.get("cf-connecting-ip") ?? "unknown"}`;
+	if (keys.length === 0) return;
+	const token = bearerToken(request.headers.get("authorization"));
+	if (token === null) {
+		throw new ApiError(401, "authentication_error", "missing_api_key", "Missing API key: send Authorization: Bearer <key>.", null, {
+			"www-authenticate": 'Bearer realm="backhaul"',
+		});
+	}
+	const index = await matchKey(token, keys);
+	if (index < 0) {
+		throw new ApiError(401, "authentication_error", "invalid_api_key", "Incorrect API key provided.", null, {
+			"www-authenticate": 'Bearer realm="backhaul", error="invalid_token"',
+		});
 	}
 	const limiter = (env as { KEY_RATE_LIMITER?: RateLimit }).KEY_RATE_LIMITER;
 	if (!limiter) return;
-	const { success } = await limiter.limit({ key: limitKey });
+	// The limiter sees a digest prefix, never the key itself.
+	const { success } = await limiter.limit({ key: `key:${hex(await digest(keys[index]!)).slice(0, 32)}` });
 	if (!success) {
 		const period = Number(env.RATE_LIMIT_PERIOD_SECONDS) || 60;
 		throw new ApiError(429, "rate_limit_error", "rate_limit_exceeded", `Rate limit reached for this API key; retry after ${period} s.`, null, {
