@@ -37,7 +37,7 @@ live_pid() {
   [[ $pid =~ ^[0-9]+$ ]] || return 0
   exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 0
   # A binary rebuilt under it shows as "<path> (deleted)".
-  [[ ${exe% (deleted)} == "$bin/$name" ]] && echo "$pid"
+  [[ ${exe% (deleted)} == "$(readlink -f "$bin/$name")" ]] && echo "$pid"
   return 0
 }
 

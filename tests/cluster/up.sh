@@ -72,7 +72,8 @@ fi
 started=$(date +%s%3N)
 stop_components
 rm -rf "$state"
-mkdir -p "$pids" "$logs" "$pki" "$state/etcd" "$state/kwok"
+mkdir -p "$pids" "$logs" "$pki" "$state/kwok"
+mkdir -m 700 "$state/etcd"
 
 # Refuse ports someone else holds rather than fail obscurely later.
 for port in "$apiserver_port" "$etcd_port" "$etcd_peer_port" "$controller_manager_port" "$scheduler_port"; do
@@ -114,6 +115,20 @@ subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubern
 sign admin "/O=system:masters/CN=backhaul-admin" "extendedKeyUsage=clientAuth"
 sign controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
 sign scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+# The aggregation layer's front proxy has a CA of its own; without it the
+# controller-manager and scheduler complain about a missing request-header CA.
+newkey "$pki/front-proxy-ca.key"
+openssl req -x509 -new -key "$pki/front-proxy-ca.key" -subj "/CN=backhaul-front-proxy-ca" -days 3650 \
+  -addext "basicConstraints=critical,CA:TRUE" \
+  -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+  -out "$pki/front-proxy-ca.crt" 2>/dev/null
+newkey "$pki/front-proxy-client.key"
+openssl req -new -key "$pki/front-proxy-client.key" -subj "/CN=front-proxy-client" 2>/dev/null |
+  openssl x509 -req -CA "$pki/front-proxy-ca.crt" -CAkey "$pki/front-proxy-ca.key" \
+    -CAserial "$pki/front-proxy-ca.srl" -CAcreateserial -days 365 \
+    -extfile <(printf '%s\n' "basicConstraints=critical,CA:FALSE" \
+      "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth") \
+    -out "$pki/front-proxy-client.crt" 2>/dev/null
 # Service-account token signing key pair.
 newkey "$pki/sa.key"
 openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
@@ -212,6 +227,13 @@ start_component kube-apiserver \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$pki/sa.pub" \
   --service-account-signing-key-file="$pki/sa.key" \
+  --requestheader-client-ca-file="$pki/front-proxy-ca.crt" \
+  --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User \
+  --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$pki/front-proxy-client.crt" \
+  --proxy-client-key-file="$pki/front-proxy-client.key" \
   --profiling=false
 
 wait_until "kube-apiserver /readyz" readyz
@@ -253,8 +275,6 @@ KWOK_WORKDIR=$state/kwok start_component kwok \
   --cidr=10.244.0.0/16 \
   --node-ip=10.0.0.1
 
-write_kubeconfig "$kubeconfig" admin
-
 # Fake GPU nodes: region:count:product.
 nodes=()
 for spec in us-east:2:NVIDIA-H100-80GB-HBM3 eu-west:2:NVIDIA-H100-80GB-HBM3 ap-south:1:NVIDIA-A100-SXM4-80GB; do
@@ -292,25 +312,29 @@ status:
 EOF
   done
 done >"$state/nodes.yaml"
-"$kubectl" --kubeconfig="$kubeconfig" apply -f "$state/nodes.yaml" >"$logs/nodes.log" 2>&1
+"$kubectl" --kubeconfig="$state/admin.kubeconfig" apply -f "$state/nodes.yaml" >"$logs/nodes.log" 2>&1
 
 controller_manager_healthy() { curl -fsSk --max-time 2 "https://127.0.0.1:$controller_manager_port/healthz" 2>/dev/null | grep -qx ok; }
 scheduler_healthy() { curl -fsSk --max-time 2 "https://127.0.0.1:$scheduler_port/healthz" 2>/dev/null | grep -qx ok; }
 nodes_ready() {
   local ready
-  ready=$("$kubectl" --kubeconfig="$kubeconfig" get nodes -l type=kwok \
+  ready=$("$kubectl" --kubeconfig="$state/admin.kubeconfig" get nodes -l type=kwok \
     -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c '^True$') || true
   [ "$ready" = "${#nodes[@]}" ]
 }
 # The service-account controllers are up once the default namespace has its
 # ServiceAccount; pods cannot be admitted into a namespace before that.
-default_service_account() { "$kubectl" --kubeconfig="$kubeconfig" get serviceaccount default -n default >/dev/null 2>&1; }
+default_service_account() { "$kubectl" --kubeconfig="$state/admin.kubeconfig" get serviceaccount default -n default >/dev/null 2>&1; }
 
 wait_until "kube-controller-manager /healthz" controller_manager_healthy
 wait_until "kube-scheduler /healthz" scheduler_healthy
 wait_until "${#nodes[@]} nodes Ready" nodes_ready
 wait_until "the default ServiceAccount" default_service_account
 
+# The kubeconfig appears only now, once everything is ready: whoever finds it
+# may use the cluster.
+cp "$state/admin.kubeconfig" "$kubeconfig.tmp"
+mv "$kubeconfig.tmp" "$kubeconfig"
 trap - ERR
 elapsed=$(($(date +%s%3N) - started))
 log "ready in $((elapsed / 1000)).$(printf '%03d' $((elapsed % 1000)))s at $apiserver_url; logs in $logs"
