@@ -175,6 +175,12 @@ start_component() {
   log "started $name ($!)"
 }
 
+# Seconds since this script began starting things, to the millisecond.
+since_start() {
+  local ms=$(($(date +%s%3N) - started))
+  echo "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
+}
+
 # wait_until WHAT COMMAND...: polls COMMAND every 0.2 s until it succeeds or
 # the overall deadline passes; fails early if a component has died.
 deadline=$(($(date +%s) + timeout))
@@ -195,6 +201,7 @@ wait_until() {
     fi
     sleep 0.2
   done
+  log "$what: ok at +$(since_start)s"
 }
 
 start_component etcd \
@@ -336,6 +343,5 @@ wait_until "the default ServiceAccount" default_service_account
 cp "$state/admin.kubeconfig" "$kubeconfig.tmp"
 mv "$kubeconfig.tmp" "$kubeconfig"
 trap - ERR
-elapsed=$(($(date +%s%3N) - started))
-log "ready in $((elapsed / 1000)).$(printf '%03d' $((elapsed % 1000)))s at $apiserver_url; logs in $logs"
+log "ready in $(since_start)s at $apiserver_url; logs in $logs"
 echo "export KUBECONFIG=$kubeconfig"
