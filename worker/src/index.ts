@@ -12,7 +12,7 @@ import { classify, parseRouteHint, type Classification } from "./classify";
 import { edgeInputs, toChatCompletion, toOpenAiStream, type AiRunner } from "./edge";
 import { ApiError, badRequest } from "./errors";
 import { cooldownUntil, forwardToRegions } from "./proxy";
-import { locationFromCf, parseLocation, rankRegions, isLive } from "./rank";
+import { locationFromCf, parseLocation, rankRegions, isLive, type LatLon } from "./rank";
 import { parseChatRequest, readBodyCapped, type ChatRequest } from "./request";
 import { publishedAtMs, type Route } from "./route";
 import { loadRoutes } from "./table";
@@ -75,6 +75,15 @@ async function listModels(env: Env): Promise<Response> {
 	});
 }
 
+/** request.cf's location, or the x-backhaul-client-location header where TRUST_LOCATION_HEADER is "true". */
+function clientLocation(request: Request, env: Env): LatLon | null {
+	if (env.TRUST_LOCATION_HEADER === "true") {
+		const fromHeader = parseLocation(request.headers.get("x-backhaul-client-location"));
+		if (fromHeader) return fromHeader;
+	}
+	return locationFromCf(request.cf as { latitude?: unknown; longitude?: unknown } | undefined);
+}
+
 function maxBodyBytes(env: Env): number {
 	const v = Number(env.MAX_BODY_BYTES);
 	return Number.isInteger(v) && v > 0 ? v : DEFAULT_MAX_BODY_BYTES;
@@ -123,7 +132,7 @@ async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext
 	const ranked = rankRegions({
 		routes: modelRoutes,
 		model: chat.model,
-		client: locationFromCf(request.cf as { latitude?: unknown; longitude?: unknown } | undefined),
+		client: clientLocation(request, env),
 		fallback: parseLocation(env.DEFAULT_LOCATION),
 		nowMs,
 		cooldownUntil,

@@ -118,6 +118,22 @@ describe("edge tier (Workers AI)", () => {
 	});
 });
 
+describe("x-backhaul-client-location", () => {
+	it("replaces the request's location only where TRUST_LOCATION_HEADER is true", async () => {
+		const model = uid("loc-");
+		const name = uid("md");
+		await publish(makeRoute({ name, region: "tokyo", model, endpoint: upstream("ok", `${name}-tokyo`), location: { latitude: 35.68, longitude: 139.69 } }));
+		await publish(makeRoute({ name, region: "paris", model, endpoint: upstream("ok", `${name}-paris`), location: { latitude: 48.86, longitude: 2.35 } }));
+		const ask = async (trust: string) => {
+			const res = await chat({ model, messages: userMessage("Hi") }, { TRUST_LOCATION_HEADER: trust, DEFAULT_LOCATION: "48.8,2.3" }, { "x-backhaul-client-location": "35.6,139.7" });
+			await res.body?.cancel();
+			return res.headers.get("x-backhaul-region");
+		};
+		expect(await ask("true")).toBe("tokyo");
+		expect(await ask("false")).toBe("paris");
+	});
+});
+
 describe("API keys and rate limits", () => {
 	const keys = { BACKHAUL_API_KEYS: "key-one, key-two" };
 
