@@ -135,8 +135,24 @@ export async function forwardToRegions(opts: {
 				log,
 			};
 		}
+		// Hold the headers until the first chunk: a region that answers 200 and
+		// then breaks before sending anything can still be failed over.
+		const reader = upstream.body!.getReader();
+		let first: ReadableStreamReadResult<Uint8Array>;
+		try {
+			first = await reader.read();
+		} catch {
+			first = { done: true, value: undefined };
+		}
+		if (first.done) {
+			a.done();
+			await reader.cancel().catch(() => {});
+			if (opts.clientSignal?.aborted) throw new ApiError(499, "invalid_request_error", "client_closed_request", "Client closed the request.");
+			log.push({ region: route.region, outcome: a.timedOut() ? "request timeout before the first chunk" : "stream ended before the first chunk" });
+			continue;
+		}
 		log.push({ region: route.region, outcome: `upstream ${upstream.status} streaming` });
-		return { response: passThroughStream(upstream, a, opts.ctx, opts.clientSignal), attempts, log };
+		return { response: passThroughStream(upstream, reader, first.value, a, opts.ctx, opts.clientSignal), attempts, log };
 	}
 	const detail = log.map((l) => `${l.region}: ${l.outcome}`).join("; ");
 	if (saturated > 0 && saturated === log.length) {
@@ -154,10 +170,16 @@ export async function forwardToRegions(opts: {
  * the client gets an OpenAI-style error event and `data: [DONE]`. When the
  * client goes away the upstream read is cancelled and the fetch aborted.
  */
-function passThroughStream(upstream: Response, a: Attempt, ctx: ExecutionContext, clientSignal?: AbortSignal): Response {
+function passThroughStream(
+	upstream: Response,
+	reader: ReadableStreamDefaultReader<Uint8Array>,
+	firstChunk: Uint8Array,
+	a: Attempt,
+	ctx: ExecutionContext,
+	clientSignal?: AbortSignal,
+): Response {
 	const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
 	const writer = writable.getWriter();
-	const reader = upstream.body!.getReader();
 	const enc = new TextEncoder();
 	const dec = new TextDecoder();
 	let tail = "";
@@ -174,10 +196,14 @@ function passThroughStream(upstream: Response, a: Attempt, ctx: ExecutionContext
 			void stopUpstream("client disconnected");
 		});
 		try {
+			let pending: Uint8Array | null = firstChunk;
 			for (;;) {
 				let chunk: ReadableStreamReadResult<Uint8Array>;
 				try {
-					chunk = await reader.read();
+					if (pending) {
+						chunk = { done: false, value: pending };
+						pending = null;
+					} else chunk = await reader.read();
 				} catch (err) {
 					if (clientGone) return;
 					const why = a.timedOut() ? "the region exceeded requestTimeoutMs" : `the region's stream failed (${String(err)})`;

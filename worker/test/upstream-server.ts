@@ -6,7 +6,8 @@
  *
  * Scenarios: ok, status503, status429 (Retry-After: 30), slow (headers after
  * 3 s), midfail (two chunks, then the socket is destroyed), truncated (two
- * chunks, then a clean end without [DONE]), gated (first chunk, then waits for
+ * chunks, then a clean end without [DONE]), emptystream (200 headers, then the
+ * socket is destroyed before any body), gated (first chunk, then waits for
  * /control/release/{id}), hold (first chunk, then holds until the client goes).
  * Control: /control/count/{id} (requests seen), /control/release/{id},
  * /control/closed/{id} (answers once the upstream connection of {id} closed;
@@ -93,6 +94,11 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 		);
 	}
 	res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+	if (scenario === "emptystream") {
+		res.flushHeaders();
+		setTimeout(() => res.destroy(), 20);
+		return;
+	}
 	res.write(chunk(id, `hello from ${id}`));
 	switch (scenario) {
 		case "midfail":

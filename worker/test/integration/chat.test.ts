@@ -136,6 +136,17 @@ describe("routing to regions", () => {
 		await res.body?.cancel();
 	});
 
+	it("fails over when a region sends 200 headers and breaks before its first chunk", async () => {
+		const { model } = await deploy([
+			{ scenario: "emptystream", latitude: 51, longitude: 0 },
+			{ scenario: "ok", latitude: 0, longitude: 100 },
+		]);
+		const res = await chat(body(model, { stream: true }), { cf: london });
+		expect(res.headers.get("x-backhaul-region")).toBe("r1-ok");
+		expect(res.headers.get("x-backhaul-attempts")).toBe("2");
+		expect(ssePayloads(await res.text()).at(-1)).toBe("[DONE]");
+	});
+
 	it("stops after failoverAttempts regions", async () => {
 		const { model } = await deploy(
 			[
