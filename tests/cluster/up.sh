@@ -31,17 +31,21 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 timeout=${BACKHAUL_CLUSTER_TIMEOUT:-90}
 
-for tool in openssl curl flock setsid base64; do
-  if ! command -v "$tool" >/dev/null; then
-    if [ "$tool" = openssl ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-      log "installing openssl"
-      apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >&2
-    else
-      log "needs $tool on PATH"
-      exit 1
-    fi
-  fi
+# Host tools (tool:Debian package), installed with apt-get only when missing.
+missing=()
+for tool in openssl:openssl curl:curl flock:util-linux setsid:util-linux base64:coreutils; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  else
+    log "needs these packages installed: ${missing[*]}"
+    exit 1
+  fi
+fi
 
 # The binaries, built from the pinned Go modules (a no-op when up to date).
 "$here/build-tools.sh" "${components[@]}" kubectl

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backhaul_testkit::{REGIONS, TestNamespace, client, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 
 const GPU: &str = "nvidia.com/gpu";
@@ -138,11 +138,12 @@ async fn a_deployment_asking_for_too_many_gpus_stays_pending() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "cp-pending").await;
     let deployments: Api<Deployment> = ns.api();
-    // Every eu-west node has 8 GPUs; no node can take a pod asking for 9.
+    // eu-west has two nodes of 8 GPUs: 16 in all, and no node can take a pod
+    // asking for 17.
     deployments
         .create(
             &PostParams::default(),
-            &gpu_deployment("too-big", "eu-west", 9),
+            &gpu_deployment("too-big", "eu-west", 17),
         )
         .await
         .expect("create deployment");
@@ -183,4 +184,33 @@ async fn a_deployment_asking_for_too_many_gpus_stays_pending() {
         assert_eq!(scheduled.reason.as_deref(), Some("Unschedulable"));
     }
     ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn test_namespaces_are_deleted_by_cleanup_and_on_drop() {
+    let client = client().await;
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let gone_or_going = |name: String| {
+        let namespaces = namespaces.clone();
+        async move {
+            match namespaces.get_opt(&name).await.ok()? {
+                None => Some(()),
+                Some(ns) => ns.metadata.deletion_timestamp.map(|_| ()),
+            }
+        }
+    };
+
+    let explicit = TestNamespace::new(&client, "cp-cleanup").await;
+    let name = explicit.name().to_owned();
+    explicit.cleanup().await;
+    wait_for(Duration::from_secs(10), || gone_or_going(name.clone()))
+        .await
+        .expect("cleanup() deletes the namespace");
+
+    let dropped = TestNamespace::new(&client, "cp-drop").await;
+    let name = dropped.name().to_owned();
+    drop(dropped);
+    wait_for(Duration::from_secs(10), || gone_or_going(name.clone()))
+        .await
+        .expect("dropping deletes the namespace");
 }
