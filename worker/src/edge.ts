@@ -132,3 +132,34 @@ export function toOpenAiStream(source: ReadableStream<Uint8Array>, model: string
 		},
 	});
 }
+
+/**
+ * Waits for a stream's first chunk and returns a stream that replays it: a
+ * Workers AI stream that fails before producing anything throws here, while
+ * the request can still go to a region.
+ */
+export async function withFirstChunk(source: ReadableStream<Uint8Array>): Promise<ReadableStream<Uint8Array>> {
+	const reader = source.getReader();
+	const first = await reader.read();
+	if (first.done) throw new Error("Workers AI returned an empty stream");
+	let pending: Uint8Array | null = first.value;
+	return new ReadableStream<Uint8Array>({
+		async pull(controller) {
+			if (pending) {
+				controller.enqueue(pending);
+				pending = null;
+				return;
+			}
+			try {
+				const { done, value } = await reader.read();
+				if (done) controller.close();
+				else controller.enqueue(value);
+			} catch (err) {
+				controller.error(err);
+			}
+		},
+		cancel(reason) {
+			return reader.cancel(reason);
+		},
+	});
+}

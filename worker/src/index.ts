@@ -9,7 +9,7 @@
 import { handleAdmin, ADMIN_PREFIX } from "./admin";
 import { authenticate } from "./auth";
 import { classify, parseRouteHint, type Classification } from "./classify";
-import { edgeInputs, toChatCompletion, toOpenAiStream, type AiRunner } from "./edge";
+import { edgeInputs, toChatCompletion, toOpenAiStream, withFirstChunk, type AiRunner } from "./edge";
 import { ApiError, badRequest } from "./errors";
 import { cooldownUntil, forwardToRegions } from "./proxy";
 import { locationFromCf, parseLocation, rankRegions, isLive, type LatLon } from "./rank";
@@ -118,7 +118,7 @@ async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext
 			attempts++;
 			try {
 				const result = await ai.run(edgeModel, edgeInputs(chat));
-				return withRouting(edgeResponse(result, chat), { tier: "edge", region: "edge", attempts, classification });
+				return withRouting(await edgeResponse(result, chat), { tier: "edge", region: "edge", attempts, classification });
 			} catch (err) {
 				edgeFailure = `Workers AI failed: ${String(err)}`;
 				console.warn("edge failed, falling back to a region", { model: edgeModel, error: String(err) });
@@ -169,11 +169,12 @@ async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext
 	}
 }
 
-function edgeResponse(result: unknown, chat: ChatRequest): Response {
+async function edgeResponse(result: unknown, chat: ChatRequest): Promise<Response> {
 	const created = Math.floor(Date.now() / 1000);
 	if (chat.stream) {
 		if (!(result instanceof ReadableStream)) throw new Error("Workers AI returned no stream");
-		return new Response(toOpenAiStream(result, chat.model, created), {
+		const source = await withFirstChunk(result as ReadableStream<Uint8Array>);
+		return new Response(toOpenAiStream(source, chat.model, created), {
 			headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
 		});
 	}

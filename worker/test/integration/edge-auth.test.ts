@@ -99,6 +99,21 @@ describe("edge tier (Workers AI)", () => {
 		expect(sseContent(await failing.text())).toBe(`hello from ${regionId} bye`);
 	});
 
+	it("falls back to a region when the edge stream breaks before its first chunk", async () => {
+		const { model, regionId } = await edgeModelDeployment();
+		const broken: AiRunner = {
+			run: async () =>
+				new ReadableStream({
+					pull(c) {
+						c.error(new Error("3040: Capacity temporarily exceeded"));
+					},
+				}),
+		};
+		const res = await chat({ model, messages: userMessage("Hi"), stream: true }, { AI: broken });
+		expect(res.headers.get("x-backhaul-tier")).toBe("region");
+		expect(sseContent(await res.text())).toBe(`hello from ${regionId} bye`);
+	});
+
 	it("says so when neither the edge nor a region can answer", async () => {
 		const model = uid("edge-");
 		await publish(makeRoute({ name: uid("md"), model, edgeModel: EDGE, publishedAt: "2026-01-01T00:00:00Z", ttlSeconds: 10 }));
