@@ -23,6 +23,9 @@ export interface RegionResult {
 
 class ClientGone extends Error {}
 
+const DONE_EVENT = /(^|\n)data:\s*\[DONE\]/;
+const ERROR_EVENT = /(^|\n)data:\s*\{\s*"error"\s*:/;
+
 interface Attempt {
 	outcome: AttemptOutcome;
 	response?: Response;
@@ -151,6 +154,13 @@ export async function forwardToRegions(opts: {
 			log.push({ region: route.region, outcome: a.timedOut() ? "request timeout before the first chunk" : "stream ended before the first chunk" });
 			continue;
 		}
+		if (ERROR_EVENT.test(new TextDecoder().decode(first.value))) {
+			// The region failed before generating anything: nothing has reached the client yet.
+			a.done();
+			await reader.cancel().catch(() => {});
+			log.push({ region: route.region, outcome: "error event before the first token" });
+			continue;
+		}
 		log.push({ region: route.region, outcome: `upstream ${upstream.status} streaming` });
 		return { response: passThroughStream(upstream, reader, first.value, a, opts.ctx, opts.clientSignal), attempts, log };
 	}
@@ -184,6 +194,7 @@ function passThroughStream(
 	const dec = new TextDecoder();
 	let tail = "";
 	let sawDone = false;
+	let sawUpstreamError = false;
 
 	const pump = async () => {
 		let clientGone = false;
@@ -211,15 +222,18 @@ function passThroughStream(
 					break;
 				}
 				if (chunk.done) {
-					if (!sawDone) {
+					// A region that reported its own error event already told the client.
+					if (!sawDone && !sawUpstreamError) {
 						await writer.write(
 							enc.encode(sseErrorEvent("Upstream failed mid-stream: the region closed the stream before data: [DONE].", "upstream_stream_truncated")),
 						);
 					}
 					break;
 				}
-				tail = (tail + dec.decode(chunk.value, { stream: true })).slice(-64);
-				if (/data:\s*\[DONE\]/.test(tail)) sawDone = true;
+				const seen = tail + dec.decode(chunk.value, { stream: true });
+				if (DONE_EVENT.test(seen)) sawDone = true;
+				if (ERROR_EVENT.test(seen)) sawUpstreamError = true;
+				tail = seen.slice(-64);
 				try {
 					await writer.write(chunk.value);
 				} catch {

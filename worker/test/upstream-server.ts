@@ -7,7 +7,8 @@
  * Scenarios: ok, status503, status429 (Retry-After: 30), slow (headers after
  * 3 s), midfail (two chunks, then the socket is destroyed), truncated (two
  * chunks, then a clean end without [DONE]), emptystream (200 headers, then the
- * socket is destroyed before any body), gated (first chunk, then waits for
+ * socket is destroyed before any body), errorfirst / errorlater (an SSE error
+ * event without [DONE], as backhaul-inference sends, before / after a chunk), gated (first chunk, then waits for
  * /control/release/{id}), hold (first chunk, then holds until the client goes).
  * Control: /control/count/{id} (requests seen), /control/release/{id},
  * /control/closed/{id} (answers once the upstream connection of {id} closed;
@@ -94,6 +95,14 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 		);
 	}
 	res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+	if (scenario === "errorfirst") {
+		// as backhaul-inference does when generation fails: an error event, no [DONE]
+		return void res.end(`data: ${JSON.stringify({ error: { message: "engine failed", type: "server_error", code: "engine_error", param: null } })}\n\n`);
+	}
+	if (scenario === "errorlater") {
+		res.write(chunk(id, `hello from ${id}`));
+		return void res.end(`data: ${JSON.stringify({ error: { message: "deadline exceeded", type: "server_error", code: "deadline_exceeded", param: null } })}\n\n`);
+	}
 	if (scenario === "emptystream") {
 		res.flushHeaders();
 		setTimeout(() => res.destroy(), 20);

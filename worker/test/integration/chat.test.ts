@@ -147,6 +147,25 @@ describe("routing to regions", () => {
 		expect(ssePayloads(await res.text()).at(-1)).toBe("[DONE]");
 	});
 
+	it("fails over when a region's stream opens with an error event", async () => {
+		const { model } = await deploy([
+			{ scenario: "errorfirst", latitude: 51, longitude: 0 },
+			{ scenario: "ok", latitude: 0, longitude: 100 },
+		]);
+		const res = await chat(body(model, { stream: true }), { cf: london });
+		expect(res.headers.get("x-backhaul-region")).toBe("r1-ok");
+		expect(res.headers.get("x-backhaul-attempts")).toBe("2");
+		await res.body?.cancel();
+	});
+
+	it("passes a region's own mid-stream error event through once", async () => {
+		const { model } = await deploy([{ scenario: "errorlater", latitude: 0, longitude: 0 }]);
+		const payloads = ssePayloads(await (await chat(body(model, { stream: true }))).text());
+		const errors = payloads.filter((p) => p.startsWith('{"error"'));
+		expect(errors).toHaveLength(1);
+		expect(JSON.parse(errors[0]!)).toMatchObject({ error: { code: "deadline_exceeded" } });
+	});
+
 	it("stops after failoverAttempts regions", async () => {
 		const { model } = await deploy(
 			[
