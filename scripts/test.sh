@@ -8,7 +8,10 @@ source "$(dirname "$0")/lib.sh"
 cd "$repo_root"
 
 cluster_was_running=0
-if tests/cluster/up.sh --status >/dev/null 2>&1; then cluster_was_running=1; fi
+kubeconfig=$BACKHAUL_CACHE/cluster/kubeconfig
+if [ -f "$kubeconfig" ] && kubectl --kubeconfig "$kubeconfig" --request-timeout=3s get --raw /readyz >/dev/null 2>&1; then
+  cluster_was_running=1
+fi
 cleanup() {
   if [ "$cluster_was_running" = 0 ]; then tests/cluster/down.sh >/dev/null 2>&1 || true; fi
 }
