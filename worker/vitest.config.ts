@@ -21,6 +21,7 @@ export default defineConfig({
 	],
 	test: {
 		globalSetup: ["./test/upstream-server.ts"],
+		reporters: ["default", "./test/summary-reporter.ts"],
 		include: ["test/**/*.test.ts"],
 		testTimeout: 20_000,
 	},
