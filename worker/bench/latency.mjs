@@ -50,6 +50,7 @@ await new Promise((r) => refused.listen(0, "127.0.0.1", r));
 const refusedPort = refused.address().port;
 await new Promise((r) => refused.close(r));
 
+const devStarted = performance.now();
 const persist = mkdtempSync(join(tmpdir(), "backhaul-bench-"));
 const dev = spawn(
 	"npx",
@@ -80,7 +81,8 @@ for (;;) {
 	}
 	await new Promise((r) => setTimeout(r, 250));
 }
-log("wrangler dev is up");
+const startupMs = Math.round(performance.now() - devStarted);
+log(`wrangler dev is up after ${startupMs} ms`);
 
 async function publish(route) {
 	const path = `/admin/v1/routes/${route.namespace}/${route.name}/${route.region}`;
@@ -139,6 +141,7 @@ const afterRefused = await series("failover-refused", `${base}/v1/chat/completio
 const after503 = await series("failover-503", `${base}/v1/chat/completions`, "m-503", "2");
 const summary = {
 	requests: N,
+	wranglerDevStartupMs: startupMs,
 	ttfbMs: { direct, viaWorker, failoverRefused: afterRefused, failover503: after503 },
 	addedByWorkerMs: { p50: +(viaWorker.p50 - direct.p50).toFixed(2), p99: +(viaWorker.p99 - direct.p99).toFixed(2) },
 	addedByFailoverMs: {
