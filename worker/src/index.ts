@@ -14,7 +14,7 @@ import { ApiError, badRequest } from "./errors";
 import { cooldownUntil, forwardToRegions } from "./proxy";
 import { locationFromCf, parseLocation, rankRegions, isLive, type LatLon } from "./rank";
 import { parseChatRequest, readBodyCapped, type ChatRequest } from "./request";
-import { publishedAtMs, type Route } from "./route";
+import { publishedAtMs, routeKey, type Route } from "./route";
 import { loadRoutes } from "./table";
 
 export { RouteTable } from "./table";
@@ -138,15 +138,20 @@ async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext
 		cooldownUntil,
 	});
 	if (ranked.routes.length === 0) {
-		const why = edgeFailure ? ` The edge could not take it either: ${edgeFailure}.` : "";
-		throw new ApiError(
-			503,
-			"service_unavailable",
-			"no_live_region",
-			`No live region serves '${chat.model}' (routed to a region: ${classification.reason}).${why}`,
-			null,
-			{ "x-backhaul-attempts": String(attempts) },
-		);
+		const attemptsHeader = { "x-backhaul-attempts": String(attempts) };
+		// Live but cooling down after a 429: the client should come back, not give up.
+		const cooling = modelRoutes.filter((r) => isLive(r, nowMs, new Map())).map((r) => cooldownUntil.get(routeKey(r)) ?? nowMs);
+		if (cooling.length > 0) {
+			const retryAfter = String(Math.max(1, Math.ceil((Math.min(...cooling) - nowMs) / 1000)));
+			throw new ApiError(429, "rate_limit_error", "regions_saturated", `Every region serving '${chat.model}' is saturated; retry after ${retryAfter} s.`, null, {
+				...attemptsHeader,
+				"retry-after": retryAfter,
+			});
+		}
+		const message = edgeFailure
+			? `No live region serves '${chat.model}', and the edge could not take the request: ${edgeFailure}.`
+			: `No live region serves '${chat.model}', and this request needs one (${classification.reason}).`;
+		throw new ApiError(503, "service_unavailable", "no_live_region", message, null, attemptsHeader);
 	}
 	const maxAttempts = ranked.routes[0]!.routing.failoverAttempts;
 	try {

@@ -110,15 +110,17 @@ describe("routing to regions", () => {
 	});
 
 	it("answers 429 with Retry-After when every region is saturated", async () => {
-		const { model } = await deploy([{ scenario: "status429", latitude: 51, longitude: 0 }]);
+		const { model, ids } = await deploy([{ scenario: "status429", latitude: 51, longitude: 0 }]);
 		const res = await chat(body(model));
 		expect(res.status).toBe(429);
 		expect(res.headers.get("retry-after")).toBe("30");
 		expect((await errorOf(res)).type).toBe("rate_limit_error");
-		// The region is cooling down now: no live region is left.
+		// The region is cooling down now: the client is told when to come back, and the region is left alone.
 		const next = await chat(body(model));
-		expect(next.status).toBe(503);
-		expect((await errorOf(next)).message).toContain("No live region");
+		expect(next.status).toBe(429);
+		expect(Number(next.headers.get("retry-after"))).toBeGreaterThanOrEqual(29);
+		expect(next.headers.get("x-backhaul-attempts")).toBe("0");
+		expect(await upstreamCount(ids[0]!)).toBe(1);
 	});
 
 	it("fails over when the first byte is late", async () => {
