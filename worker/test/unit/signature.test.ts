@@ -28,6 +28,14 @@ describe("signatures", () => {
 		const hex = [...new Uint8Array(mac)].map((b) => b.toString(16).padStart(2, "0")).join("");
 		expect(await sign("s3cret", String(now), "put", path, body)).toBe(`v1=${hex}`);
 	});
+	it("matches the operator's signer (operator/src/publish.rs test vectors)", async () => {
+		expect(await sign("secret", "1700000000", "put", "/admin/v1/routes/a/b/c", enc.encode("{}"))).toBe(
+			"v1=64d5c85d2bbf408f43a6c1f087ece39ea6b9c86cd68ecb8b5e2b358a5aeef3bd",
+		);
+		expect(await sign("secret", "1700000000", "DELETE", "/admin/v1/routes/a/b/c", new Uint8Array())).toBe(
+			"v1=0af6ad37dc0dfd75047f8e0cc4b52fd62dcfa415df7df0fc7afdc41c8aed8969",
+		);
+	});
 	it("accepts a good signature within 300 s either way", async () => {
 		expect(await check()).toEqual({ ok: true });
 		expect(await check({ nowSeconds: now + 300 })).toEqual({ ok: true });
