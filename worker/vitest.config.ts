@@ -11,8 +11,13 @@ export default defineConfig({
 			miniflare: {
 				bindings: {
 					BACKHAUL_PUBLISH_SECRET: "test-publish-secret",
-					// Whatever a local .dev.vars says, the suite starts with an open API.
+					// Whatever a local .dev.vars says (the demo writes one), the suite
+					// runs with an open API and the vars it asserts on.
 					BACKHAUL_API_KEYS: "",
+					DEFAULT_LOCATION: "",
+					TRUST_LOCATION_HEADER: "false",
+					ROUTE_CACHE_TTL_MS: "5000",
+					MAX_BODY_BYTES: "1048576",
 					TEST_UPSTREAM: `http://127.0.0.1:${inject<number>("upstreamPort")}`,
 					TEST_REFUSED: `http://127.0.0.1:${inject<number>("refusedPort")}`,
 				},
