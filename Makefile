@@ -44,7 +44,7 @@ bench: tools model worker-deps ## Benchmarks; writes docs/benchmarks/
 lint: worker-deps ## rustfmt, clippy -D warnings, Worker type check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	cd worker && npm run --silent check
+	source scripts/node-env.sh && cd worker && npm run --silent check
 
 fmt: ## Format everything
 	$(CARGO) fmt --all
