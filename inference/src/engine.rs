@@ -11,8 +11,8 @@
 //! - builders ignore `with_device` (GGUF and plain alike pick "best device"
 //!   or CPU), so `--device` maps to `with_force_cpu` or a CUDA check;
 //! - there is no per-request seed, so requests with `seed` are refused;
-//! - the engine panics if a tokenization reply has no receiver, so every
-//!   tokenization reply is awaited by a detached task.
+//! - the engine panics if a tokenization reply has no receiver, so an
+//!   abandoned tokenization keeps its receiver open (see `ReplyGuard`).
 
 use std::{path::Path, sync::Arc, time::Instant};
 
@@ -256,16 +256,22 @@ impl Engine {
             .send(request)
             .await
             .map_err(|_| InferenceError::Engine("engine loop has stopped".into()))?;
-        // The engine `expect`s this reply to be received: await it on a
-        // detached task so a caller that gives up cannot crash the engine.
-        let reply = tokio::spawn(async move { rx.recv().await });
-        match reply.await {
-            Ok(Some(Ok(tokens))) => Ok(tokens.len()),
-            Ok(Some(Err(e))) => Err(InferenceError::invalid(
+        // The engine `expect`s this reply to be received and would panic
+        // (taking every request down) if a caller that gave up had dropped
+        // the receiver; the guard keeps it open in that case.
+        let mut reply = ReplyGuard(Some(rx));
+        let received = match reply.0.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => None,
+        };
+        reply.0 = None;
+        match received {
+            Some(Ok(tokens)) => Ok(tokens.len()),
+            Some(Err(e)) => Err(InferenceError::invalid(
                 prompt.field(),
                 format!("cannot be tokenized: {e}"),
             )),
-            Ok(None) | Err(_) => Err(InferenceError::Engine(
+            None => Err(InferenceError::Engine(
                 "engine dropped a tokenization request".into(),
             )),
         }
@@ -321,6 +327,18 @@ impl Engine {
             .inner()
             .get_sender(None)
             .map_err(|e| InferenceError::Engine(e.to_string()))
+    }
+}
+
+/// Keeps a tokenization reply channel open if its caller goes away before
+/// the engine has answered (a few bytes leaked, instead of an engine panic).
+struct ReplyGuard(Option<mpsc::Receiver<anyhow::Result<Vec<u32>>>>);
+
+impl Drop for ReplyGuard {
+    fn drop(&mut self) {
+        if let Some(rx) = self.0.take() {
+            std::mem::forget(rx);
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
+    error::InferenceError,
     metrics::Api,
     relay::{Completion, FinishReason, GenEvent, Usage},
     service::InferenceService,
@@ -36,7 +37,7 @@ impl Inference for GrpcApi {
         &self,
         request: Request<pb::ChatRequest>,
     ) -> Result<Response<ChatStream>, Status> {
-        let deadline = grpc_deadline(request.metadata())?;
+        let deadline = grpc_deadline(request.metadata()).map_err(|e| e.to_status())?;
         let raw = chat_request(request);
         let generation = self
             .service
@@ -82,7 +83,7 @@ impl Inference for GrpcApi {
         &self,
         request: Request<pb::ChatRequest>,
     ) -> Result<Response<pb::ChatResponse>, Status> {
-        let deadline = grpc_deadline(request.metadata())?;
+        let deadline = grpc_deadline(request.metadata()).map_err(|e| e.to_status())?;
         let raw = chat_request(request);
         let generation = self
             .service
@@ -113,7 +114,7 @@ impl Inference for GrpcApi {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
-        let deadline = grpc_deadline(request.metadata())?;
+        let deadline = grpc_deadline(request.metadata()).map_err(|e| e.to_status())?;
         let header_id = header_request_id(request.metadata());
         let request = request.into_inner();
         let raw = RawRequest {
@@ -232,11 +233,11 @@ fn insert_request_id(metadata: &mut MetadataMap, request_id: &str) {
 
 /// Parses the `grpc-timeout` header: up to 8 digits and a unit
 /// (H, M, S, m, u, n), per the gRPC HTTP/2 protocol spec.
-pub fn grpc_deadline(metadata: &MetadataMap) -> Result<Option<Duration>, Status> {
+pub fn grpc_deadline(metadata: &MetadataMap) -> Result<Option<Duration>, InferenceError> {
     let Some(value) = metadata.get("grpc-timeout") else {
         return Ok(None);
     };
-    let bad = || Status::invalid_argument("malformed grpc-timeout header");
+    let bad = || InferenceError::invalid("grpc-timeout", "malformed header");
     let text = value.to_str().map_err(|_| bad())?;
     parse_grpc_timeout(text).map(Some).ok_or_else(bad)
 }
