@@ -16,7 +16,7 @@
 #      helm uninstall removes everything.
 #
 # Usage: charts/test-chart.sh [--update]
-#   --update  rewrite the snapshots and the chart's CRD copy (make generate), then test.
+#   --update  only rewrite the snapshots and the chart's CRD copy (make generate), test nothing.
 # Environment: BACKHAUL_CHART_TIMEOUT (seconds to wait for the Deployment, 120),
 #   BACKHAUL_CHART_SKIP_CLUSTER=1 to skip step 6.
 set -euo pipefail
@@ -121,6 +121,7 @@ if [ "$update" = 1 ]; then
   render >"$tests/snapshot.yaml"
   render "${snapshot_all_args[@]}" >"$tests/snapshot-all.yaml"
   echo "test-chart: rewrote $tests/snapshot.yaml and $tests/snapshot-all.yaml" >&2
+  exit 0
 fi
 
 echo "== static checks" >&2
@@ -258,8 +259,8 @@ print(ref)
 
   # can NAMESPACE VERB RESOURCE [--subresource=S]: the operator's ServiceAccount
   # may do it there; cannot: it may not.
-  # Only a plain yes or no counts: a warning (an unknown resource type, say) fails both.
-  can_i() { local out; out=$("$kubectl" auth can-i "${@:2}" -n "$1" --as="$sa" 2>&1) || true; echo "$out"; }
+  # Only a plain yes or no counts; an error (empty output) fails both.
+  can_i() { "$kubectl" auth can-i "${@:2}" -n "$1" --as="$sa" 2>/dev/null || true; }
   can() { [ "$(can_i "$@")" = yes ]; }
   cannot() { [ "$(can_i "$@")" = no ]; }
   export -f can_i can cannot
@@ -304,21 +305,90 @@ print(ref)
     "$kubectl" -n "$ns" get secret "$fullname-publish" -o jsonpath="{.data.publish-secret}" | base64 -d | grep -qx second' \
     _ "$rel" "$ns" "$fullname" "$timeout"
 
+  scoped=$rel-scoped
+  scoped_sa=$scoped-backhaul-operator
   check "helm install with watchNamespace: permissions in that namespace only" bash -c '
-    "$1" install "$2-scoped" "$3" -n "$4" --set watchNamespace="$5" --set leaderElection.enabled=false &&
-    s=system:serviceaccount:$4:$2-scoped-backhaul-operator &&
-    [ "$("$6" auth can-i patch deployments.apps -n "$5" --as="$s")" = yes ] &&
-    [ "$("$6" auth can-i watch modeldeployments.backhaul.dev -n "$5" --as="$s")" = yes ] &&
-    [ "$("$6" auth can-i patch deployments.apps -n "$7" --as="$s")" = no ] &&
-    [ "$("$6" auth can-i list modeldeployments.backhaul.dev -A --as="$s")" = no ]' \
-    _ "$helm" "$rel" "$chart" "$ns" "$watched" "$kubectl" "$other"
+    scoped=$1 ns=$2 watched=$3 other=$4
+    s=system:serviceaccount:$ns:$scoped-backhaul-operator
+    "$helm" install "$scoped" "$chart" -n "$ns" --set watchNamespace="$watched" &&
+    [ "$("$kubectl" auth can-i patch deployments.apps -n "$watched" --as="$s")" = yes ] &&
+    [ "$("$kubectl" auth can-i watch modeldeployments.backhaul.dev -n "$watched" --as="$s")" = yes ] &&
+    [ "$("$kubectl" auth can-i patch deployments.apps -n "$other" --as="$s")" = no ] &&
+    [ "$("$kubectl" auth can-i list modeldeployments.backhaul.dev -A --as="$s")" = no ]' \
+    _ "$scoped" "$ns" "$watched" "$other"
 
-  check "helm uninstall removes the release's objects, cluster-scoped ones included" bash -c '
-    "$1" uninstall "$2" -n "$3" --wait --timeout "$6s" && "$1" uninstall "$2-scoped" -n "$3" --wait --timeout "$6s" &&
-    left=$("$4" get deployments,services,secrets,serviceaccounts,roles,rolebindings,networkpolicies -n "$3" -l app.kubernetes.io/instance="$2" -o name) &&
-    cluster=$("$4" get clusterroles,clusterrolebindings -o name | grep -F "$5" || true) &&
-    echo "left in namespace: [$left]; cluster-scoped: [$cluster]" && [ -z "$left" ] && [ -z "$cluster" ]' \
-    _ "$helm" "$rel" "$ns" "$kubectl" "$fullname" "$timeout"
+  # The real operator binary, authenticated as that release's ServiceAccount
+  # (a token from the TokenRequest API), run on this machine: the kwok pods of
+  # the chart's Deployment run nothing. It watches only $watched, so it never
+  # touches another test's objects, and publishes nowhere (no Worker URL).
+  operator_bin=$CARGO_TARGET_DIR/debug/backhaul-operator
+  check "the operator binary builds (cargo build -p backhaul-operator)" \
+    cargo build --quiet --locked -p backhaul-operator --bin backhaul-operator
+  if [ -x "$operator_bin" ]; then
+    "$kubectl" config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$tmp/ca.crt"
+    server=$("$kubectl" config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')
+    token=$("$kubectl" create token "$scoped_sa" -n "$ns" --duration=15m)
+    printf '%s\n' "apiVersion: v1" "kind: Config" \
+      "clusters: [{name: c, cluster: {server: \"$server\", certificate-authority: \"$tmp/ca.crt\"}}]" \
+      "users: [{name: u, user: {token: \"$token\"}}]" \
+      "contexts: [{name: c, context: {cluster: c, user: u}}]" \
+      "current-context: c" >"$tmp/operator.kubeconfig"
+    metrics_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # The environment the chart gives the container, less the downward API.
+    KUBECONFIG=$tmp/operator.kubeconfig POD_NAMESPACE=$ns POD_NAME=chart-test-operator \
+      BACKHAUL_WATCH_NAMESPACE=$watched BACKHAUL_LEADER_ELECTION=true BACKHAUL_LEASE_NAME=$scoped_sa \
+      BACKHAUL_METRICS_ADDR=127.0.0.1:$metrics_port BACKHAUL_LOG_FORMAT=text RUST_LOG=info \
+      "$operator_bin" run >"$tmp/operator.log" 2>&1 &
+    operator_pid=$!
+    cleanups=("kill -TERM $operator_pid 2>/dev/null" "${cleanups[@]}")
+    export metrics_port operator_pid tmp
+    check "the operator, with only the chart's permissions, takes its Lease and becomes ready" bash -c '
+      ns=$1 lease=$2 deadline=$((SECONDS + $3))
+      until curl -fsS --max-time 2 "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1; do
+        kill -0 "$operator_pid" 2>/dev/null || { echo "the operator exited:"; cat "$tmp/operator.log"; exit 1; }
+        [ $SECONDS -lt $deadline ] || { echo "not ready in time:"; cat "$tmp/operator.log"; exit 1; }
+        sleep 0.2
+      done
+      until [ "$("$kubectl" -n "$ns" get lease "$lease" -o jsonpath="{.spec.holderIdentity}" 2>/dev/null)" = chart-test-operator ]; do
+        [ $SECONDS -lt $deadline ] || { echo "Lease $lease not held:"; cat "$tmp/operator.log"; exit 1; }
+        sleep 0.2
+      done' _ "$ns" "$scoped_sa" "$timeout"
+    check "it runs examples/smollm2.yaml to Ready: objects per region, status written, nothing forbidden" bash -c '
+      watched=$1
+      sed "s/^  namespace: default$/  namespace: $watched/" examples/smollm2.yaml | "$kubectl" apply -f - &&
+      "$kubectl" -n "$watched" wait --for=condition=Ready modeldeployment/smollm2 --timeout="$2s" &&
+      "$kubectl" -n "$watched" get deployments smollm2-us-east smollm2-eu-west smollm2-ap-south &&
+      "$kubectl" -n "$watched" get services smollm2-us-east smollm2-eu-west smollm2-ap-south &&
+      "$kubectl" -n "$watched" get poddisruptionbudget smollm2-us-east &&
+      if grep -Ei "forbidden" "$tmp/operator.log"; then exit 1; fi' _ "$watched" "$timeout"
+    check "deleting the ModelDeployment completes (the operator releases its finalizer)" bash -c '
+      "$kubectl" -n "$1" delete modeldeployment smollm2 --timeout="$2s" &&
+      if grep -Ei "forbidden" "$tmp/operator.log"; then exit 1; fi' _ "$watched" "$timeout"
+    # stop_operator: SIGTERM, then its exit status within 30 s (it is this
+    # shell's child: a zombie until waited for).
+    stop_operator() {
+      local deadline=$((SECONDS + 30)) state rc=0
+      kill -TERM "$operator_pid" || return 1
+      while state=$(awk '{print $3}' "/proc/$operator_pid/stat" 2>/dev/null) && [ "$state" != Z ]; do
+        [ $SECONDS -lt $deadline ] || { echo "still running 30 s after SIGTERM"; return 1; }
+        sleep 0.2
+      done
+      wait "$operator_pid" || rc=$?
+      tail -n 5 "$tmp/operator.log"
+      echo "exit status $rc"
+      [ "$rc" = 0 ]
+    }
+    check "the operator exits 0 within 30 s of SIGTERM" stop_operator
+  fi
+
+  check "helm uninstall removes both releases' objects, cluster-scoped ones included" bash -c '
+    rel=$1 ns=$2
+    "$helm" uninstall "$rel" -n "$ns" --wait --timeout "$3s" && "$helm" uninstall "$rel-scoped" -n "$ns" --wait --timeout "$3s" &&
+    left=$("$kubectl" get deployments,services,secrets,serviceaccounts,roles,rolebindings,networkpolicies -A \
+      -l "app.kubernetes.io/instance in ($rel,$rel-scoped)" -o name) &&
+    cluster=$("$kubectl" get clusterroles,clusterrolebindings -l "app.kubernetes.io/instance in ($rel,$rel-scoped)" -o name) &&
+    echo "left in namespaces: [$left]; cluster-scoped: [$cluster]" && [ -z "$left" ] && [ -z "$cluster" ]' \
+    _ "$rel" "$ns" "$timeout"
 fi
 
 echo >&2

@@ -11,6 +11,14 @@ source "$(dirname "$0")/lib.sh"
 src=$repo_root/crds
 dest=$repo_root/charts/backhaul-operator/crds
 
+# An empty CRD file (a failed `backhaul-operator crd >crds/...`) is never right.
+for f in "$src"/*.yaml; do
+  if ! grep -q '^kind: CustomResourceDefinition' "$f"; then
+    echo "sync-chart-crds: $f is not a CustomResourceDefinition (empty?); regenerate it with make generate" >&2
+    exit 1
+  fi
+done
+
 if [ "${1:-}" = --check ]; then
   if ! diff -ru "$src" "$dest" >&2; then
     echo "sync-chart-crds: $dest differs from $src; run scripts/sync-chart-crds.sh (make generate)" >&2
