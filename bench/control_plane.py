@@ -1,0 +1,533 @@
+#!/usr/bin/env python3
+"""Control plane at scale: backhaul-operator on the local control plane
+(tests/cluster, kwok fake nodes) with N ModelDeployments of three regions.
+
+    python3 bench/control_plane.py 1,100,1000
+
+For each N, in its own namespace `bench-cp-N`, with an operator of its own
+(--watch-namespace) publishing to a local signed-route receiver (a Python
+server here that verifies every signature as docs/publication.md says):
+
+- apply_to_published_s: from `kubectl create` of the N objects until every
+  object has Published=True (and until the receiver holds all 3N routes);
+- reconcile duration p50/p99, from the operator's own histogram
+  (backhaul_operator_reconcile_duration_seconds, interpolated in buckets);
+- operator VmRSS/VmHWM once all are Published;
+- a forced no-op resync: the operator is restarted (it reconciles every
+  object again) and we count (a) objects whose resourceVersion changed, (b)
+  API write requests (POST/PUT/PATCH/APPLY/DELETE) the API server counted on
+  the resources the operator touches, next to an equally long idle window;
+  the control plane is shared, so (b) can include others' requests.
+
+Then, once: a region failure leaving the Worker's table, with the Worker
+itself under `wrangler dev`: one ModelDeployment with ttlSeconds 10, the
+operator killed (SIGKILL: its heartbeat stops), and the time until
+GET /admin/v1/routes marks the route expired.
+
+Extra kwok nodes (one per region, room for 1,100 pods each) are added for
+the run and removed after it. Prints one JSON document on stdout.
+"""
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.environ.get("BACKHAUL_CACHE", os.path.expanduser("~/.cache/backhaul"))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(CACHE, "target"))
+OPERATOR = os.path.join(TARGET, "debug", "backhaul-operator")
+SECRET = "bench-control-plane-secret"
+REGIONS = {"us-east": (39.04, -77.49), "eu-west": (53.35, -6.26), "ap-south": (19.08, 72.88)}
+WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
+TOUCHED = {"modeldeployments", "deployments", "services", "poddisruptionbudgets", "events"}
+
+
+def log(*a):
+    print("[control-plane]", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def kubectl(*args, input=None, check=True):
+    r = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args[:3])}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def http_get(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def sign(ts, method, path, body):
+    return hmac.new(SECRET.encode(), f"{ts}.{method}.{path}.{body}".encode(), hashlib.sha256).hexdigest()
+
+
+class Receiver:
+    """The Worker's admin API, reduced to what the operator calls: signed
+    PUT/DELETE of routes, counted; rejects a bad signature with 401."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.routes = {}
+        self.first_put = {}
+        self.puts = 0
+        self.deletes = 0
+        self.rejected = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def reply(self, code, body=b""):
+                self.send_response(code)
+                self.send_header("content-length", str(len(body)))
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def handle_write(self, method):
+                n = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(n).decode() if n else ""
+                ts = self.headers.get("x-backhaul-timestamp", "")
+                sig = self.headers.get("x-backhaul-signature", "")
+                path = self.path.split("?")[0]
+                good = sig.startswith("v1=") and hmac.compare_digest(sig[3:], sign(ts, method, path, body))
+                if not good or not ts.isdigit() or abs(time.time() - int(ts)) > 300:
+                    with receiver.lock:
+                        receiver.rejected += 1
+                    return self.reply(401, b'{"error":{"message":"bad signature","type":"unauthorized","code":"unauthorized"}}')
+                key = path.removeprefix("/admin/v1/routes/")
+                with receiver.lock:
+                    if method == "PUT":
+                        receiver.puts += 1
+                        receiver.routes[key] = json.loads(body)
+                        receiver.first_put.setdefault(key, time.monotonic())
+                        return self.reply(200, json.dumps({"route": receiver.routes[key]}).encode())
+                    receiver.deletes += 1
+                    receiver.routes.pop(key, None)
+                return self.reply(204)
+
+            def do_PUT(self):
+                self.handle_write("PUT")
+
+            def do_DELETE(self):
+                self.handle_write("DELETE")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def counts(self):
+        with self.lock:
+            return {"routes": len(self.routes), "puts": self.puts, "deletes": self.deletes, "rejected": self.rejected}
+
+    def stop(self):
+        self.server.shutdown()
+
+
+class Operator:
+    def __init__(self, namespace, worker_url, log_path):
+        self.metrics_port = free_port()
+        env = dict(os.environ, BACKHAUL_PUBLISH_SECRET=SECRET, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+        self.log = open(log_path, "a")
+        self.proc = subprocess.Popen(
+            [OPERATOR, "run", "--watch-namespace", namespace, "--worker-url", worker_url,
+             "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--identity", f"bench-{namespace}"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while True:
+            try:
+                http_get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=2)
+                break
+            except Exception:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"operator did not become ready (see {log_path})")
+                time.sleep(0.2)
+
+    def metrics(self):
+        return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+
+    def memory_mib(self):
+        out = {}
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith(("VmRSS", "VmHWM")):
+                key, value = line.split(":")
+                out[key] = round(int(value.split()[0]) / 1024, 1)
+        return out
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def histogram(text, name):
+    """{le: cumulative count} summed over label sets, plus the sum."""
+    buckets, total = {}, 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket"):
+            le = re.search(r'le="([^"]+)"', line).group(1)
+            le = float("inf") if le == "+Inf" else float(le)
+            buckets[le] = buckets.get(le, 0) + float(line.rsplit(" ", 1)[1])
+        elif line.startswith(name + "_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+    return dict(sorted(buckets.items())), total
+
+
+def counter(text, name, **labels):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def quantile(buckets, q):
+    """histogram_quantile: linear interpolation inside the bucket."""
+    count = buckets.get(float("inf"), 0)
+    if count == 0:
+        return None
+    rank = q * count
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in buckets.items():
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def api_writes():
+    """API server's write requests on the resources the operator touches."""
+    text = kubectl("get", "--raw", "/metrics")
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        if labels.get("verb") in WRITE_VERBS and labels.get("resource") in TOUCHED:
+            key = f'{labels["verb"]} {labels["resource"]}{"/" + labels["subresource"] if labels.get("subresource") else ""}'
+            out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def delta(after, before):
+    d = {k: int(after.get(k, 0) - before.get(k, 0)) for k in set(after) | set(before)}
+    return {k: v for k, v in sorted(d.items()) if v}
+
+
+def resource_versions(namespace):
+    out = {}
+    for kind in ["modeldeployments.backhaul.dev", "deployments.apps", "services", "poddisruptionbudgets.policy"]:
+        items = json.loads(kubectl("get", kind, "-n", namespace, "-o", "json"))["items"]
+        for item in items:
+            out[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+    return out
+
+
+def model_deployment(namespace, name, ttl):
+    return {
+        "apiVersion": "backhaul.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"source": "/models/smollm2", "format": "gguf",
+                      "ggufFiles": ["SmolLM2-135M-Instruct.Q4_1.gguf"], "servedName": name},
+            # CPU replicas: the fake nodes' GPUs would not hold 3,000 pods.
+            "resources": {"gpusPerReplica": 0},
+            "regions": [{"name": r, "replicas": 1, "location": {"latitude": lat, "longitude": lon},
+                         "endpoint": f"https://{r}.{name}.bench.example.com"}
+                        for r, (lat, lon) in REGIONS.items()],
+            "routing": {"ttlSeconds": ttl},
+        },
+    }
+
+
+def published_count(namespace):
+    items = json.loads(kubectl("get", "modeldeployments.backhaul.dev", "-n", namespace, "-o", "json"))["items"]
+    n = 0
+    for item in items:
+        for c in (item.get("status") or {}).get("conditions") or []:
+            if c["type"] == "Published" and c["status"] == "True":
+                n += 1
+    return n, len(items)
+
+
+def extra_nodes(action):
+    docs = []
+    for region in REGIONS:
+        name = f"bench-cp-{region}"
+        if action == "delete":
+            kubectl("delete", "node", name, "--ignore-not-found", "--wait=false")
+            continue
+        docs.append({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                         "labels": {"type": "kwok", "backhaul.dev/bench": "control-plane", "kubernetes.io/hostname": name,
+                                    "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                                    "topology.kubernetes.io/region": region, "topology.kubernetes.io/zone": f"{region}-b"}},
+            "status": {"capacity": {"cpu": "1000", "memory": "8Ti", "pods": "1100"},
+                       "allocatable": {"cpu": "1000", "memory": "8Ti", "pods": "1100"}},
+        })
+    if docs:
+        kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            ready = kubectl("get", "nodes", "-l", "backhaul.dev/bench=control-plane", "-o",
+                            'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}')
+            if ready.split().count("True") == len(REGIONS):
+                return
+            time.sleep(1)
+        raise RuntimeError("bench kwok nodes did not become Ready")
+
+
+def wait(what, fn, timeout, every=1.0):
+    deadline = time.time() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise TimeoutError(what)
+        time.sleep(every)
+
+
+def delete_namespace(namespace, timeout):
+    kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false")
+    try:
+        wait(f"namespace {namespace} gone",
+             lambda: not kubectl("get", "namespace", namespace, "--ignore-not-found", "-o", "name").strip(), timeout, 2)
+        return True
+    except TimeoutError:
+        return False
+
+
+def scale_run(count, logs):
+    namespace = f"bench-cp-{count}"
+    delete_namespace(namespace, 600)
+    kubectl("create", "namespace", namespace)
+    wait("default ServiceAccount", lambda: kubectl("get", "serviceaccount", "default", "-n", namespace,
+                                                  "--ignore-not-found", "-o", "name").strip(), 60, 0.5)
+    receiver = Receiver()
+    operator = Operator(namespace, receiver.url, os.path.join(logs, f"operator-{count}.log"))
+    result = {"objects": count, "regions_per_object": len(REGIONS)}
+    try:
+        manifest = json.dumps({"apiVersion": "v1", "kind": "List",
+                               "items": [model_deployment(namespace, f"m{i}", 3600) for i in range(count)]})
+        started = time.monotonic()
+        kubectl("create", "-f", "-", input=manifest)
+        result["create_s"] = round(time.monotonic() - started, 3)
+        routes_at = None
+        last_log = 0.0
+        while True:
+            published, total = published_count(namespace)
+            now = time.monotonic()
+            if routes_at is None and receiver.counts()["routes"] >= len(REGIONS) * count:
+                routes_at = now
+            if published == count:
+                break
+            if now - last_log > 15:
+                log(f"{count}: {published}/{total} Published after {now - started:.0f} s, receiver {receiver.counts()}")
+                last_log = now
+            if now - started > float(os.environ.get("CONTROL_PLANE_TIMEOUT_S", "1500")):
+                result["timed_out_at_published"] = published
+                raise TimeoutError(f"{published}/{count} Published")
+            time.sleep(0.5 if count < 100 else 1.0)
+        done = time.monotonic()
+        if routes_at is None:
+            routes_at = wait("all routes", lambda: receiver.counts()["routes"] >= len(REGIONS) * count and time.monotonic(), 120, 0.2)
+        result["apply_to_published_s"] = round(done - started, 3)
+        result["apply_to_all_routes_s"] = round(routes_at - started, 3)
+        log(f"{count}: all Published after {result['apply_to_published_s']} s")
+        time.sleep(5)
+        text = operator.metrics()
+        buckets, total = histogram(text, "backhaul_operator_reconcile_duration_seconds")
+        n = buckets.get(float("inf"), 0)
+        result["reconciles"] = int(n)
+        result["reconcile_s"] = {"p50": quantile(buckets, 0.5), "p99": quantile(buckets, 0.99),
+                                 "mean": total / n if n else None, "buckets": {str(k): v for k, v in buckets.items()}}
+        result["operator_memory_mib"] = operator.memory_mib()
+        result["receiver"] = receiver.counts()
+
+        # A forced no-op resync: restart the operator; it reconciles every
+        # object once more with nothing to change.
+        versions = resource_versions(namespace)
+        idle_before = api_writes()
+        operator.stop()
+        puts_before = receiver.counts()["puts"]
+        restart = time.monotonic()
+        operator = Operator(namespace, receiver.url, os.path.join(logs, f"operator-{count}.log"))
+        wait("every object reconciled after the restart",
+             lambda: counter(operator.metrics(), "backhaul_operator_reconciles_total") >= count, 900, 0.5)
+        resync_s = time.monotonic() - restart
+        time.sleep(3)
+        window = time.monotonic() - restart
+        after = api_writes()
+        writes = delta(after, idle_before)
+        # The same length of time with the operator idle, for what others
+        # (controller-manager, kwok, other users of this control plane) wrote.
+        idle2_before = api_writes()
+        time.sleep(window)
+        idle_writes = delta(api_writes(), idle2_before)
+        changed = [k for k, v in resource_versions(namespace).items() if versions.get(k) != v]
+        result["noop_resync"] = {
+            "seconds_to_reconcile_all": round(resync_s, 3),
+            "objects_changed": len(changed),
+            "objects_changed_examples": changed[:5],
+            "api_writes_during_resync": writes,
+            "api_writes_same_length_idle": idle_writes,
+            "worker_puts": receiver.counts()["puts"] - puts_before,
+            "window_s": round(window, 3),
+        }
+        result["operator_memory_mib_after_restart"] = operator.memory_mib()
+        log(f"{count}: no-op resync changed {len(changed)} objects; writes {writes}; idle {idle_writes}")
+    finally:
+        # Delete while the operator runs, so it can withdraw routes and clear finalizers.
+        result["cleanup_complete"] = delete_namespace(namespace, 900)
+        operator.stop()
+        receiver.stop()
+    return result
+
+
+def worker_expiry(logs):
+    """The time a dead operator's region takes to be marked expired by the Worker."""
+    namespace = "bench-cp-expiry"
+    ttl = 10
+    node = os.path.join(CACHE, "node", "bin")
+    port = free_port()
+    persist = tempfile.mkdtemp(prefix="backhaul-cp-wrangler-")
+    env = dict(os.environ, PATH=f"{node}:{os.environ['PATH']}")
+    dev = subprocess.Popen(
+        ["npx", "wrangler", "dev", "--env", "local", "--ip", "127.0.0.1", "--port", str(port), "--persist-to", persist,
+         "--var", f"BACKHAUL_PUBLISH_SECRET:{SECRET}", "--var", "BACKHAUL_API_KEYS:", "--log-level", "error"],
+        cwd=os.path.join(REPO, "worker"), env=env, stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(logs, "wrangler-expiry.log"), "w"), start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    operator = None
+    try:
+        def up():
+            try:
+                return http_get(f"{base}/health", 2) and True
+            except Exception:
+                return False
+        wait("wrangler dev", up, 120, 0.25)
+
+        def routes():
+            path = "/admin/v1/routes"
+            ts = str(int(time.time()))
+            req = urllib.request.Request(base + path, headers={
+                "x-backhaul-timestamp": ts, "x-backhaul-signature": "v1=" + sign(ts, "GET", path, "")})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return json.load(r)["routes"]
+
+        delete_namespace(namespace, 300)
+        kubectl("create", "namespace", namespace)
+        wait("default ServiceAccount", lambda: kubectl("get", "serviceaccount", "default", "-n", namespace,
+                                                      "--ignore-not-found", "-o", "name").strip(), 60, 0.5)
+        operator = Operator(namespace, base, os.path.join(logs, "operator-expiry.log"))
+        md = model_deployment(namespace, "expiry", ttl)
+        md["spec"]["regions"] = md["spec"]["regions"][:1]
+        md["spec"]["regions"][0]["endpoint"] = "http://127.0.0.1:9"
+        kubectl("create", "-f", "-", input=json.dumps(md))
+
+        def live():
+            rs = [r for r in routes() if r["namespace"] == namespace]
+            return rs and not rs[0].get("expired") and rs[0]
+        route = wait("route published", live, 120, 0.2)
+        # Let at least one heartbeat pass, so the kill lands at a random
+        # point of the heartbeat period, as a real failure would.
+        time.sleep(ttl / 3 + 1.3)
+        operator.stop(signal.SIGKILL)
+        killed = time.monotonic()
+
+        def expired():
+            rs = [r for r in routes() if r["namespace"] == namespace]
+            return rs and rs[0].get("expired") and rs[0]
+        gone = wait("route expired", expired, ttl * 3, 0.05)
+        seconds = time.monotonic() - killed
+        return {"ttl_seconds": ttl, "heartbeat_seconds": ttl // 3, "seconds_from_operator_kill_to_expired": round(seconds, 3),
+                "last_published_at": gone.get("publishedAt"), "first_published_at": route.get("publishedAt")}
+    finally:
+        operator2 = Operator(namespace, base, os.path.join(logs, "operator-expiry.log")) if operator else None
+        delete_namespace(namespace, 120)
+        if operator2:
+            operator2.stop()
+        os.killpg(dev.pid, signal.SIGTERM)
+        dev.wait(30)
+
+
+def main():
+    counts = [int(c) for c in (sys.argv[1] if len(sys.argv) > 1 else "1,100,1000").split(",") if c]
+    logs = os.path.join(CACHE, "bench", "logs")
+    os.makedirs(logs, exist_ok=True)
+    kubeconfig = os.path.join(CACHE, "cluster", "kubeconfig")
+    started_cluster = False
+    try:
+        subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "--request-timeout=3s", "get", "--raw", "/readyz"],
+                       check=True, capture_output=True)
+    except Exception:
+        log("starting the local control plane (tests/cluster/up.sh)")
+        line = subprocess.run([os.path.join(REPO, "tests", "cluster", "up.sh")], check=True, capture_output=True,
+                              text=True).stdout.strip().splitlines()[-1]
+        kubeconfig = line.split("=", 1)[1].strip().strip("'\"")
+        started_cluster = True
+    os.environ["KUBECONFIG"] = kubeconfig
+    crd = subprocess.run([OPERATOR, "crd"], check=True, capture_output=True, text=True).stdout
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crd)
+    kubectl("wait", "--for=condition=Established", "crd/modeldeployments.backhaul.dev", "--timeout=60s")
+    out = {"counts": counts, "runs": {}, "cluster": {"nodes": len(kubectl("get", "nodes", "-o", "name").split())}}
+    extra_nodes("apply")
+    out["cluster"]["nodes_with_bench_nodes"] = len(kubectl("get", "nodes", "-o", "name").split())
+    try:
+        for count in counts:
+            log(f"{count} ModelDeployments")
+            try:
+                out["runs"][str(count)] = scale_run(count, logs)
+            except Exception as e:  # measure as far as it goes
+                log(f"{count}: {e}")
+                out["runs"][str(count)] = {"objects": count, "error": str(e)}
+        if os.environ.get("CONTROL_PLANE_EXPIRY", "1") == "1":
+            try:
+                out["worker_expiry"] = worker_expiry(logs)
+            except Exception as e:
+                log(f"expiry: {e}")
+                out["worker_expiry"] = {"error": str(e)}
+    finally:
+        extra_nodes("delete")
+        if started_cluster:
+            subprocess.run([os.path.join(REPO, "tests", "cluster", "down.sh")], capture_output=True)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

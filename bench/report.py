@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""Merges benchmark sections into docs/benchmarks/results.json and
+regenerates docs/benchmarks/README.md and its plots from that file alone.
+
+    python bench/report.py [SECTION.json ...]   # raw files from scripts/bench.sh
+
+Each raw file replaces its section; sections not given keep their last
+results. With no arguments, only the README and plots are regenerated.
+Every figure in the README is read from results.json here: none is typed in.
+"""
+
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(REPO, "docs", "benchmarks")
+RESULTS = os.path.join(DOCS, "results.json")
+SURFACES = {"backhaul_grpc": "Backhaul gRPC", "backhaul_http": "Backhaul HTTP (OpenAI SSE)"}
+TARGETS = {"in_process": "mistral.rs in-process", "backhaul_grpc": "Backhaul gRPC",
+           "backhaul_http": "Backhaul HTTP", "mistralrs_serve": "`mistralrs serve`"}
+
+GPU_COMMANDS = [
+    "# on a machine with an NVIDIA GPU, CUDA 12 and its toolkit (nvcc) installed:",
+    "export BACKHAUL_CACHE=$HOME/.cache/backhaul CARGO_TARGET_DIR=$HOME/.cache/backhaul/target",
+    "make model",
+    "cargo build -p backhaul-inference -p backhaul-bench --features backhaul-inference/cuda,backhaul-bench/cuda",
+    "cargo install mistralrs-cli --version 0.8.1 --locked --features cuda --root $BACKHAUL_CACHE/mistralrs-cli-cuda",
+    "$CARGO_TARGET_DIR/debug/backhaul-inference --model $BACKHAUL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf "
+    "--served-name smollm2 --device cuda --grpc-addr 127.0.0.1:50051 --http-addr 127.0.0.1:8000 &",
+    "$BACKHAUL_CACHE/mistralrs-cli-cuda/bin/mistralrs --token-source none serve --host 127.0.0.1 -p 1234 "
+    "--format gguf -m $BACKHAUL_CACHE/models -f SmolLM2-135M-Instruct.Q4_1.gguf &",
+    "$CARGO_TARGET_DIR/debug/backhaul-bench --device cuda --model $BACKHAUL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf "
+    "--grpc http://127.0.0.1:50051 --http http://127.0.0.1:8000 --serve http://127.0.0.1:1234 "
+    "--concurrency 1,4,16,64 --rounds 3 --max-tokens 256 > inference-gpu.json",
+]
+
+
+def section_from_raw(name, raw):
+    """The results.json section for one raw file: its figures under the
+    documented keys, with the machine, date, command and the raw results."""
+    r = raw["results"]
+    base = {"date": raw["date"], "command": raw["command"], "machine": raw["machine"],
+            "loadavg_after": raw["loadavg_after"]}
+    if name == "inference":
+        flat = lambda key: {s: {c: v["ratio"] for c, v in per.items()} for s, per in r[key].items()}
+        return {**base,
+                "ratio_vs_inprocess": flat("ratio_vs_inprocess"),
+                "ratio_vs_mistralrs_serve": flat("ratio_vs_mistralrs_serve"),
+                "raw": r}
+    if name == "routing":
+        return {**base,
+                "added_ttfb_ms_p50": r["addedMs"]["ttfb"]["p50"],
+                "added_ttfb_ms_p99": r["addedMs"]["ttfb"]["p99"],
+                "added_total_ms_p50": r["addedMs"]["total"]["p50"],
+                "added_total_ms_p99": r["addedMs"]["total"]["p99"],
+                "failover_added_ms": {k: v["addedMs"]["p50"] for k, v in r["failover"].items()},
+                "failover_added_ms_p99": {k: v["addedMs"]["p99"] for k, v in r["failover"].items()},
+                "cpu_ms_per_request": r["cpuMsPerRequest"],
+                "raw": r}
+    if name == "control-plane":
+        runs = r["runs"]
+        ok = {c: run for c, run in runs.items() if "error" not in run}
+        out = {**base,
+               "apply_to_published_s": {c: run["apply_to_published_s"] for c, run in ok.items()},
+               "reconcile_ms_p50": {c: ms(run["reconcile_s"]["p50"]) for c, run in ok.items()},
+               "reconcile_ms_p99": {c: ms(run["reconcile_s"]["p99"]) for c, run in ok.items()},
+               "noop_resync_writes": {c: run["noop_resync"]["objects_changed"] for c, run in ok.items()},
+               "noop_resync_api_write_requests": {c: sum(run["noop_resync"]["api_writes_during_resync"].values())
+                                                  for c, run in ok.items()},
+               "operator_rss_mib": {c: run["operator_memory_mib"]["VmRSS"] for c, run in ok.items()},
+               "errors": {c: run["error"] for c, run in runs.items() if "error" in run},
+               "raw": r}
+        if "1000" in ok:
+            out["operator_rss_mib_1000"] = ok["1000"]["operator_memory_mib"]["VmRSS"]
+        expiry = r.get("worker_expiry") or {}
+        if "seconds_from_operator_kill_to_expired" in expiry:
+            out["region_failure_to_expired_s"] = expiry["seconds_from_operator_kill_to_expired"]
+        return out
+    raise ValueError(name)
+
+
+def ms(seconds):
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def machine_line(sec):
+    m = sec["machine"]
+    return (f"{m['nproc']} × {m['cpu_model']}, {m['mem_mib']} MiB, Linux {m['kernel']}; "
+            f"load average {' / '.join(m['loadavg'])} before, {' / '.join(sec['loadavg_after'])} after; "
+            f"{sec['date']}, commit `{m['commit']}`")
+
+
+def fmt(x, nd=2):
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def plots(results):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    made = []
+    inf = results.get("inference")
+    if inf:
+        t = inf["raw"]["targets"]
+        levels = [str(c) for c in inf["raw"]["config"]["concurrency"]]
+        names = [n for n in TARGETS if n in t]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        width = 0.8 / len(names)
+        for i, n in enumerate(names):
+            xs = [j + i * width for j in range(len(levels))]
+            axes[0].bar(xs, [t[n][c]["output_tokens_per_s"] for c in levels], width, label=TARGETS[n].strip("`"))
+            axes[1].bar(xs, [t[n][c]["ttft_ms"]["p50"] for c in levels], width, label=TARGETS[n].strip("`"))
+            axes[1].scatter(xs, [t[n][c]["ttft_ms"]["p99"] for c in levels], marker="_", color="black", s=80)
+        for ax, title in zip(axes, ["output tokens/s (higher is better)", "time to first token, ms (bar p50, tick p99)"]):
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(levels))], [f"c={c}" for c in levels])
+            ax.set_title(title, fontsize=10)
+        axes[0].legend(fontsize=8)
+        fig.suptitle("SmolLM2-135M Q4_1 on CPU, greedy", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(os.path.join(DOCS, "inference.png"), dpi=110)
+        plt.close(fig)
+        made.append("inference.png")
+    rt = results.get("routing")
+    if rt:
+        r = rt["raw"]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        series = [("direct", r["direct"]), ("via Worker (wrangler dev)", r["viaWorker"])]
+        if r.get("viaWorkerRuntimeOnly"):
+            series.append(("via Worker runtime only", r["viaWorkerRuntimeOnly"]))
+        groups = ["TTFB p50", "TTFB p99", "total p50", "total p99"]
+        width = 0.8 / len(series)
+        for i, (label, s) in enumerate(series):
+            vals = [s["ttfbMs"]["p50"], s["ttfbMs"]["p99"], s["totalMs"]["p50"], s["totalMs"]["p99"]]
+            axes[0].bar([j + i * width for j in range(4)], vals, width, label=label)
+        axes[0].set_xticks([j + 0.4 - width / 2 for j in range(4)], groups)
+        axes[0].set_title("streamed request to a local SSE upstream, ms", fontsize=10)
+        axes[0].legend(fontsize=8)
+        kinds = list(r["failover"])
+        axes[1].bar(kinds, [r["failover"][k]["addedMs"]["p50"] for k in kinds], label="p50")
+        axes[1].scatter(kinds, [r["failover"][k]["addedMs"]["p99"] for k in kinds], marker="_", color="black", s=120, label="p99")
+        axes[1].axhline(50, color="red", linestyle="--", linewidth=1, label="target 50 ms")
+        axes[1].set_title("one failover: added beyond the failed attempt, ms", fontsize=10)
+        axes[1].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(DOCS, "routing.png"), dpi=110)
+        plt.close(fig)
+        made.append("routing.png")
+    cp = results.get("control_plane")
+    if cp and cp["apply_to_published_s"]:
+        counts = sorted(cp["apply_to_published_s"], key=int)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        axes[0].plot([int(c) for c in counts], [cp["apply_to_published_s"][c] for c in counts], marker="o")
+        axes[0].set_xscale("log")
+        axes[0].set_title("apply → all Published, s (3 regions each)", fontsize=10)
+        axes[0].set_xlabel("ModelDeployments")
+        axes[1].plot([int(c) for c in counts], [cp["reconcile_ms_p50"][c] for c in counts], marker="o", label="p50")
+        axes[1].plot([int(c) for c in counts], [cp["reconcile_ms_p99"][c] for c in counts], marker="o", label="p99")
+        axes[1].set_xscale("log")
+        axes[1].set_title("reconcile duration, ms", fontsize=10)
+        axes[1].set_xlabel("ModelDeployments")
+        axes[1].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(DOCS, "control-plane.png"), dpi=110)
+        plt.close(fig)
+        made.append("control-plane.png")
+    return made
+
+
+def readme(results, made):
+    L = ["# Benchmarks", "",
+         "Generated by `make bench` (`scripts/bench.sh` → `bench/report.py`) from "
+         "[`results.json`](results.json); every figure below is read from that file, which the same run wrote. "
+         "Re-run one section with `BENCH=inference|routing|control-plane make bench` (comma-separate several); "
+         "the others keep their last results.", "",
+         "The machine these ran on is small and was shared (other builds ran beside some sections): the load "
+         "average is recorded with each section. Ratios compare targets measured in the same run, interleaved, "
+         "so they hold up better than the absolute times, which are context.", ""]
+
+    inf = results.get("inference")
+    L += ["## 1. Inference overhead", ""]
+    if inf:
+        raw = inf["raw"]
+        cfg = raw["config"]
+        t = raw["targets"]
+        levels = [str(c) for c in cfg["concurrency"]]
+        L += [f"Machine: {machine_line(inf)}.", "",
+              f"Model `{cfg['model']}` on CPU, {cfg['prompts']} fixed chat prompts in turn, greedy (temperature 0), "
+              f"`max_tokens` {cfg['max_tokens']}, streaming. Per concurrency c, a batch of "
+              f"{', '.join(f'{n} (c={c})' for c, n in zip(levels, cfg['requests_per_batch']))} requests with c in flight; "
+              f"{cfg['rounds']} rounds, each running every target once per concurrency, the target order rotated "
+              "each round. Output tokens/s = completion tokens (as each server reports them) over the batches' wall "
+              "time. Time to first token (TTFT): from sending the request to the first streamed text; "
+              "inter-token latency (ITL): gaps between streamed text pieces.", "",
+              "Targets: mistral.rs 0.8.1 loaded in the benchmark process (`bench/src/targets.rs`: the "
+              "`GgufModelBuilder` settings `backhaul-inference --device cpu` uses, requests built as mistral.rs's "
+              "own server builds them), `backhaul-inference` over gRPC `ChatStream` and over OpenAI HTTP/SSE, "
+              "and `mistralrs serve` (mistralrs-cli 0.8.1, `cargo install`ed, release profile) over OpenAI HTTP/SSE. "
+              "`backhaul-inference` and the in-process engine are the workspace's dev profile, whose dependencies "
+              "(mistral.rs, candle) are built at opt-level 3.", "",
+              "| target | c | output tok/s | per round | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
+              "|---|---|---|---|---|---|---|---|"]
+        for n, label in TARGETS.items():
+            if n not in t:
+                continue
+            for c in levels:
+                x = t[n][c]
+                L.append(f"| {label} | {c} | {fmt(x['output_tokens_per_s'], 1)} | "
+                         f"{', '.join(fmt(v, 1) for v in x['rounds_output_tokens_per_s'])} | "
+                         f"{fmt(x['ttft_ms']['p50'], 1)} | {fmt(x['ttft_ms']['p99'], 1)} | "
+                         f"{fmt(x['inter_token_ms']['p50'], 2)} | {fmt(x['inter_token_ms']['p99'], 2)} |")
+        L += ["", "Backhaul over the other, output tokens/s (1.00 = equal; above 1 = Backhaul faster). "
+              "Target: ≥ 0.97 against in-process and ≥ 1.00 against `mistralrs serve`. "
+              "In brackets: the same ratio per round (batches run back to back).", "",
+              "| surface | c | vs in-process | vs `mistralrs serve` |", "|---|---|---|---|"]
+        for s, label in SURFACES.items():
+            if s not in raw["ratio_vs_inprocess"]:
+                continue
+            for c in levels:
+                a = raw["ratio_vs_inprocess"][s].get(c)
+                b = (raw["ratio_vs_mistralrs_serve"].get(s) or {}).get(c)
+                cell = lambda v: "–" if not v else f"{v['ratio']:.3f} ({', '.join(f'{x:.2f}' for x in v['rounds'])})"
+                L.append(f"| {label} | {c} | {cell(a)} | {cell(b)} |")
+        same = raw["same_greedy_text_as_inprocess"]
+        L += ["", "Same greedy text as in-process at c=1, prompts: " +
+              ", ".join(f"{TARGETS.get(k, k)} {v}" for k, v in same.items()) + ".", ""]
+        if "inference.png" in made:
+            L += ["![inference](inference.png)", ""]
+        L += ["Command (`scripts/bench.sh` starts both servers on free loopback ports first):", "", "```sh",
+              inf["command"], "```", ""]
+    else:
+        L += ["Not measured yet.", ""]
+
+    rt = results.get("routing")
+    L += ["## 2. Routing overhead (the Worker)", ""]
+    if rt:
+        r = rt["raw"]
+        L += [f"Machine: {machine_line(rt)}.", "",
+              "`bench/routing.mjs` starts a Node SSE upstream (headers and a first chunk at once, three more 5 ms "
+              "apart) and `wrangler dev --env local`, publishes signed routes, and streams chat completions one at a "
+              f"time: {r['requests']} straight to the upstream and {r['requests']} through the Worker, alternating "
+              f"in {r['blocks']} blocks (p50/p99 below are the medians of the blocks' percentiles). TTFB is until "
+              "the first body chunk, total until the end of the stream. It extends the Worker's own "
+              "`worker/bench/latency.mjs`.", "",
+              "| path | TTFB p50 ms | TTFB p99 ms | total p50 ms | total p99 ms |", "|---|---|---|---|---|"]
+        rows = [("direct to the upstream", r["direct"]), ("through `wrangler dev` (proxy + Worker)", r["viaWorker"])]
+        if r.get("viaWorkerRuntimeOnly"):
+            rows.append(("through the Worker's workerd only (no wrangler proxy)", r["viaWorkerRuntimeOnly"]))
+        for label, s in rows:
+            L.append(f"| {label} | {fmt(s['ttfbMs']['p50'])} | {fmt(s['ttfbMs']['p99'])} | "
+                     f"{fmt(s['totalMs']['p50'])} | {fmt(s['totalMs']['p99'])} |")
+        L += ["", "| added by | TTFB p50 ms | TTFB p99 ms | total p50 ms | total p99 ms |", "|---|---|---|---|---|",
+              f"| `wrangler dev` (target ≤ 1 p50, ≤ 5 p99) | {fmt(rt['added_ttfb_ms_p50'])} | {fmt(rt['added_ttfb_ms_p99'])} | "
+              f"{fmt(rt['added_total_ms_p50'])} | {fmt(rt['added_total_ms_p99'])} |"]
+        if r.get("addedMsRuntimeOnly"):
+            a = r["addedMsRuntimeOnly"]
+            L.append(f"| the Worker's workerd alone | {fmt(a['ttfb']['p50'])} | {fmt(a['ttfb']['p99'])} | "
+                     f"{fmt(a['total']['p50'])} | {fmt(a['total']['p99'])} |")
+        cpu = rt["cpu_ms_per_request"]
+        L += ["", "CPU time per request through `wrangler dev` (user + system CPU of its processes during the "
+              "Worker series, over its requests): " + ", ".join(f"{k} {v} ms" for k, v in cpu.items()) + "."]
+        if r.get("cpuMsPerRequestRuntimeOnly"):
+            L[-1] += (" Through the Worker's workerd only: " +
+                      ", ".join(f"{k} {v} ms" for k, v in r["cpuMsPerRequestRuntimeOnly"].items()) + ".")
+        L += ["", f"Failover: the failing region is ranked first, the healthy one second "
+              f"(`x-backhaul-attempts: 2` checked on every response); firstByteTimeoutMs {r['firstByteTimeoutMs']}. "
+              "Added = TTFB with the failover − TTFB through the Worker without one − the failed attempt's own time "
+              "(the same request straight at the failing upstream; for the slow first byte, firstByteTimeoutMs). "
+              "Target: ≤ 50 ms.", "",
+              "| failure | requests | TTFB p50 ms | failed attempt alone p50 ms | added p50 ms | added p99 ms |",
+              "|---|---|---|---|---|---|"]
+        for k, v in r["failover"].items():
+            L.append(f"| {k} | {v['ttfbMs']['samples']} | {fmt(v['ttfbMs']['p50'])} | {fmt(v['failedAttemptMs']['p50'])} | "
+                     f"{fmt(v['addedMs']['p50'])} | {fmt(v['addedMs']['p99'])} |")
+        L += ["", f"`wrangler dev` took {r['wranglerDevStartupMs']} ms to answer `/health`.", ""]
+        if "routing.png" in made:
+            L += ["![routing](routing.png)", ""]
+        L += ["Command:", "", "```sh", "source scripts/node-env.sh && " + rt["command"], "```", ""]
+    else:
+        L += ["Not measured yet.", ""]
+
+    cp = results.get("control_plane")
+    L += ["## 3. Control plane at scale", ""]
+    if cp:
+        r = cp["raw"]
+        L += [f"Machine: {machine_line(cp)}.", "",
+              "`bench/control_plane.py` on the local control plane (`tests/cluster`: etcd, kube-apiserver, "
+              "controller-manager, scheduler, kwok making pods Running/Ready at once; "
+              f"{r['cluster']['nodes']} fake nodes plus one bench node per region with room for 1,100 pods, removed "
+              "afterwards). Per count N: a namespace, `backhaul-operator` (dev profile) watching only it and "
+              "publishing to a local receiver that verifies every signature, N ModelDeployments of three regions "
+              "(1 CPU replica each, so 3N pods) created in one `kubectl create`.", "",
+              "| N | create s | apply → all Published s | apply → all 3N routes on the receiver s | "
+              "reconcile p50 ms | reconcile p99 ms | reconciles | operator VmRSS MiB (peak) |",
+              "|---|---|---|---|---|---|---|---|"]
+        for c in sorted(r["runs"], key=int):
+            run = r["runs"][c]
+            if "error" in run:
+                L.append(f"| {c} | not measured: {run['error']} | | | | | | |")
+                continue
+            mem = run["operator_memory_mib"]
+            L.append(f"| {c} | {fmt(run['create_s'], 1)} | {fmt(run['apply_to_published_s'], 1)} | "
+                     f"{fmt(run['apply_to_all_routes_s'], 1)} | {fmt(ms(run['reconcile_s']['p50']), 1)} | "
+                     f"{fmt(ms(run['reconcile_s']['p99']), 1)} | {run['reconciles']} | {mem['VmRSS']} ({mem['VmHWM']}) |")
+        L += ["", "Reconcile percentiles are interpolated inside the operator's histogram buckets "
+              "(`backhaul_operator_reconcile_duration_seconds`), as Prometheus' `histogram_quantile` does.", "",
+              "No-op resync: the operator is restarted over N settled objects and reconciles each once more. "
+              "Objects written = objects (ModelDeployments, Deployments, Services, PDBs) whose resourceVersion "
+              "changed (target 0). Write requests = the API server's `apiserver_request_total` for write verbs on "
+              "those resources plus events, over the resync, next to an idle window as long (the control plane is "
+              "shared with other users).", "",
+              "| N | s to reconcile all | objects written | write requests during resync | same-length idle window | Worker PUTs |",
+              "|---|---|---|---|---|---|"]
+        for c in sorted(r["runs"], key=int):
+            run = r["runs"][c]
+            if "error" in run:
+                continue
+            nr = run["noop_resync"]
+            w = lambda d: ", ".join(f"{k} {v}" for k, v in d.items()) or "0"
+            L.append(f"| {c} | {fmt(nr['seconds_to_reconcile_all'], 1)} | {nr['objects_changed']} | "
+                     f"{w(nr['api_writes_during_resync'])} | {w(nr['api_writes_same_length_idle'])} | {nr['worker_puts']} |")
+        ex = r.get("worker_expiry") or {}
+        L += [""]
+        if "seconds_from_operator_kill_to_expired" in ex:
+            L += [f"Region failure leaving the Worker's table: with the Worker under `wrangler dev`, one "
+                  f"ModelDeployment with ttlSeconds {ex['ttl_seconds']} (heartbeat every {ex['heartbeat_seconds']} s); "
+                  f"the operator SIGKILLed; `GET /admin/v1/routes` polled every 50 ms: the route was marked expired "
+                  f"**{ex['seconds_from_operator_kill_to_expired']} s** after the kill (bound: ttlSeconds).", ""]
+        elif ex:
+            L += [f"Region failure leaving the Worker's table: not measured: {ex.get('error')}.", ""]
+        if "control-plane.png" in made:
+            L += ["![control plane](control-plane.png)", ""]
+        L += ["Command:", "", "```sh", cp["command"], "```", ""]
+    else:
+        L += ["Not measured yet.", ""]
+
+    L += ["## 4. GPU", "", "Not measured: no GPU device was lent to the session that produced these results. "
+          "On a machine with one, the same comparison runs with CUDA builds (the bench crate's `cuda` feature "
+          "turns on mistral.rs's):", "", "```sh", *GPU_COMMANDS, "```", ""]
+    return "\n".join(L)
+
+
+def main():
+    results = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
+    for path in sys.argv[1:]:
+        name = os.path.basename(path).removesuffix(".json")
+        raw = json.load(open(path))
+        results[name.replace("-", "_")] = section_from_raw(name, raw)
+    results["gpu"] = {"measured": False, "reason": "no GPU device lent to the session that ran these benchmarks",
+                      "commands": GPU_COMMANDS}
+    os.makedirs(DOCS, exist_ok=True)
+    with open(RESULTS, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    made = plots(results)
+    with open(os.path.join(DOCS, "README.md"), "w") as f:
+        f.write(readme(results, made))
+    print(f"wrote {RESULTS}, README.md, {', '.join(made) or 'no plots'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

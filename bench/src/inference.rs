@@ -1,0 +1,293 @@
+//! The inference benchmark: the same greedy chat requests against every
+//! target at each concurrency, in rounds that rotate the target order.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{
+    stats::{Millis, round3},
+    targets::{Sample, Target},
+};
+
+/// Fixed prompts, one per request in turn; short, so decoding dominates.
+const PROMPTS: &[&str] = &[
+    "Explain what a load balancer does in a few sentences.",
+    "Write a short poem about the sea at night.",
+    "List five tips for writing clear documentation.",
+    "What is the difference between a process and a thread?",
+    "Describe how to make a cup of tea, step by step.",
+    "Why is the sky blue? Answer for a ten year old.",
+    "Summarise the plot of a detective story you invent.",
+    "Give three reasons to learn a second language.",
+];
+
+const IN_PROCESS: &str = "in_process";
+const GRPC: &str = "backhaul_grpc";
+const HTTP: &str = "backhaul_http";
+const SERVE: &str = "mistralrs_serve";
+
+/// Inference benchmark: Backhaul's gRPC and HTTP surfaces against mistral.rs
+/// in-process and `mistralrs serve`, same model, prompts and greedy sampling.
+#[derive(clap::Parser, Debug)]
+#[command(name = "backhaul-bench", version)]
+pub struct Args {
+    /// The GGUF file (also loaded in this process).
+    #[arg(long)]
+    model: PathBuf,
+    /// Where the in-process engine runs: `cpu`, or `cuda` (a build with the
+    /// `cuda` feature).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    device: String,
+    /// Backhaul's gRPC endpoint, e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    grpc: Option<String>,
+    /// Backhaul's HTTP base URL, e.g. http://127.0.0.1:8000.
+    #[arg(long)]
+    http: Option<String>,
+    /// Model name Backhaul's HTTP surface serves.
+    #[arg(long, default_value = "smollm2")]
+    http_model: String,
+    /// `mistralrs serve` base URL, e.g. http://127.0.0.1:1234.
+    #[arg(long)]
+    serve: Option<String>,
+    /// Model name `mistralrs serve` answers to.
+    #[arg(long, default_value = "default")]
+    serve_model: String,
+    /// Concurrency levels (requests in flight at once).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    concurrency: Vec<usize>,
+    /// Requests per batch: max(this × concurrency, --min-requests).
+    #[arg(long, default_value_t = 2)]
+    requests_factor: usize,
+    /// Fewest requests in one batch.
+    #[arg(long, default_value_t = 6)]
+    min_requests: usize,
+    /// Rounds; each runs every target once per concurrency, order rotated.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// max_tokens of every request.
+    #[arg(long, default_value_t = 96)]
+    max_tokens: usize,
+}
+
+/// One batch: `requests` requests, `concurrency` at a time.
+#[derive(Debug, Default)]
+struct Batch {
+    wall_s: f64,
+    samples: Vec<Sample>,
+}
+
+async fn run_batch(
+    target: &Arc<Target>,
+    concurrency: usize,
+    requests: usize,
+    max_tokens: usize,
+) -> anyhow::Result<Batch> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let target = Arc::clone(target);
+        let next = Arc::clone(&next);
+        workers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    return anyhow::Ok(samples);
+                }
+                let prompt = PROMPTS[i % PROMPTS.len()];
+                let sample = target.run(prompt, max_tokens).await?;
+                samples.push((i, sample));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await??);
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    all.sort_by_key(|(i, _)| *i);
+    Ok(Batch {
+        wall_s,
+        samples: all.into_iter().map(|(_, s)| s).collect(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Level {
+    requests: usize,
+    output_tokens: usize,
+    wall_s: f64,
+    /// Output tokens over wall time, all rounds together.
+    output_tokens_per_s: f64,
+    /// The same, per round.
+    rounds_output_tokens_per_s: Vec<f64>,
+    ttft_ms: Millis,
+    inter_token_ms: Millis,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Value> {
+    let started = chrono::Utc::now();
+    let mut targets: Vec<(&'static str, Arc<Target>)> = Vec::new();
+    eprintln!("[bench] loading {} in-process", args.model.display());
+    targets.push((IN_PROCESS, Arc::new(Target::in_process(&args.model, args.device == "cpu").await?)));
+    if let Some(addr) = &args.grpc {
+        targets.push((GRPC, Arc::new(Target::grpc(addr).await?)));
+    }
+    if let Some(base) = &args.http {
+        targets.push((HTTP, Arc::new(Target::openai(base, &args.http_model)?)));
+    }
+    if let Some(base) = &args.serve {
+        targets.push((SERVE, Arc::new(Target::openai(base, &args.serve_model)?)));
+    }
+
+    // Warm-up: two sequential requests each, and the greedy texts of every
+    // prompt at concurrency 1, to check all targets generate the same thing.
+    let mut texts: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (name, target) in &targets {
+        for prompt in PROMPTS.iter().take(2) {
+            target
+                .run(prompt, args.max_tokens)
+                .await
+                .with_context(|| format!("warm-up of {name}"))?;
+        }
+        let mut mine = Vec::new();
+        for prompt in PROMPTS {
+            mine.push(target.run(prompt, args.max_tokens).await?.text);
+        }
+        texts.insert(name, mine);
+        eprintln!("[bench] {name}: warmed up");
+    }
+
+    // (target, concurrency) → batches across rounds.
+    let mut batches: BTreeMap<(&str, usize), Vec<Batch>> = BTreeMap::new();
+    for round in 0..args.rounds {
+        for &c in &args.concurrency {
+            let requests = (args.requests_factor * c).max(args.min_requests);
+            let n = targets.len();
+            for k in 0..n {
+                let (name, target) = &targets[(k + round) % n];
+                let batch = run_batch(target, c, requests, args.max_tokens)
+                    .await
+                    .with_context(|| format!("{name} at concurrency {c}"))?;
+                let tokens: usize = batch.samples.iter().map(|s| s.tokens).sum();
+                eprintln!(
+                    "[bench] round {} c={c} {name}: {:.1} tok/s ({tokens} tokens in {:.2}s)",
+                    round + 1,
+                    tokens as f64 / batch.wall_s,
+                    batch.wall_s
+                );
+                batches.entry((name, c)).or_default().push(batch);
+            }
+        }
+    }
+
+    let mut results: BTreeMap<&str, BTreeMap<String, Level>> = BTreeMap::new();
+    for ((name, c), runs) in &batches {
+        let samples: Vec<&Sample> = runs.iter().flat_map(|b| &b.samples).collect();
+        let output_tokens: usize = samples.iter().map(|s| s.tokens).sum();
+        let wall_s: f64 = runs.iter().map(|b| b.wall_s).sum();
+        let ttft: Vec<f64> = samples.iter().map(|s| s.ttft_s).collect();
+        let gaps: Vec<f64> = samples.iter().flat_map(|s| s.gaps_s.clone()).collect();
+        results.entry(name).or_default().insert(
+            c.to_string(),
+            Level {
+                requests: samples.len(),
+                output_tokens,
+                wall_s: round3(wall_s),
+                output_tokens_per_s: round3(output_tokens as f64 / wall_s),
+                rounds_output_tokens_per_s: runs
+                    .iter()
+                    .map(|b| {
+                        round3(b.samples.iter().map(|s| s.tokens).sum::<usize>() as f64 / b.wall_s)
+                    })
+                    .collect(),
+                ttft_ms: Millis::of_seconds(&ttft),
+                inter_token_ms: Millis::of_seconds(&gaps),
+            },
+        );
+    }
+
+    // Backhaul over the other, output tokens/s, per surface and concurrency;
+    // `rounds` pairs batches of the same round (run back to back).
+    let ratio = |surface: &str, other: &str| -> Value {
+        let mut out = serde_json::Map::new();
+        for &c in &args.concurrency {
+            let (Some(a), Some(b)) = (batches.get(&(surface, c)), batches.get(&(other, c))) else {
+                continue;
+            };
+            let tps = |bs: &[Batch]| -> Vec<f64> {
+                bs.iter()
+                    .map(|b| b.samples.iter().map(|s| s.tokens).sum::<usize>() as f64 / b.wall_s)
+                    .collect()
+            };
+            let total = |bs: &[Batch]| {
+                bs.iter()
+                    .flat_map(|b| &b.samples)
+                    .map(|s| s.tokens)
+                    .sum::<usize>() as f64
+                    / bs.iter().map(|b| b.wall_s).sum::<f64>()
+            };
+            let per_round: Vec<f64> = tps(a)
+                .iter()
+                .zip(tps(b))
+                .map(|(x, y)| round3(x / y))
+                .collect();
+            out.insert(
+                c.to_string(),
+                json!({"ratio": round3(total(a) / total(b)), "rounds": per_round}),
+            );
+        }
+        Value::Object(out)
+    };
+    let mut vs_in = serde_json::Map::new();
+    let mut vs_serve = serde_json::Map::new();
+    for surface in [GRPC, HTTP] {
+        if results.contains_key(surface) {
+            vs_in.insert(surface.into(), ratio(surface, IN_PROCESS));
+            if results.contains_key(SERVE) {
+                vs_serve.insert(surface.into(), ratio(surface, SERVE));
+            }
+        }
+    }
+
+    let reference = &texts[IN_PROCESS];
+    let same_text: BTreeMap<&str, String> = texts
+        .iter()
+        .map(|(name, t)| {
+            let same = t.iter().zip(reference).filter(|(a, b)| a == b).count();
+            (*name, format!("{same}/{}", reference.len()))
+        })
+        .collect();
+
+    Ok(json!({
+        "started": started.to_rfc3339(),
+        "finished": chrono::Utc::now().to_rfc3339(),
+        "config": {
+            "model": args.model.file_name().map(|f| f.to_string_lossy().to_string()),
+            "prompts": PROMPTS.len(),
+            "max_tokens": args.max_tokens,
+            "temperature": 0,
+            "device": args.device,
+            "concurrency": args.concurrency,
+            "requests_per_batch": args.concurrency.iter().map(|c| (args.requests_factor * c).max(args.min_requests)).collect::<Vec<_>>(),
+            "rounds": args.rounds,
+        },
+        "targets": results,
+        "ratio_vs_inprocess": vs_in,
+        "ratio_vs_mistralrs_serve": vs_serve,
+        "same_greedy_text_as_inprocess": same_text,
+    }))
+}

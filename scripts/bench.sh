@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# make bench: Backhaul's benchmarks, written to docs/benchmarks/.
+#
+#   BENCH=inference,routing,control-plane scripts/bench.sh   (default: all three)
+#
+# Each section measures on this machine, writes its raw JSON under
+# $BACKHAUL_CACHE/bench/, and bench/report.py merges it into
+# docs/benchmarks/results.json (sections not run keep their last results) and
+# regenerates docs/benchmarks/README.md and its plots from that file alone.
+#
+# Knobs (environment): INFERENCE_ROUNDS (3), INFERENCE_MAX_TOKENS (96),
+# INFERENCE_CONCURRENCY (1,4,16), ROUTING_REQUESTS (300),
+# CONTROL_PLANE_COUNTS (1,100,1000).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$repo_root"
+
+sections=${BENCH:-inference,routing,control-plane}
+out_dir=$BACKHAUL_CACHE/bench
+mkdir -p "$out_dir"
+model=$BACKHAUL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
+mistralrs_cli=$BACKHAUL_CACHE/mistralrs-cli/bin/mistralrs
+venv=$BACKHAUL_CACHE/venv-bench
+
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+has() { [[ ",$sections," == *",$1,"* ]]; }
+
+# A port the kernel calls free right now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_http URL SECONDS: until URL answers 2xx.
+wait_http() {
+  local deadline=$((SECONDS + $2))
+  until curl -fsS -o /dev/null "$1" 2>/dev/null; do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "bench: $1 did not come up in $2 s" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+# The machine, as every section records it.
+machine_json() {
+  python3 - <<'EOF'
+import json, os, platform, subprocess
+model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+mem = next((int(l.split()[1]) // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+print(json.dumps({
+    "nproc": os.cpu_count(), "cpu_model": model, "mem_mib": mem, "kernel": platform.release(),
+    "loadavg": open("/proc/loadavg").read().split()[:3],
+    "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+}))
+EOF
+}
+
+# wrap SECTION RAW.json COMMAND: stamps the section's raw JSON with the
+# machine before and after, the date and the command.
+wrap() {
+  local section=$1 raw=$2 cmd=$3 before after
+  before=$(machine_json)
+  shift 3
+  "$@" >"$raw.tmp"
+  after=$(machine_json)
+  python3 - "$raw.tmp" "$raw" "$cmd" "$before" "$after" <<'EOF'
+import json, sys, datetime
+tmp, raw, cmd, before, after = sys.argv[1:]
+data = json.load(open(tmp))
+json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": cmd, "machine": json.loads(before),
+           "loadavg_after": json.loads(after)["loadavg"], "results": data}, open(raw, "w"), indent=2)
+EOF
+  rm -f "$raw.tmp"
+}
+
+# mistralrs-cli 0.8.1 (`mistralrs serve`), installed once into the cache.
+ensure_mistralrs_cli() {
+  if [ -x "$mistralrs_cli" ]; then return; fi
+  echo "bench: installing mistralrs-cli 0.8.1 into $BACKHAUL_CACHE/mistralrs-cli (15-25 min)" >&2
+  nice -n 19 cargo install mistralrs-cli --version 0.8.1 --locked \
+    --root "$BACKHAUL_CACHE/mistralrs-cli" --target-dir "$BACKHAUL_CACHE/mistralrs-cli-target"
+}
+
+bench_inference() {
+  [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
+  ensure_mistralrs_cli
+  step "build backhaul-inference, backhaul-bench (dev profile)" \
+    cargo build --locked -p backhaul-inference -p backhaul-bench
+  local grpc_port http_port serve_port
+  grpc_port=$(free_port) http_port=$(free_port) serve_port=$(free_port)
+  "$CARGO_TARGET_DIR/debug/backhaul-inference" --model "$model" --served-name smollm2 --device cpu \
+    --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" >"$out_dir/backhaul-inference.log" 2>&1 &
+  local inference_pid=$!
+  pids+=("$inference_pid")
+  "$mistralrs_cli" --token-source none serve --host 127.0.0.1 -p "$serve_port" --cpu \
+    --format gguf -m "$(dirname "$model")" -f "$(basename "$model")" >"$out_dir/mistralrs-serve.log" 2>&1 &
+  local serve_pid=$!
+  pids+=("$serve_pid")
+  wait_http "http://127.0.0.1:$http_port/ready" 300
+  wait_http "http://127.0.0.1:$serve_port/v1/models" 300
+  local serve_model
+  serve_model=$(curl -fsS "http://127.0.0.1:$serve_port/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
+  local args=(--model "$model" --grpc "http://127.0.0.1:$grpc_port" --http "http://127.0.0.1:$http_port"
+    --serve "http://127.0.0.1:$serve_port" --serve-model "$serve_model"
+    --rounds "${INFERENCE_ROUNDS:-3}" --max-tokens "${INFERENCE_MAX_TOKENS:-96}"
+    --concurrency "${INFERENCE_CONCURRENCY:-1,4,16}")
+  step "inference benchmark" wrap inference "$out_dir/inference.json" \
+    "backhaul-bench ${args[*]}" "$CARGO_TARGET_DIR/debug/backhaul-bench" "${args[@]}"
+  kill -TERM "$inference_pid" "$serve_pid" 2>/dev/null || true
+  wait "$inference_pid" "$serve_pid" 2>/dev/null || true
+}
+
+bench_routing() {
+  source scripts/node-env.sh
+  local n=${ROUTING_REQUESTS:-300}
+  step "routing benchmark" wrap routing "$out_dir/routing.json" \
+    "node bench/routing.mjs --requests $n" node bench/routing.mjs --requests "$n"
+}
+
+bench_control_plane() {
+  step "build backhaul-operator (dev profile)" cargo build --locked -p backhaul-operator
+  local counts=${CONTROL_PLANE_COUNTS:-1,100,1000}
+  step "control-plane benchmark" wrap control-plane "$out_dir/control-plane.json" \
+    "python3 bench/control_plane.py $counts" python3 bench/control_plane.py "$counts"
+}
+
+ensure_venv() {
+  if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "matplotlib==3.9.2"
+  fi
+}
+
+# Each section runs as its own process (errexit intact, its servers
+# stopped on its exit); one failing does not stop the others.
+if [ "${1:-}" = --section ]; then
+  "bench_${2//-/_}"
+  exit
+fi
+ran=() failed=()
+for section in inference routing control-plane; do
+  has "$section" || continue
+  if "$0" --section "$section"; then
+    ran+=("$out_dir/$section.json")
+  else
+    failed+=("$section")
+  fi
+done
+ensure_venv
+if [ ${#ran[@]} -gt 0 ]; then
+  step "report" "$venv/bin/python" bench/report.py "${ran[@]}"
+fi
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "make bench: FAILED sections: ${failed[*]}" >&2
+  exit 1
+fi
