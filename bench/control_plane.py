@@ -154,7 +154,7 @@ class Operator:
         env = dict(os.environ, BACKHAUL_PUBLISH_SECRET=SECRET, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
         self.log = open(log_path, "a")
         self.proc = subprocess.Popen(
-            [OPERATOR, "run", "--watch-namespace", namespace, "--worker-url", worker_url,
+            [OPERATOR, "--watch-namespace", namespace, "--worker-url", worker_url,
              "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--identity", f"bench-{namespace}"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60

@@ -56,7 +56,7 @@ def section_from_raw(name, raw):
                 "added_total_ms_p99": r["addedMs"]["total"]["p99"],
                 "failover_added_ms": {k: v["addedMs"]["p50"] for k, v in r["failover"].items()},
                 "failover_added_ms_p99": {k: v["addedMs"]["p99"] for k, v in r["failover"].items()},
-                "cpu_ms_per_request": r["cpuMsPerRequest"],
+                "cpu_ms_per_request": r["cpuMsPerRequest"]["viaWorker"],
                 "raw": r}
     if name == "control-plane":
         runs = r["runs"]
@@ -125,9 +125,10 @@ def plots(results):
     if rt:
         r = rt["raw"]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        series = [("direct", r["direct"]), ("via Worker (wrangler dev)", r["viaWorker"])]
-        if r.get("viaWorkerRuntimeOnly"):
-            series.append(("via Worker runtime only", r["viaWorkerRuntimeOnly"]))
+        short = {"direct": "direct", "viaWorker": "Backhaul Worker (wrangler dev)",
+                 "viaWorkerRuntimeOnly": "Backhaul Worker (workerd only)",
+                 "viaPassthrough": "forward-only (wrangler dev)", "viaPassthroughRuntimeOnly": "forward-only (workerd only)"}
+        series = [(short.get(k, k), v) for k, v in r["paths"].items()]
         groups = ["TTFB p50", "TTFB p99", "total p50", "total p99"]
         width = 0.8 / len(series)
         for i, (label, s) in enumerate(series):
@@ -238,30 +239,32 @@ def readme(results, made):
         L += [f"Machine: {machine_line(rt)}.", "",
               "`bench/routing.mjs` starts a Node SSE upstream (headers and a first chunk at once, three more 5 ms "
               "apart) and `wrangler dev --env local`, publishes signed routes, and streams chat completions one at a "
-              f"time: {r['requests']} straight to the upstream and {r['requests']} through the Worker, alternating "
+              f"time, {r['requests']} on each path below, the paths alternating "
               f"in {r['blocks']} blocks (p50/p99 below are the medians of the blocks' percentiles). TTFB is until "
               "the first body chunk, total until the end of the stream. It extends the Worker's own "
-              "`worker/bench/latency.mjs`.", "",
+              "`worker/bench/latency.mjs`. To see where added time goes, the same requests also go to the Worker's "
+              "own workerd entry (skipping wrangler dev's proxy) and through a Worker that only forwards "
+              "(`bench/passthrough`) under the same `wrangler dev`.", "",
               "| path | TTFB p50 ms | TTFB p99 ms | total p50 ms | total p99 ms |", "|---|---|---|---|---|"]
-        rows = [("direct to the upstream", r["direct"]), ("through `wrangler dev` (proxy + Worker)", r["viaWorker"])]
-        if r.get("viaWorkerRuntimeOnly"):
-            rows.append(("through the Worker's workerd only (no wrangler proxy)", r["viaWorkerRuntimeOnly"]))
-        for label, s in rows:
-            L.append(f"| {label} | {fmt(s['ttfbMs']['p50'])} | {fmt(s['ttfbMs']['p99'])} | "
+        labels = {"direct": "direct to the upstream",
+                  "viaWorker": "Backhaul Worker through `wrangler dev` (proxy + Worker)",
+                  "viaWorkerRuntimeOnly": "Backhaul Worker, its workerd entry (no wrangler proxy)",
+                  "viaPassthrough": "forward-only Worker through `wrangler dev`",
+                  "viaPassthroughRuntimeOnly": "forward-only Worker, its workerd entry (no wrangler proxy)"}
+        for k, s in r["paths"].items():
+            L.append(f"| {labels.get(k, k)} | {fmt(s['ttfbMs']['p50'])} | {fmt(s['ttfbMs']['p99'])} | "
                      f"{fmt(s['totalMs']['p50'])} | {fmt(s['totalMs']['p99'])} |")
-        L += ["", "| added by | TTFB p50 ms | TTFB p99 ms | total p50 ms | total p99 ms |", "|---|---|---|---|---|",
-              f"| `wrangler dev` (target ≤ 1 p50, ≤ 5 p99) | {fmt(rt['added_ttfb_ms_p50'])} | {fmt(rt['added_ttfb_ms_p99'])} | "
-              f"{fmt(rt['added_total_ms_p50'])} | {fmt(rt['added_total_ms_p99'])} |"]
-        if r.get("addedMsRuntimeOnly"):
-            a = r["addedMsRuntimeOnly"]
-            L.append(f"| the Worker's workerd alone | {fmt(a['ttfb']['p50'])} | {fmt(a['ttfb']['p99'])} | "
-                     f"{fmt(a['total']['p50'])} | {fmt(a['total']['p99'])} |")
-        cpu = rt["cpu_ms_per_request"]
-        L += ["", "CPU time per request through `wrangler dev` (user + system CPU of its processes during the "
-              "Worker series, over its requests): " + ", ".join(f"{k} {v} ms" for k, v in cpu.items()) + "."]
-        if r.get("cpuMsPerRequestRuntimeOnly"):
-            L[-1] += (" Through the Worker's workerd only: " +
-                      ", ".join(f"{k} {v} ms" for k, v in r["cpuMsPerRequestRuntimeOnly"].items()) + ".")
+        L += ["", "Added over the upstream directly (target for the Backhaul Worker: ≤ 1 ms p50, ≤ 5 ms p99):", "",
+              "| path | TTFB p50 ms | TTFB p99 ms | total p50 ms | total p99 ms | CPU ms per request |",
+              "|---|---|---|---|---|---|"]
+        for k, a in r["addedMsOverDirect"].items():
+            cpu = r["cpuMsPerRequest"].get(k) or {}
+            cpu_s = ", ".join(f"{n} {v}" for n, v in cpu.items() if n in ("node", "workerd_proxy", "workerd_runtime"))
+            L.append(f"| {labels.get(k, k)} | {fmt(a['ttfb']['p50'])} | {fmt(a['ttfb']['p99'])} | "
+                     f"{fmt(a['total']['p50'])} | {fmt(a['total']['p99'])} | {cpu_s} |")
+        L += ["", "CPU ms per request: user + system CPU time the `wrangler dev` processes (node: wrangler; "
+              "workerd_proxy: its proxy; workerd_runtime: the runtime running the Worker) used during the path's "
+              "series, over its requests (10 ms tick resolution; warm-up requests included)."]
         L += ["", f"Failover: the failing region is ranked first, the healthy one second "
               f"(`x-backhaul-attempts: 2` checked on every response); firstByteTimeoutMs {r['firstByteTimeoutMs']}. "
               "Added = TTFB with the failover − TTFB through the Worker without one − the failed attempt's own time "

@@ -8,8 +8,11 @@
 // connection, a 503, a 429 and a first byte slower than firstByteTimeoutMs.
 //
 // Extends worker/bench/latency.mjs (the Worker's own quick check) with
-// total time, CPU, 429, slow first byte, and the failed attempts' own time.
-// Everything is on 127.0.0.1.
+// total time, CPU, 429, slow first byte, and the failed attempts' own time,
+// and a profile of where the added time goes: the same requests straight to
+// the Worker's workerd (skipping wrangler dev's proxy), and through a Worker
+// that only forwards (bench/passthrough) under the same wrangler dev, on
+// --port + 1. Everything is on 127.0.0.1.
 //
 //   node bench/routing.mjs [--requests 300] [--slow-requests 30] [--port 8791]
 //
@@ -73,52 +76,17 @@ await new Promise((r) => refused.listen(0, "127.0.0.1", r));
 const refusedPort = refused.address().port;
 await new Promise((r) => refused.close(r));
 
-const devStarted = performance.now();
-const persist = mkdtempSync(join(tmpdir(), "backhaul-routing-"));
-const dev = spawn(
-	"npx",
-	["wrangler", "dev", "--env", "local", "--ip", "127.0.0.1", "--port", String(workerPort), "--persist-to", persist,
-		"--var", `BACKHAUL_PUBLISH_SECRET:${SECRET}`, "--var", "DEFAULT_LOCATION:51.5,-0.1", "--var", "BACKHAUL_API_KEYS:",
-		"--log-level", "error"],
-	{ cwd: workerDir, stdio: ["ignore", "ignore", "pipe"], detached: true },
-);
-let devErr = "";
-dev.stderr.on("data", (d) => (devErr += d));
-const stop = () => {
-	try {
-		process.kill(-dev.pid, "SIGTERM");
-	} catch {}
-	upstream.close();
-	rmSync(persist, { recursive: true, force: true });
-};
-process.on("exit", stop);
-
-const base = `http://127.0.0.1:${workerPort}`;
-const deadline = Date.now() + 120_000;
-for (;;) {
-	try {
-		if ((await fetch(`${base}/health`)).ok) break;
-	} catch {}
-	if (Date.now() > deadline) {
-		log("wrangler dev did not answer /health:", devErr.slice(-2000));
-		process.exit(1);
-	}
-	await new Promise((r) => setTimeout(r, 250));
-}
-const startupMs = Math.round(performance.now() - devStarted);
-log(`wrangler dev is up after ${startupMs} ms`);
-
 // wrangler dev runs two workerd processes: its proxy on --port, and the
 // runtime running the Worker, whose own entry socket listens on a port
 // picked at start. Requests to that socket skip wrangler's proxy; comparing
 // the two shows where the added time goes.
-function runtimeEntry() {
+function runtimeEntryPorts(pgid) {
 	const pids = readdirSync("/proc").filter((p) => /^\d+$/.test(p)).filter((pid) => {
 		try {
 			const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
 			const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
 			const pgrp = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
-			return pgrp === dev.pid && cmd.includes("workerd") && cmd.includes("entry=127.0.0.1:0");
+			return pgrp === pgid && cmd.includes("workerd") && cmd.includes("entry=127.0.0.1:0");
 		} catch {
 			return false;
 		}
@@ -129,23 +97,77 @@ function runtimeEntry() {
 	} catch {}
 	return pids.flatMap((pid) => ss.split("\n").filter((l) => l.includes(`pid=${pid},`)).map((l) => l.match(/127\.0\.0\.1:(\d+)/)?.[1]).filter(Boolean));
 }
-let runtimeBase = null;
-for (const port of runtimeEntry()) {
-	try {
-		const r = await fetch(`http://127.0.0.1:${port}/health`, { signal: AbortSignal.timeout(2000) });
-		if (r.ok && (await r.text()).includes('"ok"')) {
-			runtimeBase = `http://127.0.0.1:${port}`;
-			break;
+
+const devs = [];
+process.on("exit", () => {
+	for (const d of devs) {
+		try {
+			process.kill(-d.pid, "SIGTERM");
+		} catch {}
+	}
+	upstream.close();
+});
+// Starts `wrangler dev` (in its own process group) and waits until `probe`
+// accepts its answer; finds the runtime's own entry the same way.
+async function startWrangler(label, port, extra, probe) {
+	const started = performance.now();
+	const persist = mkdtempSync(join(tmpdir(), "backhaul-routing-"));
+	const dev = spawn("npx", ["wrangler", "dev", "--ip", "127.0.0.1", "--port", String(port), "--persist-to", persist, "--log-level", "error", ...extra],
+		{ cwd: workerDir, stdio: ["ignore", "ignore", "pipe"], detached: true });
+	devs.push(dev);
+	process.on("exit", () => rmSync(persist, { recursive: true, force: true }));
+	let err = "";
+	dev.stderr.on("data", (d) => (err += d));
+	const base = `http://127.0.0.1:${port}`;
+	const deadline = Date.now() + 120_000;
+	for (;;) {
+		try {
+			if (await probe(base)) break;
+		} catch {}
+		if (Date.now() > deadline) {
+			log(`${label}: wrangler dev did not answer:`, err.slice(-2000));
+			process.exit(1);
 		}
-	} catch {}
+		await new Promise((r) => setTimeout(r, 250));
+	}
+	const startupMs = Math.round(performance.now() - started);
+	let runtimeBase = null;
+	for (const p of runtimeEntryPorts(dev.pid)) {
+		try {
+			if (await probe(`http://127.0.0.1:${p}`)) {
+				runtimeBase = `http://127.0.0.1:${p}`;
+				break;
+			}
+		} catch {}
+	}
+	log(`${label}: wrangler dev is up after ${startupMs} ms; runtime entry ${runtimeBase ?? "not found"}`);
+	return { dev, base, runtimeBase, startupMs };
 }
-log(runtimeBase ? `Worker runtime entry (without wrangler's proxy): ${runtimeBase}` : "Worker runtime entry not found; no profile series");
+
+const healthOk = async (b) => {
+	const r = await fetch(`${b}/health`, { signal: AbortSignal.timeout(2000) });
+	return r.ok && (await r.text()).includes('"ok"');
+};
+const backhaul = await startWrangler("backhaul worker", workerPort,
+	["--env", "local", "--var", `BACKHAUL_PUBLISH_SECRET:${SECRET}`, "--var", "DEFAULT_LOCATION:51.5,-0.1", "--var", "BACKHAUL_API_KEYS:"], healthOk);
+const dev = backhaul.dev;
+const base = backhaul.base;
+const runtimeBase = backhaul.runtimeBase;
+const startupMs = backhaul.startupMs;
+// The floor: a Worker that only forwards to the upstream (bench/passthrough).
+const sseOk = async (b) => {
+	const r = await fetch(`${b}/v1/chat/completions`, { method: "POST", body: "{}", signal: AbortSignal.timeout(2000) });
+	await r.arrayBuffer();
+	return r.ok && (r.headers.get("content-type") ?? "").includes("text/event-stream");
+};
+const passthrough = await startWrangler("passthrough worker", workerPort + 1,
+	["--config", join(workerDir, "..", "bench", "passthrough", "wrangler.jsonc"), "--var", `UPSTREAM:http://127.0.0.1:${upPort}/passthrough`], sseOk);
 
 // CPU time (user + system, in clock ticks) of every process in wrangler
 // dev's process group, by command name (node: wrangler and its proxy;
 // workerd: the runtime running the Worker).
 const TICK_MS = 10; // Linux USER_HZ is 100
-function groupCpu() {
+function groupCpu(pgid) {
 	const out = {};
 	for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
 		let stat;
@@ -156,7 +178,7 @@ function groupCpu() {
 		}
 		const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
 		const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-		if (Number(f[2]) !== dev.pid) continue; // pgrp
+		if (Number(f[2]) !== pgid) continue; // pgrp
 		const ticks = Number(f[11]) + Number(f[12]);
 		let name = comm;
 		if (comm.startsWith("workerd")) {
@@ -243,39 +265,46 @@ async function aloneSeries(url, n) {
 	return summary(ms);
 }
 
-// Direct and through the Worker alternate in blocks, so drift in machine
-// load falls on both alike.
+// The paths, alternating in blocks so drift in machine load falls on all
+// alike. CPU is counted for the wrangler dev a path goes through.
 const BLOCKS = 5;
 const per = Math.ceil(N / BLOCKS);
-const directT = [], workerT = [], runtimeT = [];
-let workerRequests = 0;
-const cpuWorkerOnly = {};
-const cpuRuntimeOnly = {};
+const paths = [
+	{ key: "direct", url: up("ok/direct/v1/chat/completions") },
+	{ key: "viaWorker", url: `${base}/v1/chat/completions`, attempts: "1", pgid: dev.pid },
+	runtimeBase && { key: "viaWorkerRuntimeOnly", url: `${runtimeBase}/v1/chat/completions`, attempts: "1", pgid: dev.pid },
+	{ key: "viaPassthrough", url: `${passthrough.base}/v1/chat/completions`, pgid: passthrough.dev.pid },
+	passthrough.runtimeBase && { key: "viaPassthroughRuntimeOnly", url: `${passthrough.runtimeBase}/v1/chat/completions`, pgid: passthrough.dev.pid },
+].filter(Boolean);
+const blocks = Object.fromEntries(paths.map((p) => [p.key, []]));
+const cpuTicks = Object.fromEntries(paths.map((p) => [p.key, {}]));
 for (let b = 0; b < BLOCKS; b++) {
-	const d = await series(`direct block ${b + 1}`, up("ok/direct/v1/chat/completions"), "m-plain", per);
-	const c0 = groupCpu();
-	const w = await series(`worker block ${b + 1}`, `${base}/v1/chat/completions`, "m-plain", per, "1");
-	const c1 = groupCpu();
-	workerRequests += per + 10; // the series' warm-up requests also ran
-	for (const k of Object.keys(c1)) cpuWorkerOnly[k] = (cpuWorkerOnly[k] ?? 0) + c1[k] - (c0[k] ?? 0);
-	directT.push(d), workerT.push(w);
-	if (runtimeBase) {
-		const r0 = groupCpu();
-		runtimeT.push(await series(`runtime block ${b + 1}`, `${runtimeBase}/v1/chat/completions`, "m-plain", per, "1"));
-		const r1 = groupCpu();
-		for (const k of Object.keys(r1)) cpuRuntimeOnly[k] = (cpuRuntimeOnly[k] ?? 0) + r1[k] - (r0[k] ?? 0);
+	for (const p of paths) {
+		const c0 = p.pgid ? groupCpu(p.pgid) : {};
+		blocks[p.key].push(await series(`${p.key} block ${b + 1}`, p.url, "m-plain", per, p.attempts));
+		if (!p.pgid) continue;
+		const c1 = groupCpu(p.pgid);
+		for (const k of Object.keys(c1)) cpuTicks[p.key][k] = (cpuTicks[p.key][k] ?? 0) + c1[k] - (c0[k] ?? 0);
 	}
 }
-const merge = (blocks, key, stat) => blocks.map((b) => b[key][stat]);
+const requestsPerPath = BLOCKS * (per + 10); // the series' warm-up requests also ran
 // p50/p99 over blocks: medians of the block percentiles are robust to one noisy block.
 const median = (xs) => pct(xs, 50);
-const direct = { ttfbMs: { p50: median(merge(directT, "ttfbMs", "p50")), p99: median(merge(directT, "ttfbMs", "p99")) }, totalMs: { p50: median(merge(directT, "totalMs", "p50")), p99: median(merge(directT, "totalMs", "p99")) } };
-const viaWorker = { ttfbMs: { p50: median(merge(workerT, "ttfbMs", "p50")), p99: median(merge(workerT, "ttfbMs", "p99")) }, totalMs: { p50: median(merge(workerT, "totalMs", "p50")), p99: median(merge(workerT, "totalMs", "p99")) } };
-const viaRuntime = runtimeBase ? { ttfbMs: { p50: median(merge(runtimeT, "ttfbMs", "p50")), p99: median(merge(runtimeT, "ttfbMs", "p99")) }, totalMs: { p50: median(merge(runtimeT, "totalMs", "p50")), p99: median(merge(runtimeT, "totalMs", "p99")) } } : null;
-const perRequest = (ticksByName) =>
-	Object.fromEntries(Object.entries(ticksByName).filter(([, t]) => t > 0).map(([k, ticks]) => [k, +((ticks * TICK_MS) / workerRequests).toFixed(3)]));
-const cpuMsPerRequest = perRequest(cpuWorkerOnly);
-const cpuMsPerRequestRuntimeOnly = runtimeBase ? perRequest(cpuRuntimeOnly) : null;
+const combine = (bs) => ({
+	ttfbMs: { p50: median(bs.map((x) => x.ttfbMs.p50)), p99: median(bs.map((x) => x.ttfbMs.p99)) },
+	totalMs: { p50: median(bs.map((x) => x.totalMs.p50)), p99: median(bs.map((x) => x.totalMs.p99)) },
+});
+const pathResults = Object.fromEntries(Object.entries(blocks).map(([k, bs]) => [k, combine(bs)]));
+const direct = pathResults.direct;
+const viaWorker = pathResults.viaWorker;
+const addedOver = (x) => x && {
+	ttfb: { p50: +(x.ttfbMs.p50 - direct.ttfbMs.p50).toFixed(3), p99: +(x.ttfbMs.p99 - direct.ttfbMs.p99).toFixed(3) },
+	total: { p50: +(x.totalMs.p50 - direct.totalMs.p50).toFixed(3), p99: +(x.totalMs.p99 - direct.totalMs.p99).toFixed(3) },
+};
+// CPU time of a wrangler dev's processes during a path's series, over its
+// requests, by process: node (wrangler), workerd_proxy, workerd_runtime.
+const cpuMsPerRequest = Object.fromEntries(Object.entries(cpuTicks).filter(([k]) => k !== "direct").map(([k, ticks]) => [k,
+	Object.fromEntries(Object.entries(ticks).filter(([, t]) => t > 0).map(([name, t]) => [name, +((t * TICK_MS) / requestsPerPath).toFixed(3)]))]));
 
 const failover = {};
 for (const [kind] of Object.entries(kinds)) {
@@ -302,22 +331,17 @@ const result = {
 	slowRequests: SLOW_N,
 	firstByteTimeoutMs: FIRST_BYTE_TIMEOUT_MS,
 	wranglerDevStartupMs: startupMs,
+	passthroughStartupMs: passthrough.startupMs,
+	// Every path's p50/p99 and what it adds over the upstream directly:
+	// viaWorker is the Backhaul Worker through wrangler dev; *RuntimeOnly
+	// skip wrangler's proxy (the Worker's own workerd entry); viaPassthrough
+	// is a Worker that only forwards (bench/passthrough), the floor.
+	paths: pathResults,
+	addedMsOverDirect: Object.fromEntries(Object.entries(pathResults).filter(([k]) => k !== "direct").map(([k, v]) => [k, addedOver(v)])),
 	direct,
 	viaWorker,
-	// The Worker in workerd without wrangler dev's proxy in front (profile).
-	viaWorkerRuntimeOnly: viaRuntime,
-	addedMsRuntimeOnly: viaRuntime && {
-		ttfb: { p50: +(viaRuntime.ttfbMs.p50 - direct.ttfbMs.p50).toFixed(3), p99: +(viaRuntime.ttfbMs.p99 - direct.ttfbMs.p99).toFixed(3) },
-		total: { p50: +(viaRuntime.totalMs.p50 - direct.totalMs.p50).toFixed(3), p99: +(viaRuntime.totalMs.p99 - direct.totalMs.p99).toFixed(3) },
-	},
-	addedMs: {
-		ttfb: { p50: +(viaWorker.ttfbMs.p50 - direct.ttfbMs.p50).toFixed(3), p99: +(viaWorker.ttfbMs.p99 - direct.ttfbMs.p99).toFixed(3) },
-		total: { p50: +(viaWorker.totalMs.p50 - direct.totalMs.p50).toFixed(3), p99: +(viaWorker.totalMs.p99 - direct.totalMs.p99).toFixed(3) },
-	},
-	// CPU time of wrangler dev's processes during the series over its requests
-	// (warm-up included), by process: node (wrangler), workerd_proxy, workerd_runtime.
+	addedMs: addedOver(viaWorker),
 	cpuMsPerRequest,
-	cpuMsPerRequestRuntimeOnly,
 	failover,
 	machine: { nproc: cpus().length },
 };
