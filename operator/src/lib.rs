@@ -1,1 +1,168 @@
-//! Backhaul operator (filled in by the operator issue).
+//! Backhaul's Kubernetes operator.
+//!
+//! It turns each `ModelDeployment` (`backhaul.dev/v1alpha1`) into one GPU
+//! inference Deployment, Service and (with more than one replica) PodDisruptionBudget
+//! per region, and keeps the routing Worker's table true by publishing a route for
+//! every region with ready replicas (docs/publication.md).
+//!
+//! A reconcile is a pipeline, one module per step:
+//! look up (the controller's watch) → [`validate`] into a [`validate::ValidatedModelDeployment`]
+//! → [`build`] (pure functions of the validated value) → [`apply`] (server-side apply,
+//! field manager `backhaul-operator`) → [`observe`] (what the pods say) → [`publish`]
+//! (signed PUT/DELETE to the Worker) → [`status`] (computed from what was applied and
+//! observed, written only when it changed). [`controller`] wires the steps together;
+//! [`leader`] keeps two replicas from reconciling at once.
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod build;
+pub mod config;
+pub mod controller;
+pub mod crd;
+#[cfg(test)]
+mod fake_api;
+pub mod leader;
+pub mod metrics;
+pub mod observe;
+pub mod publish;
+pub mod status;
+pub mod telemetry;
+pub mod validate;
+
+use std::sync::Arc;
+
+use kube::Client;
+
+use crate::config::{Args, ConfigError, OperatorConfig};
+use crate::controller::Context;
+use crate::leader::{LeaderElector, Timing};
+use crate::metrics::{Metrics, Readiness};
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad flags or secret.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No usable kubeconfig or in-cluster configuration.
+    #[error("connecting to Kubernetes: {0}")]
+    Connect(#[source] kube::Error),
+    /// The HTTP client for the Worker could not be built.
+    #[error("building the Worker client: {0}")]
+    Publisher(#[source] reqwest::Error),
+    /// The controller could not start (CRD missing, RBAC).
+    #[error(
+        "starting the controller (is the CRD installed? `backhaul-operator crd | kubectl apply -f -`): {0}"
+    )]
+    Controller(#[source] kube::Error),
+    /// Another replica took the Lease; exiting lets this one restart as a standby.
+    #[error("lost leadership of lease {0}")]
+    LostLeadership(String),
+    /// The metrics server failed.
+    #[error("metrics server: {0}")]
+    Metrics(#[source] std::io::Error),
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Runs the operator with `args` until SIGTERM (or loss of leadership).
+pub async fn run(args: Args) -> Result<(), RunError> {
+    telemetry::init(args.log_format);
+    let config = OperatorConfig::from_args(&args)?;
+    tracing::info!(
+        regions = ?config.regions,
+        publication = config.publish.is_some(),
+        namespace = ?config.watch_namespace,
+        "configured"
+    );
+    let client = Client::try_default().await.map_err(RunError::Connect)?;
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+
+    // One shutdown signal fans out to the metrics server and the controller.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = tokio::spawn(metrics::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        readiness.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let signal_tx = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = signal_tx.send(true);
+    });
+
+    let ctx = Arc::new(
+        Context::new(client.clone(), config.clone(), metrics).map_err(RunError::Publisher)?,
+    );
+    let mut lost = None;
+    if args.leader_election {
+        let elector = Arc::new(LeaderElector::new(
+            client,
+            &args.lease_namespace,
+            &args.lease_name,
+            &config.identity,
+            Timing::default(),
+        ));
+        // A standby is healthy and ready: it only waits.
+        readiness.set(true);
+        tokio::select! {
+            () = elector.acquire() => {},
+            () = stopped(stop_rx.clone()) => return Ok(()),
+        }
+        let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel();
+        let holder = elector.clone();
+        let hold_tx = stop_tx.clone();
+        let hold = tokio::spawn(async move {
+            holder.hold().await;
+            let _ = lost_tx.send(());
+            let _ = hold_tx.send(true);
+        });
+        let result = controller::run_controller(ctx, stopped(stop_rx.clone())).await;
+        hold.abort();
+        if lost_rx.try_recv().is_ok() {
+            lost = Some(args.lease_name.clone());
+        } else if let Err(e) = elector.release().await {
+            tracing::warn!(error = %e, "releasing the lease failed");
+        }
+        result.map_err(RunError::Controller)?;
+    } else {
+        readiness.set(true);
+        controller::run_controller(ctx, stopped(stop_rx.clone()))
+            .await
+            .map_err(RunError::Controller)?;
+    }
+    let _ = stop_tx.send(true);
+    if let Ok(Err(e)) = server.await {
+        return Err(RunError::Metrics(e));
+    }
+    match lost {
+        Some(lease) => Err(RunError::LostLeadership(lease)),
+        None => Ok(()),
+    }
+}

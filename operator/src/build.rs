@@ -1,0 +1,552 @@
+//! Build: the Kubernetes objects for one region, as pure functions of a
+//! [`ValidatedModelDeployment`]. No I/O here, so every field is unit tested
+//! against inline fixtures.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::crd::{ModelFormat, RegionSpec};
+use crate::validate::ValidatedModelDeployment;
+
+/// Label naming the ModelDeployment a child belongs to.
+pub const MODEL_LABEL: &str = "backhaul.dev/model";
+/// Label naming the region a child serves.
+pub const REGION_LABEL: &str = "backhaul.dev/region";
+/// Node label matched against the region name.
+pub const NODE_REGION_LABEL: &str = "topology.kubernetes.io/region";
+/// Node label matched against `spec.resources.gpuProduct`.
+pub const NODE_GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
+/// Extended resource of NVIDIA GPUs.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Value of `app.kubernetes.io/managed-by` on every child.
+pub const MANAGED_BY: &str = "backhaul-operator";
+/// gRPC port of the inference server (health, inference).
+pub const GRPC_PORT: i32 = 50051;
+/// HTTP port of the inference server (OpenAI API, /ready, /health).
+pub const HTTP_PORT: i32 = 8000;
+/// Where the cache volume (downloads, Hugging Face state) is mounted.
+pub const CACHE_DIR: &str = "/var/cache/backhaul";
+/// `--model-cache`: `hf://` downloads, on the cache volume.
+pub const MODEL_CACHE_DIR: &str = "/var/cache/backhaul/models";
+/// `HF_HOME`: the root filesystem is read-only, so it lives on the cache volume.
+pub const HF_HOME: &str = "/var/cache/backhaul/huggingface";
+/// Where `spec.model.volume` is mounted.
+pub const MODEL_VOLUME_DIR: &str = "/models";
+/// Non-root user the inference server runs as.
+pub const RUN_AS_USER: i64 = 65532;
+/// Seconds the startup probe allows for loading a model (large ones take minutes).
+pub const STARTUP_BUDGET_SECONDS: i32 = 1800;
+
+/// First 8 hex digits of SHA-256, to keep truncated names unique.
+pub fn short_hash(s: &str) -> String {
+    hex::encode(&Sha256::digest(s.as_bytes())[..4])
+}
+
+/// `<name>-<region>`, cut to 63 characters with a hash suffix when longer,
+/// so it is a valid Service name for any valid input.
+pub fn child_name(name: &str, region: &str) -> String {
+    let full = format!("{name}-{region}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let hash = short_hash(&full);
+    let prefix = full[..63 - hash.len() - 1].trim_end_matches('-');
+    format!("{prefix}-{hash}")
+}
+
+/// Labels selecting one region's pods (immutable once a Deployment exists).
+pub fn selector_labels(v: &ValidatedModelDeployment, region: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MODEL_LABEL.to_owned(), v.name.clone()),
+        (REGION_LABEL.to_owned(), region.to_owned()),
+    ])
+}
+
+/// Every label a child carries.
+pub fn labels(v: &ValidatedModelDeployment, region: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(v, region);
+    labels.extend([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "backhaul-inference".to_owned(),
+        ),
+        (
+            "app.kubernetes.io/instance".to_owned(),
+            child_name(&v.name, region),
+        ),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "inference".to_owned(),
+        ),
+        (
+            "app.kubernetes.io/part-of".to_owned(),
+            "backhaul".to_owned(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            MANAGED_BY.to_owned(),
+        ),
+    ]);
+    labels
+}
+
+fn metadata(v: &ValidatedModelDeployment, region: &str) -> Value {
+    json!({
+        "name": child_name(&v.name, region),
+        "namespace": v.namespace,
+        "labels": labels(v, region),
+        "ownerReferences": [v.owner],
+    })
+}
+
+/// Flags of `backhaul-inference` for this spec.
+pub fn inference_args(v: &ValidatedModelDeployment) -> Vec<String> {
+    let m = &v.model;
+    let e = &v.engine;
+    let mut args: Vec<String> = vec![
+        "--model".into(),
+        m.source.clone(),
+        "--format".into(),
+        match m.format {
+            ModelFormat::Gguf => "gguf",
+            ModelFormat::Plain => "plain",
+        }
+        .into(),
+    ];
+    for f in &m.gguf_files {
+        args.extend(["--gguf-file".into(), f.clone()]);
+    }
+    args.extend(["--served-name".into(), m.served_name.clone()]);
+    if let Some(t) = &m.chat_template {
+        args.extend(["--chat-template".into(), t.clone()]);
+    }
+    if let Some(q) = &m.quantization {
+        args.extend(["--isq".into(), q.clone()]);
+    }
+    args.extend([
+        "--model-cache".into(),
+        MODEL_CACHE_DIR.into(),
+        "--device".into(),
+        if v.resources.gpus_per_replica > 0 {
+            "cuda"
+        } else {
+            "cpu"
+        }
+        .into(),
+        "--dtype".into(),
+        e.dtype.as_flag().into(),
+    ]);
+    if let Some(n) = e.max_num_seqs {
+        args.extend(["--max-num-seqs".into(), n.to_string()]);
+    }
+    if let Some(n) = e.max_seq_len {
+        args.extend(["--max-seq-len".into(), n.to_string()]);
+    }
+    if let Some(pa) = e.paged_attention.as_ref().filter(|pa| pa.enabled) {
+        args.push("--paged-attn".into());
+        if let Some(u) = pa.gpu_memory_utilization {
+            args.extend(["--paged-attn-gpu-mem-util".into(), u.to_string()]);
+        }
+    }
+    args.extend([
+        "--grpc-addr".into(),
+        format!("0.0.0.0:{GRPC_PORT}"),
+        "--http-addr".into(),
+        format!("0.0.0.0:{HTTP_PORT}"),
+    ]);
+    if let Some(n) = e.max_in_flight {
+        args.extend(["--max-in-flight".into(), n.to_string()]);
+    }
+    if let Some(n) = e.max_queue {
+        args.extend(["--max-queue".into(), n.to_string()]);
+    }
+    args.extend([
+        "--drain-timeout".into(),
+        format!("{}s", e.drain_timeout_seconds),
+        "--log-format".into(),
+        "json".into(),
+    ]);
+    args
+}
+
+fn node_selector(v: &ValidatedModelDeployment, region: &RegionSpec) -> BTreeMap<String, String> {
+    let mut sel = BTreeMap::from([(NODE_REGION_LABEL.to_owned(), region.name.clone())]);
+    if let Some(p) = &v.resources.gpu_product {
+        sel.insert(NODE_GPU_PRODUCT_LABEL.to_owned(), p.clone());
+    }
+    // The region's own selector wins, so a cluster labelling regions
+    // differently can still match its nodes.
+    sel.extend(region.node_selector.clone());
+    sel
+}
+
+/// The region's Deployment.
+pub fn deployment(v: &ValidatedModelDeployment, region: &RegionSpec) -> Deployment {
+    let gpus = v.resources.gpus_per_replica;
+    let mut requests = serde_json::Map::new();
+    let mut limits = serde_json::Map::new();
+    if let Some(cpu) = &v.resources.cpu {
+        requests.insert("cpu".into(), json!(cpu));
+    }
+    if let Some(mem) = &v.resources.memory {
+        requests.insert("memory".into(), json!(mem));
+        limits.insert("memory".into(), json!(mem));
+    }
+    if gpus > 0 {
+        requests.insert(GPU_RESOURCE.into(), json!(gpus.to_string()));
+        limits.insert(GPU_RESOURCE.into(), json!(gpus.to_string()));
+    }
+
+    let mut env = vec![
+        json!({"name": "BACKHAUL_LOG_FORMAT", "value": "json"}),
+        json!({"name": "HF_HOME", "value": HF_HOME}),
+    ];
+    if let Some(secret) = &v.model.hub_token_secret {
+        env.push(json!({
+            "name": "HF_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
+        }));
+    }
+
+    let mut volumes = vec![
+        json!({"name": "dshm", "emptyDir": {"medium": "Memory"}}),
+        json!({"name": "model-cache", "emptyDir": {}}),
+        json!({"name": "tmp", "emptyDir": {}}),
+    ];
+    let mut mounts = vec![
+        json!({"name": "dshm", "mountPath": "/dev/shm"}),
+        json!({"name": "model-cache", "mountPath": CACHE_DIR}),
+        json!({"name": "tmp", "mountPath": "/tmp"}),
+    ];
+    if let Some(vol) = &v.model.volume {
+        volumes.push(json!({
+            "name": "models",
+            "persistentVolumeClaim": {"claimName": vol.claim_name, "readOnly": true},
+        }));
+        mounts.push(json!({"name": "models", "mountPath": MODEL_VOLUME_DIR, "readOnly": true}));
+    }
+
+    let mut tolerations = vec![json!({
+        "key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule",
+    })];
+    tolerations.extend(region.tolerations.iter().map(|t| json!(t)));
+
+    let grpc_probe = |period: i32, failures: i32| {
+        json!({
+            "grpc": {"port": GRPC_PORT, "service": ""},
+            "periodSeconds": period,
+            "timeoutSeconds": 2,
+            "failureThreshold": failures,
+        })
+    };
+    let drain = i64::from(v.engine.drain_timeout_seconds);
+
+    let value = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(v, &region.name),
+        "spec": {
+            "replicas": region.replicas,
+            "revisionHistoryLimit": 3,
+            // Loading a large model takes minutes; do not call a rollout stuck early.
+            "progressDeadlineSeconds": STARTUP_BUDGET_SECONDS + 600,
+            "selector": {"matchLabels": selector_labels(v, &region.name)},
+            "strategy": {
+                "type": "RollingUpdate",
+                // Never drop below the desired count of ready replicas while rolling.
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {"labels": labels(v, &region.name)},
+                "spec": {
+                    // Longer than the server's drain so SIGTERM drains before SIGKILL.
+                    "terminationGracePeriodSeconds": drain + 15,
+                    "enableServiceLinks": false,
+                    "automountServiceAccountToken": false,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": RUN_AS_USER,
+                        "runAsGroup": RUN_AS_USER,
+                        "fsGroup": RUN_AS_USER,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "nodeSelector": node_selector(v, region),
+                    "tolerations": tolerations,
+                    "containers": [{
+                        "name": "inference",
+                        "image": v.image,
+                        "args": inference_args(v),
+                        "env": env,
+                        "ports": [
+                            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+                            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+                        ],
+                        "resources": {"requests": requests, "limits": limits},
+                        "startupProbe": grpc_probe(10, STARTUP_BUDGET_SECONDS / 10),
+                        "readinessProbe": grpc_probe(5, 3),
+                        "livenessProbe": grpc_probe(10, 6),
+                        "volumeMounts": mounts,
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }],
+                    "volumes": volumes,
+                },
+            },
+        },
+    });
+    serde_json::from_value(value).expect("the built Deployment matches k8s-openapi's type")
+}
+
+/// The region's Service (gRPC and HTTP).
+pub fn service(v: &ValidatedModelDeployment, region: &RegionSpec) -> Service {
+    let value = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(v, &region.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(v, &region.name),
+            "ports": [
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+            ],
+        },
+    });
+    serde_json::from_value(value).expect("the built Service matches k8s-openapi's type")
+}
+
+/// The region's PodDisruptionBudget: only with more than one replica, since
+/// with one it would block node drains forever.
+pub fn pod_disruption_budget(
+    v: &ValidatedModelDeployment,
+    region: &RegionSpec,
+) -> Option<PodDisruptionBudget> {
+    (region.replicas > 1).then(|| {
+        let value = json!({
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": metadata(v, &region.name),
+            "spec": {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": selector_labels(v, &region.name)},
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            },
+        });
+        serde_json::from_value(value).expect("the built PDB matches k8s-openapi's type")
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::crd::ModelDeployment;
+    use crate::validate::validate;
+
+    pub(crate) fn validated(yaml: &str) -> ValidatedModelDeployment {
+        let md: ModelDeployment = serde_yaml::from_str(yaml).unwrap();
+        let config = crate::config::OperatorConfig {
+            inference_image: "backhaul-inference:test".into(),
+            regions: None,
+            publish: None,
+            watch_namespace: None,
+            identity: "test".into(),
+        };
+        validate(&md, &config).unwrap()
+    }
+
+    pub(crate) const FIXTURE: &str = r#"
+apiVersion: backhaul.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: smollm2, namespace: ml, uid: 1b4e28ba-2fa1-11d2-883f-0016d3cca427, generation: 2}
+spec:
+  model:
+    source: hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF@main
+    format: gguf
+    ggufFiles: [smollm2-135m-instruct-q8_0.gguf]
+    servedName: smollm2-135m
+    quantization: Q8_0
+    hubTokenSecret: {name: hf}
+    volume: {claimName: models}
+  engine:
+    maxNumSeqs: 16
+    maxSeqLen: 4096
+    pagedAttention: {gpuMemoryUtilization: 0.8}
+    dtype: bf16
+    maxInFlight: 32
+    maxQueue: 64
+  resources: {gpusPerReplica: 2, gpuProduct: NVIDIA-H100-80GB-HBM3, cpu: "4", memory: 16Gi}
+  regions:
+  - name: us-east
+    replicas: 3
+    location: {latitude: 39.04, longitude: -77.49}
+    endpoint: https://us-east.example.com
+    nodeSelector: {pool: gpu}
+    tolerations: [{key: dedicated, operator: Equal, value: inference, effect: NoSchedule}]
+  - name: eu-west
+    replicas: 1
+    location: {latitude: 53.3, longitude: -6.2}
+    endpoint: https://eu-west.example.com
+    nodeSelector: {topology.kubernetes.io/region: europe-west1}
+"#;
+
+    /// A built object as YAML-comparable JSON.
+    fn j<T: serde::Serialize>(t: &T) -> Value {
+        serde_json::to_value(t).unwrap()
+    }
+
+    #[test]
+    fn deployment_requests_gpus_and_selects_region_nodes() {
+        let v = validated(FIXTURE);
+        let d = j(&deployment(&v, &v.regions[0]));
+        let expected: Value = serde_yaml::from_str(
+            r#"
+name: smollm2-us-east
+namespace: ml
+labels:
+  app.kubernetes.io/component: inference
+  app.kubernetes.io/instance: smollm2-us-east
+  app.kubernetes.io/managed-by: backhaul-operator
+  app.kubernetes.io/name: backhaul-inference
+  app.kubernetes.io/part-of: backhaul
+  backhaul.dev/model: smollm2
+  backhaul.dev/region: us-east
+ownerReferences:
+- {apiVersion: backhaul.dev/v1alpha1, kind: ModelDeployment, name: smollm2, uid: 1b4e28ba-2fa1-11d2-883f-0016d3cca427, controller: true}
+"#,
+        )
+        .unwrap();
+        assert_eq!(d["metadata"], expected);
+        assert_eq!(d["spec"]["replicas"], 3);
+        assert_eq!(
+            d["spec"]["selector"]["matchLabels"],
+            json!({"backhaul.dev/model": "smollm2", "backhaul.dev/region": "us-east"})
+        );
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["nodeSelector"],
+            json!({
+                "topology.kubernetes.io/region": "us-east",
+                "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+                "pool": "gpu",
+            })
+        );
+        assert_eq!(
+            pod["tolerations"],
+            json!([
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "dedicated", "operator": "Equal", "value": "inference", "effect": "NoSchedule"},
+            ])
+        );
+        assert_eq!(pod["terminationGracePeriodSeconds"], 45);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        let c = &pod["containers"][0];
+        assert_eq!(
+            c["resources"],
+            json!({
+                "requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"},
+                "limits": {"memory": "16Gi", "nvidia.com/gpu": "2"},
+            })
+        );
+        assert_eq!(
+            c["readinessProbe"]["grpc"],
+            json!({"port": 50051, "service": ""})
+        );
+        assert_eq!(c["livenessProbe"]["grpc"]["port"], 50051);
+        assert_eq!(c["startupProbe"]["failureThreshold"], 180);
+        assert_eq!(
+            c["env"][2],
+            json!({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}})
+        );
+        let mounts: Vec<_> = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap())
+            .collect();
+        assert_eq!(mounts, ["/dev/shm", CACHE_DIR, "/tmp", "/models"]);
+        assert_eq!(
+            pod["volumes"][0],
+            json!({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        );
+        assert_eq!(
+            pod["volumes"][3]["persistentVolumeClaim"],
+            json!({"claimName": "models", "readOnly": true})
+        );
+    }
+
+    #[test]
+    fn inference_flags_follow_the_spec() {
+        let v = validated(FIXTURE);
+        assert_eq!(
+            inference_args(&v).join(" "),
+            "--model hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF@main --format gguf \
+             --gguf-file smollm2-135m-instruct-q8_0.gguf --served-name smollm2-135m --isq Q8_0 \
+             --model-cache /var/cache/backhaul/models --device cuda --dtype bf16 \
+             --max-num-seqs 16 --max-seq-len 4096 --paged-attn --paged-attn-gpu-mem-util 0.8 \
+             --grpc-addr 0.0.0.0:50051 --http-addr 0.0.0.0:8000 --max-in-flight 32 --max-queue 64 \
+             --drain-timeout 30s --log-format json"
+        );
+    }
+
+    #[test]
+    fn region_node_selector_overrides_region_label() {
+        let v = validated(FIXTURE);
+        let d = j(&deployment(&v, &v.regions[1]));
+        assert_eq!(
+            d["spec"]["template"]["spec"]["nodeSelector"]["topology.kubernetes.io/region"],
+            "europe-west1"
+        );
+    }
+
+    #[test]
+    fn service_exposes_grpc_and_http() {
+        let v = validated(FIXTURE);
+        let s = j(&service(&v, &v.regions[0]));
+        assert_eq!(s["metadata"]["name"], "smollm2-us-east");
+        assert_eq!(
+            s["spec"]["selector"],
+            json!({"backhaul.dev/model": "smollm2", "backhaul.dev/region": "us-east"})
+        );
+        assert_eq!(s["spec"]["ports"][0]["port"], 50051);
+        assert_eq!(s["spec"]["ports"][1]["port"], 8000);
+    }
+
+    #[test]
+    fn pdb_only_with_more_than_one_replica() {
+        let v = validated(FIXTURE);
+        let pdb = j(&pod_disruption_budget(&v, &v.regions[0]).unwrap());
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        assert!(pod_disruption_budget(&v, &v.regions[1]).is_none());
+    }
+
+    #[test]
+    fn cpu_only_spec_requests_no_gpu() {
+        let v = validated(
+            &FIXTURE
+                .replace("gpusPerReplica: 2", "gpusPerReplica: 0")
+                .replace("pagedAttention: {gpuMemoryUtilization: 0.8}", ""),
+        );
+        let d = j(&deployment(&v, &v.regions[0]));
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["resources"]["limits"], json!({"memory": "16Gi"}));
+        assert!(inference_args(&v).join(" ").contains("--device cpu"));
+    }
+
+    #[test]
+    fn long_names_are_hash_truncated() {
+        let name = "a".repeat(63);
+        let child = child_name(&name, "us-east");
+        assert_eq!(child.len(), 63);
+        assert!(child.starts_with("aaaa"));
+        assert_ne!(child, child_name(&name, "eu-west"));
+        assert_eq!(child_name("smollm2", "us-east"), "smollm2-us-east");
+    }
+}

@@ -1,0 +1,232 @@
+//! Command line and environment: one `clap` declaration, every flag with an
+//! `env` twin, turned into the [`OperatorConfig`] the library runs on.
+
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use url::Url;
+
+/// Backhaul's Kubernetes operator: ModelDeployments to regional GPU Deployments
+/// and routes on the Backhaul Worker.
+#[derive(Parser, Debug)]
+#[command(name = "backhaul-operator", version, about)]
+pub struct Cli {
+    /// What to do; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Operator settings (for `run`).
+    #[command(flatten)]
+    pub args: Args,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the ModelDeployment CustomResourceDefinition as YAML.
+    Crd,
+    /// Run the operator (the default).
+    Run,
+}
+
+/// Log output format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Operator settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Inference server image used when a ModelDeployment sets no `spec.image`.
+    #[arg(
+        long,
+        env = "BACKHAUL_INFERENCE_IMAGE",
+        default_value = "ghcr.io/backhaul-dev/backhaul-inference:0.1.0"
+    )]
+    pub inference_image: String,
+    /// Base URL of the routing Worker; publication is disabled when unset.
+    #[arg(long, env = "BACKHAUL_WORKER_URL")]
+    pub worker_url: Option<Url>,
+    /// Shared publication secret (prefer the environment variable or --publish-secret-file).
+    #[arg(long, env = "BACKHAUL_PUBLISH_SECRET", hide_env_values = true)]
+    pub publish_secret: Option<String>,
+    /// File holding the shared publication secret (trailing newline ignored).
+    #[arg(
+        long,
+        env = "BACKHAUL_PUBLISH_SECRET_FILE",
+        conflicts_with = "publish_secret"
+    )]
+    pub publish_secret_file: Option<PathBuf>,
+    /// Seconds one request to the Worker may take.
+    #[arg(long, env = "BACKHAUL_PUBLISH_TIMEOUT_SECONDS", default_value_t = 5)]
+    pub publish_timeout_seconds: u64,
+    /// Regions this operator's cluster serves (comma separated); all when empty.
+    #[arg(long, env = "BACKHAUL_REGIONS", value_delimiter = ',')]
+    pub regions: Vec<String>,
+    /// Watch only this namespace; all namespaces when unset.
+    #[arg(long, env = "BACKHAUL_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "BACKHAUL_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Hold a coordination.k8s.io Lease so only one replica reconciles.
+    #[arg(long, env = "BACKHAUL_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// Name of the leader election Lease.
+    #[arg(long, env = "BACKHAUL_LEASE_NAME", default_value = "backhaul-operator")]
+    pub lease_name: String,
+    /// Namespace of the leader election Lease (the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease and in Events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "BACKHAUL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The secret file could not be read.
+    #[error("reading publish secret file {path}: {source}")]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A Worker URL without a secret would send unsigned (rejected) requests.
+    #[error(
+        "--worker-url is set but no publish secret (BACKHAUL_PUBLISH_SECRET or --publish-secret-file)"
+    )]
+    MissingSecret,
+    /// The secret is empty.
+    #[error("the publish secret is empty")]
+    EmptySecret,
+}
+
+/// Where and how to publish routes.
+#[derive(Clone)]
+pub struct PublishConfig {
+    /// Worker base URL.
+    pub worker_url: Url,
+    /// Shared HMAC secret.
+    pub secret: Vec<u8>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for PublishConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("PublishConfig")
+            .field("worker_url", &self.worker_url.as_str())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the reconciler needs to know about its deployment.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Default inference image.
+    pub inference_image: String,
+    /// Regions served; `None` serves every region.
+    pub regions: Option<BTreeSet<String>>,
+    /// Publication, `None` when disabled.
+    pub publish: Option<PublishConfig>,
+    /// Namespace to watch; all when `None`.
+    pub watch_namespace: Option<String>,
+    /// Identity in Events and the Lease.
+    pub identity: String,
+}
+
+impl OperatorConfig {
+    /// Builds the runtime configuration from parsed flags.
+    pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
+        let Args {
+            inference_image,
+            worker_url,
+            publish_secret,
+            publish_secret_file,
+            publish_timeout_seconds,
+            regions,
+            watch_namespace,
+            metrics_addr: _,
+            leader_election: _,
+            lease_name: _,
+            lease_namespace: _,
+            identity,
+            log_format: _,
+        } = args;
+        let secret = match (publish_secret, publish_secret_file) {
+            (Some(s), _) => Some(s.trim_end().as_bytes().to_vec()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::SecretFile {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim_end()
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            (None, None) => None,
+        };
+        let publish = match (worker_url, secret) {
+            (None, _) => None,
+            (Some(_), None) => return Err(ConfigError::MissingSecret),
+            (Some(_), Some(s)) if s.is_empty() => return Err(ConfigError::EmptySecret),
+            (Some(url), Some(secret)) => Some(PublishConfig {
+                worker_url: url.clone(),
+                secret,
+                timeout: Duration::from_secs(*publish_timeout_seconds),
+            }),
+        };
+        let regions: BTreeSet<String> = regions
+            .iter()
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect();
+        Ok(Self {
+            inference_image: inference_image.clone(),
+            regions: (!regions.is_empty()).then_some(regions),
+            publish,
+            watch_namespace: watch_namespace.clone(),
+            identity: identity
+                .clone()
+                .unwrap_or_else(|| format!("backhaul-operator-{}", std::process::id())),
+        })
+    }
+
+    /// Whether this operator manages `region`.
+    pub fn serves(&self, region: &str) -> bool {
+        self.regions.as_ref().is_none_or(|r| r.contains(region))
+    }
+
+    /// Field manager for status writes: operators serving different region
+    /// sets own different `status.regions` entries, so they must not share one.
+    pub fn status_field_manager(&self) -> String {
+        match &self.regions {
+            None => crate::apply::FIELD_MANAGER.to_owned(),
+            Some(regions) => {
+                let joined = regions.iter().cloned().collect::<Vec<_>>().join(",");
+                let name = format!("{}/{joined}", crate::apply::FIELD_MANAGER);
+                if name.len() <= 128 {
+                    name
+                } else {
+                    format!(
+                        "{}/{}",
+                        crate::apply::FIELD_MANAGER,
+                        crate::build::short_hash(&joined)
+                    )
+                }
+            }
+        }
+    }
+}

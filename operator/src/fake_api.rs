@@ -1,0 +1,340 @@
+//! Reconcile against a fake API server (tower-test): each scenario checks the
+//! method, path, query and body of every call the reconciler makes, and that it
+//! makes no others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use crate::config::OperatorConfig;
+use crate::controller::{Context, reconcile};
+use crate::crd::ModelDeployment;
+use crate::metrics::Metrics;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const MD: &str = r#"
+apiVersion: backhaul.dev/v1alpha1
+kind: ModelDeployment
+metadata:
+  name: smollm2
+  namespace: ml
+  uid: 1b4e28ba-2fa1-11d2-883f-0016d3cca427
+  generation: 1
+  resourceVersion: "100"
+spec:
+  model: {source: /models/smollm2, format: gguf, ggufFiles: [model.gguf], servedName: smollm2-135m}
+  resources: {gpusPerReplica: 1}
+  regions:
+  - {name: us-east, replicas: 2, location: {latitude: 39.04, longitude: -77.49}, endpoint: "https://us-east.example.com"}
+"#;
+
+fn md(finalizer: bool, status: Option<Value>, deleting: bool) -> ModelDeployment {
+    let mut v: Value = serde_yaml::from_str(MD).unwrap();
+    if finalizer {
+        v["metadata"]["finalizers"] = json!(["backhaul.dev/unpublish"]);
+    }
+    if deleting {
+        v["metadata"]["deletionTimestamp"] = json!("2026-11-23T07:00:00Z");
+    }
+    if let Some(s) = status {
+        v["status"] = s;
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+fn context(client: Client) -> Arc<Context> {
+    let config = OperatorConfig {
+        inference_image: "backhaul-inference:test".into(),
+        regions: None,
+        publish: None,
+        watch_namespace: None,
+        identity: "test".into(),
+    };
+    Arc::new(Context::new(client, config, Metrics::new()).unwrap())
+}
+
+/// One expected call: method, path, and a check of query and body.
+struct Call {
+    method: &'static str,
+    path: String,
+    query_contains: Vec<&'static str>,
+    check_body: Box<dyn Fn(&Value) + Send>,
+    respond: Value,
+}
+
+fn call(method: &'static str, path: &str, respond: Value) -> Call {
+    Call {
+        method,
+        path: path.into(),
+        query_contains: vec![],
+        check_body: Box::new(|_| {}),
+        respond,
+    }
+}
+
+impl Call {
+    fn query(mut self, q: &'static str) -> Self {
+        self.query_contains.push(q);
+        self
+    }
+    fn body(mut self, f: impl Fn(&Value) + Send + 'static) -> Self {
+        self.check_body = Box::new(f);
+        self
+    }
+}
+
+/// Serves `calls` in order, asserting each; returns the request bodies.
+async fn serve(mut handle: Handle, calls: Vec<Call>) -> Vec<Value> {
+    let mut bodies = Vec::new();
+    for c in calls {
+        let (request, send) = handle
+            .next_request()
+            .await
+            .expect("the reconciler made the call");
+        let uri = request.uri().clone();
+        assert_eq!(
+            (request.method().as_str(), uri.path()),
+            (c.method, c.path.as_str()),
+            "unexpected call {} {uri}",
+            request.method()
+        );
+        let query = uri.query().unwrap_or_default().to_owned();
+        for q in &c.query_contains {
+            assert!(query.contains(q), "{} {uri}: query lacks {q}", c.method);
+        }
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (c.check_body)(&body);
+        // `null` answers with the request body (a created object echoes back).
+        let respond = if c.respond.is_null() {
+            body.clone()
+        } else {
+            c.respond
+        };
+        bodies.push(body);
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&respond).unwrap()))
+                .unwrap(),
+        );
+    }
+    bodies
+}
+
+/// Runs one reconcile of `object` against `calls`; fails if it makes any other call.
+async fn scenario(object: ModelDeployment, calls: Vec<Call>) -> Vec<Value> {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, "default"));
+    let verifier = tokio::spawn(serve(handle, calls));
+    // A reconcile making an unexpected call waits forever for its answer:
+    // the deadline turns that into a failure.
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(object), ctx))
+        .await
+        .expect("reconcile finished (no unexpected API calls)");
+    result.expect("reconcile succeeded");
+    verifier.await.unwrap()
+}
+
+const MDS: &str = "/apis/backhaul.dev/v1alpha1/namespaces/ml/modeldeployments/smollm2";
+const DEPLOY: &str = "/apis/apps/v1/namespaces/ml/deployments/smollm2-us-east";
+const SVC: &str = "/api/v1/namespaces/ml/services/smollm2-us-east";
+const PDB: &str = "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/smollm2-us-east";
+
+fn deployment(ready: i32) -> Value {
+    let v = crate::validate::validate(&md(true, None, false), &context_config()).unwrap();
+    let mut d =
+        serde_json::to_value::<Deployment>(crate::build::deployment(&v, &v.regions[0])).unwrap();
+    d["metadata"]["generation"] = json!(1);
+    d["status"] = json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": ready});
+    d
+}
+
+fn context_config() -> OperatorConfig {
+    OperatorConfig {
+        inference_image: "backhaul-inference:test".into(),
+        regions: None,
+        publish: None,
+        watch_namespace: None,
+        identity: "test".into(),
+    }
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+/// The calls of a reconcile whose children exist and are all ready (before any status write).
+fn apply_calls(ready: i32) -> Vec<Call> {
+    let selector = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dbackhaul-operator%2Cbackhaul.dev%2Fmodel%3Dsmollm2";
+    let mut calls = vec![
+        call("PATCH", DEPLOY, deployment(ready))
+            .query("fieldManager=backhaul-operator")
+            .query("force=true")
+            .body(|b| {
+                let pod = &b["spec"]["template"]["spec"];
+                assert_eq!(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "1");
+                assert_eq!(pod["nodeSelector"]["topology.kubernetes.io/region"], "us-east");
+                assert_eq!(pod["containers"][0]["readinessProbe"]["grpc"]["port"], 50051);
+                assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "ModelDeployment");
+            }),
+        call("PATCH", SVC, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "smollm2-us-east"}}))
+            .query("fieldManager=backhaul-operator")
+            .body(|b| assert_eq!(b["spec"]["ports"][0]["port"], 50051)),
+        call("PATCH", PDB, json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "smollm2-us-east"}}))
+            .query("fieldManager=backhaul-operator")
+            .body(|b| assert_eq!(b["spec"]["maxUnavailable"], 1)),
+    ];
+    if ready < 2 {
+        calls.push(
+            call("GET", "/api/v1/namespaces/ml/pods", list("PodList", vec![])).query(
+                "labelSelector=backhaul.dev%2Fmodel%3Dsmollm2%2Cbackhaul.dev%2Fregion%3Dus-east",
+            ),
+        );
+    }
+    calls.push(
+        call(
+            "GET",
+            "/apis/apps/v1/namespaces/ml/deployments",
+            list("DeploymentList", vec![deployment(ready)]),
+        )
+        .query(selector),
+    );
+    calls.push(
+        call(
+            "GET",
+            "/apis/policy/v1/namespaces/ml/poddisruptionbudgets",
+            list("PodDisruptionBudgetList", vec![]),
+        )
+        .query(selector),
+    );
+    calls
+}
+
+#[tokio::test]
+async fn new_object_gets_the_finalizer_first() {
+    scenario(
+        md(false, None, false),
+        vec![call("PATCH", MDS, serde_json::to_value(md(true, None, false)).unwrap()).body(|b| {
+            // A JSON patch that tests the finalizer list is empty, then adds ours.
+            assert_eq!(b[1], json!({"op": "add", "path": "/metadata/finalizers", "value": ["backhaul.dev/unpublish"]}));
+        })],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn create_applies_children_then_writes_status_and_a_noop_writes_nothing() {
+    // First reconcile: children applied, pods not ready yet, status written.
+    let mut calls = apply_calls(0);
+    calls.push(
+        call(
+            "PATCH",
+            &format!("{MDS}/status"),
+            serde_json::to_value(md(true, None, false)).unwrap(),
+        )
+        .query("fieldManager=backhaul-operator")
+        .query("force=true")
+        .body(|b| {
+            let s = &b["status"];
+            assert_eq!(s["observedGeneration"], 1);
+            assert_eq!(s["readyRegions"], "0/1");
+            assert_eq!(s["regions"][0]["name"], "us-east");
+            assert_eq!(s["regions"][0]["phase"], "Progressing");
+            assert_eq!(s["regions"][0]["publicationDisabled"], true);
+            let types: Vec<_> = s["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["type"].as_str().unwrap())
+                .collect();
+            assert_eq!(types, ["Ready", "Progressing", "Degraded", "Published"]);
+            assert_eq!(s["conditions"][3]["reason"], "PublicationDisabled");
+        }),
+    );
+    let bodies = scenario(md(true, None, false), calls).await;
+    let written = bodies.last().unwrap()["status"].clone();
+
+    // Same object with that status and the same observations: no writes
+    // beyond the (no-op) server-side applies.
+    scenario(md(true, Some(written.clone()), false), apply_calls(0)).await;
+
+    // Pods became ready: status is written once more.
+    let mut calls = apply_calls(2);
+    calls.push(
+        call(
+            "PATCH",
+            &format!("{MDS}/status"),
+            serde_json::to_value(md(true, None, false)).unwrap(),
+        )
+        .body(|b| {
+            assert_eq!(b["status"]["regions"][0]["phase"], "Ready");
+            assert_eq!(b["status"]["conditions"][0]["status"], "True");
+            assert_eq!(b["status"]["readyRegions"], "1/1");
+        }),
+    );
+    scenario(md(true, Some(written), false), calls).await;
+}
+
+#[tokio::test]
+async fn delete_removes_the_finalizer() {
+    scenario(
+        md(true, None, true),
+        vec![call("PATCH", MDS, serde_json::to_value(md(false, None, true)).unwrap()).body(|b| {
+            assert_eq!(
+                b,
+                &json!([
+                    {"op": "test", "path": "/metadata/finalizers/0", "value": "backhaul.dev/unpublish"},
+                    {"op": "remove", "path": "/metadata/finalizers/0"},
+                ])
+            );
+        })],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_spec_sets_a_condition_and_an_event_then_waits() {
+    let mut bad = md(true, None, false);
+    bad.spec.regions[0].endpoint = "http://gpu.example.com".into();
+    scenario(
+        bad,
+        vec![
+            call(
+                "PATCH",
+                &format!("{MDS}/status"),
+                serde_json::to_value(md(true, None, false)).unwrap(),
+            )
+            .body(|b| {
+                let ready = &b["status"]["conditions"][0];
+                assert_eq!(ready["reason"], "InvalidSpec");
+                assert!(
+                    ready["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("spec.regions[0].endpoint")
+                );
+            }),
+            call(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/ml/events",
+                Value::Null,
+            )
+            .body(|b| {
+                assert_eq!(b["reason"], "InvalidSpec");
+                assert_eq!(b["type"], "Warning");
+                assert_eq!(b["regarding"]["name"], "smollm2");
+            }),
+        ],
+    )
+    .await;
+}

@@ -1,0 +1,590 @@
+//! The operator against the real local control plane (etcd, kube-apiserver,
+//! controller-manager with its garbage collector, scheduler, kwok GPU nodes),
+//! each test in its own namespace with its own in-process operator and route
+//! receiver.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use backhaul_operator::crd::ModelDeployment;
+use backhaul_testkit::{TestNamespace, client, wait_for};
+use common::{Operator, Receiver, condition, config, install_crd, model_deployment};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+const CONVERGE: Duration = Duration::from_secs(90);
+
+async fn wait_condition(
+    api: &Api<ModelDeployment>,
+    name: &str,
+    type_: &str,
+    status: &str,
+) -> ModelDeployment {
+    wait_for(CONVERGE, || async {
+        let md = api.get(name).await.ok()?;
+        let observed = md.status.as_ref()?.observed_generation == md.meta().generation;
+        (observed && condition(&md, type_)?.0 == status).then_some(md)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!("{name}: condition {type_}={status}: {e}");
+    })
+}
+
+#[tokio::test]
+async fn apply_runs_regions_and_publishes_them() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-apply").await;
+    let receiver = Receiver::start().await;
+    let operator = Operator::start(&client, config(ns.name(), Some(&receiver), None));
+    let mds: Api<ModelDeployment> = ns.api();
+
+    let started = Instant::now();
+    mds.create(
+        &PostParams::default(),
+        &model_deployment(
+            "smollm2",
+            &[("us-east", 2), ("eu-west", 1), ("ap-south", 1)],
+            1,
+        ),
+    )
+    .await
+    .unwrap();
+    let md = wait_condition(&mds, "smollm2", "Published", "True").await;
+    let md = if condition(&md, "Ready").unwrap().0 == "True" {
+        md
+    } else {
+        wait_condition(&mds, "smollm2", "Ready", "True").await
+    };
+    println!("apply → Ready and Published: {:?}", started.elapsed());
+
+    // One Deployment and Service per region, a PDB only where replicas > 1.
+    let deployments: Api<Deployment> = ns.api();
+    for (region, replicas) in [("us-east", 2), ("eu-west", 1), ("ap-south", 1)] {
+        let d = deployments.get(&format!("smollm2-{region}")).await.unwrap();
+        let spec = d.spec;
+        assert_eq!(spec.replicas, Some(replicas));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(
+            pod.node_selector.unwrap()["topology.kubernetes.io/region"],
+            region
+        );
+        let c = &pod.containers[0];
+        let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["nvidia.com/gpu"].0, "1");
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .grpc
+                .as_ref()
+                .unwrap()
+                .port,
+            50051
+        );
+        assert!(c.startup_probe.is_some() && c.liveness_probe.is_some());
+        assert_eq!(
+            d.metadata.owner_references.unwrap()[0].uid,
+            md.uid().unwrap()
+        );
+        // The scheduler put the pods on nodes of the right region.
+        let services: Api<Service> = ns.api();
+        services.get(&format!("smollm2-{region}")).await.unwrap();
+    }
+    let pdbs: Api<PodDisruptionBudget> = ns.api();
+    let pdb_names: Vec<String> = pdbs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(pdb_names, ["smollm2-us-east"]);
+
+    // Status per region and routes on the receiver.
+    let status = md.status.clone().unwrap();
+    assert_eq!(status.ready_regions.as_deref(), Some("3/3"));
+    let us = status.regions.iter().find(|r| r.name == "us-east").unwrap();
+    assert_eq!((us.replicas, us.ready_replicas, us.published), (2, 2, true));
+    assert!(us.published_at.is_some());
+    let routes = receiver.routes();
+    assert_eq!(routes.len(), 3, "{routes:?}");
+    let route = &routes[&format!("{}/smollm2/us-east", ns.name())];
+    assert_eq!(route["model"], "smollm2-135m");
+    assert_eq!(route["readyReplicas"], 2);
+    assert_eq!(route["endpoint"], "https://us-east.gpu.example.com");
+    assert_eq!(route["ttlSeconds"], 30);
+    assert_eq!(route["generation"], md.meta().generation.unwrap());
+    assert_eq!(receiver.rejected(), 0);
+
+    operator.stop().await;
+    receiver.stop();
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_region_without_enough_gpus_is_degraded() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-gpu").await;
+    let operator = Operator::start(&client, config(ns.name(), None, None));
+    let mds: Api<ModelDeployment> = ns.api();
+    // The fake nodes have 8 GPUs each: 9 per replica never fits.
+    mds.create(
+        &PostParams::default(),
+        &model_deployment("big", &[("ap-south", 1)], 9),
+    )
+    .await
+    .unwrap();
+    let md = wait_condition(&mds, "big", "Degraded", "True").await;
+    let (_, reason, message) = condition(&md, "Degraded").unwrap();
+    assert_eq!(reason, "InsufficientGPU");
+    assert!(
+        message.contains("ap-south") && message.contains("nvidia.com/gpu"),
+        "{message}"
+    );
+    assert_eq!(condition(&md, "Ready").unwrap().0, "False");
+    // Without a Worker, publication is reported as disabled.
+    assert_eq!(
+        condition(&md, "Published").unwrap().1,
+        "PublicationDisabled"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let event = wait_for(CONVERGE, || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("InsufficientGPU"))
+    })
+    .await
+    .expect("an InsufficientGPU event");
+    assert!(event.note.unwrap().contains("ap-south"));
+    operator.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn scaling_a_region_to_zero_withdraws_its_route() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-scale").await;
+    let receiver = Receiver::start().await;
+    let operator = Operator::start(&client, config(ns.name(), Some(&receiver), None));
+    let mds: Api<ModelDeployment> = ns.api();
+    mds.create(
+        &PostParams::default(),
+        &model_deployment("m", &[("us-east", 1), ("eu-west", 1)], 1),
+    )
+    .await
+    .unwrap();
+    wait_for(CONVERGE, || async {
+        (receiver.routes().len() == 2).then_some(())
+    })
+    .await
+    .expect("two routes");
+
+    let patch = json!({"spec": {"regions": [
+        {"name": "us-east", "replicas": 0, "location": {"latitude": 39.04, "longitude": -77.49}, "endpoint": "https://us-east.gpu.example.com"},
+        {"name": "eu-west", "replicas": 1, "location": {"latitude": 53.35, "longitude": -6.26}, "endpoint": "https://eu-west.gpu.example.com"},
+    ]}});
+    mds.patch("m", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let us_east = format!("{}/m/us-east", ns.name());
+    wait_for(CONVERGE, || async {
+        (!receiver.routes().contains_key(&us_east)).then_some(())
+    })
+    .await
+    .expect("us-east withdrawn");
+    assert!(
+        receiver
+            .log()
+            .iter()
+            .any(|l| l.method == "DELETE" && l.route == us_east)
+    );
+    assert!(
+        receiver
+            .routes()
+            .contains_key(&format!("{}/m/eu-west", ns.name()))
+    );
+    let md = wait_for(CONVERGE, || async {
+        let md = mds.get("m").await.ok()?;
+        let r = md
+            .status
+            .as_ref()?
+            .regions
+            .iter()
+            .find(|r| r.name == "us-east")?
+            .clone();
+        (r.phase == "ScaledToZero" && !r.published).then_some(md)
+    })
+    .await
+    .expect("us-east scaled to zero in status");
+    assert_eq!(condition(&md, "Published").unwrap().0, "True");
+    // The PDB-less region keeps its Deployment at 0 replicas.
+    let d: Deployment = ns.api::<Deployment>().get("m-us-east").await.unwrap();
+    assert_eq!(d.spec.replicas, Some(0));
+
+    operator.stop().await;
+    receiver.stop();
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleting_withdraws_routes_and_children_go() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-delete").await;
+    let receiver = Receiver::start().await;
+    let operator = Operator::start(&client, config(ns.name(), Some(&receiver), None));
+    let mds: Api<ModelDeployment> = ns.api();
+    mds.create(
+        &PostParams::default(),
+        &model_deployment("gone", &[("us-east", 2), ("eu-west", 1)], 1),
+    )
+    .await
+    .unwrap();
+    wait_for(CONVERGE, || async {
+        (receiver.routes().len() == 2).then_some(())
+    })
+    .await
+    .expect("two routes");
+    let md = mds.get("gone").await.unwrap();
+    assert_eq!(md.finalizers(), ["backhaul.dev/unpublish"]);
+
+    mds.delete("gone", &DeleteParams::default()).await.unwrap();
+    wait_for(CONVERGE, || async {
+        mds.get_opt("gone").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .expect("finalizer removed and object gone");
+    assert!(receiver.routes().is_empty(), "{:?}", receiver.routes());
+    let deletes = receiver
+        .log()
+        .iter()
+        .filter(|l| l.method == "DELETE")
+        .count();
+    assert_eq!(deletes, 2);
+    // The garbage collector removes the children (owner references).
+    let deployments: Api<Deployment> = ns.api();
+    let services: Api<Service> = ns.api();
+    wait_for(CONVERGE, || async {
+        let d = deployments
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .len();
+        let s = services
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .len();
+        (d == 0 && s == 0).then_some(())
+    })
+    .await
+    .expect("children garbage collected");
+
+    operator.stop().await;
+    receiver.stop();
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_objects_are_rejected_naming_the_field() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-reject").await;
+    let ar = ApiResource::erase::<ModelDeployment>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    let good =
+        serde_json::to_value(model_deployment("m", &[("us-east", 1), ("eu-west", 1)], 1)).unwrap();
+
+    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        (
+            "no regions",
+            Box::new(|v| v["spec"]["regions"] = json!([])),
+            "spec.regions",
+        ),
+        (
+            "duplicate region",
+            Box::new(|v| v["spec"]["regions"][1]["name"] = json!("us-east")),
+            "spec.regions[1]",
+        ),
+        (
+            "negative replicas",
+            Box::new(|v| v["spec"]["regions"][0]["replicas"] = json!(-1)),
+            "spec.regions[0].replicas",
+        ),
+        (
+            "latitude",
+            Box::new(|v| v["spec"]["regions"][0]["location"]["latitude"] = json!(91)),
+            "spec.regions[0].location.latitude",
+        ),
+        (
+            "longitude",
+            Box::new(|v| v["spec"]["regions"][1]["location"]["longitude"] = json!(-181)),
+            "spec.regions[1].location.longitude",
+        ),
+        (
+            "http endpoint",
+            Box::new(|v| v["spec"]["regions"][0]["endpoint"] = json!("http://gpu.example.com")),
+            "spec.regions[0].endpoint",
+        ),
+        (
+            "not a url",
+            Box::new(|v| v["spec"]["regions"][0]["endpoint"] = json!("gpu.example.com")),
+            "spec.regions[0].endpoint",
+        ),
+        (
+            "negative gpus",
+            Box::new(|v| v["spec"]["resources"]["gpusPerReplica"] = json!(-1)),
+            "spec.resources.gpusPerReplica",
+        ),
+        (
+            "served name",
+            Box::new(|v| v["spec"]["model"]["servedName"] = json!("bad name!")),
+            "spec.model.servedName",
+        ),
+        (
+            "gguf without files",
+            Box::new(|v| v["spec"]["model"]["ggufFiles"] = json!([])),
+            "spec.model.ggufFiles",
+        ),
+        (
+            "name",
+            Box::new(|v| v["metadata"]["name"] = json!("9lives")),
+            "metadata.name",
+        ),
+    ];
+    for (what, mutate, field) in cases {
+        let mut v = good.clone();
+        mutate(&mut v);
+        let obj: DynamicObject = serde_json::from_value(v).unwrap();
+        match api.create(&PostParams::default(), &obj).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422, "{what}: {s:?}");
+                assert!(
+                    s.message.contains(field),
+                    "{what}: {:?} does not name {field}",
+                    s.message
+                );
+            }
+            other => panic!("{what}: expected a 422, got {other:?}"),
+        }
+    }
+    // http to loopback is allowed (local development).
+    let mut v = good.clone();
+    v["spec"]["regions"][0]["endpoint"] = json!("http://127.0.0.1:8000");
+    api.create(&PostParams::default(), &serde_json::from_value(v).unwrap())
+        .await
+        .expect("loopback http accepted");
+    ns.cleanup().await;
+}
+
+fn versions<K: Resource>(items: &[K]) -> BTreeMap<String, String> {
+    items
+        .iter()
+        .map(|o| {
+            (
+                o.meta().name.clone().unwrap(),
+                o.meta().resource_version.clone().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restarted_operator_converges_without_writes() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-restart").await;
+    let receiver = Receiver::start().await;
+    let mds: Api<ModelDeployment> = ns.api();
+    let deployments: Api<Deployment> = ns.api();
+    let services: Api<Service> = ns.api();
+    let pdbs: Api<PodDisruptionBudget> = ns.api();
+    mds.create(
+        &PostParams::default(),
+        &model_deployment("m", &[("us-east", 2), ("eu-west", 1)], 1),
+    )
+    .await
+    .unwrap();
+
+    // The first operator stops half way: after the children exist, before Ready.
+    let first = Operator::start(&client, config(ns.name(), Some(&receiver), None));
+    wait_for(CONVERGE, || async {
+        (deployments
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .len()
+            == 2)
+            .then_some(())
+    })
+    .await
+    .expect("children created");
+    first.stop().await;
+
+    let second = Operator::start(&client, config(ns.name(), Some(&receiver), None));
+    wait_condition(&mds, "m", "Ready", "True").await;
+    wait_condition(&mds, "m", "Published", "True").await;
+    second.stop().await;
+
+    let snapshot = || async {
+        (
+            mds.get("m").await.unwrap().resource_version().unwrap(),
+            versions(
+                &deployments
+                    .list(&ListParams::default())
+                    .await
+                    .unwrap()
+                    .items,
+            ),
+            versions(&services.list(&ListParams::default()).await.unwrap().items),
+            versions(&pdbs.list(&ListParams::default()).await.unwrap().items),
+        )
+    };
+    let before = snapshot().await;
+    assert_eq!(before.1.len(), 2, "no duplicate Deployments");
+    assert_eq!(before.2.len(), 2, "no duplicate Services");
+    assert_eq!(before.3.len(), 1, "one PDB");
+
+    // A third start reconciles a converged object: nothing is written.
+    let third = Operator::start(&client, config(ns.name(), Some(&receiver), None));
+    wait_for(CONVERGE, || async {
+        (third.successes() >= 1).then_some(())
+    })
+    .await
+    .expect("reconciled");
+    assert_eq!(
+        snapshot().await,
+        before,
+        "a no-op reconcile changed resourceVersions"
+    );
+    third.stop().await;
+    assert!(receiver.routes().len() == 2);
+    receiver.stop();
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn operators_serving_different_regions_share_an_object() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-split").await;
+    let receiver = Receiver::start().await;
+    let east = Operator::start(
+        &client,
+        config(ns.name(), Some(&receiver), Some(&["us-east"])),
+    );
+    let west = Operator::start(
+        &client,
+        config(ns.name(), Some(&receiver), Some(&["eu-west"])),
+    );
+    let mds: Api<ModelDeployment> = ns.api();
+    mds.create(
+        &PostParams::default(),
+        &model_deployment("m", &[("us-east", 1), ("eu-west", 1)], 1),
+    )
+    .await
+    .unwrap();
+
+    let md = wait_for(CONVERGE, || async {
+        let md = mds.get("m").await.ok()?;
+        let s = md.status.as_ref()?;
+        (s.regions.len() == 2
+            && s.regions.iter().all(|r| r.published)
+            && condition(&md, "Ready")?.0 == "True")
+            .then_some(md)
+    })
+    .await
+    .expect("both regions ready and published");
+    assert_eq!(receiver.routes().len(), 2);
+    let managers: Vec<String> = md
+        .managed_fields()
+        .iter()
+        .filter(|m| m.subresource.as_deref() == Some("status"))
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.contains(&"backhaul-operator/us-east".to_owned()),
+        "{managers:?}"
+    );
+    assert!(
+        managers.contains(&"backhaul-operator/eu-west".to_owned()),
+        "{managers:?}"
+    );
+
+    // Converged: further reconciles of both (heartbeats every 10 s) write nothing.
+    let rv = mds.get("m").await.unwrap().resource_version();
+    let (e0, w0) = (east.successes(), west.successes());
+    wait_for(CONVERGE, || async {
+        (east.successes() >= e0 + 2 && west.successes() >= w0 + 2).then_some(())
+    })
+    .await
+    .expect("both reconciled again");
+    assert_eq!(
+        mds.get("m").await.unwrap().resource_version(),
+        rv,
+        "the operators fight over status"
+    );
+
+    // Deleting: each withdraws its own route; the last lets the object go.
+    mds.delete("m", &DeleteParams::default()).await.unwrap();
+    wait_for(CONVERGE, || async {
+        mds.get_opt("m").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .expect("object gone");
+    assert!(receiver.routes().is_empty(), "{:?}", receiver.routes());
+    east.stop().await;
+    west.stop().await;
+    receiver.stop();
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn only_one_candidate_leads() {
+    use backhaul_operator::leader::{LeaderElector, Timing};
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "op-lease").await;
+    let timing = Timing {
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_period: Duration::from_millis(500),
+    };
+    let a = LeaderElector::new(client.clone(), ns.name(), "backhaul-operator", "a", timing);
+    let b = LeaderElector::new(client.clone(), ns.name(), "backhaul-operator", "b", timing);
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+    // A holder that stops renewing loses the lease after its duration.
+    let taken = wait_for(Duration::from_secs(20), || async {
+        b.try_acquire_or_renew().await.ok()?.then_some(())
+    })
+    .await;
+    assert!(taken.is_ok(), "b takes over an expired lease");
+    assert!(
+        !a.try_acquire_or_renew().await.unwrap(),
+        "a no longer leads"
+    );
+    // A clean release hands over at once.
+    b.release().await.unwrap();
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    ns.cleanup().await;
+}

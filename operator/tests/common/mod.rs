@@ -1,0 +1,334 @@
+//! Shared pieces of the control-plane tests: CRD installation, an in-process
+//! operator watching one namespace, and a route receiver that checks
+//! signatures like the Worker does.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::routing::put;
+use backhaul_operator::config::{OperatorConfig, PublishConfig};
+use backhaul_operator::controller::{Context, run_controller};
+use backhaul_operator::crd::ModelDeployment;
+use backhaul_operator::metrics::Metrics;
+use backhaul_testkit::wait_for;
+use hmac::{Hmac, Mac};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, CustomResourceExt};
+use serde_json::Value;
+use sha2::Sha256;
+
+/// The shared secret between the test operators and the receiver.
+pub const SECRET: &[u8] = b"test-publish-secret";
+
+/// Installs (server-side applies) the CRD and waits until it is served.
+pub async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = ModelDeployment::crd();
+    let name = "modeldeployments.backhaul.dev";
+    crds.patch(
+        name,
+        &PatchParams::apply("backhaul-operator-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply the CRD");
+    wait_for(Duration::from_secs(30), || async {
+        let crd = crds.get(name).await.ok()?;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await
+    .expect("CRD established");
+    // Established can precede discovery; wait until the resource answers.
+    let mds: Api<ModelDeployment> = Api::all(client.clone());
+    wait_for(Duration::from_secs(30), || async {
+        mds.list(&Default::default()).await.ok()
+    })
+    .await
+    .expect("ModelDeployments are served");
+}
+
+/// One request the receiver accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logged {
+    /// `PUT` or `DELETE`.
+    pub method: String,
+    /// `namespace/name/region`.
+    pub route: String,
+}
+
+#[derive(Default, Debug)]
+struct ReceiverState {
+    routes: BTreeMap<String, Value>,
+    log: Vec<Logged>,
+    rejected: usize,
+    first_put: BTreeMap<String, std::time::Instant>,
+}
+
+/// A local stand-in for the Worker's admin API that verifies signatures.
+#[derive(Clone, Debug)]
+pub struct Receiver {
+    state: Arc<Mutex<ReceiverState>>,
+    /// Base URL to give the operator.
+    pub url: url::Url,
+    stop: Arc<Mutex<Option<tokio::sync::oneshot::Sender<()>>>>,
+}
+
+fn verify(headers: &HeaderMap, method: &Method, path: &str, body: &[u8]) -> bool {
+    let (Some(ts), Some(sig)) = (
+        headers
+            .get("x-backhaul-timestamp")
+            .and_then(|v| v.to_str().ok()),
+        headers
+            .get("x-backhaul-signature")
+            .and_then(|v| v.to_str().ok()),
+    ) else {
+        return false;
+    };
+    let Ok(ts_num) = ts.parse::<u64>() else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if now.abs_diff(ts_num) > 300 {
+        return false;
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
+    mac.update(format!("{ts}.{method}.{path}.").as_bytes());
+    mac.update(body);
+    let expected = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
+    expected == sig
+}
+
+async fn handle(
+    State(state): State<Arc<Mutex<ReceiverState>>>,
+    Path((ns, name, region)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let mut s = state.lock().unwrap();
+    if !verify(&headers, &method, uri.path(), &body) {
+        s.rejected += 1;
+        return (
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":{"message":"bad signature"}}"#.into(),
+        );
+    }
+    let key = format!("{ns}/{name}/{region}");
+    s.log.push(Logged {
+        method: method.to_string(),
+        route: key.clone(),
+    });
+    if method == Method::PUT {
+        let Ok(route) = serde_json::from_slice::<Value>(&body) else {
+            return (StatusCode::BAD_REQUEST, "{}".into());
+        };
+        if route["namespace"] != ns || route["name"] != name || route["region"] != region {
+            return (StatusCode::BAD_REQUEST, "{}".into());
+        }
+        s.first_put
+            .entry(key.clone())
+            .or_insert_with(std::time::Instant::now);
+        s.routes.insert(key, route.clone());
+        (
+            StatusCode::OK,
+            serde_json::json!({ "route": route }).to_string(),
+        )
+    } else {
+        s.routes.remove(&key);
+        (StatusCode::NO_CONTENT, String::new())
+    }
+}
+
+impl Receiver {
+    /// Starts on 127.0.0.1 on a free port.
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(ReceiverState::default()));
+        let app = Router::new()
+            .route(
+                "/admin/v1/routes/{ns}/{name}/{region}",
+                put(handle).delete(handle),
+            )
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            state,
+            url: format!("http://{addr}").parse().unwrap(),
+            stop: Arc::new(Mutex::new(Some(tx))),
+        }
+    }
+
+    /// Routes currently held, by `namespace/name/region`.
+    pub fn routes(&self) -> BTreeMap<String, Value> {
+        self.state.lock().unwrap().routes.clone()
+    }
+
+    /// Every accepted request, in order.
+    pub fn log(&self) -> Vec<Logged> {
+        self.state.lock().unwrap().log.clone()
+    }
+
+    /// When each route was first PUT.
+    pub fn first_puts(&self) -> BTreeMap<String, std::time::Instant> {
+        self.state.lock().unwrap().first_put.clone()
+    }
+
+    /// Requests refused for a bad signature.
+    pub fn rejected(&self) -> usize {
+        self.state.lock().unwrap().rejected
+    }
+
+    /// Stops the server.
+    pub fn stop(&self) {
+        if let Some(tx) = self.stop.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An operator running in this process, watching one namespace.
+pub struct Operator {
+    /// Its metrics (to see it reconcile).
+    pub metrics: Metrics,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), kube::Error>>>,
+}
+
+/// Operator settings for tests.
+pub fn config(
+    namespace: &str,
+    receiver: Option<&Receiver>,
+    regions: Option<&[&str]>,
+) -> OperatorConfig {
+    OperatorConfig {
+        inference_image: "backhaul-inference:test".into(),
+        regions: regions.map(|r| r.iter().map(|s| (*s).to_owned()).collect()),
+        publish: receiver.map(|r| PublishConfig {
+            worker_url: r.url.clone(),
+            secret: SECRET.to_vec(),
+            timeout: Duration::from_secs(5),
+        }),
+        watch_namespace: Some(namespace.to_owned()),
+        identity: format!(
+            "test-{}",
+            regions.map(|r| r.join("-")).unwrap_or_else(|| "all".into())
+        ),
+    }
+}
+
+impl Operator {
+    /// Starts the controller.
+    pub fn start(client: &Client, config: OperatorConfig) -> Self {
+        let metrics = Metrics::new();
+        let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone()).unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run_controller(ctx, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            metrics,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Successful reconciles so far.
+    pub fn successes(&self) -> u64 {
+        let text = self.metrics.render();
+        text.lines()
+            .find(|l| l.starts_with("backhaul_operator_reconciles_total{result=\"success\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Stops the controller and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("operator stopped in time")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A ModelDeployment named `name` with `regions` as (name, replicas).
+pub fn model_deployment(name: &str, regions: &[(&str, i32)], gpus: u32) -> ModelDeployment {
+    let locations = |r: &str| match r {
+        "us-east" => (39.04, -77.49),
+        "eu-west" => (53.35, -6.26),
+        _ => (19.08, 72.88),
+    };
+    let regions: Vec<Value> = regions
+        .iter()
+        .map(|(r, replicas)| {
+            let (lat, lon) = locations(r);
+            serde_json::json!({
+                "name": r, "replicas": replicas,
+                "location": {"latitude": lat, "longitude": lon},
+                "endpoint": format!("https://{r}.gpu.example.com"),
+            })
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "backhaul.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"source": "/models/smollm2", "format": "gguf",
+                      "ggufFiles": ["SmolLM2-135M-Instruct.Q4_1.gguf"], "servedName": "smollm2-135m"},
+            "resources": {"gpusPerReplica": gpus},
+            "regions": regions,
+            "routing": {"ttlSeconds": 30},
+        },
+    }))
+    .unwrap()
+}
+
+/// The condition `type_` of `md`, as (status, reason, message).
+pub fn condition(md: &ModelDeployment, type_: &str) -> Option<(String, String, String)> {
+    md.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
