@@ -95,8 +95,8 @@ pub enum ModelFormat {
 /// The model to serve.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.format != 'gguf' || size(self.ggufFiles) > 0").message("ggufFiles must name at least one file when format is gguf").field_path(".ggufFiles"))]
-#[x_kube(validation = Rule::new("self.format != 'plain' || size(self.ggufFiles) == 0").message("ggufFiles is only valid with format gguf").field_path(".ggufFiles"))]
+#[x_kube(validation = Rule::new("self.format != 'gguf' || (has(self.ggufFiles) && size(self.ggufFiles) > 0)").message("ggufFiles must name at least one file when format is gguf").field_path(".ggufFiles"))]
+#[x_kube(validation = Rule::new("self.format != 'plain' || !has(self.ggufFiles) || size(self.ggufFiles) == 0").message("ggufFiles is only valid with format gguf").field_path(".ggufFiles"))]
 pub struct ModelSpec {
     /// Where the weights are: a path inside the image or the model volume
     /// (`/models/...`), or `hf://org/repo[@revision]` to download from the Hugging Face Hub.
@@ -184,7 +184,7 @@ impl Dtype {
 }
 
 /// Inference engine settings.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct EngineSpec {
     /// Most sequences decoded at once.
@@ -217,6 +217,20 @@ pub struct EngineSpec {
 
 fn default_drain_seconds() -> u32 {
     30
+}
+
+impl Default for EngineSpec {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: None,
+            max_seq_len: None,
+            paged_attention: None,
+            dtype: Dtype::default(),
+            max_in_flight: None,
+            max_queue: None,
+            drain_timeout_seconds: default_drain_seconds(),
+        }
+    }
 }
 
 /// PagedAttention settings.

@@ -354,6 +354,7 @@ spec:
         assert_eq!(v.regions[1].replicas, 1);
         assert_eq!(v.routing.ttl_seconds, 60);
         assert_eq!(v.resources.gpus_per_replica, 1);
+        assert_eq!(v.engine.drain_timeout_seconds, 30);
         assert_eq!(v.owner.kind, "ModelDeployment");
         assert_eq!(v.owner.controller, Some(true));
     }
