@@ -56,7 +56,6 @@ pub const SKIP_UNPUBLISH_ANNOTATION: &str = "backhaul.dev/skip-unpublish";
     // the route path also caps names at 63 characters (docs/publication.md).
     validation = Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS-1035 label (at most 63 characters, starting with a letter): it names the regional Services")
-        .field_path(".metadata.name")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModelDeploymentSpec {
