@@ -123,6 +123,8 @@ impl Engine {
                         .map_err(|e| config_error(e.to_string()))?,
                 )
             }
+        } else {
+            None
         };
 
         let (model, quantization) = match &local {
@@ -238,7 +240,7 @@ impl Engine {
     /// Counts the prompt's tokens exactly as generation will see them (chat
     /// template applied, special tokens added).
     pub async fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, InferenceError> {
-        let (tx, mut rx) = mpsc::channel(1);
+        let (tx, rx) = mpsc::channel(1);
         let text = match prompt {
             Prompt::Chat(messages) => Either::Left(engine_messages(messages)),
             Prompt::Text(text) => Either::Right(text.clone()),
