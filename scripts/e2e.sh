@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# make e2e: end-to-end and fault tests over the whole path (tests/e2e, package
+# backhaul-e2e): the local control plane, the backhaul-operator binary, two or
+# three backhaul-inference servers on SmolLM2 as regions, and the routing Worker
+# under wrangler dev. Every process a test starts is stopped by PID (process
+# group) when it ends, whatever happened.
+#
+#   scripts/e2e.sh                 every test
+#   scripts/e2e.sh saturated ttl   tests whose names contain these words
+#
+# The control plane is started here and stopped on exit unless it was already
+# running. Logs: $BACKHAUL_CACHE/e2e/logs (each failure names the file).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$repo_root"
+
+cluster_was_running=0
+kubeconfig=$BACKHAUL_CACHE/cluster/kubeconfig
+if [ -f "$kubeconfig" ] && kubectl --kubeconfig "$kubeconfig" --request-timeout=3s get --raw /readyz >/dev/null 2>&1; then
+  cluster_was_running=1
+fi
+cleanup() {
+  if [ "$cluster_was_running" = 0 ]; then tests/cluster/down.sh >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+
+[ -f "$BACKHAUL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf" ] || { echo "e2e: run make model first" >&2; exit 1; }
+[ -x "$BACKHAUL_CACHE/node/bin/npx" ] || { echo "e2e: run make worker-deps first" >&2; exit 1; }
+
+step "build operator, inference and the e2e tests" bash -c \
+  'cargo build --locked -p backhaul-operator -p backhaul-inference --bins && cargo test --locked -p backhaul-e2e --no-run'
+kubeconfig_line=$(step "control plane" tests/cluster/up.sh | tail -n 1)
+eval "$kubeconfig_line"
+export KUBECONFIG
+step "e2e tests" cargo test --locked -p backhaul-e2e --test e2e -- "$@"
