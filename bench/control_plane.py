@@ -46,7 +46,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("BACKHAUL_CACHE", os.path.expanduser("~/.cache/backhaul"))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(CACHE, "target"))
-OPERATOR = os.path.join(TARGET, "debug", "backhaul-operator")
+OPERATOR = os.environ.get("BACKHAUL_OPERATOR_BIN", os.path.join(TARGET, "debug", "backhaul-operator"))
 SECRET = "bench-control-plane-secret"
 REGIONS = {"us-east": (39.04, -77.49), "eu-west": (53.35, -6.26), "ap-south": (19.08, 72.88)}
 WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
@@ -273,6 +273,27 @@ def model_deployment(namespace, name, ttl):
     }
 
 
+def pod_timeline(namespace, started_wall):
+    """When the control plane (controller-manager, scheduler, kwok) created
+    and readied the pods, in seconds after the objects were created: shows
+    whether the operator or the rest of the control plane sets the pace."""
+    from datetime import datetime
+    ts = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() - started_wall
+    created, ready = [], []
+    for pod in json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json"))["items"]:
+        created.append(ts(pod["metadata"]["creationTimestamp"]))
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c["type"] == "Ready" and c["status"] == "True":
+                ready.append(ts(c["lastTransitionTime"]))
+    created.sort()
+    ready.sort()
+    pick = lambda xs, q: round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None
+    return {"count": len(created), "ready": len(ready),
+            "created_s": {"p50": pick(created, 0.5), "last": pick(created, 1.0)},
+            "ready_s": {"p50": pick(ready, 0.5), "last": pick(ready, 1.0)},
+            "note": "whole seconds (Kubernetes timestamps)"}
+
+
 def published_count(namespace):
     items = json.loads(kubectl("get", "modeldeployments.backhaul.dev", "-n", namespace, "-o", "json"))["items"]
     n = 0
@@ -345,6 +366,7 @@ def scale_run(count, logs):
         manifest = json.dumps({"apiVersion": "v1", "kind": "List",
                                "items": [model_deployment(namespace, f"m{i}", 3600) for i in range(count)]})
         started = time.monotonic()
+        started_wall = time.time()
         kubectl("create", "-f", "-", input=manifest)
         result["create_s"] = round(time.monotonic() - started, 3)
         routes_at = None
@@ -360,8 +382,12 @@ def scale_run(count, logs):
                 log(f"{count}: {published}/{total} Published after {now - started:.0f} s, receiver {receiver.counts()}")
                 last_log = now
             if now - started > float(os.environ.get("CONTROL_PLANE_TIMEOUT_S", "1500")):
-                result["timed_out_at_published"] = published
-                raise TimeoutError(f"{published}/{count} Published")
+                # Measure as far as it went.
+                result["timed_out"] = {"after_s": round(now - started, 1), "published": published,
+                                       "receiver": receiver.counts(),
+                                       "operator_memory_mib": operator.memory_mib(),
+                                       "pods": pod_timeline(namespace, started_wall)}
+                raise TimeoutError(f"{published}/{count} Published after {now - started:.0f} s")
             time.sleep(0.5 if count < 100 else 1.0)
         done = time.monotonic()
         if routes_at is None:
@@ -369,6 +395,7 @@ def scale_run(count, logs):
         result["apply_to_published_s"] = round(done - started, 3)
         result["apply_to_all_routes_s"] = round(routes_at - started, 3)
         log(f"{count}: all Published after {result['apply_to_published_s']} s")
+        result["pods"] = pod_timeline(namespace, started_wall)
         time.sleep(5)
         text = operator.metrics()
         buckets, total = histogram(text, "backhaul_operator_reconcile_duration_seconds")
@@ -411,9 +438,20 @@ def scale_run(count, logs):
         }
         result["operator_memory_mib_after_restart"] = operator.memory_mib()
         log(f"{count}: no-op resync changed {len(changed)} objects; writes {writes}; idle {idle_writes}")
+    except TimeoutError as e:
+        result["error"] = str(e)
     finally:
-        # Delete while the operator runs, so it can withdraw routes and clear finalizers.
-        result["cleanup_complete"] = delete_namespace(namespace, 900)
+        # Delete the objects while the operator runs, so it withdraws their
+        # routes and clears the finalizers (the garbage collector removes the
+        # children), then the namespace, without waiting for it.
+        kubectl("delete", "modeldeployments.backhaul.dev", "--all", "-n", namespace, "--wait=false")
+        try:
+            wait("ModelDeployments deleted", lambda: not kubectl(
+                "get", "modeldeployments.backhaul.dev", "-n", namespace, "-o", "name", check=False).strip(), 900, 2)
+            result["cleanup_complete"] = True
+        except TimeoutError:
+            result["cleanup_complete"] = False
+        kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false")
         operator.stop()
         receiver.stop()
     return result
@@ -479,7 +517,13 @@ def worker_expiry(logs):
                 "last_published_at": gone.get("publishedAt"), "first_published_at": route.get("publishedAt")}
     finally:
         operator2 = Operator(namespace, base, os.path.join(logs, "operator-expiry.log")) if operator else None
-        delete_namespace(namespace, 120)
+        kubectl("delete", "modeldeployments.backhaul.dev", "--all", "-n", namespace, "--wait=false", check=False)
+        try:
+            wait("ModelDeployments deleted", lambda: not kubectl(
+                "get", "modeldeployments.backhaul.dev", "-n", namespace, "-o", "name", check=False).strip(), 120, 1)
+        except TimeoutError:
+            pass
+        kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false")
         if operator2:
             operator2.stop()
         os.killpg(dev.pid, signal.SIGTERM)
@@ -505,7 +549,9 @@ def main():
     crd = subprocess.run([OPERATOR, "crd"], check=True, capture_output=True, text=True).stdout
     kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crd)
     kubectl("wait", "--for=condition=Established", "crd/modeldeployments.backhaul.dev", "--timeout=60s")
-    out = {"counts": counts, "runs": {}, "cluster": {"nodes": len(kubectl("get", "nodes", "-o", "name").split())}}
+    out = {"counts": counts, "runs": {}, "operator_binary": OPERATOR,
+           "operator_binary_mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(OPERATOR))),
+           "cluster": {"nodes": len(kubectl("get", "nodes", "-o", "name").split())}}
     extra_nodes("apply")
     out["cluster"]["nodes_with_bench_nodes"] = len(kubectl("get", "nodes", "-o", "name").split())
     try:

@@ -360,12 +360,32 @@ def readme(results, made):
         for c in sorted(r["runs"], key=int):
             run = r["runs"][c]
             if "error" in run:
-                L.append(f"| {c} | not measured: {run['error']} | | | | | | |")
+                t = run.get("timed_out")
+                if t:
+                    L.append(f"| {c} | {fmt(run.get('create_s'), 1)} | not reached: {t['published']}/{c} Published after "
+                             f"{t['after_s']} s ({t['receiver']['routes']} routes; {t['pods']['ready']} of {3 * int(c)} pods "
+                             f"Ready) | | | | | {t['operator_memory_mib']['VmRSS']} ({t['operator_memory_mib']['VmHWM']}) |")
+                else:
+                    L.append(f"| {c} | not measured: {run['error']} | | | | | | |")
                 continue
             mem = run["operator_memory_mib"]
             L.append(f"| {c} | {fmt(run['create_s'], 1)} | {fmt(run['apply_to_published_s'], 1)} | "
                      f"{fmt(run['apply_to_all_routes_s'], 1)} | {fmt(ms(run['reconcile_s']['p50']), 1)} | "
                      f"{fmt(ms(run['reconcile_s']['p99']), 1)} | {run['reconciles']} | {mem['VmRSS']} ({mem['VmHWM']}) |")
+        L += ["", "Pods, in seconds after the objects were created (whole seconds: Kubernetes timestamps): when "
+              "the controller-manager created the last pod and when kwok made the last one Ready, against when the "
+              "operator had published everything. The operator publishes a region as soon as its pod is Ready, so "
+              "where these are close the pace is set by the rest of the control plane (the controller-manager's "
+              "client is rate limited to 20 requests/s by default, and each region needs a ReplicaSet, a Pod and "
+              "their status updates), not by the operator.", "",
+              "| N | pods | median pod created s | last pod created s | median pod Ready s | last pod Ready s | all Published s |",
+              "|---|---|---|---|---|---|---|"]
+        for c in sorted(r["runs"], key=int):
+            run = r["runs"][c]
+            p = run.get("pods") or (run.get("timed_out") or {}).get("pods")
+            if p:
+                L.append(f"| {c} | {p['count']} | {p['created_s']['p50']} | {p['created_s']['last']} | "
+                         f"{p['ready_s']['p50']} | {p['ready_s']['last']} | {fmt(run.get('apply_to_published_s'), 1)} |")
         L += ["", "Reconcile percentiles are interpolated inside the operator's histogram buckets "
               "(`backhaul_operator_reconcile_duration_seconds`), as Prometheus' `histogram_quantile` does.", "",
               "No-op resync: the operator is restarted over N settled objects and reconciles each once more. "

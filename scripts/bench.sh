@@ -95,11 +95,19 @@ ensure_mistralrs_cli() {
 bench_inference() {
   [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
   ensure_mistralrs_cli
-  step "build backhaul-inference, backhaul-bench (dev profile)" \
-    cargo build --locked -p backhaul-inference -p backhaul-bench
+  # One package per build: features unify across the packages of one
+  # build, so building them together would compile mistral.rs a third time
+  # rather than reuse what each package's own build left in the cache.
+  # BACKHAUL_INFERENCE_BIN: a backhaul-inference binary built elsewhere
+  # from this checkout (any build's uplifted target/debug binary).
+  local inference_bin=${BACKHAUL_INFERENCE_BIN:-$CARGO_TARGET_DIR/debug/backhaul-inference}
+  if [ -z "${BACKHAUL_INFERENCE_BIN:-}" ]; then
+    step "build backhaul-inference (dev profile)" cargo build --locked -p backhaul-inference
+  fi
+  step "build backhaul-bench (dev profile)" cargo build --locked -p backhaul-bench
   local grpc_port http_port serve_port
   grpc_port=$(free_port) http_port=$(free_port) serve_port=$(free_port)
-  "$CARGO_TARGET_DIR/debug/backhaul-inference" --model "$model" --served-name smollm2 --device cpu \
+  "$inference_bin" --model "$model" --served-name smollm2 --device cpu \
     --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" >"$out_dir/backhaul-inference.log" 2>&1 &
   local inference_pid=$!
   pids+=("$inference_pid")
@@ -129,7 +137,11 @@ bench_routing() {
 }
 
 bench_control_plane() {
-  step "build backhaul-operator (dev profile)" cargo build --locked -p backhaul-operator
+  # BACKHAUL_OPERATOR_BIN: an operator binary built elsewhere (the results
+  # record which); by default the dev profile build here.
+  if [ -z "${BACKHAUL_OPERATOR_BIN:-}" ]; then
+    step "build backhaul-operator (dev profile)" cargo build --locked -p backhaul-operator
+  fi
   local counts=${CONTROL_PLANE_COUNTS:-1,100,1000}
   step "control-plane benchmark" wrap control-plane "$out_dir/control-plane.json" \
     "python3 bench/control_plane.py $counts" python3 bench/control_plane.py "$counts"
