@@ -16,6 +16,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 
+/// The last Lease record seen (holder, renewTime) and when we saw it change.
+type Observed = Option<(Option<String>, Option<MicroTime>, Instant)>;
+
 /// Timing of an election.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -45,8 +48,7 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     timing: Timing,
-    /// The last Lease record seen (holder, renewTime) and when we saw it change.
-    observed: Mutex<Option<(Option<String>, Option<MicroTime>, Instant)>>,
+    observed: Mutex<Observed>,
 }
 
 impl LeaderElector {

@@ -517,8 +517,11 @@ mod tests {
         );
         let t0 = Timestamp::from_second(1_000).unwrap();
         let t1 = Timestamp::from_second(2_000).unwrap();
-        let first =
-            carry_transition_times(aggregate_conditions(&regions, &[e.clone()], 1), &[], t0);
+        let first = carry_transition_times(
+            aggregate_conditions(&regions, std::slice::from_ref(&e), 1),
+            &[],
+            t0,
+        );
         let second = carry_transition_times(aggregate_conditions(&regions, &[e], 1), &first, t1);
         assert_eq!(first, second);
     }

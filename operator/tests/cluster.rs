@@ -303,6 +303,9 @@ async fn deleting_withdraws_routes_and_children_go() {
     ns.cleanup().await;
 }
 
+/// Breaks a valid object in one way.
+type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+
 #[tokio::test]
 async fn bad_objects_are_rejected_naming_the_field() {
     let client = client().await;
@@ -313,7 +316,7 @@ async fn bad_objects_are_rejected_naming_the_field() {
     let good =
         serde_json::to_value(model_deployment("m", &[("us-east", 1), ("eu-west", 1)], 1)).unwrap();
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    let cases: Vec<(&str, Mutation, &str)> = vec![
         (
             "no regions",
             Box::new(|v| v["spec"]["regions"] = json!([])),

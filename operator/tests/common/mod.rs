@@ -244,6 +244,8 @@ pub fn config(
 impl Operator {
     /// Starts the controller.
     pub fn start(client: &Client, config: OperatorConfig) -> Self {
+        // Logs with `--nocapture` (RUST_LOG to filter); a no-op after the first.
+        backhaul_operator::telemetry::init(backhaul_operator::config::LogFormat::Text);
         let metrics = Metrics::new();
         let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone()).unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
