@@ -226,7 +226,7 @@ done
 
 # The Worker. Secrets come from an env file under the cache (--env-file makes
 # wrangler ignore worker/.dev.vars, so nobody's own file is touched).
-printf 'BACKHAUL_PUBLISH_SECRET="%s"\nTRUST_LOCATION_HEADER="true"\n' "$secret" >"$state/.dev.vars"
+printf 'BACKHAUL_PUBLISH_SECRET="%s"\nBACKHAUL_API_KEYS=""\nTRUST_LOCATION_HEADER="true"\n' "$secret" >"$state/.dev.vars"
 chmod 600 "$state/.dev.vars"
 source scripts/node-env.sh
 start worker "wrangler dev" "$logs/worker.log" bash -c "cd worker && exec npx wrangler dev --env local \

@@ -1,0 +1,531 @@
+//! End-to-end harness for Backhaul: real processes on 127.0.0.1.
+//!
+//! - [`Proc`]: a child in a process group of its own, its output in a log file,
+//!   stopped (TERM, then KILL, the whole group) when dropped.
+//! - [`Region`]: a `backhaul-inference` server on SmolLM2, one region's public endpoint.
+//! - [`Worker`]: the routing Worker under `wrangler dev --env local`, its route
+//!   table persisted in a directory that outlives restarts.
+//! - [`Operator`]: the `backhaul-operator` binary against the local control plane,
+//!   watching one test namespace.
+//! - [`chat`]: one streamed chat completion through the Worker, parsed.
+//!
+//! Binaries come from `$CARGO_TARGET_DIR/debug` (`scripts/e2e.sh` builds them);
+//! Node from `scripts/node-env.sh`'s location. Every failure names the component
+//! and its log file.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+pub use backhaul_testkit::{cache_dir, repo_root, wait_for};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// `$CARGO_TARGET_DIR/debug/<name>`.
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("target"));
+    target.join("debug").join(name)
+}
+
+/// The SmolLM2 GGUF file `make model` fetches.
+pub fn model_file() -> PathBuf {
+    std::env::var_os("BACKHAUL_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+}
+
+/// Where this run's logs go: `$BACKHAUL_E2E_LOGS`, else `$BACKHAUL_CACHE/e2e/logs`.
+pub fn logs_dir() -> PathBuf {
+    let dir = std::env::var_os("BACKHAUL_E2E_LOGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("e2e/logs"));
+    std::fs::create_dir_all(&dir).expect("the e2e log directory");
+    dir
+}
+
+/// A child process in its own process group; dropping it stops the group.
+#[derive(Debug)]
+pub struct Proc {
+    /// Which component this is, for messages.
+    pub name: String,
+    /// Its combined stdout and stderr.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Spawns `command` in a new process group, output appended to `logs_dir()/<log_name>.log`.
+    pub fn spawn(name: &str, log_name: &str, mut command: Command) -> Result<Self> {
+        let log = logs_dir().join(format!("{log_name}.log"));
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("open {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("start {name} ({command:?})"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            log,
+            child: Some(child),
+        })
+    }
+
+    /// The process (and group) id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Still running?
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM") to the whole group, then waits up to
+    /// `grace` for the leader to exit before KILLing the group.
+    pub fn stop_with(&mut self, signal: &str, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let group = format!("-{}", child.id());
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The group may hold more than the leader (wrangler's workerd).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// SIGKILL, no grace: a crash.
+    pub fn kill(&mut self) {
+        self.stop_with("KILL", Duration::from_secs(5));
+    }
+
+    /// The last `n` lines of the log.
+    pub fn tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop_with("TERM", Duration::from_secs(10));
+    }
+}
+
+async fn http_ok(client: &reqwest::Client, url: &str) -> bool {
+    matches!(client.get(url).timeout(Duration::from_secs(2)).send().await, Ok(r) if r.status().is_success())
+}
+
+/// Polls `url` until it answers 2xx; fails naming the component and its log.
+async fn wait_http(proc: &mut Proc, url: &str, timeout: Duration) -> Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if http_ok(&client, url).await {
+            return Ok(());
+        }
+        if !proc.running() {
+            bail!(
+                "{} exited before {url} answered; log {}:\n{}",
+                proc.name,
+                proc.log.display(),
+                proc.tail(20)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not answer {url} within {timeout:?}; log {}:\n{}",
+                proc.name,
+                proc.log.display(),
+                proc.tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One region's public endpoint: a `backhaul-inference` server.
+#[derive(Debug)]
+pub struct Region {
+    pub name: String,
+    pub http_port: u16,
+    pub proc: Proc,
+}
+
+impl Region {
+    /// Starts `backhaul-inference` serving SmolLM2 as `served_name`, with extra
+    /// flags, and waits until `/ready`.
+    pub async fn start(region: &str, served_name: &str, extra: &[&str]) -> Result<Self> {
+        let http_port = free_port();
+        let grpc_port = free_port();
+        let mut command = Command::new(binary("backhaul-inference"));
+        command
+            .env("RUST_LOG", "info")
+            .arg("--model")
+            .arg(model_file())
+            .args(["--served-name", served_name])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--drain-timeout", "2s"])
+            .args(extra);
+        let name = format!("backhaul-inference ({region}, {served_name})");
+        let mut proc = Proc::spawn(&name, &format!("inference-{served_name}-{region}"), command)?;
+        wait_http(
+            &mut proc,
+            &format!("http://127.0.0.1:{http_port}/ready"),
+            Duration::from_secs(120),
+        )
+        .await?;
+        Ok(Self {
+            name: region.to_owned(),
+            http_port,
+            proc,
+        })
+    }
+
+    /// The endpoint the ModelDeployment names.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+}
+
+/// The routing Worker under `wrangler dev --env local`.
+#[derive(Debug)]
+pub struct Worker {
+    pub port: u16,
+    pub secret: String,
+    pub state: PathBuf,
+    env_file: PathBuf,
+    proc: Option<Proc>,
+    starts: u32,
+}
+
+impl Worker {
+    /// Starts a Worker with a fresh persisted route table under `state`.
+    pub async fn start(state: &Path) -> Result<Self> {
+        let secret = hex::encode(uuid::Uuid::new_v4().as_bytes());
+        let env_file = state.join(".dev.vars");
+        std::fs::write(
+            &env_file,
+            format!("BACKHAUL_PUBLISH_SECRET=\"{secret}\"\nBACKHAUL_API_KEYS=\"\"\nTRUST_LOCATION_HEADER=\"true\"\n"),
+        )?;
+        let mut worker = Self {
+            port: free_port(),
+            secret,
+            state: state.join("wrangler"),
+            env_file,
+            proc: None,
+            starts: 0,
+        };
+        worker.spawn().await?;
+        Ok(worker)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        self.starts += 1;
+        let node_bin = cache_dir().join("node/bin");
+        let path = format!(
+            "{}:{}",
+            node_bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut command = Command::new(node_bin.join("npx"));
+        command
+            .current_dir(repo_root().join("worker"))
+            .env("PATH", path)
+            .env("WRANGLER_SEND_METRICS", "false")
+            .args(["wrangler", "dev", "--env", "local", "--ip", "127.0.0.1"])
+            .args(["--port", &self.port.to_string()])
+            .args(["--inspector-port", &free_port().to_string()])
+            .arg("--persist-to")
+            .arg(&self.state)
+            .arg("--env-file")
+            .arg(&self.env_file)
+            .args(["--show-interactive-dev-session=false", "--log-level", "info"]);
+        let mut proc = Proc::spawn("the Worker (wrangler dev)", "worker", command)?;
+        wait_http(
+            &mut proc,
+            &format!("{}/health", self.url()),
+            Duration::from_secs(90),
+        )
+        .await?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// Stops the Worker (its whole process group) and starts it again on the
+    /// same port with the same persisted state.
+    pub async fn restart(&mut self) -> Result<()> {
+        if let Some(mut proc) = self.proc.take() {
+            proc.stop_with("TERM", Duration::from_secs(10));
+        }
+        self.spawn().await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> PathBuf {
+        logs_dir().join("worker.log")
+    }
+
+    /// `v1=<hex>` for `{ts}.{METHOD}.{path}.{body}` (docs/publication.md).
+    pub fn sign(&self, ts: u64, method: &str, path: &str, body: &[u8]) -> String {
+        sign(self.secret.as_bytes(), ts, method, path, body)
+    }
+
+    /// A signed admin request; returns status and body.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        ts: u64,
+        signature: Option<&str>,
+    ) -> Result<(u16, String)> {
+        let client = reqwest::Client::new();
+        let signature = signature.map_or_else(|| self.sign(ts, method, path, body), str::to_owned);
+        let response = client
+            .request(method.parse()?, format!("{}{path}", self.url()))
+            .header("x-backhaul-timestamp", ts.to_string())
+            .header("x-backhaul-signature", signature)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .with_context(|| format!("the Worker did not answer {method} {path} (log {})", self.log().display()))?;
+        Ok((response.status().as_u16(), response.text().await?))
+    }
+
+    /// The route table (signed GET /admin/v1/routes).
+    pub async fn routes(&self) -> Result<Vec<serde_json::Value>> {
+        let (status, body) = self.admin("GET", "/admin/v1/routes", b"", now(), None).await?;
+        if status != 200 {
+            bail!("the Worker answered GET /admin/v1/routes with {status}: {body}");
+        }
+        let value: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(value["routes"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The routes of one namespace/name, by region.
+    pub async fn routes_of(&self, namespace: &str, name: &str) -> Result<Vec<serde_json::Value>> {
+        Ok(self
+            .routes()
+            .await?
+            .into_iter()
+            .filter(|r| r["namespace"] == namespace && r["name"] == name)
+            .collect())
+    }
+}
+
+/// Unix time in seconds.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `v1=hex(HMAC-SHA256(secret, "{ts}.{METHOD}.{path}.{body}"))`.
+pub fn sign(secret: &[u8], ts: u64, method: &str, path: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(format!("{ts}.{method}.{path}.").as_bytes());
+    mac.update(body);
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The `backhaul-operator` binary watching one namespace.
+#[derive(Debug)]
+pub struct Operator {
+    pub proc: Proc,
+    pub metrics_port: u16,
+}
+
+impl Operator {
+    /// Starts the operator for `namespace` (and only `regions`, if given),
+    /// publishing to `worker`; waits until `/readyz`.
+    pub async fn start(
+        kubeconfig: &Path,
+        namespace: &str,
+        worker: &Worker,
+        regions: Option<&str>,
+        log_name: &str,
+    ) -> Result<Self> {
+        let metrics_port = free_port();
+        let mut command = Command::new(binary("backhaul-operator"));
+        command
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,backhaul_operator=debug")
+            .env("BACKHAUL_PUBLISH_SECRET", &worker.secret)
+            .arg("run")
+            .args(["--watch-namespace", namespace])
+            .args(["--worker-url", &worker.url()])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--identity", log_name]);
+        if let Some(regions) = regions {
+            command.args(["--regions", regions]);
+        }
+        let mut proc = Proc::spawn(&format!("backhaul-operator ({log_name})"), log_name, command)?;
+        wait_http(
+            &mut proc,
+            &format!("http://127.0.0.1:{metrics_port}/readyz"),
+            Duration::from_secs(60),
+        )
+        .await?;
+        Ok(Self { proc, metrics_port })
+    }
+}
+
+/// What one streamed chat completion through the Worker gave.
+#[derive(Debug, Default)]
+pub struct Chat {
+    pub status: u16,
+    pub region: Option<String>,
+    pub tier: Option<String>,
+    pub attempts: Option<u32>,
+    pub reason: Option<String>,
+    /// The content deltas, joined.
+    pub text: String,
+    /// How many `data:` events carried content.
+    pub content_events: usize,
+    /// `usage` of the final chunk (`stream_options.include_usage`).
+    pub usage: Option<serde_json::Value>,
+    /// An error event's `error` object, if the stream carried one.
+    pub error_event: Option<serde_json::Value>,
+    pub done: bool,
+    /// The body, when the answer was not a stream.
+    pub body: String,
+}
+
+/// A streamed chat completion through the Worker, from a client at `location`
+/// ("lat,lon"). `on_first_content` runs once, when the first content delta arrives.
+pub async fn chat(
+    worker_url: &str,
+    model: &str,
+    location: &str,
+    max_tokens: u32,
+    mut on_first_content: impl FnMut(),
+) -> Result<Chat> {
+    let body = serde_json::json!({
+        "model": model,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea."}],
+    });
+    let response = reqwest::Client::new()
+        .post(format!("{worker_url}/v1/chat/completions"))
+        .header("x-backhaul-client-location", location)
+        .json(&body)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .context("the Worker did not answer POST /v1/chat/completions")?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut chat = Chat {
+        status: response.status().as_u16(),
+        region: header("x-backhaul-region"),
+        tier: header("x-backhaul-tier"),
+        attempts: header("x-backhaul-attempts").and_then(|v| v.parse().ok()),
+        reason: header("x-backhaul-reason"),
+        ..Chat::default()
+    };
+    let is_sse = header("content-type").is_some_and(|v| v.starts_with("text/event-stream"));
+    if !is_sse {
+        chat.body = response.text().await.unwrap_or_default();
+        return Ok(chat);
+    }
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut fired = false;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { break };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            for line in event.lines() {
+                let Some(data) = line.strip_prefix("data:") else { continue };
+                let data = data.trim();
+                if data == "[DONE]" {
+                    chat.done = true;
+                    continue;
+                }
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(data) else {
+                    continue;
+                };
+                if let Some(error) = value.get("error") {
+                    chat.error_event = Some(error.clone());
+                }
+                if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
+                    chat.usage = Some(usage.clone());
+                }
+                if let Some(content) = value["choices"][0]["delta"]["content"].as_str()
+                    && !content.is_empty()
+                {
+                    chat.text.push_str(content);
+                    chat.content_events += 1;
+                    if !fired {
+                        fired = true;
+                        on_first_content();
+                    }
+                }
+            }
+        }
+    }
+    Ok(chat)
+}
+
+/// Fails unless `cond`, with a message naming the component.
+pub fn check(cond: bool, component: &str, message: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(anyhow!("{component}: {}", message()))
+    }
+}
