@@ -179,6 +179,8 @@ class Operator:
         return out
 
     def stop(self, sig=signal.SIGTERM):
+        if self.log.closed:
+            return
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -294,6 +296,31 @@ def pod_timeline(namespace, started_wall):
             "note": "whole seconds (Kubernetes timestamps)"}
 
 
+def apiserver_pressure():
+    """Requests the API server is working on, and its 504s so far, by verb and resource."""
+    text = kubectl("get", "--raw", "/metrics")
+    out = {"inflight": {}, "timeouts_504": {}}
+    for line in text.splitlines():
+        if line.startswith("apiserver_current_inflight_requests{"):
+            out["inflight"][re.search(r'request_kind="([^"]+)"', line).group(1)] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("apiserver_request_total{") and 'code="504"' in line:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            key = f'{labels["verb"]} {labels["resource"]}'
+            out["timeouts_504"][key] = out["timeouts_504"].get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def log_errors(path):
+    """Operator log lines by message, ANSI colours stripped."""
+    counts = {}
+    for line in open(path, errors="replace"):
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+        if " ERROR " in line or " WARN " in line:
+            msg = line.split(" ", 1)[1].strip()[:120]
+            counts[msg] = counts.get(msg, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:5])
+
+
 def published_count(namespace):
     items = json.loads(kubectl("get", "modeldeployments.backhaul.dev", "-n", namespace, "-o", "json"))["items"]
     n = 0
@@ -386,7 +413,11 @@ def scale_run(count, logs):
                 result["timed_out"] = {"after_s": round(now - started, 1), "published": published,
                                        "receiver": receiver.counts(),
                                        "operator_memory_mib": operator.memory_mib(),
-                                       "pods": pod_timeline(namespace, started_wall)}
+                                       "pods": pod_timeline(namespace, started_wall),
+                                       "objects": {k: len(kubectl("get", k, "-n", namespace, "-o", "name").split())
+                                                   for k in ("deployments.apps", "services", "pods")},
+                                       "apiserver": apiserver_pressure(),
+                                       "operator_log_errors": log_errors(operator.log.name)}
                 raise TimeoutError(f"{published}/{count} Published after {now - started:.0f} s")
             time.sleep(0.5 if count < 100 else 1.0)
         done = time.monotonic()
@@ -440,6 +471,13 @@ def scale_run(count, logs):
         log(f"{count}: no-op resync changed {len(changed)} objects; writes {writes}; idle {idle_writes}")
     except TimeoutError as e:
         result["error"] = str(e)
+        # Stop the operator first so the API server recovers, then release
+        # the objects' finalizers ourselves (the receiver is thrown away).
+        operator.stop()
+        items = json.loads(kubectl("get", "modeldeployments.backhaul.dev", "-n", namespace, "-o", "json"))
+        for item in items["items"]:
+            item["metadata"]["finalizers"] = []
+        kubectl("replace", "-f", "-", input=json.dumps(items), check=False)
     finally:
         # Delete the objects while the operator runs, so it withdraws their
         # routes and clears the finalizers (the garbage collector removes the
