@@ -166,10 +166,13 @@ trap 'exit 130' INT TERM
 
 [ -f "$model" ] || die "$model is missing: run make model"
 
-step "build backhaul-operator and backhaul-inference" \
-  cargo build --locked -p backhaul-operator -p backhaul-inference --bins
-operator_bin=$CARGO_TARGET_DIR/debug/backhaul-operator
-inference_bin=$CARGO_TARGET_DIR/debug/backhaul-inference
+# BACKHAUL_OPERATOR_BIN and BACKHAUL_INFERENCE_BIN (both) use binaries built elsewhere.
+operator_bin=${BACKHAUL_OPERATOR_BIN:-$CARGO_TARGET_DIR/debug/backhaul-operator}
+inference_bin=${BACKHAUL_INFERENCE_BIN:-$CARGO_TARGET_DIR/debug/backhaul-inference}
+if [ -z "${BACKHAUL_OPERATOR_BIN:-}" ] || [ -z "${BACKHAUL_INFERENCE_BIN:-}" ]; then
+  step "build backhaul-operator and backhaul-inference" \
+    cargo build --locked -p backhaul-operator -p backhaul-inference --bins
+fi
 
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
   step "OpenAI Python client (PyPI) into $venv" bash -c \
@@ -199,7 +202,7 @@ kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -
 # that runs nothing; the real binary runs here, under the chart's ServiceAccount.
 step "Helm chart ($release in $release_namespace, replicaCount=0)" \
   helm upgrade --install "$release" charts/backhaul-operator -n "$release_namespace" --create-namespace \
-  --set replicaCount=0 --set watchNamespace="$namespace" --set workerUrl="$worker_url" \
+  --skip-crds --set replicaCount=0 --set watchNamespace="$namespace" --set workerUrl="$worker_url" \
   --set publishSecret.value="$secret" --wait --timeout "${timeout}s" >/dev/null
 
 # A kubeconfig with a token of the chart's ServiceAccount.
@@ -241,10 +244,6 @@ start operator "backhaul-operator run" "$logs/operator.log" \
   BACKHAUL_METRICS_ADDR="127.0.0.1:$metrics_port" RUST_LOG=info \
   "$operator_bin" run
 
-step "region us-east loads the model" wait_until "$timeout" "backhaul-inference (us-east)" \
-  "$logs/region-us-east.log" curl -fsS "http://127.0.0.1:$us_port/ready"
-step "region eu-west loads the model" wait_until "$timeout" "backhaul-inference (eu-west)" \
-  "$logs/region-eu-west.log" curl -fsS "http://127.0.0.1:$eu_port/ready"
 step "Worker answers /health" wait_until "$timeout" "the Worker (wrangler dev)" "$logs/worker.log" \
   curl -fsS "$worker_url/health"
 step "operator ready (holds its Lease)" wait_until "$timeout" "backhaul-operator" "$logs/operator.log" \
@@ -258,6 +257,11 @@ published() {
 }
 step "examples/local-demo.yaml applied; waiting until it is Published" \
   wait_until "$timeout" "ModelDeployment smollm2 Published" "$logs/operator.log" published
+
+step "region us-east loads the model" wait_until "$timeout" "backhaul-inference (us-east)" \
+  "$logs/region-us-east.log" curl -fsS "http://127.0.0.1:$us_port/ready"
+step "region eu-west loads the model" wait_until "$timeout" "backhaul-inference (eu-west)" \
+  "$logs/region-eu-west.log" curl -fsS "http://127.0.0.1:$eu_port/ready"
 
 # signed_get PATH: a GET on the Worker's admin API (docs/publication.md).
 signed_get() {

@@ -35,8 +35,16 @@ pub fn free_port() -> u16 {
         .expect("a free port on 127.0.0.1")
 }
 
+/// `$BACKHAUL_OPERATOR_BIN` / `$BACKHAUL_INFERENCE_BIN` when set, else
 /// `$CARGO_TARGET_DIR/debug/<name>`.
 pub fn binary(name: &str) -> PathBuf {
+    let var = format!(
+        "BACKHAUL_{}_BIN",
+        name.trim_start_matches("backhaul-").to_ascii_uppercase()
+    );
+    if let Some(path) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("target"));

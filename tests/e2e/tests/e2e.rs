@@ -109,7 +109,7 @@ async fn setup() -> Result<Ctx> {
     for bin in ["backhaul-operator", "backhaul-inference"] {
         let path = backhaul_e2e::binary(bin);
         if !path.exists() {
-            bail!("{} is missing: cargo build -p backhaul-operator -p backhaul-inference --bins (scripts/e2e.sh does)", path.display());
+            eprintln!("e2e: {} is missing (cargo build -p {bin} --bins; scripts/e2e.sh does): tests that start it will fail", path.display());
         }
     }
     if !backhaul_e2e::model_file().exists() {
