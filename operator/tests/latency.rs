@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use backhaul_operator::crd::ModelDeployment;
 use backhaul_testkit::{TestNamespace, client, wait_for};
-use common::{Operator, Receiver, config, install_crd, model_deployment};
+use common::{Operator, Receiver, config, delete_all, install_crd, model_deployment};
 use kube::api::{Api, PostParams};
 
 async fn measure(count: usize) -> Vec<Duration> {
@@ -39,6 +39,7 @@ async fn measure(count: usize) -> Vec<Duration> {
         .iter()
         .map(|(route, at)| puts[route].duration_since(*at))
         .collect();
+    delete_all(&mds).await;
     operator.stop().await;
     receiver.stop();
     ns.cleanup().await;

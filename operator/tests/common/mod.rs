@@ -325,6 +325,25 @@ pub fn model_deployment(name: &str, regions: &[(&str, i32)], gpus: u32) -> Model
     .unwrap()
 }
 
+/// Deletes every ModelDeployment in `api`'s namespace and waits until the
+/// (still running) operator has let them go, so the test namespace does not
+/// hang on finalizers.
+pub async fn delete_all(api: &Api<ModelDeployment>) {
+    api.delete_collection(&Default::default(), &Default::default())
+        .await
+        .expect("delete ModelDeployments");
+    wait_for(Duration::from_secs(180), || async {
+        api.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await
+    .expect("ModelDeployments deleted (finalizers removed)");
+}
+
 /// The condition `type_` of `md`, as (status, reason, message).
 pub fn condition(md: &ModelDeployment, type_: &str) -> Option<(String, String, String)> {
     md.status
