@@ -279,7 +279,9 @@ def readme(results, made):
         L += ["Command (`scripts/bench.sh` starts both servers on free loopback ports first):", "", "```sh",
               inf["command"], "```", ""]
     else:
-        L += ["Not measured yet.", ""]
+        note = results.get("inference_not_measured")
+        L += [f"Not measured yet{': ' + note if note else ''}. The harness is `bench/src` (binary `backhaul-bench`) "
+              "and `scripts/bench.sh`'s inference section; run `BENCH=inference make bench`.", ""]
 
     rt = results.get("routing")
     L += ["## 2. Routing overhead (the Worker)", ""]
@@ -355,8 +357,8 @@ def readme(results, made):
         L += [f"Machine: {machine_line(cp)}.", "",
               "`bench/control_plane.py` on the local control plane (`tests/cluster`: etcd, kube-apiserver, "
               "controller-manager, scheduler, kwok making pods Running/Ready at once; "
-              f"{r['cluster']['nodes']} fake nodes plus one bench node per region with room for 1,100 pods, removed "
-              "afterwards). Per count N: a namespace, `backhaul-operator` (dev profile) watching only it and "
+              f"{r['cluster']['nodes_with_bench_nodes']} fake nodes during the run, including one bench node per region "
+              "with room for 1,100 pods, removed afterwards). Per count N: a namespace, `backhaul-operator` (dev profile) watching only it and "
               "publishing to a local receiver that verifies every signature, N ModelDeployments of three regions "
               "(1 CPU replica each, so 3N pods) created in one `kubectl create`.", "",
               "| N | create s | apply → all Published s | apply → all 3N routes on the receiver s | "
@@ -417,7 +419,7 @@ def readme(results, made):
                   f"{at['apiserver_mutating_inflight']} mutating requests in flight and had answered "
                   f"{at['apiserver_504_by_verb_resource'].get('APPLY services')} Service applies with 504 (timeout); the "
                   f"operator's VmRSS was {at['operator_vmrss_mib']} MiB (target < 64 MiB). Cause: the operator "
-                  f"reconciles every object at once ({at['operator_reconcile_concurrency']}), each applying three "
+                  f"reconciles every object at once (concurrency {at['operator_reconcile_concurrency']}), each applying three "
                   "Deployments and three Services; Service creation allocates a ClusterIP (IPAddress objects in etcd), "
                   "and on this 2-core machine shared with builds, the flood of concurrent applies outran etcd, requests "
                   "passed the API server's 60 s timeout, the operator retried, and timed-out allocations leaked "
