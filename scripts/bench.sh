@@ -71,7 +71,14 @@ wrap() {
   local section=$1 raw=$2 cmd=$3 before after
   before=$(machine_json)
   shift 3
-  "$@" >"$raw.tmp"
+  rm -f "$raw"
+  # `step` runs this with errexit off: check the benchmark's status here, so
+  # a failed run never leaves a results file behind.
+  if ! "$@" >"$raw.tmp"; then
+    echo "bench: $section failed" >&2
+    rm -f "$raw.tmp"
+    return 1
+  fi
   after=$(machine_json)
   python3 - "$raw.tmp" "$raw" "$cmd" "$before" "$after" <<'EOF'
 import json, sys, datetime
@@ -81,7 +88,9 @@ json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timesp
            "command": cmd, "machine": json.loads(before),
            "loadavg_after": json.loads(after)["loadavg"], "results": data}, open(raw, "w"), indent=2)
 EOF
+  local rc=$?
   rm -f "$raw.tmp"
+  return $rc
 }
 
 # mistralrs-cli 0.8.1 (`mistralrs serve`), installed once into the cache.
