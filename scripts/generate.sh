@@ -6,7 +6,12 @@ source "$(dirname "$0")/lib.sh"
 cd "$repo_root"
 
 # CRD YAML from the Rust types, then the chart's copy and snapshot.
-cargo run --quiet --locked -p backhaul-operator -- crd >crds/modeldeployment.yaml
+# Written to a temporary file first: a failed build must not leave an empty CRD.
+tmp=$(mktemp)
+trap 'rm -f "$tmp"' EXIT
+cargo run --quiet --locked -p backhaul-operator -- crd >"$tmp"
+[ -s "$tmp" ] || { echo "generate: backhaul-operator crd printed nothing" >&2; exit 1; }
+mv "$tmp" crds/modeldeployment.yaml
 charts/test-chart.sh --update
 # The Worker's Env types from wrangler.jsonc.
 (source scripts/node-env.sh && cd worker && npm run --silent generate)

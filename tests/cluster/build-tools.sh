@@ -29,6 +29,13 @@ k8s_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s_version \
  -X k8s.io/component-base/version.gitTreeState=clean \
  -X k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
 
+# Without these helm believes it talks to Kubernetes v1.20 when rendering
+# offline (helm template/lint), and charts needing a newer one fail.
+helm_version=$(awk '$1=="require" && $2=="helm.sh/helm/v3" {print $3}' "$here/tools/helm/go.mod")
+helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version \
+ -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(echo "$k8s_version" | cut -d. -f2) \
+ -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(echo "$k8s_version" | cut -d. -f2)"
+
 # name  module-dir  package  ldflags
 targets=(
   "etcd|etcd|.|-s -w"
@@ -37,7 +44,7 @@ targets=(
   "kube-scheduler|kubernetes|k8s.io/kubernetes/cmd/kube-scheduler|$k8s_ldflags"
   "kubectl|kubernetes|k8s.io/kubernetes/cmd/kubectl|$k8s_ldflags"
   "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|-s -w"
-  "helm|helm|helm.sh/helm/v3/cmd/helm|-s -w"
+  "helm|helm|helm.sh/helm/v3/cmd/helm|$helm_ldflags"
   "grpcurl|grpcurl|github.com/fullstorydev/grpcurl/cmd/grpcurl|-s -w"
 )
 
@@ -45,7 +52,7 @@ want=("$@")
 for t in "${targets[@]}"; do
   IFS='|' read -r name dir pkg ldflags <<<"$t"
   if [ ${#want[@]} -gt 0 ] && [[ ! " ${want[*]} " == *" $name "* ]]; then continue; fi
-  stamp=$(cat "$here/tools/$dir/go.mod" "$here/tools/$dir/go.sum" | sha256sum | cut -c1-16)
+  stamp=$( (cat "$here/tools/$dir/go.mod" "$here/tools/$dir/go.sum"; echo "$ldflags") | sha256sum | cut -c1-16)
   if [ -x "$bin/$name" ] && [ "$(cat "$bin/$name.stamp" 2>/dev/null)" = "$stamp" ]; then
     continue
   fi
