@@ -252,7 +252,9 @@ impl Worker {
         let env_file = state.join(".dev.vars");
         std::fs::write(
             &env_file,
-            format!("BACKHAUL_PUBLISH_SECRET=\"{secret}\"\nBACKHAUL_API_KEYS=\"\"\nTRUST_LOCATION_HEADER=\"true\"\n"),
+            format!(
+                "BACKHAUL_PUBLISH_SECRET=\"{secret}\"\nBACKHAUL_API_KEYS=\"\"\nTRUST_LOCATION_HEADER=\"true\"\n"
+            ),
         )?;
         let mut worker = Self {
             port: free_port(),
@@ -286,7 +288,11 @@ impl Worker {
             .arg(&self.state)
             .arg("--env-file")
             .arg(&self.env_file)
-            .args(["--show-interactive-dev-session=false", "--log-level", "info"]);
+            .args([
+                "--show-interactive-dev-session=false",
+                "--log-level",
+                "info",
+            ]);
         let mut proc = Proc::spawn("the Worker (wrangler dev)", "worker", command)?;
         wait_http(
             &mut proc,
@@ -340,13 +346,20 @@ impl Worker {
             .timeout(Duration::from_secs(10))
             .send()
             .await
-            .with_context(|| format!("the Worker did not answer {method} {path} (log {})", self.log().display()))?;
+            .with_context(|| {
+                format!(
+                    "the Worker did not answer {method} {path} (log {})",
+                    self.log().display()
+                )
+            })?;
         Ok((response.status().as_u16(), response.text().await?))
     }
 
     /// The route table (signed GET /admin/v1/routes).
     pub async fn routes(&self) -> Result<Vec<serde_json::Value>> {
-        let (status, body) = self.admin("GET", "/admin/v1/routes", b"", now(), None).await?;
+        let (status, body) = self
+            .admin("GET", "/admin/v1/routes", b"", now(), None)
+            .await?;
         if status != 200 {
             bail!("the Worker answered GET /admin/v1/routes with {status}: {body}");
         }
@@ -412,7 +425,11 @@ impl Operator {
         if let Some(regions) = regions {
             command.args(["--regions", regions]);
         }
-        let mut proc = Proc::spawn(&format!("backhaul-operator ({log_name})"), log_name, command)?;
+        let mut proc = Proc::spawn(
+            &format!("backhaul-operator ({log_name})"),
+            log_name,
+            command,
+        )?;
         wait_http(
             &mut proc,
             &format!("http://127.0.0.1:{metrics_port}/readyz"),
@@ -498,7 +515,9 @@ pub async fn chat(
         while let Some(end) = buffer.find("\n\n") {
             let event: String = buffer.drain(..end + 2).collect();
             for line in event.lines() {
-                let Some(data) = line.strip_prefix("data:") else { continue };
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue;
+                };
                 let data = data.trim();
                 if data == "[DONE]" {
                     chat.done = true;

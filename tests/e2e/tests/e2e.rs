@@ -21,9 +21,9 @@ use backhaul_testkit::TestNamespace;
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::Client;
 
 /// New York: nearer us-east (Ashburn) than eu-west (Dublin).
 const NEW_YORK: &str = "40.71,-74.01";
@@ -42,16 +42,35 @@ struct Ctx {
 type TestFn = for<'a> fn(&'a mut Ctx) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
 
 fn main() -> ExitCode {
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let tests: Vec<(&str, TestFn)> = vec![
-        ("bad_publications_leave_the_table_unchanged", |c| Box::pin(bad_publications(c))),
-        ("happy_path_nearest_region_streams", |c| Box::pin(happy_path(c))),
-        ("nearest_region_down_fails_over", |c| Box::pin(nearest_region_down(c))),
-        ("saturated_region_fails_over", |c| Box::pin(saturated_region(c))),
-        ("region_killed_mid_stream_sends_an_error_event", |c| Box::pin(killed_mid_stream(c))),
-        ("operator_killed_during_reconcile_converges", |c| Box::pin(operator_killed(c))),
-        ("worker_restart_keeps_the_route_table", |c| Box::pin(worker_restart(c))),
-        ("silent_operator_region_leaves_after_ttl", |c| Box::pin(silent_operator(c))),
+        ("bad_publications_leave_the_table_unchanged", |c| {
+            Box::pin(bad_publications(c))
+        }),
+        ("happy_path_nearest_region_streams", |c| {
+            Box::pin(happy_path(c))
+        }),
+        ("nearest_region_down_fails_over", |c| {
+            Box::pin(nearest_region_down(c))
+        }),
+        ("saturated_region_fails_over", |c| {
+            Box::pin(saturated_region(c))
+        }),
+        ("region_killed_mid_stream_sends_an_error_event", |c| {
+            Box::pin(killed_mid_stream(c))
+        }),
+        ("operator_killed_during_reconcile_converges", |c| {
+            Box::pin(operator_killed(c))
+        }),
+        ("worker_restart_keeps_the_route_table", |c| {
+            Box::pin(worker_restart(c))
+        }),
+        ("silent_operator_region_leaves_after_ttl", |c| {
+            Box::pin(silent_operator(c))
+        }),
     ];
     let selected: Vec<_> = tests
         .into_iter()
@@ -67,14 +86,20 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        eprintln!("e2e: setup (control plane, CRD, Worker) in {:.1}s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "e2e: setup (control plane, CRD, Worker) in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
         let mut failed = Vec::new();
         for (name, test) in &selected {
             let t = Instant::now();
             eprintln!("test {name} ...");
-            let outcome = AssertUnwindSafe(tokio::time::timeout(Duration::from_secs(240), test(&mut ctx)))
-                .catch_unwind()
-                .await;
+            let outcome = AssertUnwindSafe(tokio::time::timeout(
+                Duration::from_secs(240),
+                test(&mut ctx),
+            ))
+            .catch_unwind()
+            .await;
             let secs = t.elapsed().as_secs_f64();
             match outcome {
                 Ok(Ok(Ok(()))) => eprintln!("test {name} ... ok ({secs:.1}s)"),
@@ -95,7 +120,11 @@ fn main() -> ExitCode {
         drop(ctx);
         let total = started.elapsed().as_secs_f64();
         let passed = selected.len() - failed.len();
-        eprintln!("e2e: {passed} passed, {} failed in {total:.1}s (logs in {})", failed.len(), backhaul_e2e::logs_dir().display());
+        eprintln!(
+            "e2e: {passed} passed, {} failed in {total:.1}s (logs in {})",
+            failed.len(),
+            backhaul_e2e::logs_dir().display()
+        );
         if failed.is_empty() {
             ExitCode::SUCCESS
         } else {
@@ -109,11 +138,17 @@ async fn setup() -> Result<Ctx> {
     for bin in ["backhaul-operator", "backhaul-inference"] {
         let path = backhaul_e2e::binary(bin);
         if !path.exists() {
-            eprintln!("e2e: {} is missing (cargo build -p {bin} --bins; scripts/e2e.sh does): tests that start it will fail", path.display());
+            eprintln!(
+                "e2e: {} is missing (cargo build -p {bin} --bins; scripts/e2e.sh does): tests that start it will fail",
+                path.display()
+            );
         }
     }
     if !backhaul_e2e::model_file().exists() {
-        bail!("{} is missing: make model", backhaul_e2e::model_file().display());
+        bail!(
+            "{} is missing: make model",
+            backhaul_e2e::model_file().display()
+        );
     }
     let logs = backhaul_e2e::logs_dir();
     for entry in std::fs::read_dir(&logs)?.flatten() {
@@ -201,11 +236,18 @@ impl Model {
 
     /// Waits until the object says Published=True and the Worker's table has
     /// a live route for each of `regions`.
-    async fn wait_published(&self, worker: &Worker, regions: &[&str], operator_log: &str) -> Result<()> {
+    async fn wait_published(
+        &self,
+        worker: &Worker,
+        regions: &[&str],
+        operator_log: &str,
+    ) -> Result<()> {
         let published = wait_for(Duration::from_secs(90), || async {
             let object = self.api.get(&self.name).await.ok()?;
             let conditions = object.data["status"]["conditions"].as_array()?.clone();
-            let ok = conditions.iter().any(|c| c["type"] == "Published" && c["status"] == "True");
+            let ok = conditions
+                .iter()
+                .any(|c| c["type"] == "Published" && c["status"] == "True");
             ok.then_some(())
         })
         .await;
@@ -215,12 +257,18 @@ impl Model {
                 "backhaul-operator: ModelDeployment {}/{} not Published within 90 s (status: {}); operator log {operator_log}",
                 self.namespace,
                 self.name,
-                object.map(|o| o.data["status"].to_string()).unwrap_or_default()
+                object
+                    .map(|o| o.data["status"].to_string())
+                    .unwrap_or_default()
             );
         }
         let routes = wait_for(Duration::from_secs(30), || async {
             let routes = worker.routes_of(&self.namespace, &self.name).await.ok()?;
-            let live: Vec<_> = routes.iter().filter(|r| r["expired"] != true).filter_map(|r| r["region"].as_str()).collect();
+            let live: Vec<_> = routes
+                .iter()
+                .filter(|r| r["expired"] != true)
+                .filter_map(|r| r["region"].as_str())
+                .collect();
             regions.iter().all(|r| live.contains(r)).then_some(())
         })
         .await;
@@ -247,7 +295,10 @@ impl Model {
         .await;
         if gone.is_err() {
             let patch = serde_json::json!({"metadata": {"finalizers": null}});
-            let _ = self.api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+            let _ = self
+                .api
+                .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
         }
         if let Some(ns) = self.ns.take() {
             ns.cleanup().await;
@@ -259,25 +310,45 @@ fn operator_log(op: &Operator) -> String {
     op.proc.log.display().to_string()
 }
 
-fn expect_region(chat: &backhaul_e2e::Chat, region: &str, attempts: u32, worker: &Worker) -> Result<()> {
+fn expect_region(
+    chat: &backhaul_e2e::Chat,
+    region: &str,
+    attempts: u32,
+    worker: &Worker,
+) -> Result<()> {
     check(chat.status == 200, "the Worker", || {
-        format!("answered {} ({}); log {}", chat.status, chat.body, worker.log().display())
-    })?;
-    check(chat.region.as_deref() == Some(region) && chat.attempts == Some(attempts), "the Worker", || {
         format!(
-            "expected region {region} after {attempts} attempt(s), got region {:?} after {:?}; log {}",
-            chat.region,
-            chat.attempts,
+            "answered {} ({}); log {}",
+            chat.status,
+            chat.body,
             worker.log().display()
         )
     })?;
-    check(chat.tier.as_deref() == Some("region"), "the Worker", || format!("x-backhaul-tier {:?}, expected region", chat.tier))?;
-    check(chat.content_events > 0 && chat.done && chat.error_event.is_none(), region, || {
-        format!(
-            "the stream was not a complete answer: {} content events, [DONE] {}, error event {:?}",
-            chat.content_events, chat.done, chat.error_event
-        )
-    })
+    check(
+        chat.region.as_deref() == Some(region) && chat.attempts == Some(attempts),
+        "the Worker",
+        || {
+            format!(
+                "expected region {region} after {attempts} attempt(s), got region {:?} after {:?}; log {}",
+                chat.region,
+                chat.attempts,
+                worker.log().display()
+            )
+        },
+    )?;
+    check(chat.tier.as_deref() == Some("region"), "the Worker", || {
+        format!("x-backhaul-tier {:?}, expected region", chat.tier)
+    })?;
+    check(
+        chat.content_events > 0 && chat.done && chat.error_event.is_none(),
+        region,
+        || {
+            format!(
+                "the stream was not a complete answer: {} content events, [DONE] {}, error event {:?}",
+                chat.content_events, chat.done, chat.error_event
+            )
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -286,27 +357,71 @@ async fn happy_path(ctx: &mut Ctx) -> Result<()> {
     let model = Model::new(ctx, "happy").await;
     let us = Region::start("us-east", &model.served, &[]).await?;
     let eu = Region::start("eu-west", &model.served, &[]).await?;
-    let op = Operator::start(&ctx.kubeconfig, &model.namespace, &ctx.worker, None, &format!("operator-{}", model.namespace)).await?;
-    model.apply(&[("us-east", US_EAST, us.endpoint()), ("eu-west", EU_WEST, eu.endpoint())], 60).await?;
-    model.wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op)).await?;
+    let op = Operator::start(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        None,
+        &format!("operator-{}", model.namespace),
+    )
+    .await?;
+    model
+        .apply(
+            &[
+                ("us-east", US_EAST, us.endpoint()),
+                ("eu-west", EU_WEST, eu.endpoint()),
+            ],
+            60,
+        )
+        .await?;
+    model
+        .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
+        .await?;
 
     let routes = ctx.worker.routes_of(&model.namespace, &model.name).await?;
-    let us_route = routes.iter().find(|r| r["region"] == "us-east").context("the Worker: no us-east route")?;
-    check(us_route["endpoint"] == us.endpoint() && us_route["model"] == model.served.as_str(), "backhaul-operator", || {
-        format!("published route {us_route} does not point at {} for {}", us.endpoint(), model.served)
-    })?;
+    let us_route = routes
+        .iter()
+        .find(|r| r["region"] == "us-east")
+        .context("the Worker: no us-east route")?;
+    check(
+        us_route["endpoint"] == us.endpoint() && us_route["model"] == model.served.as_str(),
+        "backhaul-operator",
+        || {
+            format!(
+                "published route {us_route} does not point at {} for {}",
+                us.endpoint(),
+                model.served
+            )
+        },
+    )?;
 
     let max_tokens = 12;
-    let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, max_tokens, || {}).await?;
+    let answer = chat(
+        &ctx.worker.url(),
+        &model.served,
+        NEW_YORK,
+        max_tokens,
+        || {},
+    )
+    .await?;
     expect_region(&answer, "us-east", 1, &ctx.worker)?;
     let usage = answer.usage.clone().unwrap_or_default();
     let completion = usage["completion_tokens"].as_u64().unwrap_or(0);
     check(
-        usage["prompt_tokens"].as_u64().unwrap_or(0) > 0 && completion > 0 && completion <= u64::from(max_tokens),
+        usage["prompt_tokens"].as_u64().unwrap_or(0) > 0
+            && completion > 0
+            && completion <= u64::from(max_tokens),
         "backhaul-inference (us-east)",
-        || format!("usage {usage} is not 1..={max_tokens} completion tokens with a prompt; log {}", us.proc.log.display()),
+        || {
+            format!(
+                "usage {usage} is not 1..={max_tokens} completion tokens with a prompt; log {}",
+                us.proc.log.display()
+            )
+        },
     )?;
-    check(answer.reason.is_some(), "the Worker", || "no x-backhaul-reason header".into())?;
+    check(answer.reason.is_some(), "the Worker", || {
+        "no x-backhaul-reason header".into()
+    })?;
     let from_london = chat(&ctx.worker.url(), &model.served, LONDON, max_tokens, || {}).await?;
     expect_region(&from_london, "eu-west", 1, &ctx.worker)?;
     model.teardown().await;
@@ -318,9 +433,26 @@ async fn nearest_region_down(ctx: &mut Ctx) -> Result<()> {
     let model = Model::new(ctx, "down").await;
     let mut us = Region::start("us-east", &model.served, &[]).await?;
     let eu = Region::start("eu-west", &model.served, &[]).await?;
-    let op = Operator::start(&ctx.kubeconfig, &model.namespace, &ctx.worker, None, &format!("operator-{}", model.namespace)).await?;
-    model.apply(&[("us-east", US_EAST, us.endpoint()), ("eu-west", EU_WEST, eu.endpoint())], 60).await?;
-    model.wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op)).await?;
+    let op = Operator::start(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        None,
+        &format!("operator-{}", model.namespace),
+    )
+    .await?;
+    model
+        .apply(
+            &[
+                ("us-east", US_EAST, us.endpoint()),
+                ("eu-west", EU_WEST, eu.endpoint()),
+            ],
+            60,
+        )
+        .await?;
+    model
+        .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
+        .await?;
     us.proc.kill();
     for _ in 0..2 {
         let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 8, || {}).await?;
@@ -333,11 +465,33 @@ async fn nearest_region_down(ctx: &mut Ctx) -> Result<()> {
 
 async fn saturated_region(ctx: &mut Ctx) -> Result<()> {
     let model = Model::new(ctx, "busy").await;
-    let us = Region::start("us-east", &model.served, &["--max-in-flight", "1", "--max-queue", "0"]).await?;
+    let us = Region::start(
+        "us-east",
+        &model.served,
+        &["--max-in-flight", "1", "--max-queue", "0"],
+    )
+    .await?;
     let eu = Region::start("eu-west", &model.served, &[]).await?;
-    let op = Operator::start(&ctx.kubeconfig, &model.namespace, &ctx.worker, None, &format!("operator-{}", model.namespace)).await?;
-    model.apply(&[("us-east", US_EAST, us.endpoint()), ("eu-west", EU_WEST, eu.endpoint())], 60).await?;
-    model.wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op)).await?;
+    let op = Operator::start(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        None,
+        &format!("operator-{}", model.namespace),
+    )
+    .await?;
+    model
+        .apply(
+            &[
+                ("us-east", US_EAST, us.endpoint()),
+                ("eu-west", EU_WEST, eu.endpoint()),
+            ],
+            60,
+        )
+        .await?;
+    model
+        .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
+        .await?;
 
     // Hold us-east's only slot with a long request straight to it.
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
@@ -347,7 +501,11 @@ async fn saturated_region(ctx: &mut Ctx) -> Result<()> {
     let holder = tokio::spawn(async move {
         let body = serde_json::json!({"model": served, "stream": true, "max_tokens": 200, "temperature": 0,
             "messages": [{"role": "user", "content": "Count from one to two hundred in words, one number per line."}]});
-        let response = reqwest::Client::new().post(format!("{us_url}/v1/chat/completions")).json(&body).send().await?;
+        let response = reqwest::Client::new()
+            .post(format!("{us_url}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await?;
         let mut stream = response.bytes_stream();
         let mut all = String::new();
         while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
@@ -367,15 +525,29 @@ async fn saturated_region(ctx: &mut Ctx) -> Result<()> {
         .json(&serde_json::json!({"model": model.served, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}))
         .send()
         .await?;
-    check(direct.status() == 429, "backhaul-inference (us-east)", || {
-        format!("with its one slot busy it answered {} instead of 429", direct.status())
-    })?;
+    check(
+        direct.status() == 429,
+        "backhaul-inference (us-east)",
+        || {
+            format!(
+                "with its one slot busy it answered {} instead of 429",
+                direct.status()
+            )
+        },
+    )?;
     let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 8, || {}).await?;
     let held = holder.await??;
     expect_region(&answer, "eu-west", 2, &ctx.worker)?;
-    check(held.contains("[DONE]"), "backhaul-inference (us-east)", || {
-        format!("the request holding the slot did not complete: {}", &held[held.len().saturating_sub(300)..])
-    })?;
+    check(
+        held.contains("[DONE]"),
+        "backhaul-inference (us-east)",
+        || {
+            format!(
+                "the request holding the slot did not complete: {}",
+                &held[held.len().saturating_sub(300)..]
+            )
+        },
+    )?;
     model.teardown().await;
     drop(op);
     Ok(())
@@ -385,20 +557,50 @@ async fn killed_mid_stream(ctx: &mut Ctx) -> Result<()> {
     let model = Model::new(ctx, "midstream").await;
     let mut us = Region::start("us-east", &model.served, &[]).await?;
     let eu = Region::start("eu-west", &model.served, &[]).await?;
-    let op = Operator::start(&ctx.kubeconfig, &model.namespace, &ctx.worker, None, &format!("operator-{}", model.namespace)).await?;
-    model.apply(&[("us-east", US_EAST, us.endpoint()), ("eu-west", EU_WEST, eu.endpoint())], 60).await?;
-    model.wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op)).await?;
+    let op = Operator::start(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        None,
+        &format!("operator-{}", model.namespace),
+    )
+    .await?;
+    model
+        .apply(
+            &[
+                ("us-east", US_EAST, us.endpoint()),
+                ("eu-west", EU_WEST, eu.endpoint()),
+            ],
+            60,
+        )
+        .await?;
+    model
+        .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
+        .await?;
 
     let pid = us.proc.pid();
     let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 400, || {
         // The region crashes once its answer has started.
-        let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
     })
     .await?;
-    check(answer.status == 200 && answer.region.as_deref() == Some("us-east"), "the Worker", || {
-        format!("the stream should have started from us-east, got {} from {:?}", answer.status, answer.region)
-    })?;
-    check(answer.content_events > 0, "backhaul-inference (us-east)", || "no token before the crash".into())?;
+    check(
+        answer.status == 200 && answer.region.as_deref() == Some("us-east"),
+        "the Worker",
+        || {
+            format!(
+                "the stream should have started from us-east, got {} from {:?}",
+                answer.status, answer.region
+            )
+        },
+    )?;
+    check(
+        answer.content_events > 0,
+        "backhaul-inference (us-east)",
+        || "no token before the crash".into(),
+    )?;
     let error = answer.error_event.clone();
     check(error.is_some(), "the Worker", || {
         format!(
@@ -419,8 +621,19 @@ async fn killed_mid_stream(ctx: &mut Ctx) -> Result<()> {
 async fn operator_killed(ctx: &mut Ctx) -> Result<()> {
     let model = Model::new(ctx, "opkill").await;
     let log_name = format!("operator-{}", model.namespace);
-    let mut op = Operator::start(&ctx.kubeconfig, &model.namespace, &ctx.worker, None, &log_name).await?;
-    let endpoints = [("us-east", US_EAST, "http://127.0.0.1:9".to_owned()), ("eu-west", EU_WEST, "http://127.0.0.1:9".to_owned()), ("ap-south", AP_SOUTH, "http://127.0.0.1:9".to_owned())];
+    let mut op = Operator::start(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        None,
+        &log_name,
+    )
+    .await?;
+    let endpoints = [
+        ("us-east", US_EAST, "http://127.0.0.1:9".to_owned()),
+        ("eu-west", EU_WEST, "http://127.0.0.1:9".to_owned()),
+        ("ap-south", AP_SOUTH, "http://127.0.0.1:9".to_owned()),
+    ];
     model.apply(&endpoints, 60).await?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &model.namespace);
     // Kill it mid-reconcile: as soon as its first Deployment exists.
@@ -429,27 +642,72 @@ async fn operator_killed(ctx: &mut Ctx) -> Result<()> {
         (!list.items.is_empty()).then_some(())
     })
     .await
-    .with_context(|| format!("backhaul-operator created no Deployment within 60 s; log {}", op.proc.log.display()))?;
+    .with_context(|| {
+        format!(
+            "backhaul-operator created no Deployment within 60 s; log {}",
+            op.proc.log.display()
+        )
+    })?;
     op.proc.kill();
-    let op = Operator::start(&ctx.kubeconfig, &model.namespace, &ctx.worker, None, &log_name).await?;
-    model.wait_published(&ctx.worker, &["us-east", "eu-west", "ap-south"], &operator_log(&op)).await?;
+    let op = Operator::start(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        None,
+        &log_name,
+    )
+    .await?;
+    model
+        .wait_published(
+            &ctx.worker,
+            &["us-east", "eu-west", "ap-south"],
+            &operator_log(&op),
+        )
+        .await?;
 
-    let mut names: Vec<String> = deployments.list(&ListParams::default()).await?.items.into_iter().filter_map(|d| d.metadata.name).collect();
+    let mut names: Vec<String> = deployments
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|d| d.metadata.name)
+        .collect();
     names.sort();
-    check(names == ["smollm2-ap-south", "smollm2-eu-west", "smollm2-us-east"], "backhaul-operator", || {
-        format!("after a crash and restart the Deployments are {names:?}; log {}", op.proc.log.display())
-    })?;
+    check(
+        names == ["smollm2-ap-south", "smollm2-eu-west", "smollm2-us-east"],
+        "backhaul-operator",
+        || {
+            format!(
+                "after a crash and restart the Deployments are {names:?}; log {}",
+                op.proc.log.display()
+            )
+        },
+    )?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &model.namespace);
-    let mut svc: Vec<String> = services.list(&ListParams::default()).await?.items.into_iter().filter_map(|s| s.metadata.name).collect();
+    let mut svc: Vec<String> = services
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
     svc.sort();
-    check(svc == ["smollm2-ap-south", "smollm2-eu-west", "smollm2-us-east"], "backhaul-operator", || {
-        format!("after a crash and restart the Services are {svc:?}")
-    })?;
+    check(
+        svc == ["smollm2-ap-south", "smollm2-eu-west", "smollm2-us-east"],
+        "backhaul-operator",
+        || format!("after a crash and restart the Services are {svc:?}"),
+    )?;
     let routes = ctx.worker.routes_of(&model.namespace, &model.name).await?;
-    check(routes.len() == 3, "backhaul-operator", || format!("expected one route per region, the Worker holds {routes:?}"))?;
+    check(routes.len() == 3, "backhaul-operator", || {
+        format!("expected one route per region, the Worker holds {routes:?}")
+    })?;
     let object = model.api.get(&model.name).await?;
     let finalizers = object.metadata.finalizers.clone().unwrap_or_default();
-    check(finalizers == ["backhaul.dev/unpublish"], "backhaul-operator", || format!("finalizers {finalizers:?}"))?;
+    check(
+        finalizers == ["backhaul.dev/unpublish"],
+        "backhaul-operator",
+        || format!("finalizers {finalizers:?}"),
+    )?;
     model.teardown().await;
     drop(op);
     Ok(())
@@ -458,20 +716,41 @@ async fn operator_killed(ctx: &mut Ctx) -> Result<()> {
 async fn worker_restart(ctx: &mut Ctx) -> Result<()> {
     let model = Model::new(ctx, "restart").await;
     let eu = Region::start("eu-west", &model.served, &[]).await?;
-    let mut op = Operator::start(&ctx.kubeconfig, &model.namespace, &ctx.worker, None, &format!("operator-{}", model.namespace)).await?;
-    model.apply(&[("eu-west", EU_WEST, eu.endpoint())], 60).await?;
-    model.wait_published(&ctx.worker, &["eu-west"], &operator_log(&op)).await?;
+    let mut op = Operator::start(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        None,
+        &format!("operator-{}", model.namespace),
+    )
+    .await?;
+    model
+        .apply(&[("eu-west", EU_WEST, eu.endpoint())], 60)
+        .await?;
+    model
+        .wait_published(&ctx.worker, &["eu-west"], &operator_log(&op))
+        .await?;
     // No heartbeat may re-create the route behind the restart.
     op.proc.kill();
     let before = ctx.worker.routes_of(&model.namespace, &model.name).await?;
     ctx.worker.restart().await?;
     let after = ctx.worker.routes_of(&model.namespace, &model.name).await?;
     check(before == after && after.len() == 1, "the Worker", || {
-        format!("its route table did not survive a restart: before {before:?}, after {after:?}; log {}", ctx.worker.log().display())
+        format!(
+            "its route table did not survive a restart: before {before:?}, after {after:?}; log {}",
+            ctx.worker.log().display()
+        )
     })?;
     let answer = chat(&ctx.worker.url(), &model.served, LONDON, 8, || {}).await?;
     expect_region(&answer, "eu-west", 1, &ctx.worker)?;
-    let op = Operator::start(&ctx.kubeconfig, &model.namespace, &ctx.worker, None, &format!("operator-{}", model.namespace)).await?;
+    let op = Operator::start(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        None,
+        &format!("operator-{}", model.namespace),
+    )
+    .await?;
     model.teardown().await;
     drop(op);
     Ok(())
@@ -482,27 +761,72 @@ async fn silent_operator(ctx: &mut Ctx) -> Result<()> {
     let us = Region::start("us-east", &model.served, &[]).await?;
     let eu = Region::start("eu-west", &model.served, &[]).await?;
     // One operator per region, as with one cluster per region.
-    let mut op_us = Operator::start(&ctx.kubeconfig, &model.namespace, &ctx.worker, Some("us-east"), &format!("operator-{}-us", model.namespace)).await?;
-    let op_eu = Operator::start(&ctx.kubeconfig, &model.namespace, &ctx.worker, Some("eu-west"), &format!("operator-{}-eu", model.namespace)).await?;
+    let mut op_us = Operator::start(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        Some("us-east"),
+        &format!("operator-{}-us", model.namespace),
+    )
+    .await?;
+    let op_eu = Operator::start(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        Some("eu-west"),
+        &format!("operator-{}-eu", model.namespace),
+    )
+    .await?;
     let ttl = 10;
-    model.apply(&[("us-east", US_EAST, us.endpoint()), ("eu-west", EU_WEST, eu.endpoint())], ttl).await?;
-    model.wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op_us)).await?;
+    model
+        .apply(
+            &[
+                ("us-east", US_EAST, us.endpoint()),
+                ("eu-west", EU_WEST, eu.endpoint()),
+            ],
+            ttl,
+        )
+        .await?;
+    model
+        .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op_us))
+        .await?;
     let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 8, || {}).await?;
     expect_region(&answer, "us-east", 1, &ctx.worker)?;
 
     op_us.proc.kill();
     let silenced = Instant::now();
     let expired = wait_for(Duration::from_secs(u64::from(ttl) + 15), || async {
-        let routes = ctx.worker.routes_of(&model.namespace, &model.name).await.ok()?;
-        routes.iter().any(|r| r["region"] == "us-east" && r["expired"] == true).then_some(())
+        let routes = ctx
+            .worker
+            .routes_of(&model.namespace, &model.name)
+            .await
+            .ok()?;
+        routes
+            .iter()
+            .any(|r| r["region"] == "us-east" && r["expired"] == true)
+            .then_some(())
     })
     .await;
-    check(expired.is_ok(), "the Worker", || format!("us-east's route not expired {ttl}+15 s after its operator went silent"))?;
-    let eu_live = ctx.worker.routes_of(&model.namespace, &model.name).await?;
-    check(eu_live.iter().any(|r| r["region"] == "eu-west" && r["expired"] != true), "backhaul-operator (eu-west)", || {
-        format!("eu-west's route should stay live through heartbeats: {eu_live:?}; log {}", op_eu.proc.log.display())
+    check(expired.is_ok(), "the Worker", || {
+        format!("us-east's route not expired {ttl}+15 s after its operator went silent")
     })?;
-    eprintln!("  us-east expired {:.1}s after its operator went silent (ttl {ttl}s)", silenced.elapsed().as_secs_f64());
+    let eu_live = ctx.worker.routes_of(&model.namespace, &model.name).await?;
+    check(
+        eu_live
+            .iter()
+            .any(|r| r["region"] == "eu-west" && r["expired"] != true),
+        "backhaul-operator (eu-west)",
+        || {
+            format!(
+                "eu-west's route should stay live through heartbeats: {eu_live:?}; log {}",
+                op_eu.proc.log.display()
+            )
+        },
+    )?;
+    eprintln!(
+        "  us-east expired {:.1}s after its operator went silent (ttl {ttl}s)",
+        silenced.elapsed().as_secs_f64()
+    );
     // us-east's server is still up, but no request goes there any more.
     let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 8, || {}).await?;
     expect_region(&answer, "eu-west", 1, &ctx.worker)?;
@@ -516,12 +840,20 @@ async fn bad_publications(ctx: &mut Ctx) -> Result<()> {
     let snapshot = |routes: Vec<serde_json::Value>| {
         let mut v: Vec<String> = routes
             .iter()
-            .map(|r| format!("{}/{}/{}@{}", r["namespace"], r["name"], r["region"], r["publishedAt"]))
+            .map(|r| {
+                format!(
+                    "{}/{}/{}@{}",
+                    r["namespace"], r["name"], r["region"], r["publishedAt"]
+                )
+            })
             .collect();
         v.sort();
         v
     };
-    let namespace = format!("e2e-bad-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let namespace = format!(
+        "e2e-bad-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let path = format!("/admin/v1/routes/{namespace}/smollm2/us-east");
     let route = |published_at: &str| {
         serde_json::json!({
@@ -535,33 +867,97 @@ async fn bad_publications(ctx: &mut Ctx) -> Result<()> {
     };
     let before = snapshot(worker.routes().await?);
     let body = route("2026-11-23T07:00:00Z");
-    let bad_cases: Vec<(&str, u16, (u64, Option<String>, String, String))> = vec![
-        ("wrong signature", 401, (now(), Some(sign(b"not-the-secret", now(), "PUT", &path, body.as_bytes())), path.clone(), body.clone())),
-        ("no v1= prefix", 401, (now(), Some("deadbeef".into()), path.clone(), body.clone())),
-        ("timestamp 400 s old (replay outside the window)", 401, (now() - 400, None, path.clone(), body.clone())),
-        ("timestamp 400 s ahead", 401, (now() + 400, None, path.clone(), body.clone())),
-        ("body not JSON", 400, (now(), None, path.clone(), "{not json".into())),
-        ("latitude out of range", 400, (now(), None, path.clone(), body.replace("39.04", "200.0"))),
-        ("path and body disagree", 400, (now(), None, path.replace("us-east", "eu-west"), body.clone())),
+    // (what, expected status, (timestamp, signature or None to sign properly, path, body))
+    type Case = (&'static str, u16, (u64, Option<String>, String, String));
+    let bad_cases: Vec<Case> = vec![
+        (
+            "wrong signature",
+            401,
+            (
+                now(),
+                Some(sign(
+                    b"not-the-secret",
+                    now(),
+                    "PUT",
+                    &path,
+                    body.as_bytes(),
+                )),
+                path.clone(),
+                body.clone(),
+            ),
+        ),
+        (
+            "no v1= prefix",
+            401,
+            (now(), Some("deadbeef".into()), path.clone(), body.clone()),
+        ),
+        (
+            "timestamp 400 s old (replay outside the window)",
+            401,
+            (now() - 400, None, path.clone(), body.clone()),
+        ),
+        (
+            "timestamp 400 s ahead",
+            401,
+            (now() + 400, None, path.clone(), body.clone()),
+        ),
+        (
+            "body not JSON",
+            400,
+            (now(), None, path.clone(), "{not json".into()),
+        ),
+        (
+            "latitude out of range",
+            400,
+            (now(), None, path.clone(), body.replace("39.04", "200.0")),
+        ),
+        (
+            "path and body disagree",
+            400,
+            (
+                now(),
+                None,
+                path.replace("us-east", "eu-west"),
+                body.clone(),
+            ),
+        ),
     ];
     for (what, want, (ts, signature, p, b)) in bad_cases {
-        let (status, text) = worker.admin("PUT", &p, b.as_bytes(), ts, signature.as_deref()).await?;
-        check(status == want, "the Worker", || format!("PUT with {what}: answered {status} ({text}), expected {want}"))?;
+        let (status, text) = worker
+            .admin("PUT", &p, b.as_bytes(), ts, signature.as_deref())
+            .await?;
+        check(status == want, "the Worker", || {
+            format!("PUT with {what}: answered {status} ({text}), expected {want}")
+        })?;
         let now_table = snapshot(worker.routes().await?);
-        check(now_table == before, "the Worker", || format!("PUT with {what} changed the table: {before:?} -> {now_table:?}"))?;
+        check(now_table == before, "the Worker", || {
+            format!("PUT with {what} changed the table: {before:?} -> {now_table:?}")
+        })?;
     }
     // A good write, then an older one replayed: 409 and the newer route stays.
     let newer = route(&rfc3339(now()));
-    let (status, text) = worker.admin("PUT", &path, newer.as_bytes(), now(), None).await?;
-    check(status == 200, "the Worker", || format!("a valid signed PUT answered {status}: {text}"))?;
+    let (status, text) = worker
+        .admin("PUT", &path, newer.as_bytes(), now(), None)
+        .await?;
+    check(status == 200, "the Worker", || {
+        format!("a valid signed PUT answered {status}: {text}")
+    })?;
     let with_newer = snapshot(worker.routes().await?);
     let older = route(&rfc3339(now() - 120));
-    let (status, text) = worker.admin("PUT", &path, older.as_bytes(), now(), None).await?;
-    check(status == 409, "the Worker", || format!("an older publishedAt answered {status} ({text}), expected 409"))?;
+    let (status, text) = worker
+        .admin("PUT", &path, older.as_bytes(), now(), None)
+        .await?;
+    check(status == 409, "the Worker", || {
+        format!("an older publishedAt answered {status} ({text}), expected 409")
+    })?;
     let after = snapshot(worker.routes().await?);
-    check(after == with_newer, "the Worker", || format!("a replayed older route changed the table: {with_newer:?} -> {after:?}"))?;
+    check(after == with_newer, "the Worker", || {
+        format!("a replayed older route changed the table: {with_newer:?} -> {after:?}")
+    })?;
     let (status, _) = worker.admin("DELETE", &path, b"", now(), None).await?;
-    check(status == 204, "the Worker", || format!("signed DELETE answered {status}"))?;
+    check(status == 204, "the Worker", || {
+        format!("signed DELETE answered {status}")
+    })?;
     Ok(())
 }
 
@@ -578,5 +974,10 @@ fn rfc3339(unix: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
