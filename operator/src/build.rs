@@ -358,6 +358,7 @@ pub(crate) mod tests {
             publish: None,
             watch_namespace: None,
             identity: "test".into(),
+            max_concurrent_reconciles: 16,
         };
         validate(&md, &config).unwrap()
     }

@@ -84,6 +84,12 @@ pub struct Args {
     /// This replica's identity in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// ModelDeployments reconciled at once. Bounded so that a burst of objects
+    /// (a restart with thousands of them) does not flood the API server with
+    /// more concurrent applies than it can answer before timing out.
+    #[arg(long, env = "BACKHAUL_MAX_CONCURRENT_RECONCILES", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// Log format.
     #[arg(long, env = "BACKHAUL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -144,6 +150,8 @@ pub struct OperatorConfig {
     pub watch_namespace: Option<String>,
     /// Identity in Events and the Lease.
     pub identity: String,
+    /// ModelDeployments reconciled at once.
+    pub max_concurrent_reconciles: u16,
 }
 
 impl OperatorConfig {
@@ -162,6 +170,7 @@ impl OperatorConfig {
             lease_name: _,
             lease_namespace: _,
             identity,
+            max_concurrent_reconciles,
             log_format: _,
         } = args;
         let secret = match (publish_secret, publish_secret_file) {
@@ -201,6 +210,7 @@ impl OperatorConfig {
             identity: identity
                 .clone()
                 .unwrap_or_else(|| format!("backhaul-operator-{}", std::process::id())),
+            max_concurrent_reconciles: *max_concurrent_reconciles,
         })
     }
 

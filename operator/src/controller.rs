@@ -617,7 +617,9 @@ pub async fn run_controller(
     // Fail fast and clearly when the CRD is missing or RBAC forbids listing.
     mds.list(&ListParams::default().limit(1)).await?;
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=backhaul-operator");
+    let concurrency = ctx.config.max_concurrent_reconciles;
     Controller::new(mds, watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .owns(deployments, owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -55,6 +55,7 @@ fn context(client: Client) -> Arc<Context> {
         publish: None,
         watch_namespace: None,
         identity: "test".into(),
+        max_concurrent_reconciles: 16,
     };
     Arc::new(Context::new(client, config, Metrics::new()).unwrap())
 }
@@ -166,6 +167,7 @@ fn context_config() -> OperatorConfig {
         publish: None,
         watch_namespace: None,
         identity: "test".into(),
+        max_concurrent_reconciles: 16,
     }
 }
 

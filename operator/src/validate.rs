@@ -327,6 +327,7 @@ mod tests {
             publish: None,
             watch_namespace: None,
             identity: "test".into(),
+            max_concurrent_reconciles: 16,
         }
     }
 

@@ -238,6 +238,7 @@ pub fn config(
             "test-{}",
             regions.map(|r| r.join("-")).unwrap_or_else(|| "all".into())
         ),
+        max_concurrent_reconciles: 16,
     }
 }
 
