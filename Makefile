@@ -12,7 +12,7 @@ export PATH := $(BACKHAUL_CACHE)/bin:$(PATH)
 
 CARGO ?= cargo
 
-.PHONY: help tools model cluster-up cluster-down test test-rust test-worker e2e demo bench lint fmt generate worker-deps images
+.PHONY: help tools model cluster-up cluster-down test e2e demo demo-down bench lint fmt generate worker-deps images
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ e2e: tools model worker-deps ## End-to-end and fault tests over the whole path
 
 demo: tools model worker-deps ## The whole path on one machine: cluster, operator, two regions, Worker
 	scripts/demo.sh
+
+demo-down: ## Stop everything make demo started
+	scripts/demo.sh down
 
 bench: tools model worker-deps ## Benchmarks; writes docs/benchmarks/
 	scripts/bench.sh
