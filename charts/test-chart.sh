@@ -323,7 +323,7 @@ print(ref)
   # touches another test's objects, and publishes nowhere (no Worker URL).
   operator_bin=$CARGO_TARGET_DIR/debug/backhaul-operator
   check "the operator binary builds (cargo build -p backhaul-operator)" \
-    cargo build --quiet --locked -p backhaul-operator --bin backhaul-operator
+    cargo build --quiet --workspace --locked --bins --tests
   if [ -x "$operator_bin" ]; then
     "$kubectl" config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$tmp/ca.crt"
     server=$("$kubectl" config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')

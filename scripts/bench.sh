@@ -111,9 +111,9 @@ bench_inference() {
   # from this checkout (any build's uplifted target/debug binary).
   local inference_bin=${BACKHAUL_INFERENCE_BIN:-$CARGO_TARGET_DIR/debug/backhaul-inference}
   if [ -z "${BACKHAUL_INFERENCE_BIN:-}" ]; then
-    step "build backhaul-inference (dev profile)" cargo build --locked -p backhaul-inference
+    step "build backhaul-inference (dev profile)" build_workspace
   fi
-  step "build backhaul-bench (dev profile)" cargo build --locked -p backhaul-bench
+  step "build backhaul-bench (dev profile)" build_workspace
   local grpc_port http_port serve_port
   grpc_port=$(free_port) http_port=$(free_port) serve_port=$(free_port)
   "$inference_bin" --model "$model" --served-name smollm2 --device cpu \
@@ -149,7 +149,7 @@ bench_control_plane() {
   # BACKHAUL_OPERATOR_BIN: an operator binary built elsewhere (the results
   # record which); by default the dev profile build here.
   if [ -z "${BACKHAUL_OPERATOR_BIN:-}" ]; then
-    step "build backhaul-operator (dev profile)" cargo build --locked -p backhaul-operator
+    step "build backhaul-operator (dev profile)" build_workspace
   fi
   local counts=${CONTROL_PLANE_COUNTS:-1,100,1000}
   step "control-plane benchmark" wrap control-plane "$out_dir/control-plane.json" \

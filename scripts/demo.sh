@@ -171,7 +171,7 @@ operator_bin=${BACKHAUL_OPERATOR_BIN:-$CARGO_TARGET_DIR/debug/backhaul-operator}
 inference_bin=${BACKHAUL_INFERENCE_BIN:-$CARGO_TARGET_DIR/debug/backhaul-inference}
 if [ -z "${BACKHAUL_OPERATOR_BIN:-}" ] || [ -z "${BACKHAUL_INFERENCE_BIN:-}" ]; then
   step "build backhaul-operator and backhaul-inference" \
-    cargo build --locked -p backhaul-operator -p backhaul-inference --bins
+    build_workspace
 fi
 
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then

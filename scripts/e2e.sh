@@ -27,9 +27,8 @@ trap cleanup EXIT
 [ -f "$BACKHAUL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf" ] || { echo "e2e: run make model first" >&2; exit 1; }
 [ -x "$BACKHAUL_CACHE/node/bin/npx" ] || { echo "e2e: run make worker-deps first" >&2; exit 1; }
 
-step "build operator, inference and the e2e tests" bash -c \
-  'cargo build --locked -p backhaul-operator -p backhaul-inference --bins && cargo test --locked -p backhaul-e2e --no-run'
+step "build the workspace (operator, inference, e2e tests)" build_workspace
 kubeconfig_line=$(step "control plane" tests/cluster/up.sh | tail -n 1)
 eval "$kubeconfig_line"
 export KUBECONFIG
-step "e2e tests" cargo test --locked -p backhaul-e2e --test e2e -- "$@"
+step "e2e tests" cargo test --workspace --locked --test e2e -- "$@"

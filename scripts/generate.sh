@@ -9,7 +9,8 @@ cd "$repo_root"
 # Written to a temporary file first: a failed build must not leave an empty CRD.
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
-cargo run --quiet --locked -p backhaul-operator -- crd >"$tmp"
+build_workspace --quiet
+"$bin_dir/backhaul-operator" crd >"$tmp"
 [ -s "$tmp" ] || { echo "generate: backhaul-operator crd printed nothing" >&2; exit 1; }
 mv "$tmp" crds/modeldeployment.yaml
 charts/test-chart.sh --update

@@ -22,3 +22,13 @@ step() {
   echo "==> $name: $([ $rc -eq 0 ] && echo ok || echo "FAILED (exit $rc)") in $(($(date +%s) - start))s" >&2
   return $rc
 }
+
+# build_workspace: the one cargo build every script uses. Cargo resolves
+# features per selection of packages and targets, and any difference rebuilds
+# mistral.rs (10+ minutes on two cores); building the whole workspace with its
+# tests, always the same way, keeps one set of artifacts that `cargo test
+# --workspace` then reuses. Binaries land in $bin_dir.
+bin_dir=$CARGO_TARGET_DIR/debug
+build_workspace() {
+  cargo build --workspace --locked --bins --tests "$@"
+}

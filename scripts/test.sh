@@ -23,7 +23,8 @@ eval "$kubeconfig_line"
 export KUBECONFIG
 
 failed=()
-step "rust tests" cargo test --workspace --locked --exclude backhaul-e2e || failed+=(rust)
+step "build" build_workspace || failed+=(build)
+step "rust tests" cargo test --workspace --locked || failed+=(rust)
 step "helm chart" charts/test-chart.sh || failed+=(chart)
 step "worker tests (workerd)" bash -c 'source scripts/node-env.sh && cd worker && npm test' || failed+=(worker)
 
