@@ -1,6 +1,8 @@
 //! gRPC adapter: `backhaul.inference.v1.Inference` over the shared request
-//! path. Honours the caller's `grpc-timeout` for the whole generation (tonic
-//! itself bounds only the time to the response headers of a stream).
+//! path. Honours the caller's `grpc-timeout` for the whole generation,
+//! ending late calls with DEADLINE_EXCEEDED (the server does not use tonic's
+//! own timer, which bounds only the time to a stream's response headers and
+//! answers CANCELLED; see `server::serve_grpc`).
 
 use std::{pin::Pin, time::Duration};
 

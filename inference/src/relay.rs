@@ -151,6 +151,9 @@ pub struct RelayContext {
     pub deadline: Option<Instant>,
     pub stop: Vec<String>,
     pub prompt_tokens: usize,
+    /// The settled token budget: a generation that ends with `length`
+    /// produced exactly this many tokens.
+    pub max_tokens: usize,
     /// Cancelled when the drain deadline passes.
     pub hard_stop: CancellationToken,
     pub metrics: Metrics,
@@ -333,11 +336,18 @@ impl State {
                 completion_tokens: u.completion_tokens,
                 time_to_first_token: None,
             },
-            // Raw completions' chunks carry no usage; each engine chunk is
-            // one decoding step, i.e. one token.
+            // Raw completions' chunks carry no usage. A generation that ran
+            // to `length` made exactly `max_tokens` tokens; otherwise count
+            // engine chunks, one per decoding step that produced text (a
+            // token ending mid-character is merged into the next chunk, so
+            // this can undercount by those).
             None => Usage {
                 prompt_tokens: self.ctx.prompt_tokens,
-                completion_tokens: self.chunks,
+                completion_tokens: if finish_reason == FinishReason::Length {
+                    self.ctx.max_tokens
+                } else {
+                    self.chunks
+                },
                 time_to_first_token: None,
             },
         };

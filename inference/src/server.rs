@@ -11,7 +11,10 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use backhaul_proto::{INFERENCE_SERVICE_NAME, inference::v1::inference_server::InferenceServer};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    service::TowerToHyperService,
+};
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -166,23 +169,12 @@ pub async fn start(serve: ServeArgs, model: ModelSource) -> Result<ServerHandle,
         .map_err(|e| ServeError::Grpc(e.to_string()))?;
 
     let stop_listeners = CancellationToken::new();
-    let grpc_task = tokio::spawn({
-        let stop = stop_listeners.clone();
-        let router = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(InferenceServer::new(GrpcApi::new(service.clone())));
-        async move {
-            router
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(grpc_listener),
-                    stop.cancelled_owned(),
-                )
-                .await
-                .map_err(|e| ServeError::Grpc(e.to_string()))
-        }
-    });
+    let routes = tonic::service::Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(InferenceServer::new(GrpcApi::new(service.clone())))
+        .prepare();
+    let grpc_task = tokio::spawn(serve_grpc(grpc_listener, routes, stop_listeners.clone()));
     let http_task = tokio::spawn({
         let stop = stop_listeners.clone();
         let app = http::router(service.clone());
@@ -215,6 +207,58 @@ pub async fn start(serve: ServeArgs, model: ModelSource) -> Result<ServerHandle,
         task: Some(task),
         service,
     })
+}
+
+/// Serves gRPC (HTTP/2 without TLS) until `stop`, then closes connections
+/// gracefully.
+///
+/// Not tonic's `transport::Server`: it wraps every call in a timer from the
+/// caller's `grpc-timeout` that answers CANCELLED ("Timeout expired") when
+/// it fires first. The Inference service honours `grpc-timeout` itself, for
+/// the whole generation and with DEADLINE_EXCEEDED, as the gRPC spec says.
+async fn serve_grpc(
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    stop: CancellationToken,
+) -> Result<(), ServeError> {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http2_only();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(%error, "gRPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let service = TowerToHyperService::new(routes.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "gRPC connection ended with an error");
+            }
+        });
+        // Reap finished connections as we go.
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServeError> {

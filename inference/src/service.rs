@@ -154,6 +154,7 @@ impl InferenceService {
                 deadline,
                 stop: sampling.stop.clone(),
                 prompt_tokens,
+                max_tokens: sampling.max_tokens,
                 hard_stop: shared.hard_stop.clone(),
                 metrics: shared.metrics.clone(),
                 client_buffer: shared.stream_buffer,

@@ -170,7 +170,7 @@ async fn a_slow_reader_is_cut_off_and_does_not_hold_up_a_fast_one() {
 async fn a_grpc_deadline_ends_the_generation() {
     let _turn = SERIAL.lock().await;
     let handle = server(&[]).await;
-    let mut client = grpc(&handle).await;
+    let mut client = grpc_without_client_deadline(&handle);
     let mut request = tonic::Request::new(chat(LONG, 2000));
     request.set_timeout(Duration::from_millis(1500));
     let started = Instant::now();
@@ -190,13 +190,40 @@ async fn a_grpc_deadline_ends_the_generation() {
 }
 
 #[tokio::test]
+async fn a_grpc_deadline_ends_a_unary_call_with_deadline_exceeded() {
+    let _turn = SERIAL.lock().await;
+    let handle = server(&[]).await;
+    let mut client = grpc_without_client_deadline(&handle);
+    // Passes before the first token (the prompt is still being admitted)
+    // and while generating: both are DEADLINE_EXCEEDED, never CANCELLED.
+    for timeout in [Duration::from_millis(1), Duration::from_millis(1500)] {
+        let mut request = tonic::Request::new(chat(LONG, 2000));
+        request.set_timeout(timeout);
+        let status = client.chat(request).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::DeadlineExceeded,
+            "timeout {timeout:?}: {status:?}"
+        );
+    }
+    eventually(WAIT, "the slot to free", || async {
+        metric(&handle, "backhaul_inference_requests_in_flight").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn draining_refuses_new_work_reports_not_serving_and_lets_in_flight_work_finish() {
     let _turn = SERIAL.lock().await;
     let handle = server(&["--drain-timeout", "60s"]).await;
     let mut client = grpc(&handle).await;
-    let mut health = HealthClient::connect(format!("http://{}", handle.grpc_addr))
-        .await
-        .unwrap();
+    let mut health = HealthClient::new(
+        Endpoint::from_shared(format!("http://{}", handle.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
 
     let mut running = client
         .chat_stream(chat(LONG, 24))

@@ -7,7 +7,7 @@ mod common;
 use backhaul_proto::inference::v1::{self as pb, FinishReason, ListModelsRequest, Message};
 use common::*;
 use serde_json::{Value, json};
-use tonic::Code;
+use tonic::{Code, transport::Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const PROMPT: &str = "What is the capital of France? Answer in one sentence.";
@@ -126,6 +126,7 @@ async fn max_tokens_is_exact_and_finishes_with_length() {
     assert_eq!(completion.request_id, "raw-1");
     assert_eq!(completion.finish_reason, FinishReason::Length as i32);
     assert!(!completion.text.is_empty());
+    assert_eq!(completion.usage.unwrap().completion_tokens, 6);
 }
 
 #[tokio::test]
@@ -338,9 +339,13 @@ async fn models_health_readiness_and_metrics_are_reported() {
         .unwrap();
     assert_eq!(list["data"][0]["id"], "smollm2");
 
-    let mut health = HealthClient::connect(format!("http://{}", handle.grpc_addr))
-        .await
-        .unwrap();
+    let mut health = HealthClient::new(
+        Endpoint::from_shared(format!("http://{}", handle.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
     for service in ["", backhaul_proto::INFERENCE_SERVICE_NAME] {
         let status = health
             .check(HealthCheckRequest {

@@ -2,15 +2,10 @@
 //! streamed and whole chat completions, legacy completions, models, and an
 //! error it raises as the right exception.
 //!
-//! Ignored by default because it needs Python with the `openai` package:
-//!
-//! ```sh
-//! python3 -m venv "$BACKHAUL_CACHE/venv-openai"
-//! "$BACKHAUL_CACHE/venv-openai/bin/pip" install openai
-//! cargo test -p backhaul-inference --test openai_client -- --ignored
-//! ```
-//!
-//! `BACKHAUL_OPENAI_PYTHON` names another interpreter.
+//! Needs `python3` (with `venv`). The first run creates
+//! `$BACKHAUL_CACHE/venv-openai` and installs the pinned `openai` package
+//! into it (network access once); later runs reuse it.
+//! `BACKHAUL_OPENAI_PYTHON` names another interpreter with `openai`.
 
 mod common;
 
@@ -59,6 +54,11 @@ except openai.BadRequestError as e:
 print("openai client ok:", repr(streamed))
 "#;
 
+/// The `openai` release the test is pinned to.
+const OPENAI_VERSION: &str = "3.54.0";
+
+/// An interpreter with the pinned `openai` package, creating the venv on
+/// first use.
 fn python() -> PathBuf {
     if let Ok(python) = std::env::var("BACKHAUL_OPENAI_PYTHON") {
         return PathBuf::from(python);
@@ -67,20 +67,46 @@ fn python() -> PathBuf {
         |_| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/backhaul"),
         PathBuf::from,
     );
-    cache.join("venv-openai/bin/python")
+    let venv = cache.join("venv-openai");
+    let python = venv.join("bin/python");
+    let has_pinned = |python: &PathBuf| {
+        python.is_file()
+            && Command::new(python)
+                .args(["-c", "import openai, sys; sys.exit(openai.__version__ != sys.argv[1])"])
+                .arg(OPENAI_VERSION)
+                .status()
+                .is_ok_and(|s| s.success())
+    };
+    if has_pinned(&python) {
+        return python;
+    }
+    eprintln!("creating {} with openai=={OPENAI_VERSION}", venv.display());
+    let run = |command: &mut Command| {
+        let output = command.output().expect("python3 runs");
+        assert!(
+            output.status.success(),
+            "{command:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+    run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        &format!("openai=={OPENAI_VERSION}"),
+    ]));
+    assert!(has_pinned(&python), "openai {OPENAI_VERSION} not importable");
+    python
 }
 
 #[tokio::test]
-#[ignore = "needs Python with the openai package (see the file's docs)"]
 async fn the_openai_python_client_works_unchanged() {
     let _turn = SERIAL.lock().await;
     let handle = server(&[]).await;
-    let python = python();
-    assert!(
-        python.is_file(),
-        "{} not found: create the venv as this file's docs say, or set BACKHAUL_OPENAI_PYTHON",
-        python.display()
-    );
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
     let base_url = format!("http://{}/v1", handle.http_addr);
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python)

@@ -129,6 +129,30 @@ pub fn chat(prompt: &str, max_tokens: u32) -> ChatRequest {
     }
 }
 
+/// A gRPC client without tonic's client-side deadline timer (which reports
+/// an expired `grpc-timeout` as CANCELLED on its own), so a test sees the
+/// status the server sends.
+pub type RawGrpcClient = InferenceClient<
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        tonic::body::Body,
+    >,
+>;
+
+pub fn grpc_without_client_deadline(handle: &ServerHandle) -> RawGrpcClient {
+    let client = hyper_util::client::legacy::Client::builder(
+        hyper_util::rt::TokioExecutor::new(),
+    )
+    .http2_only(true)
+    .build_http();
+    InferenceClient::with_origin(
+        client,
+        format!("http://{}", handle.grpc_addr)
+            .parse()
+            .expect("a URI"),
+    )
+}
+
 /// The text and last message of a gRPC chat stream read to its end.
 pub async fn grpc_stream_text(
     client: &mut InferenceClient<Channel>,
