@@ -478,7 +478,7 @@ mod tests {
         let generated = crd_yaml().unwrap();
         assert!(
             committed == generated,
-            "crds/modeldeployment.yaml is stale: run `cargo run -p backhaul-operator -- crd > crds/modeldeployment.yaml`"
+            "crds/modeldeployment.yaml is stale: run `make generate`"
         );
     }
 
