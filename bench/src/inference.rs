@@ -142,7 +142,10 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let started = chrono::Utc::now();
     let mut targets: Vec<(&'static str, Arc<Target>)> = Vec::new();
     eprintln!("[bench] loading {} in-process", args.model.display());
-    targets.push((IN_PROCESS, Arc::new(Target::in_process(&args.model, args.device == "cpu").await?)));
+    targets.push((
+        IN_PROCESS,
+        Arc::new(Target::in_process(&args.model, args.device == "cpu").await?),
+    ));
     if let Some(addr) = &args.grpc {
         targets.push((GRPC, Arc::new(Target::grpc(addr).await?)));
     }

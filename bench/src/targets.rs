@@ -244,7 +244,10 @@ async fn run_openai(
     let response = client.post(url).json(&body).send().await?;
     let status = response.status();
     if !status.is_success() {
-        bail!("{url}: {status}: {}", response.text().await.unwrap_or_default());
+        bail!(
+            "{url}: {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
     }
     let mut stream = response.bytes_stream();
     let mut buffer = Vec::<u8>::new();

@@ -87,6 +87,15 @@ pub async fn shutdown_signal() {
 }
 
 /// Runs the operator with `args` until SIGTERM (or loss of leadership).
+/// Chooses rustls' process-wide crypto provider (ring, as kube's `ring`
+/// feature asks). The workspace also links aws-lc-rs (mistral.rs' HTTP
+/// client), and with both present rustls refuses to guess, so every process
+/// that builds a kube client calls this first. Idempotent.
+pub fn install_crypto_provider() {
+    // An Err means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub async fn run(args: Args) -> Result<(), RunError> {
     telemetry::init(args.log_format);
     let config = OperatorConfig::from_args(&args)?;
@@ -96,6 +105,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         namespace = ?config.watch_namespace,
         "configured"
     );
+    install_crypto_provider();
     let client = Client::try_default().await.map_err(RunError::Connect)?;
     let metrics = Metrics::new();
     let readiness = Readiness::default();

@@ -84,6 +84,7 @@ impl Cluster {
     /// A new client. Clients are cheap; make one per test (a client is bound to
     /// the Tokio runtime it first ran on, and each `#[tokio::test]` has its own).
     pub fn client(&self) -> Client {
+        install_crypto_provider();
         Client::try_from(self.config.clone()).expect("a client from the cluster's kubeconfig")
     }
 }
@@ -153,8 +154,16 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Chooses rustls' process-wide crypto provider (ring, kube's): the workspace
+/// links both ring and aws-lc-rs, and rustls refuses to guess between them.
+pub fn install_crypto_provider() {
+    // An Err means one is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Loads a kubeconfig and checks the API server answers.
 async fn probe(kubeconfig: &Path) -> Result<Config, String> {
+    install_crypto_provider();
     let file = Kubeconfig::read_from(kubeconfig).map_err(|e| e.to_string())?;
     let config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
         .await
