@@ -10,11 +10,11 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use backhaul_proto::{INFERENCE_SERVICE_NAME, inference::v1::inference_server::InferenceServer};
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     service::TowerToHyperService,
 };
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 

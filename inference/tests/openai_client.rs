@@ -72,7 +72,10 @@ fn python() -> PathBuf {
     let has_pinned = |python: &PathBuf| {
         python.is_file()
             && Command::new(python)
-                .args(["-c", "import openai, sys; sys.exit(openai.__version__ != sys.argv[1])"])
+                .args([
+                    "-c",
+                    "import openai, sys; sys.exit(openai.__version__ != sys.argv[1])",
+                ])
                 .arg(OPENAI_VERSION)
                 .status()
                 .is_ok_and(|s| s.success())
@@ -98,7 +101,10 @@ fn python() -> PathBuf {
         "--quiet",
         &format!("openai=={OPENAI_VERSION}"),
     ]));
-    assert!(has_pinned(&python), "openai {OPENAI_VERSION} not importable");
+    assert!(
+        has_pinned(&python),
+        "openai {OPENAI_VERSION} not importable"
+    );
     python
 }
 

@@ -64,8 +64,11 @@ pub fn engine() -> Arc<Engine> {
             ])
             .expect("test flags parse");
             let started = Instant::now();
-            let engine = runtime
-                .block_on(Engine::load(&config.model))
+            // Called from inside a test's runtime, which cannot block on
+            // another runtime on its own thread.
+            let engine = std::thread::spawn(move || runtime.block_on(Engine::load(&config.model)))
+                .join()
+                .expect("the loader thread")
                 .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
             eprintln!("model loaded in {:.1}s", started.elapsed().as_secs_f64());
             Arc::new(engine)
@@ -140,11 +143,9 @@ pub type RawGrpcClient = InferenceClient<
 >;
 
 pub fn grpc_without_client_deadline(handle: &ServerHandle) -> RawGrpcClient {
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .http2_only(true)
-    .build_http();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
     InferenceClient::with_origin(
         client,
         format!("http://{}", handle.grpc_addr)
