@@ -98,10 +98,10 @@ impl InferenceError {
             Self::Engine(_) => Code::Internal,
         };
         let mut status = tonic::Status::new(code, self.to_string());
-        if let Some(after) = self.retry_after() {
-            if let Ok(value) = after.as_secs().max(1).to_string().parse() {
-                status.metadata_mut().insert("retry-after", value);
-            }
+        if let Some(after) = self.retry_after()
+            && let Ok(value) = after.as_secs().max(1).to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", value);
         }
         status
     }

@@ -226,10 +226,10 @@ fn header_request_id(metadata: &MetadataMap) -> Option<String> {
 }
 
 fn insert_request_id(metadata: &mut MetadataMap, request_id: &str) {
-    if let Ok(value) = request_id.parse() {
-        if !request_id.is_empty() {
-            metadata.insert("x-request-id", value);
-        }
+    if !request_id.is_empty()
+        && let Ok(value) = request_id.parse()
+    {
+        metadata.insert("x-request-id", value);
     }
 }
 

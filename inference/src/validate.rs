@@ -132,13 +132,13 @@ fn invalid(field: &'static str, message: impl Into<String>) -> InferenceError {
 
 /// Checks everything that does not need the tokenizer.
 pub fn validate(raw: RawRequest, model: &ModelInfo) -> Result<ValidatedRequest, InferenceError> {
-    if let Some(requested) = raw.model.filter(|m| !m.is_empty()) {
-        if requested != model.served_name {
-            return Err(InferenceError::ModelNotFound {
-                requested,
-                served: model.served_name.clone(),
-            });
-        }
+    if let Some(requested) = raw.model.filter(|m| !m.is_empty())
+        && requested != model.served_name
+    {
+        return Err(InferenceError::ModelNotFound {
+            requested,
+            served: model.served_name.clone(),
+        });
     }
     let request_id = match raw.request_id.filter(|id| !id.is_empty()) {
         Some(id) if id.len() > 128 || id.chars().any(|c| c.is_control()) => {
@@ -221,10 +221,10 @@ fn validate_sampling(
             "is not supported: the engine has no per-request seed; use temperature 0 for reproducible output",
         ));
     }
-    if let Some(n) = raw.n {
-        if n != 1 {
-            return Err(invalid("n", "only one choice (n = 1) is supported"));
-        }
+    if let Some(n) = raw.n
+        && n != 1
+    {
+        return Err(invalid("n", "only one choice (n = 1) is supported"));
     }
     let temperature = finite_in("temperature", raw.temperature, 0.0, 100.0)?.unwrap_or(1.0);
     let top_p = finite_in("top_p", raw.top_p, 0.0, 1.0)?;
