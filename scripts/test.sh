@@ -24,7 +24,9 @@ export KUBECONFIG
 
 failed=()
 step "build" build_workspace || failed+=(build)
-step "rust tests" cargo test --workspace --locked || failed+=(rust)
+# Four at a time: the control-plane tests each run operators against one
+# API server on two cores, and more in parallel only makes them wait on it.
+step "rust tests" cargo test --workspace --locked -- --test-threads=4 || failed+=(rust)
 step "helm chart" charts/test-chart.sh || failed+=(chart)
 step "worker tests (workerd)" bash -c 'source scripts/node-env.sh && cd worker && npm test' || failed+=(worker)
 

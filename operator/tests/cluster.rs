@@ -538,6 +538,15 @@ async fn operators_serving_different_regions_share_an_object() {
         "{managers:?}"
     );
 
+    // Each operator may still act once on a view from before the other's last
+    // status write (a catch-up, not a fight): let both reconcile once more on
+    // the converged object before taking the reference version.
+    let (e0, w0) = (east.successes(), west.successes());
+    wait_for(CONVERGE, || async {
+        (east.successes() > e0 && west.successes() > w0).then_some(())
+    })
+    .await
+    .expect("both reconciled the converged object");
     // Converged: further reconciles of both (heartbeats every 10 s) write nothing.
     let rv = mds.get("m").await.unwrap().resource_version();
     let (e0, w0) = (east.successes(), west.successes());

@@ -276,7 +276,7 @@ impl Operator {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
+            tokio::time::timeout(Duration::from_secs(90), task)
                 .await
                 .expect("operator stopped in time")
                 .unwrap()
