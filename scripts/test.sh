@@ -27,6 +27,7 @@ step "build" build_workspace || failed+=(build)
 # Four at a time: the control-plane tests each run operators against one
 # API server on two cores, and more in parallel only makes them wait on it.
 step "rust tests" cargo test --workspace --locked -- --test-threads=4 || failed+=(rust)
+step "end to end (operator, regions, Worker)" scripts/e2e.sh || failed+=(e2e)
 step "helm chart" charts/test-chart.sh || failed+=(chart)
 step "worker tests (workerd)" bash -c 'source scripts/node-env.sh && cd worker && npm test' || failed+=(worker)
 

@@ -417,7 +417,6 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,backhaul_operator=debug")
             .env("BACKHAUL_PUBLISH_SECRET", &worker.secret)
-            .arg("run")
             .args(["--watch-namespace", namespace])
             .args(["--worker-url", &worker.url()])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
