@@ -279,7 +279,7 @@ say "The Worker's route table (signed GET /admin/v1/routes):"
 signed_get /admin/v1/routes | python3 -c '
 import json, sys
 for r in json.load(sys.stdin)["routes"]:
-    print(f"  {r[\"namespace\"]}/{r[\"name\"]} {r[\"region\"]:8} -> {r[\"endpoint\"]}  ready {r[\"readyReplicas\"]}/{r[\"replicas\"]}  ttl {r[\"ttlSeconds\"]}s{\"  EXPIRED\" if r.get(\"expired\") else \"\"}")'
+    print("  %s/%s %-8s -> %s  ready %s/%s  ttl %ss%s" % (r["namespace"], r["name"], r["region"], r["endpoint"], r["readyReplicas"], r["replicas"], r["ttlSeconds"], "  EXPIRED" if r.get("expired") else ""))'
 
 client() { "$venv/bin/python" scripts/demo-client.py "$worker_url/v1" "$served" "$@"; }
 prompt="In three sentences, explain why a request should be served by the nearest data centre."
