@@ -58,6 +58,12 @@ def section_from_raw(name, raw):
                 "failover_added_ms_p99": {k: v["addedMs"]["p99"] for k, v in r["failover"].items()},
                 "cpu_ms_per_request": r["cpuMsPerRequest"]["viaWorker"],
                 "raw": r}
+    if name == "routing-profile":
+        return {**base,
+                "cpu_ms_per_request": {k: r[k]["runtimeCpuMsPerRequest"] for k in ("backhaul", "passthrough") if r.get(k)},
+                "busy_samples_per_request": {k: round(r[k]["busySamples"] / r["requests"], 3)
+                                             for k in ("backhaul", "passthrough") if r.get(k)},
+                "raw": r}
     if name == "control-plane":
         runs = r["runs"]
         ok = {c: run for c, run in runs.items() if "error" not in run}
@@ -344,6 +350,7 @@ def readme(results, made):
             L.append(f"| {k} | {v['ttfbMs']['samples']} | {fmt(v['ttfbMs']['p50'])} | {fmt(v['failedAttemptMs']['p50'])} | "
                      f"{fmt(v['addedMs']['p50'])} | {fmt(v['addedMs']['p99'])} |")
         L += ["", f"`wrangler dev` took {r['wranglerDevStartupMs']} ms to answer `/health`.", ""]
+        L += routing_profile(results.get("routing_profile"))
         if "routing.png" in made:
             L += ["![routing](routing.png)", ""]
         L += ["Command:", "", "```sh", "source scripts/node-env.sh && " + rt["command"], "```", ""]
@@ -445,6 +452,34 @@ def readme(results, made):
           "On a machine with one, the same comparison runs with CUDA builds (the bench crate's `cuda` feature "
           "turns on mistral.rs's):", "", "```sh", *GPU_COMMANDS, "```", ""]
     return "\n".join(L)
+
+
+def routing_profile(sec):
+    """The routing section's profile: where the runtime's CPU goes per request, by Worker module."""
+    if not sec:
+        return []
+    r = sec["raw"]
+    b, p = r["backhaul"], r.get("passthrough")
+    per_req = lambda x: f"{x['busySamples'] / r['requests']:.2f}"
+    L = ["### Where the Worker's CPU goes", "",
+         f"Machine: {machine_line(sec)}.", "",
+         f"`bench/worker_profile.mjs`: a V8 CPU profile of the runtime workerd over `wrangler dev`'s inspector "
+         f"(Profiler.start/stop, {r['samplingIntervalUs']} µs interval) while {r['requests']} streamed requests went "
+         "through each Worker one at a time. Each busy sample counts once; its share of the runtime's CPU time "
+         "(/proc, same requests) gives ≈ ms. Built-ins (fetch, streams, timers) count for the Worker module that "
+         "called them. Full tables: [worker-profile.md](worker-profile.md).", "",
+         "| | Backhaul Worker | forward-only Worker |", "|---|---|---|",
+         f"| runtime workerd CPU ms per request | {b['runtimeCpuMsPerRequest']} | {p['runtimeCpuMsPerRequest'] if p else '–'} |",
+         f"| busy samples per request | {per_req(b)} | {per_req(p) if p else '–'} |",
+         "", "Backhaul Worker by module:", "", "| module | share of busy samples | ≈ ms per request |", "|---|---|---|"]
+    for m in b["byModule"]:
+        if m["share"] >= 0.005:
+            L.append(f"| {m['module']} | {m['share'] * 100:.1f} % | {fmt(m['msPerRequest'], 3)} |")
+    L += ["", "Backhaul Worker, top functions by self time:", "", "| function | share | ≈ ms per request |", "|---|---|---|"]
+    for f in b["topSelf"][:10]:
+        L.append(f"| `{f['function']}` | {f['share'] * 100:.1f} % | {fmt(f['msPerRequest'], 3)} |")
+    L += ["", "Command:", "", "```sh", "source scripts/node-env.sh && " + sec["command"], "```", ""]
+    return L
 
 
 def main():

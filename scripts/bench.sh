@@ -9,7 +9,7 @@
 # regenerates docs/benchmarks/README.md and its plots from that file alone.
 #
 # Knobs (environment): INFERENCE_ROUNDS (3), INFERENCE_MAX_TOKENS (96),
-# INFERENCE_CONCURRENCY (1,4,16), ROUTING_REQUESTS (300),
+# INFERENCE_CONCURRENCY (1,4,16), ROUTING_REQUESTS (300, also the profile's),
 # CONTROL_PLANE_COUNTS (1,100,1000).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -143,6 +143,11 @@ bench_routing() {
   local n=${ROUTING_REQUESTS:-300}
   step "routing benchmark" wrap routing "$out_dir/routing.json" \
     "node bench/routing.mjs --requests $n" node bench/routing.mjs --requests "$n"
+  # Where the Worker's CPU goes: a V8 profile over wrangler dev's inspector;
+  # also rewrites docs/benchmarks/worker-profile.md.
+  step "routing profile" wrap routing-profile "$out_dir/routing-profile.json" \
+    "node bench/worker_profile.mjs --requests $n --markdown docs/benchmarks/worker-profile.md" \
+    node bench/worker_profile.mjs --requests "$n" --markdown docs/benchmarks/worker-profile.md
 }
 
 bench_control_plane() {
@@ -174,6 +179,8 @@ for section in inference routing control-plane; do
   has "$section" || continue
   if "$0" --section "$section"; then
     ran+=("$out_dir/$section.json")
+    # The routing section also writes its profile.
+    if [ "$section" = routing ]; then ran+=("$out_dir/routing-profile.json"); fi
   else
     failed+=("$section")
   fi
