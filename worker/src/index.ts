@@ -129,11 +129,13 @@ async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext
 		throw new ApiError(503, "service_unavailable", "edge_unavailable", `The edge model '${chat.model}' is unavailable (${edgeFailure}) and no region serves it.`);
 	}
 
+	// A location only orders two or more routes (reading request.cf parses it).
+	const ordering = modelRoutes.length > 1;
 	const ranked = rankRegions({
 		routes: modelRoutes,
 		model: chat.model,
-		client: clientLocation(request, env),
-		fallback: parseLocation(env.DEFAULT_LOCATION),
+		client: ordering ? clientLocation(request, env) : null,
+		fallback: ordering ? parseLocation(env.DEFAULT_LOCATION) : null,
 		nowMs,
 		cooldownUntil,
 	});
@@ -190,10 +192,12 @@ function withRouting(
 	response: Response,
 	r: { tier: "edge" | "region"; region: string; attempts: number; classification: Classification },
 ): Response {
-	const headers = new Headers(response.headers);
+	// Every response here was built by this Worker (never a fetch's, whose
+	// headers are immutable), so its headers can be set in place.
+	const headers = response.headers;
 	headers.set("x-backhaul-tier", r.tier);
 	headers.set("x-backhaul-region", r.region);
 	headers.set("x-backhaul-attempts", String(r.attempts));
 	headers.set("x-backhaul-reason", r.classification.reason);
-	return new Response(response.body, { status: response.status, headers });
+	return response;
 }

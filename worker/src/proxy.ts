@@ -6,6 +6,7 @@
 import { decide, type AttemptOutcome } from "./failover";
 import { ApiError, sseErrorEvent } from "./errors";
 import { routeKey, type Route } from "./route";
+import { SseWatcher } from "./sse";
 
 /** 429 cooldowns, per route, for this isolate: key → until (ms since epoch). */
 export const cooldownUntil = new Map<string, number>();
@@ -23,35 +24,56 @@ export interface RegionResult {
 
 class ClientGone extends Error {}
 
-const DONE_EVENT = /(^|\n)data:\s*\[DONE\]/;
-const ERROR_EVENT = /(^|\n)data:\s*\{\s*"error"\s*:/;
+const encoder = new TextEncoder();
 
 interface Attempt {
 	outcome: AttemptOutcome;
 	response?: Response;
 	controller: AbortController;
-	/** clears the whole-attempt timer */
+	/** clears the attempt's timer and stops watching the client */
 	done: () => void;
 	timedOut: () => boolean;
+	/** called once the client disconnects, after the upstream fetch is aborted */
+	onClientGone?: () => void;
 }
 
+/**
+ * One upstream fetch, bounded by firstByteTimeoutMs (until response headers)
+ * and requestTimeoutMs (the whole attempt, body included). One timer at a
+ * time stands for both: the first-byte timer, once headers are in, re-arms
+ * itself for what is left of the total, so a stream that ends before
+ * firstByteTimeoutMs sets and clears one timer.
+ */
 async function attempt(route: Route, body: Uint8Array, clientSignal: AbortSignal | undefined): Promise<Attempt> {
 	const controller = new AbortController();
+	const { firstByteTimeoutMs, requestTimeoutMs } = route.routing;
+	const started = Date.now();
+	let headersIn = false;
 	let firstByteFired = false;
 	let totalFired = false;
-	const onClientAbort = () => controller.abort(new ClientGone("client disconnected"));
+	let a: Attempt | null = null;
+	const onClientAbort = () => {
+		controller.abort(new ClientGone("client disconnected"));
+		a?.onClientGone?.();
+	};
 	clientSignal?.addEventListener("abort", onClientAbort);
-	const firstByte = setTimeout(() => {
-		firstByteFired = true;
-		controller.abort(new Error("first byte timeout"));
-	}, route.routing.firstByteTimeoutMs);
-	const total = setTimeout(() => {
+	const fireTotal = () => {
 		totalFired = true;
 		controller.abort(new Error("request timeout"));
-	}, route.routing.requestTimeoutMs);
+	};
+	const fireFirstByte = () => {
+		if (headersIn) {
+			const left = requestTimeoutMs - (Date.now() - started);
+			if (left > 0) timer = setTimeout(fireTotal, left);
+			else fireTotal();
+			return;
+		}
+		firstByteFired = true;
+		controller.abort(new Error("first byte timeout"));
+	};
+	let timer = firstByteTimeoutMs < requestTimeoutMs ? setTimeout(fireFirstByte, firstByteTimeoutMs) : setTimeout(fireTotal, requestTimeoutMs);
 	const done = () => {
-		clearTimeout(firstByte);
-		clearTimeout(total);
+		clearTimeout(timer);
 		clientSignal?.removeEventListener("abort", onClientAbort);
 	};
 	const base = { controller, done, timedOut: () => totalFired };
@@ -62,8 +84,9 @@ async function attempt(route: Route, body: Uint8Array, clientSignal: AbortSignal
 			body,
 			signal: controller.signal,
 		});
-		clearTimeout(firstByte);
-		return { ...base, response, outcome: { kind: "response", status: response.status, retryAfter: response.headers.get("retry-after") } };
+		headersIn = true;
+		a = { ...base, response, outcome: { kind: "response", status: response.status, retryAfter: response.headers.get("retry-after") } };
+		return a;
 	} catch (err) {
 		done();
 		if (clientSignal?.aborted) throw new ClientGone("client disconnected");
@@ -154,7 +177,9 @@ export async function forwardToRegions(opts: {
 			log.push({ region: route.region, outcome: a.timedOut() ? "request timeout before the first chunk" : "stream ended before the first chunk" });
 			continue;
 		}
-		if (ERROR_EVENT.test(new TextDecoder().decode(first.value))) {
+		const watcher = new SseWatcher();
+		watcher.push(first.value);
+		if (watcher.sawError) {
 			// The region failed before generating anything: nothing has reached the client yet.
 			a.done();
 			await reader.cancel().catch(() => {});
@@ -162,7 +187,7 @@ export async function forwardToRegions(opts: {
 			continue;
 		}
 		log.push({ region: route.region, outcome: `upstream ${upstream.status} streaming` });
-		return { response: passThroughStream(upstream, reader, first.value, a, opts.ctx, opts.clientSignal), attempts, log };
+		return { response: passThroughStream(upstream, reader, first.value, watcher, a, opts.ctx, opts.clientSignal), attempts, log };
 	}
 	const detail = log.map((l) => `${l.region}: ${l.outcome}`).join("; ");
 	if (saturated > 0 && saturated === log.length) {
@@ -179,68 +204,67 @@ export async function forwardToRegions(opts: {
  * upstream breaks (read error, total timeout, or end without `data: [DONE]`)
  * the client gets an OpenAI-style error event and `data: [DONE]`. When the
  * client goes away the upstream read is cancelled and the fetch aborted.
+ *
+ * The client side is an IdentityTransformStream: workerd reads it natively,
+ * so each chunk costs one read and one write here and no JavaScript stream
+ * machinery on the way out. Chunks are watched (sse.ts, on the bytes, no
+ * decoding) only until `data: [DONE]`: after it nothing can change what the
+ * stream ends with.
  */
 function passThroughStream(
 	upstream: Response,
 	reader: ReadableStreamDefaultReader<Uint8Array>,
 	firstChunk: Uint8Array,
+	/** has seen the first chunk */
+	watcher: SseWatcher,
 	a: Attempt,
 	ctx: ExecutionContext,
 	clientSignal?: AbortSignal,
 ): Response {
-	const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
+	const { readable, writable } = new IdentityTransformStream();
 	const writer = writable.getWriter();
-	const enc = new TextEncoder();
-	const dec = new TextDecoder();
-	let tail = "";
-	let sawDone = false;
-	let sawUpstreamError = false;
-
 	const pump = async () => {
 		let clientGone = false;
 		const stopUpstream = async (reason: string) => {
 			await reader.cancel(reason).catch(() => {});
 			a.controller.abort(new Error(reason));
 		};
-		clientSignal?.addEventListener("abort", () => {
+		// The attempt already watches the client (and aborts the fetch): hook in.
+		a.onClientGone = () => {
 			clientGone = true;
 			void stopUpstream("client disconnected");
-		});
+		};
+		if (clientSignal?.aborted) a.onClientGone();
 		try {
-			let pending: Uint8Array | null = firstChunk;
+			let chunk: Uint8Array = firstChunk;
 			for (;;) {
-				let chunk: ReadableStreamReadResult<Uint8Array>;
 				try {
-					if (pending) {
-						chunk = { done: false, value: pending };
-						pending = null;
-					} else chunk = await reader.read();
-				} catch (err) {
-					if (clientGone) return;
-					const why = a.timedOut() ? "the region exceeded requestTimeoutMs" : `the region's stream failed (${String(err)})`;
-					await writer.write(enc.encode(sseErrorEvent(`Upstream failed mid-stream: ${why}.`, "upstream_stream_failed")));
-					break;
-				}
-				if (chunk.done) {
-					// A region that reported its own error event already told the client.
-					if (!sawDone && !sawUpstreamError) {
-						await writer.write(
-							enc.encode(sseErrorEvent("Upstream failed mid-stream: the region closed the stream before data: [DONE].", "upstream_stream_truncated")),
-						);
-					}
-					break;
-				}
-				const seen = tail + dec.decode(chunk.value, { stream: true });
-				if (DONE_EVENT.test(seen)) sawDone = true;
-				if (ERROR_EVENT.test(seen)) sawUpstreamError = true;
-				tail = seen.slice(-64);
-				try {
-					await writer.write(chunk.value);
+					await writer.write(chunk);
 				} catch {
 					clientGone = true;
 					await stopUpstream("client disconnected");
 					return;
 				}
+				let next: ReadableStreamReadResult<Uint8Array>;
+				try {
+					next = await reader.read();
+				} catch (err) {
+					if (clientGone) return;
+					const why = a.timedOut() ? "the region exceeded requestTimeoutMs" : `the region's stream failed (${String(err)})`;
+					await writer.write(encoder.encode(sseErrorEvent(`Upstream failed mid-stream: ${why}.`, "upstream_stream_failed")));
+					break;
+				}
+				if (next.done) {
+					// A region that reported its own error event already told the client.
+					if (!watcher.sawDone && !watcher.sawError) {
+						await writer.write(
+							encoder.encode(sseErrorEvent("Upstream failed mid-stream: the region closed the stream before data: [DONE].", "upstream_stream_truncated")),
+						);
+					}
+					break;
+				}
+				chunk = next.value;
+				if (!watcher.sawDone) watcher.push(chunk);
 			}
 			await writer.close();
 		} catch {

@@ -51,6 +51,7 @@ export function locationFromCf(cf: { latitude?: unknown; longitude?: unknown } |
 
 export function isLive(r: Route, nowMs: number, cooldownUntil: ReadonlyMap<string, number>): boolean {
 	if (isExpired(r, nowMs) || r.readyReplicas <= 0) return false;
+	if (cooldownUntil.size === 0) return true;
 	const until = cooldownUntil.get(routeKey(r));
 	return until === undefined || until <= nowMs;
 }

@@ -12,6 +12,9 @@ export async function readBodyCapped(request: Request, limit: number): Promise<U
 	const declared = request.headers.get("content-length");
 	if (declared !== null && Number(declared) > limit) throw tooLarge();
 	if (!request.body) return new Uint8Array(0);
+	// A declared length within the limit is what the runtime's HTTP framing
+	// delivers, no more: read it whole in one call.
+	if (declared !== null && /^\d+$/.test(declared)) return new Uint8Array(await request.arrayBuffer());
 	const reader = request.body.getReader();
 	const chunks: Uint8Array[] = [];
 	let size = 0;
@@ -44,11 +47,13 @@ export interface ChatRequest {
 	raw: Record<string, unknown>;
 }
 
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
+
 /** Parses and validates a /v1/chat/completions body (400 naming the field when wrong). */
 export function parseChatRequest(body: Uint8Array): ChatRequest {
 	let raw: unknown;
 	try {
-		raw = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(body));
+		raw = JSON.parse(utf8.decode(body));
 	} catch {
 		throw badRequest("Request body is not valid JSON.", null, "invalid_json");
 	}
