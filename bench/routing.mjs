@@ -7,242 +7,61 @@
 // failover adds beyond the failed attempt's own time, for a refused
 // connection, a 503, a 429 and a first byte slower than firstByteTimeoutMs.
 //
-// Extends worker/bench/latency.mjs (the Worker's own quick check) with
-// total time, CPU, 429, slow first byte, and the failed attempts' own time,
-// and a profile of where the added time goes: the same requests straight to
-// the Worker's workerd (skipping wrangler dev's proxy), and through a Worker
+// To see where the added time goes, the same requests also go straight to
+// the Worker's workerd (skipping wrangler dev's proxy) and through a Worker
 // that only forwards (bench/passthrough) under the same wrangler dev, on
-// --port + 1. Everything is on 127.0.0.1.
+// --port + 1. Everything is on 127.0.0.1. The upstream, wrangler dev and
+// the request helpers are bench/worker_harness.mjs (shared with
+// bench/worker_profile.mjs, which shows where the Worker's CPU goes).
 //
-//   node bench/routing.mjs [--requests 300] [--slow-requests 30] [--port 8791]
+//   node bench/routing.mjs [--requests 300] [--slow-requests 30] [--port 8791] [--baseline DIR]
+//   (from worker/: npm run --silent bench -- --requests 100)
+//
+// --baseline DIR: also run the Backhaul Worker of another checkout (DIR is
+// its worker/ directory, with node_modules) on --port + 2, interleaved with
+// this one (paths viaBaseline, viaBaselineRuntimeOnly): a before/after
+// comparison under the same machine load.
 //
 // Prints one JSON document on stdout; progress on stderr.
-import { execFileSync, spawn } from "node:child_process";
-import { createHmac } from "node:crypto";
-import { createServer } from "node:http";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir, cpus } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { cpus } from "node:os";
+import {
+	arg, logger, startUpstream, startBackhaul, startWrangler, sseOk, passthroughConfig, publish, route, once, failedAlone, summary, pct, groupCpu, TICK_MS,
+} from "./worker_harness.mjs";
 
-const arg = (name, dflt) => {
-	const i = process.argv.indexOf(`--${name}`);
-	return i > 0 ? Number(process.argv[i + 1]) : dflt;
-};
 const N = arg("requests", 300);
 const SLOW_N = arg("slow-requests", 30);
 const workerPort = arg("port", 8791);
 const FIRST_BYTE_TIMEOUT_MS = 100;
-const SECRET = "bench-secret";
-const workerDir = join(dirname(fileURLToPath(import.meta.url)), "..", "worker");
-const log = (...a) => console.error("[routing]", ...a);
+const log = logger("routing");
+const baselineIdx = process.argv.indexOf("--baseline");
+const baselineDir = baselineIdx > 0 ? process.argv[baselineIdx + 1] : null;
 
-// The upstream: headers and the first SSE chunk at once, three more 5 ms
-// apart, then [DONE]. /fail503 and /fail429 answer at once with that status
-// (429 with Retry-After: 0, so the Worker's cooldown is 1 ms and every
-// request tries the saturated region again); /slow holds its headers 2 s.
-const chunk = (t) => `data: {"choices":[{"index":0,"delta":{"content":"${t}"}}]}\n\n`;
-const upstream = createServer((req, res) => {
-	if (req.url.startsWith("/fail503/")) {
-		res.writeHead(503, { "content-type": "application/json" });
-		return res.end('{"error":{"message":"unavailable"}}');
-	}
-	if (req.url.startsWith("/fail429/")) {
-		res.writeHead(429, { "content-type": "application/json", "retry-after": "0" });
-		return res.end('{"error":{"message":"overloaded"}}');
-	}
-	req.resume();
-	req.on("end", () => {
-		const respond = () => {
-			if (res.destroyed) return;
-			res.writeHead(200, { "content-type": "text/event-stream" });
-			res.write(chunk("a"));
-			let i = 0;
-			const t = setInterval(() => {
-				if (++i <= 3) return void res.write(chunk("b"));
-				clearInterval(t);
-				res.end("data: [DONE]\n\n");
-			}, 5);
-		};
-		if (req.url.startsWith("/slow/")) setTimeout(respond, 2000);
-		else respond();
-	});
-});
-upstream.keepAliveTimeout = 60_000;
-await new Promise((r) => upstream.listen(0, "127.0.0.1", r));
-const upPort = upstream.address().port;
-const refused = createServer();
-await new Promise((r) => refused.listen(0, "127.0.0.1", r));
-const refusedPort = refused.address().port;
-await new Promise((r) => refused.close(r));
-
-// wrangler dev runs two workerd processes: its proxy on --port, and the
-// runtime running the Worker, whose own entry socket listens on a port
-// picked at start. Requests to that socket skip wrangler's proxy; comparing
-// the two shows where the added time goes.
-function runtimeEntryPorts(pgid) {
-	const pids = readdirSync("/proc").filter((p) => /^\d+$/.test(p)).filter((pid) => {
-		try {
-			const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
-			const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-			const pgrp = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
-			return pgrp === pgid && cmd.includes("workerd") && cmd.includes("entry=127.0.0.1:0");
-		} catch {
-			return false;
-		}
-	});
-	let ss = "";
-	try {
-		ss = execFileSync("ss", ["-ltnpH"], { encoding: "utf8" });
-	} catch {}
-	return pids.flatMap((pid) => ss.split("\n").filter((l) => l.includes(`pid=${pid},`)).map((l) => l.match(/127\.0\.0\.1:(\d+)/)?.[1]).filter(Boolean));
-}
-
-const devs = [];
-process.on("exit", () => {
-	for (const d of devs) {
-		try {
-			process.kill(-d.pid, "SIGTERM");
-		} catch {}
-	}
-	upstream.close();
-});
-// Starts `wrangler dev` (in its own process group) and waits until `probe`
-// accepts its answer; finds the runtime's own entry the same way.
-async function startWrangler(label, port, extra, probe) {
-	const started = performance.now();
-	const persist = mkdtempSync(join(tmpdir(), "backhaul-routing-"));
-	const dev = spawn("npx", ["wrangler", "dev", "--ip", "127.0.0.1", "--port", String(port), "--persist-to", persist, "--log-level", "error", ...extra],
-		{ cwd: workerDir, stdio: ["ignore", "ignore", "pipe"], detached: true });
-	devs.push(dev);
-	process.on("exit", () => rmSync(persist, { recursive: true, force: true }));
-	let err = "";
-	dev.stderr.on("data", (d) => (err += d));
-	const base = `http://127.0.0.1:${port}`;
-	const deadline = Date.now() + 120_000;
-	for (;;) {
-		try {
-			if (await probe(base)) break;
-		} catch {}
-		if (Date.now() > deadline) {
-			log(`${label}: wrangler dev did not answer:`, err.slice(-2000));
-			process.exit(1);
-		}
-		await new Promise((r) => setTimeout(r, 250));
-	}
-	const startupMs = Math.round(performance.now() - started);
-	let runtimeBase = null;
-	for (const p of runtimeEntryPorts(dev.pid)) {
-		try {
-			if (await probe(`http://127.0.0.1:${p}`)) {
-				runtimeBase = `http://127.0.0.1:${p}`;
-				break;
-			}
-		} catch {}
-	}
-	log(`${label}: wrangler dev is up after ${startupMs} ms; runtime entry ${runtimeBase ?? "not found"}`);
-	return { dev, base, runtimeBase, startupMs };
-}
-
-const healthOk = async (b) => {
-	const r = await fetch(`${b}/health`, { signal: AbortSignal.timeout(2000) });
-	return r.ok && (await r.text()).includes('"ok"');
-};
-const backhaul = await startWrangler("backhaul worker", workerPort,
-	["--env", "local", "--var", `BACKHAUL_PUBLISH_SECRET:${SECRET}`, "--var", "DEFAULT_LOCATION:51.5,-0.1", "--var", "BACKHAUL_API_KEYS:"], healthOk);
+const upstream = await startUpstream();
+const up = upstream.url;
+const backhaul = await startBackhaul(workerPort, log);
 const dev = backhaul.dev;
 const base = backhaul.base;
 const runtimeBase = backhaul.runtimeBase;
 const startupMs = backhaul.startupMs;
 // The floor: a Worker that only forwards to the upstream (bench/passthrough).
-const sseOk = async (b) => {
-	const r = await fetch(`${b}/v1/chat/completions`, { method: "POST", body: "{}", signal: AbortSignal.timeout(2000) });
-	await r.arrayBuffer();
-	return r.ok && (r.headers.get("content-type") ?? "").includes("text/event-stream");
-};
-const passthrough = await startWrangler("passthrough worker", workerPort + 1,
-	["--config", join(workerDir, "..", "bench", "passthrough", "wrangler.jsonc"), "--var", `UPSTREAM:http://127.0.0.1:${upPort}/passthrough`], sseOk);
-
-// CPU time (user + system, in clock ticks) of every process in wrangler
-// dev's process group, by command name (node: wrangler and its proxy;
-// workerd: the runtime running the Worker).
-const TICK_MS = 10; // Linux USER_HZ is 100
-function groupCpu(pgid) {
-	const out = {};
-	for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
-		let stat;
-		try {
-			stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-		} catch {
-			continue;
-		}
-		const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-		const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-		if (Number(f[2]) !== pgid) continue; // pgrp
-		const ticks = Number(f[11]) + Number(f[12]);
-		let name = comm;
-		if (comm.startsWith("workerd")) {
-			let cmd = "";
-			try {
-				cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
-			} catch {}
-			name = cmd.includes("entry=127.0.0.1:0") ? "workerd_runtime" : "workerd_proxy";
-		}
-		out[name] = (out[name] ?? 0) + ticks;
-	}
-	return out;
-}
-
-async function publish(route) {
-	const path = `/admin/v1/routes/${route.namespace}/${route.name}/${route.region}`;
-	const body = JSON.stringify(route);
-	const ts = String(Math.floor(Date.now() / 1000));
-	const sig = createHmac("sha256", SECRET).update(`${ts}.PUT.${path}.${body}`).digest("hex");
-	const res = await fetch(base + path, { method: "PUT", body, headers: { "x-backhaul-timestamp": ts, "x-backhaul-signature": `v1=${sig}` } });
-	if (res.status !== 200) throw new Error(`publish ${path}: ${res.status} ${await res.text()}`);
-}
-const route = (name, region, model, endpoint, latitude, longitude) => ({
-	namespace: "bench", name, region, model, endpoint, location: { latitude, longitude }, replicas: 1, readyReplicas: 1,
-	routing: { heavyPromptTokens: 1024, heavyMaxTokens: 512, requestTimeoutMs: 60000, firstByteTimeoutMs: FIRST_BYTE_TIMEOUT_MS, failoverAttempts: 3 },
-	edgeModel: null, generation: 1, publishedAt: new Date().toISOString().replace(/\.\d+Z$/, "Z"), ttlSeconds: 3600,
+const passthrough = await startWrangler({
+	label: "passthrough worker", port: workerPort + 1, log, probe: sseOk,
+	extra: ["--config", passthroughConfig, "--var", `UPSTREAM:http://127.0.0.1:${upstream.port}/passthrough`],
 });
-const up = (path) => `http://127.0.0.1:${upPort}/${path}`;
+
+const baseline = baselineDir ? await startBackhaul(workerPort + 2, log, [], baselineDir, "baseline backhaul worker") : null;
+
+const bhRoute = (name, region, model, endpoint, lat, lon) => route(name, region, model, endpoint, lat, lon, FIRST_BYTE_TIMEOUT_MS);
 // Each failing region sits in London (the default location, so it is tried
 // first), the healthy one in Mumbai.
-const kinds = { refused: `http://127.0.0.1:${refusedPort}`, status503: up("fail503/x"), status429: up("fail429/x"), slowFirstByte: up("slow/x") };
-await publish(route("plain", "mumbai", "m-plain", up("ok/plain"), 19.07, 72.88));
+const kinds = { refused: upstream.refusedUrl, status503: up("fail503/x"), status429: up("fail429/x"), slowFirstByte: up("slow/x") };
+await publish(base, bhRoute("plain", "mumbai", "m-plain", up("ok/plain"), 19.07, 72.88));
+if (baseline) await publish(baseline.base, bhRoute("plain", "mumbai", "m-plain", up("ok/plain"), 19.07, 72.88));
 for (const [kind, endpoint] of Object.entries(kinds)) {
 	const name = kind.toLowerCase();
-	await publish(route(name, "london", `m-${name}`, endpoint, 51.5, -0.12));
-	await publish(route(name, "mumbai", `m-${name}`, up(`ok/${name}`), 19.07, 72.88));
+	await publish(base, bhRoute(name, "london", `m-${name}`, endpoint, 51.5, -0.12));
+	await publish(base, bhRoute(name, "mumbai", `m-${name}`, up(`ok/${name}`), 19.07, 72.88));
 }
-
-const body = (model) => JSON.stringify({ model, stream: true, messages: [{ role: "user", content: "Hello" }] });
-// One request: ms to the first body chunk and to the end of the body.
-async function once(url, model) {
-	const started = performance.now();
-	const res = await fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body: body(model) });
-	const reader = res.body.getReader();
-	await reader.read();
-	const ttfb = performance.now() - started;
-	while (!(await reader.read()).done);
-	return { ttfb, total: performance.now() - started, status: res.status, attempts: res.headers.get("x-backhaul-attempts") };
-}
-// The failed attempt alone, straight at the failing upstream: time until
-// fetch settles (an error for the refused port, the whole body otherwise).
-async function failedAlone(url) {
-	const started = performance.now();
-	try {
-		const res = await fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body: body("x") });
-		await res.arrayBuffer();
-	} catch {}
-	return performance.now() - started;
-}
-const pct = (xs, p) => {
-	const s = [...xs].sort((a, b) => a - b);
-	return +s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))].toFixed(3);
-};
-const summary = (xs) => ({ p50: pct(xs, 50), p99: pct(xs, 99), mean: +(xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(3), samples: xs.length });
 
 async function series(label, url, model, n, expectAttempts) {
 	for (let i = 0; i < 10; i++) await once(url, model); // warm-up
@@ -250,7 +69,7 @@ async function series(label, url, model, n, expectAttempts) {
 	const total = [];
 	for (let i = 0; i < n; i++) {
 		const r = await once(url, model);
-		if (r.status !== 200 || (expectAttempts && r.attempts !== expectAttempts)) throw new Error(`${label}: status ${r.status}, attempts ${r.attempts}`);
+		if (r.status !== 200 || (expectAttempts && r.attempts !== expectAttempts)) throw new Error(`${label}: status ${r.status}, attempts ${r.attempts} ${r.body}`);
 		ttfb.push(r.ttfb);
 		total.push(r.total);
 	}
@@ -275,6 +94,8 @@ const paths = [
 	runtimeBase && { key: "viaWorkerRuntimeOnly", url: `${runtimeBase}/v1/chat/completions`, attempts: "1", pgid: dev.pid },
 	{ key: "viaPassthrough", url: `${passthrough.base}/v1/chat/completions`, pgid: passthrough.dev.pid },
 	passthrough.runtimeBase && { key: "viaPassthroughRuntimeOnly", url: `${passthrough.runtimeBase}/v1/chat/completions`, pgid: passthrough.dev.pid },
+	baseline && { key: "viaBaseline", url: `${baseline.base}/v1/chat/completions`, attempts: "1", pgid: baseline.pgid },
+	baseline?.runtimeBase && { key: "viaBaselineRuntimeOnly", url: `${baseline.runtimeBase}/v1/chat/completions`, attempts: "1", pgid: baseline.pgid },
 ].filter(Boolean);
 const blocks = Object.fromEntries(paths.map((p) => [p.key, []]));
 const cpuTicks = Object.fromEntries(paths.map((p) => [p.key, {}]));
@@ -332,6 +153,7 @@ const result = {
 	firstByteTimeoutMs: FIRST_BYTE_TIMEOUT_MS,
 	wranglerDevStartupMs: startupMs,
 	passthroughStartupMs: passthrough.startupMs,
+	baseline: baselineDir,
 	// Every path's p50/p99 and what it adds over the upstream directly:
 	// viaWorker is the Backhaul Worker through wrangler dev; *RuntimeOnly
 	// skip wrangler's proxy (the Worker's own workerd entry); viaPassthrough

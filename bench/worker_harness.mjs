@@ -112,16 +112,16 @@ function listeningPorts(pid) {
 }
 
 /**
- * Starts `wrangler dev` (cwd worker/, its own process group, stopped on exit)
+ * Starts `wrangler dev` (cwd worker/ or `cwd`, its own process group, stopped on exit)
  * on 127.0.0.1:`port` and waits until `probe(base)` is true. Returns its
  * base URL, the runtime's own entry (or null), the runtime's pid and
  * inspector address, and how long it took to come up.
  */
-export async function startWrangler({ label, port, extra = [], probe, log = logger("bench") }) {
+export async function startWrangler({ label, port, extra = [], probe, log = logger("bench"), cwd = workerDir }) {
 	const started = performance.now();
 	const persist = mkdtempSync(join(tmpdir(), "backhaul-bench-"));
 	const dev = spawn("npx", ["wrangler", "dev", "--ip", "127.0.0.1", "--port", String(port), "--persist-to", persist, "--log-level", "error", ...extra],
-		{ cwd: workerDir, stdio: ["ignore", "ignore", "pipe"], detached: true });
+		{ cwd, stdio: ["ignore", "ignore", "pipe"], detached: true });
 	cleanups.push(() => rmSync(persist, { recursive: true, force: true }));
 	cleanups.push(() => process.kill(-dev.pid, "SIGTERM"));
 	let err = "";
@@ -176,11 +176,12 @@ export const sseOk = async (b) => {
 
 /** The Backhaul Worker under `wrangler dev --env local`, open API, London as the default location. */
 export const BENCH_SECRET = "bench-secret";
-export const startBackhaul = (port, log, extra = []) =>
+export const startBackhaul = (port, log, extra = [], cwd = workerDir, label = "backhaul worker") =>
 	startWrangler({
-		label: "backhaul worker",
+		label,
 		port,
 		log,
+		cwd,
 		probe: healthOk,
 		extra: [...extra, "--env", "local", "--var", `BACKHAUL_PUBLISH_SECRET:${BENCH_SECRET}`, "--var", "DEFAULT_LOCATION:51.5,-0.1", "--var", "BACKHAUL_API_KEYS:"],
 	});
