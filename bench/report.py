@@ -360,10 +360,10 @@ def readme(results, made):
             L.append(f"| {k} | {v['ttfbMs']['samples']} | {fmt(v['ttfbMs']['p50'])} | {fmt(v['failedAttemptMs']['p50'])} | "
                      f"{fmt(v['addedMs']['p50'])} | {fmt(v['addedMs']['p99'])} |")
         L += ["", f"`wrangler dev` took {r['wranglerDevStartupMs']} ms to answer `/health`.", ""]
-        L += routing_profile(results.get("routing_profile"))
         if "routing.png" in made:
             L += ["![routing](routing.png)", ""]
         L += ["Command:", "", "```sh", "source scripts/node-env.sh && " + rt["command"], "```", ""]
+        L += routing_profile(results.get("routing_profile"))
     else:
         L += ["Not measured yet.", ""]
 
@@ -464,6 +464,16 @@ def readme(results, made):
     return "\n".join(L)
 
 
+def clean_function(k):
+    """`(anonymous: const pump = /* @__PURE__ */ __name(async () => ) (where)` -> `(anonymous: pump) (where)`."""
+    if not k.startswith("(anonymous: "):
+        return k
+    import re
+    v = re.match(r"^\(anonymous: (?:const|let|var)\s+([\w$]+)", k)
+    where = re.search(r"\s(\([^()]* bundle line \d+\))$", k)
+    return f"(anonymous{': ' + v.group(1) if v else ''}) {where.group(1) if where else ''}".strip()
+
+
 def routing_profile(sec):
     """The routing section's profile: where the runtime's CPU goes per request, by Worker module."""
     if not sec:
@@ -487,7 +497,7 @@ def routing_profile(sec):
             L.append(f"| {m['module']} | {m['share'] * 100:.1f} % | {fmt(m['msPerRequest'], 3)} |")
     L += ["", "Backhaul Worker, top functions by self time:", "", "| function | share | ≈ ms per request |", "|---|---|---|"]
     for f in b["topSelf"][:10]:
-        L.append(f"| `{f['function']}` | {f['share'] * 100:.1f} % | {fmt(f['msPerRequest'], 3)} |")
+        L.append(f"| `{clean_function(f['function'])}` | {f['share'] * 100:.1f} % | {fmt(f['msPerRequest'], 3)} |")
     L += ["", "Command:", "", "```sh", "source scripts/node-env.sh && " + sec["command"], "```", ""]
     return L
 

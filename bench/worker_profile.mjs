@@ -106,7 +106,8 @@ function moduleMap(source) {
 		}
 		return mod;
 	};
-	lookup.text = (line) => (lines[line] ?? "").trim().slice(0, 48);
+	// An anonymous function's name: the variable its bundle line assigns it to, if any.
+	lookup.text = (line) => /^\s*(?:const|let|var)\s+([\w$]+)\s*=/.exec(lines[line] ?? "")?.[1] ?? null;
 	return lookup;
 }
 
@@ -164,8 +165,9 @@ function analyse(profile, sources, runtimeCpuMsPerRequest) {
 	for (const n of profile.nodes) {
 		const f = n.callFrame;
 		const mapped = sources.get(f.scriptId);
-		// An anonymous Worker function is named by its bundle line, e.g. `const pump = async () => {`.
-		const name = f.functionName || (mapped ? `(anonymous: ${mapped.text(f.lineNumber)})` : "(anonymous)");
+		// An anonymous Worker function is named by what its bundle line assigns it to (`const pump = async () => …`).
+		const assigned = mapped ? mapped.text(f.lineNumber) : null;
+		const name = f.functionName || (assigned ? `(anonymous: ${assigned})` : "(anonymous)");
 		const module = SPECIAL.has(name) ? name : mapped ? mapped(f.lineNumber) ?? "worker bundle (other)" : f.url || "runtime built-in";
 		info.set(n.id, { key: SPECIAL.has(name) ? name : `${name} (${module}${mapped ? ` bundle line ${f.lineNumber + 1}` : ""})`, name, module, isUser: Boolean(mapped) });
 	}
