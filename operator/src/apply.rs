@@ -2,19 +2,22 @@
 //! `backhaul-operator`, forced so the operator's fields always win), and
 //! removal of children that no longer belong to the spec.
 //!
-//! Server-side apply of an unchanged object is a no-op on the API server (no
-//! new resourceVersion), so applying on every reconcile corrects drift without
-//! churn.
+//! A child whose desired form and cached copy are unchanged since the last
+//! apply is not applied again (see [`crate::cache`]): a resync of an
+//! unchanged object sends no request. Server-side apply of an unchanged
+//! object would be a no-op on the API server anyway (no new resourceVersion),
+//! but it is still a PATCH per child per resync.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::build::{self, MODEL_LABEL, REGION_LABEL};
+use crate::cache::{ChildCache, kind_of};
 use crate::crd::RegionSpec;
 use crate::validate::ValidatedModelDeployment;
 
@@ -38,7 +41,14 @@ pub struct ApplyError {
     pub source: kube::Error,
 }
 
-async fn ssa<K>(client: &Client, namespace: &str, object: &K) -> Result<K, ApplyError>
+/// Applies `object` unless the cache shows it unchanged since its last apply;
+/// returns the API server's answer when it applied.
+async fn ensure<K>(
+    client: &Client,
+    cache: &ChildCache,
+    namespace: &str,
+    object: &K,
+) -> Result<Option<K>, ApplyError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -46,45 +56,53 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = object.name_any();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(|source| ApplyError {
-        verb: "apply",
-        kind: kind_of::<K>(),
-        namespace: namespace.to_owned(),
-        name,
-        source,
-    })
-}
-
-fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
-    // Bounded set: the kinds this module touches.
-    match K::kind(&()).as_ref() {
-        "Deployment" => "Deployment",
-        "Service" => "Service",
-        "PodDisruptionBudget" => "PodDisruptionBudget",
-        "Pod" => "Pod",
-        _ => "object",
+    if cache.unchanged(
+        object,
+        namespace,
+        cache.meta::<K>(namespace, &name).as_ref(),
+    ) {
+        return Ok(None);
     }
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .map_err(|source| ApplyError {
+            verb: "apply",
+            kind: kind_of::<K>(),
+            namespace: namespace.to_owned(),
+            name,
+            source,
+        })?;
+    cache.record(object, namespace, applied.meta());
+    Ok(Some(applied))
 }
 
-/// Applies one region's Deployment, Service and PodDisruptionBudget; returns
-/// the Deployment as the API server holds it (with its status).
+/// Applies one region's Deployment, Service and PodDisruptionBudget where
+/// they changed; returns the Deployment as the API server holds it (with its
+/// status; from the cache when it was not applied).
 pub async fn apply_region(
     client: &Client,
+    cache: &ChildCache,
     v: &ValidatedModelDeployment,
     region: &RegionSpec,
 ) -> Result<Deployment, ApplyError> {
-    let deployment = ssa(client, &v.namespace, &build::deployment(v, region)).await?;
-    ssa(client, &v.namespace, &build::service(v, region)).await?;
+    let desired = build::deployment(v, region);
+    let deployment = match ensure(client, cache, &v.namespace, &desired).await? {
+        Some(applied) => applied,
+        None => cache
+            .deployment(&v.namespace, &desired.name_any())
+            .map(|d| (*d).clone())
+            .unwrap_or(desired),
+    };
+    ensure(client, cache, &v.namespace, &build::service(v, region)).await?;
     if let Some(pdb) = build::pod_disruption_budget(v, region) {
-        ssa(client, &v.namespace, &pdb).await?;
+        ensure(client, cache, &v.namespace, &pdb).await?;
     }
     Ok(deployment)
 }
@@ -117,13 +135,19 @@ where
         })
 }
 
-async fn delete<K>(client: &Client, namespace: &str, name: &str) -> Result<(), ApplyError>
+async fn delete<K>(
+    client: &Client,
+    cache: &ChildCache,
+    namespace: &str,
+    name: &str,
+) -> Result<(), ApplyError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug,
 {
+    cache.forget::<K>(namespace, name);
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
@@ -138,7 +162,7 @@ where
     }
 }
 
-fn owned_by(meta: &kube::api::ObjectMeta, v: &ValidatedModelDeployment) -> bool {
+fn owned_by(meta: &ObjectMeta, v: &ValidatedModelDeployment) -> bool {
     meta.owner_references
         .iter()
         .flatten()
@@ -146,14 +170,33 @@ fn owned_by(meta: &kube::api::ObjectMeta, v: &ValidatedModelDeployment) -> bool 
 }
 
 /// Deletes children of regions that left the spec (among those `serves`), and
-/// PodDisruptionBudgets of regions scaled to one replica or fewer.
+/// PodDisruptionBudgets of regions scaled to one replica or fewer. Reads the
+/// children from the cache once it is ready, else lists them.
 pub async fn prune(
     client: &Client,
+    cache: &ChildCache,
     v: &ValidatedModelDeployment,
     serves: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, ApplyError> {
-    let selector = model_selector(v);
-    let region_of = |meta: &kube::api::ObjectMeta| {
+    let (deployments, pdbs) = match cache.children(
+        &v.namespace,
+        &[
+            ("app.kubernetes.io/managed-by", build::MANAGED_BY),
+            (MODEL_LABEL, &v.name),
+        ],
+    ) {
+        Some(children) => children,
+        None => {
+            let selector = model_selector(v);
+            let deployments = list::<Deployment>(client, &v.namespace, &selector).await?;
+            let pdbs = list::<PodDisruptionBudget>(client, &v.namespace, &selector).await?;
+            (
+                deployments.into_iter().map(|d| d.metadata).collect(),
+                pdbs.into_iter().map(|p| p.metadata).collect(),
+            )
+        }
+    };
+    let region_of = |meta: &ObjectMeta| {
         meta.labels
             .as_ref()
             .and_then(|l| l.get(REGION_LABEL))
@@ -161,24 +204,25 @@ pub async fn prune(
             .unwrap_or_default()
     };
     let mut removed = Vec::new();
-    for d in list::<Deployment>(client, &v.namespace, &selector).await? {
-        let region = region_of(&d.metadata);
-        if owned_by(&d.metadata, v) && serves(&region) && !v.spec_regions.contains(&region) {
-            let name = d.name_any();
-            delete::<Deployment>(client, &v.namespace, &name).await?;
-            delete::<Service>(client, &v.namespace, &name).await?;
-            delete::<PodDisruptionBudget>(client, &v.namespace, &name).await?;
+    for d in deployments {
+        let region = region_of(&d);
+        if owned_by(&d, v) && serves(&region) && !v.spec_regions.contains(&region) {
+            let name = d.name.clone().unwrap_or_default();
+            delete::<Deployment>(client, cache, &v.namespace, &name).await?;
+            delete::<Service>(client, cache, &v.namespace, &name).await?;
+            delete::<PodDisruptionBudget>(client, cache, &v.namespace, &name).await?;
             removed.push(region);
         }
     }
-    for pdb in list::<PodDisruptionBudget>(client, &v.namespace, &selector).await? {
-        let region = region_of(&pdb.metadata);
+    for pdb in pdbs {
+        let region = region_of(&pdb);
         let wanted = v
             .regions
             .iter()
             .any(|r| r.name == region && build::pod_disruption_budget(v, r).is_some());
-        if owned_by(&pdb.metadata, v) && serves(&region) && !wanted {
-            delete::<PodDisruptionBudget>(client, &v.namespace, &pdb.name_any()).await?;
+        if owned_by(&pdb, v) && serves(&region) && !wanted {
+            let name = pdb.name.clone().unwrap_or_default();
+            delete::<PodDisruptionBudget>(client, cache, &v.namespace, &name).await?;
         }
     }
     Ok(removed)

@@ -43,55 +43,77 @@ pub struct Args {
     /// Inference server image used when a ModelDeployment sets no `spec.image`.
     #[arg(
         long,
+        global = true,
         env = "BACKHAUL_INFERENCE_IMAGE",
         default_value = "ghcr.io/backhaul-dev/backhaul-inference:0.1.0"
     )]
     pub inference_image: String,
     /// Base URL of the routing Worker; publication is disabled when unset.
-    #[arg(long, env = "BACKHAUL_WORKER_URL")]
+    #[arg(long, global = true, env = "BACKHAUL_WORKER_URL")]
     pub worker_url: Option<Url>,
     /// Shared publication secret (prefer the environment variable or --publish-secret-file).
-    #[arg(long, env = "BACKHAUL_PUBLISH_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "BACKHAUL_PUBLISH_SECRET",
+        hide_env_values = true
+    )]
     pub publish_secret: Option<String>,
     /// File holding the shared publication secret (trailing newline ignored).
     #[arg(
         long,
+        global = true,
         env = "BACKHAUL_PUBLISH_SECRET_FILE",
         conflicts_with = "publish_secret"
     )]
     pub publish_secret_file: Option<PathBuf>,
     /// Seconds one request to the Worker may take.
-    #[arg(long, env = "BACKHAUL_PUBLISH_TIMEOUT_SECONDS", default_value_t = 5)]
+    #[arg(
+        long,
+        global = true,
+        env = "BACKHAUL_PUBLISH_TIMEOUT_SECONDS",
+        default_value_t = 5
+    )]
     pub publish_timeout_seconds: u64,
     /// Regions this operator's cluster serves (comma separated); all when empty.
-    #[arg(long, env = "BACKHAUL_REGIONS", value_delimiter = ',')]
+    #[arg(long, global = true, env = "BACKHAUL_REGIONS", value_delimiter = ',')]
     pub regions: Vec<String>,
     /// Watch only this namespace; all namespaces when unset.
-    #[arg(long, env = "BACKHAUL_WATCH_NAMESPACE")]
+    #[arg(long, global = true, env = "BACKHAUL_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
     /// Address of the /metrics, /healthz and /readyz server.
-    #[arg(long, env = "BACKHAUL_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "BACKHAUL_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     pub metrics_addr: SocketAddr,
     /// Hold a coordination.k8s.io Lease so only one replica reconciles.
-    #[arg(long, env = "BACKHAUL_LEADER_ELECTION")]
+    #[arg(long, global = true, env = "BACKHAUL_LEADER_ELECTION")]
     pub leader_election: bool,
     /// Name of the leader election Lease.
-    #[arg(long, env = "BACKHAUL_LEASE_NAME", default_value = "backhaul-operator")]
+    #[arg(
+        long,
+        global = true,
+        env = "BACKHAUL_LEASE_NAME",
+        default_value = "backhaul-operator"
+    )]
     pub lease_name: String,
     /// Namespace of the leader election Lease (the pod's namespace).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    #[arg(long, global = true, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
     /// This replica's identity in the Lease and in Events (the pod name).
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, global = true, env = "POD_NAME")]
     pub identity: Option<String>,
     /// ModelDeployments reconciled at once. Bounded so that a burst of objects
     /// (a restart with thousands of them) does not flood the API server with
     /// more concurrent applies than it can answer before timing out.
-    #[arg(long, env = "BACKHAUL_MAX_CONCURRENT_RECONCILES", default_value_t = 16,
+    #[arg(long, global = true, env = "BACKHAUL_MAX_CONCURRENT_RECONCILES", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
     /// Log format.
-    #[arg(long, env = "BACKHAUL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "BACKHAUL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -238,5 +260,44 @@ impl OperatorConfig {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("backhaul-operator").chain(argv.iter().copied()))
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+    }
+
+    #[test]
+    fn flags_work_before_and_after_run() {
+        for argv in [
+            &[
+                "run",
+                "--regions",
+                "us-east,eu-west",
+                "--watch-namespace",
+                "ml",
+            ][..],
+            &[
+                "--regions",
+                "us-east,eu-west",
+                "run",
+                "--watch-namespace",
+                "ml",
+            ],
+            &["--regions", "us-east,eu-west", "--watch-namespace", "ml"],
+        ] {
+            let cli = parse(argv);
+            assert!(matches!(cli.command, Some(Command::Run) | None), "{argv:?}");
+            assert_eq!(cli.args.regions, ["us-east", "eu-west"], "{argv:?}");
+            assert_eq!(cli.args.watch_namespace.as_deref(), Some("ml"), "{argv:?}");
+        }
+        assert!(matches!(parse(&["crd"]).command, Some(Command::Crd)));
+        let err = Cli::try_parse_from(["backhaul-operator", "run", "--no-such-flag"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
     }
 }

@@ -8,15 +8,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
 use crate::apply::{self, ApplyError};
+use crate::build;
+use crate::cache::{ChildCache, ChildWriters};
 use crate::config::OperatorConfig;
 use crate::crd::{
     FINALIZER, ModelDeployment, ModelDeploymentStatus, RegionStatus, SKIP_UNPUBLISH_ANNOTATION,
@@ -102,6 +106,9 @@ pub struct Context {
     pub tracker: RouteTracker,
     /// Metrics.
     pub metrics: Metrics,
+    /// The operator's children as the API server holds them.
+    pub children: ChildCache,
+    writers: Mutex<Option<ChildWriters>>,
     recorder: Recorder,
     failures: Mutex<HashMap<(String, String), u32>>,
     managed: Mutex<BTreeSet<(String, String)>>,
@@ -130,16 +137,25 @@ impl Context {
                 instance: Some(config.identity.clone()),
             },
         );
+        let (children, writers) = ChildCache::new();
         Ok(Self {
             client,
             config,
             publisher,
+            children,
+            writers: Mutex::new(Some(writers)),
             tracker: RouteTracker::default(),
             metrics,
             recorder,
             failures: Mutex::default(),
             managed: Mutex::default(),
         })
+    }
+
+    /// The writers of [`Context::children`], once (the controller's watches
+    /// own them).
+    pub fn take_writers(&self) -> Option<ChildWriters> {
+        self.writers.lock().expect("not poisoned").take()
     }
 
     fn serves(&self) -> impl Fn(&str) -> bool + '_ {
@@ -236,7 +252,8 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     // Apply and observe each served region.
     let mut observed: Vec<(usize, RegionObservation)> = Vec::new();
     for (i, region) in v.regions.iter().enumerate() {
-        let deployment: Deployment = apply::apply_region(&ctx.client, &v, region).await?;
+        let deployment: Deployment =
+            apply::apply_region(&ctx.client, &ctx.children, &v, region).await?;
         let (_, complete) = observe::deployment_readiness(&deployment);
         let pods = if region.replicas > 0 && !complete {
             apply::region_pods(&ctx.client, &v, &region.name).await?
@@ -248,7 +265,7 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
             observe::observe_region(&region.name, region.replicas, &deployment, &pods),
         ));
     }
-    apply::prune(&ctx.client, &v, &serves).await?;
+    apply::prune(&ctx.client, &ctx.children, &v, &serves).await?;
 
     // Publish: never blocks the children above; failures land in status.
     let prev = md.status.clone().unwrap_or_default();
@@ -595,32 +612,55 @@ async fn reconcile_cleanup(md: &ModelDeployment, ctx: &Context) -> Result<Action
         }
     }
     ctx.tracker.forget(&namespace, &name);
+    for region in md.spec.regions.iter().map(|r| &r.name) {
+        ctx.children
+            .forget_all(&namespace, &build::child_name(&name, region));
+    }
     ctx.set_managed((namespace, name), false);
     // Children go with the object: they carry owner references.
     Ok(Action::await_change())
 }
 
 /// Runs the controller until `shutdown` completes.
+///
+/// Reconciles are triggered by the object, by its children (Deployments,
+/// Services, PodDisruptionBudgets, through owner references; their watches
+/// also fill [`Context::children`]) and by its pods (through the model label),
+/// so a pod that cannot be scheduled is reported as soon as the scheduler
+/// says so rather than at the next requeue.
 pub async fn run_controller(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), kube::Error> {
     let client = ctx.client.clone();
-    let (mds, deployments): (Api<ModelDeployment>, Api<Deployment>) =
-        match &ctx.config.watch_namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
+    let namespace = ctx.config.watch_namespace.clone();
+    let (mds, pods): (Api<ModelDeployment>, Api<Pod>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
     // Fail fast and clearly when the CRD is missing or RBAC forbids listing.
     mds.list(&ListParams::default().limit(1)).await?;
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=backhaul-operator");
+    let owned = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={}",
+        build::MANAGED_BY
+    ));
+    let children = ctx
+        .take_writers()
+        .expect("run_controller runs once per context")
+        .streams(&client, namespace.as_deref(), &owned);
     let concurrency = ctx.config.max_concurrent_reconciles;
     Controller::new(mds, watcher::Config::default().any_semantic())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .owns(deployments, owned)
+        .owns_stream(children.deployments)
+        .owns_stream(children.services)
+        .owns_stream(children.pdbs)
+        .watches(pods, owned, |pod: Pod| {
+            let model = pod.labels().get(build::MODEL_LABEL)?.clone();
+            Some(ObjectRef::new(&model).within(&pod.namespace()?))
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -91,7 +91,7 @@ impl Call {
 }
 
 /// Serves `calls` in order, asserting each; returns the request bodies.
-async fn serve(mut handle: Handle, calls: Vec<Call>) -> Vec<Value> {
+async fn serve(handle: &mut Handle, calls: Vec<Call>) -> Vec<Value> {
     let mut bodies = Vec::new();
     for c in calls {
         let (request, send) = handle
@@ -136,12 +136,29 @@ async fn serve(mut handle: Handle, calls: Vec<Call>) -> Vec<Value> {
 async fn scenario(object: ModelDeployment, calls: Vec<Call>) -> Vec<Value> {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let ctx = context(Client::new(service, "default"));
-    let verifier = tokio::spawn(serve(handle, calls));
+    scenario_on(&ctx, handle, object, calls).await.0
+}
+
+/// [`scenario`] on a context that outlives it (its caches and what it applied
+/// carry over); returns the bodies and the fake API server's handle.
+async fn scenario_on(
+    ctx: &Arc<Context>,
+    mut handle: Handle,
+    object: ModelDeployment,
+    calls: Vec<Call>,
+) -> (Vec<Value>, Handle) {
+    let verifier = tokio::spawn(async move {
+        let bodies = serve(&mut handle, calls).await;
+        (bodies, handle)
+    });
     // A reconcile making an unexpected call waits forever for its answer:
     // the deadline turns that into a failure.
-    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(object), ctx))
-        .await
-        .expect("reconcile finished (no unexpected API calls)");
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        reconcile(Arc::new(object), ctx.clone()),
+    )
+    .await
+    .expect("reconcile finished (no unexpected API calls)");
     result.expect("reconcile succeeded");
     verifier.await.unwrap()
 }
@@ -285,6 +302,62 @@ async fn create_applies_children_then_writes_status_and_a_noop_writes_nothing() 
         }),
     );
     scenario(md(true, Some(written), false), calls).await;
+}
+
+#[tokio::test]
+async fn a_resync_of_an_unchanged_object_sends_no_request() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, "default"));
+    // First reconcile: the caches are empty, so every child is applied.
+    let mut calls = apply_calls(2);
+    calls.push(call(
+        "PATCH",
+        &format!("{MDS}/status"),
+        serde_json::to_value(md(true, None, false)).unwrap(),
+    ));
+    let (bodies, handle) = scenario_on(&ctx, handle, md(true, None, false), calls).await;
+    let written = bodies.last().unwrap()["status"].clone();
+
+    // The watches report the children as the API server answered.
+    let meta = |name: &str| kube::api::ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("ml".into()),
+        ..Default::default()
+    };
+    let applied: Deployment = serde_json::from_value(deployment(2)).unwrap();
+    let mut writers = ctx.take_writers().unwrap();
+    writers.fill(
+        vec![applied.clone()],
+        vec![meta("smollm2-us-east")],
+        vec![meta("smollm2-us-east")],
+    );
+
+    // Resync with nothing changed: not one request (no apply, list or status).
+    let (_, handle) =
+        scenario_on(&ctx, handle, md(true, Some(written.clone()), false), vec![]).await;
+
+    // Someone edits the Deployment's spec (a new generation): the operator
+    // applies that one child again, and nothing else.
+    let mut edited = applied.clone();
+    edited.metadata.generation = Some(2);
+    writers.fill(
+        vec![edited],
+        vec![meta("smollm2-us-east")],
+        vec![meta("smollm2-us-east")],
+    );
+    let calls = vec![call("PATCH", DEPLOY, deployment(2)).query("force=true")];
+    let (_, handle) =
+        scenario_on(&ctx, handle, md(true, Some(written.clone()), false), calls).await;
+
+    // A deleted Service is recreated.
+    writers.fill(vec![applied], vec![], vec![meta("smollm2-us-east")]);
+    let calls = vec![call(
+        "PATCH",
+        SVC,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "smollm2-us-east"}}),
+    )];
+    let (_, handle) = scenario_on(&ctx, handle, md(true, Some(written), false), calls).await;
+    drop(handle);
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod cache;
 pub mod config;
 pub mod controller;
 pub mod crd;
