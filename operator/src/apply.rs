@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::build::{self, MODEL_LABEL, REGION_LABEL};
-use crate::cache::{ChildCache, kind_of};
+use crate::cache::{self, ChildCache, kind_of};
 use crate::crd::RegionSpec;
 use crate::validate::ValidatedModelDeployment;
 
@@ -41,13 +41,14 @@ pub struct ApplyError {
     pub source: kube::Error,
 }
 
-/// Applies `object` unless the cache shows it unchanged since its last apply;
+/// Applies `object` unless the cache shows it unchanged since its last apply
+/// (or, first seen after a restart, the live child already holds it);
 /// returns the API server's answer when it applied.
 async fn ensure<K>(
     client: &Client,
     cache: &ChildCache,
     namespace: &str,
-    object: &K,
+    object: K,
 ) -> Result<Option<K>, ApplyError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -56,30 +57,43 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
+    let object = cache::with_digest(object);
     let name = object.name_any();
-    if cache.unchanged(
-        object,
-        namespace,
-        cache.meta::<K>(namespace, &name).as_ref(),
-    ) {
+    let cached = cache.meta::<K>(namespace, &name);
+    if cache.unchanged(&object, namespace, cached.as_ref()) {
         return Ok(None);
     }
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let failed = |verb, source| ApplyError {
+        verb,
+        kind: kind_of::<K>(),
+        namespace: namespace.to_owned(),
+        name: name.clone(),
+        source,
+    };
+    let adoptable = cached.as_ref().is_some_and(|meta| {
+        cache.first_sight(&object, namespace)
+            && cache::applied_digest(meta) == cache::applied_digest(object.meta())
+    });
+    if adoptable {
+        let live = api.get(&name).await.map_err(|e| failed("get", e))?;
+        let (desired, actual) = (serde_json::to_value(&object), serde_json::to_value(&live));
+        if let (Ok(desired), Ok(actual)) = (desired, actual)
+            && cache::covers(&desired, &actual)
+        {
+            cache.record(&object, namespace, live.meta());
+            return Ok(None);
+        }
+    }
     let applied = api
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(object),
+            &Patch::Apply(&object),
         )
         .await
-        .map_err(|source| ApplyError {
-            verb: "apply",
-            kind: kind_of::<K>(),
-            namespace: namespace.to_owned(),
-            name,
-            source,
-        })?;
-    cache.record(object, namespace, applied.meta());
+        .map_err(|e| failed("apply", e))?;
+    cache.record(&object, namespace, applied.meta());
     Ok(Some(applied))
 }
 
@@ -93,16 +107,17 @@ pub async fn apply_region(
     region: &RegionSpec,
 ) -> Result<Deployment, ApplyError> {
     let desired = build::deployment(v, region);
-    let deployment = match ensure(client, cache, &v.namespace, &desired).await? {
+    let name = desired.name_any();
+    let deployment = match ensure(client, cache, &v.namespace, desired.clone()).await? {
         Some(applied) => applied,
         None => cache
-            .deployment(&v.namespace, &desired.name_any())
+            .deployment(&v.namespace, &name)
             .map(|d| (*d).clone())
             .unwrap_or(desired),
     };
-    ensure(client, cache, &v.namespace, &build::service(v, region)).await?;
+    ensure(client, cache, &v.namespace, build::service(v, region)).await?;
     if let Some(pdb) = build::pod_disruption_budget(v, region) {
-        ensure(client, cache, &v.namespace, &pdb).await?;
+        ensure(client, cache, &v.namespace, pdb).await?;
     }
     Ok(deployment)
 }

@@ -356,6 +356,68 @@ async fn a_resync_of_an_unchanged_object_sends_no_request() {
         SVC,
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "smollm2-us-east"}}),
     )];
+    let (_, handle) =
+        scenario_on(&ctx, handle, md(true, Some(written.clone()), false), calls).await;
+    drop(handle);
+
+    // A restarted operator has applied nothing yet. Children that carry the
+    // digest of what it would apply and still hold every desired value are
+    // adopted with one read each and no write; the next resync sends nothing.
+    let v = crate::validate::validate(&md(true, None, false), &context_config()).unwrap();
+    let region = &v.regions[0];
+    let mut live_deployment = crate::cache::with_digest(crate::build::deployment(&v, region));
+    live_deployment.metadata.generation = Some(1);
+    live_deployment.metadata.resource_version = Some("7".into());
+    let mut live = serde_json::to_value(&live_deployment).unwrap();
+    // Defaults the API server fills in do not count as changes.
+    live["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] =
+        json!("/dev/termination-log");
+    live["status"] = deployment(2)["status"].clone();
+    let live_service = crate::cache::with_digest(crate::build::service(&v, region));
+    let mut live_svc = serde_json::to_value(&live_service).unwrap();
+    live_svc["spec"]["clusterIP"] = json!("10.96.0.17");
+    let live_pdb =
+        crate::cache::with_digest(crate::build::pod_disruption_budget(&v, region).unwrap());
+    let restart = |live_deployment: Value| {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = context(Client::new(service, "default"));
+        ctx.take_writers().unwrap().fill(
+            vec![serde_json::from_value(live_deployment).unwrap()],
+            vec![live_service.metadata.clone()],
+            vec![live_pdb.metadata.clone()],
+        );
+        (ctx, handle)
+    };
+    let (ctx, handle) = restart(live.clone());
+    let calls = vec![
+        call("GET", DEPLOY, live.clone()),
+        call("GET", SVC, live_svc.clone()),
+        call("GET", PDB, serde_json::to_value(&live_pdb).unwrap()),
+    ];
+    let (_, handle) =
+        scenario_on(&ctx, handle, md(true, Some(written.clone()), false), calls).await;
+    let (_, handle) =
+        scenario_on(&ctx, handle, md(true, Some(written.clone()), false), vec![]).await;
+    drop(handle);
+
+    // Restarted, with the Deployment's image changed by hand meanwhile (the
+    // digest still matches: only a value differs): read, then applied.
+    let mut edited = live.clone();
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = json!("someone/else:1");
+    let (ctx, handle) = restart(edited.clone());
+    let calls = vec![
+        call("GET", DEPLOY, edited),
+        call("PATCH", DEPLOY, live.clone())
+            .query("force=true")
+            .body(|b| {
+                assert_eq!(
+                    b["spec"]["template"]["spec"]["containers"][0]["image"],
+                    "backhaul-inference:test"
+                )
+            }),
+        call("GET", SVC, live_svc),
+        call("GET", PDB, serde_json::to_value(&live_pdb).unwrap()),
+    ];
     let (_, handle) = scenario_on(&ctx, handle, md(true, Some(written), false), calls).await;
     drop(handle);
 }
