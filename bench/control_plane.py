@@ -13,11 +13,15 @@ server here that verifies every signature as docs/publication.md says):
 - reconcile duration p50/p99, from the operator's own histogram
   (backhaul_operator_reconcile_duration_seconds, interpolated in buckets);
 - operator VmRSS/VmHWM once all are Published;
+- a steady window: settled objects are reconciled again by their route
+  heartbeats (every ttl/3); the operator's own API requests over the window
+  (backhaul_operator_kube_requests_total, by method; target: no write);
 - a forced no-op resync: the operator is restarted (it reconciles every
   object again) and we count (a) objects whose resourceVersion changed, (b)
-  API write requests (POST/PUT/PATCH/APPLY/DELETE) the API server counted on
-  the resources the operator touches, next to an equally long idle window;
-  the control plane is shared, so (b) can include others' requests.
+  the restarted operator's own API requests by method, (c) API write
+  requests (POST/PUT/PATCH/APPLY/DELETE) the API server counted on the
+  resources the operator touches, next to an equally long idle window; the
+  control plane is shared, so (c) can include others' requests.
 
 Then, once: a region failure leaving the Worker's table, with the Worker
 itself under `wrangler dev`: one ModelDeployment with ttlSeconds 10, the
@@ -49,6 +53,10 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(CACHE, "target"))
 OPERATOR = os.environ.get("BACKHAUL_OPERATOR_BIN", os.path.join(TARGET, "debug", "backhaul-operator"))
 SECRET = "bench-control-plane-secret"
 REGIONS = {"us-east": (39.04, -77.49), "eu-west": (53.35, -6.26), "ap-south": (19.08, 72.88)}
+# Route TTL of the scale runs: the operator re-PUTs each route every TTL/3,
+# reconciling its object with nothing to change (the steady window sees it).
+TTL_S = 120
+STEADY_WINDOW_S = 45
 WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
 TOUCHED = {"modeldeployments", "deployments", "services", "poddisruptionbudgets", "events"}
 
@@ -202,6 +210,20 @@ def histogram(text, name):
         elif line.startswith(name + "_sum"):
             total += float(line.rsplit(" ", 1)[1])
     return dict(sorted(buckets.items())), total
+
+
+def kube_requests(text):
+    """The operator's own requests to the API server, by HTTP method."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("backhaul_operator_kube_requests_total{"):
+            method = re.search(r'method="([^"]+)"', line).group(1)
+            out[method] = out.get(method, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def writes_of(requests):
+    return sum(v for k, v in requests.items() if k in ("POST", "PUT", "PATCH", "DELETE"))
 
 
 def counter(text, name, **labels):
@@ -391,7 +413,7 @@ def scale_run(count, logs):
     result = {"objects": count, "regions_per_object": len(REGIONS)}
     try:
         manifest = json.dumps({"apiVersion": "v1", "kind": "List",
-                               "items": [model_deployment(namespace, f"m{i}", 3600) for i in range(count)]})
+                               "items": [model_deployment(namespace, f"m{i}", TTL_S) for i in range(count)]})
         started = time.monotonic()
         started_wall = time.time()
         kubectl("create", "-f", "-", input=manifest)
@@ -437,6 +459,21 @@ def scale_run(count, logs):
         result["operator_memory_mib"] = operator.memory_mib()
         result["receiver"] = receiver.counts()
 
+        # Settled: heartbeats reconcile every object again with nothing to
+        # change. The operator's own request counter says what that costs.
+        text = operator.metrics()
+        before, reconciles_before = kube_requests(text), counter(text, "backhaul_operator_reconciles_total")
+        puts_before = receiver.counts()["puts"]
+        time.sleep(STEADY_WINDOW_S)
+        text = operator.metrics()
+        result["steady"] = {
+            "window_s": STEADY_WINDOW_S,
+            "reconciles": int(counter(text, "backhaul_operator_reconciles_total") - reconciles_before),
+            "operator_requests": delta(kube_requests(text), before),
+            "worker_puts": receiver.counts()["puts"] - puts_before,
+        }
+        log(f"{count}: steady {STEADY_WINDOW_S} s: {result['steady']}")
+
         # A forced no-op resync: restart the operator; it reconciles every
         # object once more with nothing to change.
         versions = resource_versions(namespace)
@@ -459,6 +496,9 @@ def scale_run(count, logs):
         idle_writes = delta(api_writes(), idle2_before)
         changed = [k for k, v in resource_versions(namespace).items() if versions.get(k) != v]
         result["noop_resync"] = {
+            # Everything the restarted operator asked of the API server:
+            # its watches' lists, reads adopting children, any write.
+            "operator_requests": kube_requests(operator.metrics()),
             "seconds_to_reconcile_all": round(resync_s, 3),
             "objects_changed": len(changed),
             "objects_changed_examples": changed[:5],

@@ -71,7 +71,13 @@ def section_from_raw(name, raw):
                "apply_to_published_s": {c: run["apply_to_published_s"] for c, run in ok.items()},
                "reconcile_ms_p50": {c: ms(run["reconcile_s"]["p50"]) for c, run in ok.items()},
                "reconcile_ms_p99": {c: ms(run["reconcile_s"]["p99"]) for c, run in ok.items()},
-               "noop_resync_writes": {c: run["noop_resync"]["objects_changed"] for c, run in ok.items()},
+               # The operator's own write requests (POST/PUT/PATCH/DELETE) while it
+               # reconciles settled objects again: restarted, and steady (heartbeats).
+               "noop_resync_writes": {c: writes_of(run["noop_resync"].get("operator_requests"))
+                                      for c, run in ok.items()},
+               "steady_resync_writes": {c: writes_of((run.get("steady") or {}).get("operator_requests"))
+                                        for c, run in ok.items()},
+               "noop_resync_objects_changed": {c: run["noop_resync"]["objects_changed"] for c, run in ok.items()},
                "noop_resync_api_write_requests": {c: sum(run["noop_resync"]["api_writes_during_resync"].values())
                                                   for c, run in ok.items()},
                "operator_rss_mib": {c: run["operator_memory_mib"]["VmRSS"] for c, run in ok.items()},
@@ -84,6 +90,16 @@ def section_from_raw(name, raw):
             out["region_failure_to_expired_s"] = expiry["seconds_from_operator_kill_to_expired"]
         return out
     raise ValueError(name)
+
+
+STEADY = 45
+
+
+def writes_of(requests):
+    """Write requests among an operator's requests by method; None if not counted."""
+    if requests is None:
+        return None
+    return sum(v for k, v in requests.items() if k in ("POST", "PUT", "PATCH", "DELETE"))
 
 
 def ms(seconds):
@@ -204,11 +220,18 @@ def summary(results):
                      "measured": f"highest {worst[1]:.2f} ms ({worst[0]})", "met": worst[1] <= 50})
     cp = results.get("control_plane")
     if cp:
-        if cp["noop_resync_writes"]:
-            worst = max(cp["noop_resync_writes"].items(), key=lambda kv: kv[1])
+        counted = {c: (v, cp.get("steady_resync_writes", {}).get(c)) for c, v in cp["noop_resync_writes"].items()
+                   if v is not None}
+        if counted:
+            rows.append({"target": "0 API writes by a no-op resync",
+                         "measured": "; ".join(f"N={c}: {r} after a restart, {s} in {STEADY} s of heartbeats"
+                                              for c, (r, s) in counted.items()),
+                         "met": all(r == 0 and not s for r, s in counted.values())})
+        elif cp["noop_resync_writes"]:
+            changed = cp.get("noop_resync_objects_changed", cp["noop_resync_writes"])
             rows.append({"target": "0 objects written by a no-op resync",
-                         "measured": ", ".join(f"{v} at N={c}" for c, v in cp["noop_resync_writes"].items()),
-                         "met": worst[1] == 0})
+                         "measured": ", ".join(f"{v} at N={c}" for c, v in changed.items()),
+                         "met": max(changed.values()) == 0})
         if "operator_rss_mib_1000" in cp:
             rows.append({"target": "operator RSS < 64 MiB at 1,000 ModelDeployments",
                          "measured": f"{cp['operator_rss_mib_1000']} MiB", "met": cp["operator_rss_mib_1000"] < 64})
@@ -417,15 +440,22 @@ def readme(results, made):
               "changed (target 0). Write requests = the API server's `apiserver_request_total` for write verbs on "
               "those resources plus events, over the resync, next to an idle window as long (the control plane is "
               "shared with other users).", "",
-              "| N | s to reconcile all | objects written | write requests during resync | same-length idle window | Worker PUTs |",
-              "|---|---|---|---|---|---|"]
+              "The operator's own requests (`backhaul_operator_kube_requests_total`, by method) say exactly what it "
+              "asked: a GET per child it adopts after the restart (its digest matches and the live object holds every "
+              "desired value), the initial lists and watches, and, in the target, no write. Steady: the same count "
+              "over a window of route heartbeats (every ttlSeconds/3), each reconciling its object with nothing to change.", "",
+              "| N | s to reconcile all | objects written | operator requests after restart | steady window: reconciles, operator requests | write requests on the API server during resync | same-length idle window | Worker PUTs |",
+              "|---|---|---|---|---|---|---|---|"]
         for c in sorted(r["runs"], key=int):
             run = r["runs"][c]
             if "error" in run:
                 continue
             nr = run["noop_resync"]
             w = lambda d: ", ".join(f"{k} {v}" for k, v in d.items()) or "0"
+            st = run.get("steady") or {}
+            steady = (f"{st['reconciles']} in {st['window_s']} s: {w(st['operator_requests'])}" if st else "–")
             L.append(f"| {c} | {fmt(nr['seconds_to_reconcile_all'], 1)} | {nr['objects_changed']} | "
+                     f"{w(nr.get('operator_requests') or {})} | {steady} | "
                      f"{w(nr['api_writes_during_resync'])} | {w(nr['api_writes_same_length_idle'])} | {nr['worker_puts']} |")
         at = results.get("control_plane_1000_attempt")
         if at:

@@ -87,6 +87,24 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// A client for the cluster this process runs in (or the kubeconfig's), whose
+/// every request is counted in `backhaul_operator_kube_requests_total`.
+async fn counted_client(metrics: &Metrics) -> Result<Client, RunError> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| RunError::Connect(kube::Error::InferConfig(e)))?;
+    let counter = metrics.clone();
+    let count =
+        tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+            counter.kube_request(request.method());
+            request
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(RunError::Connect)?
+        .with_layer(&count)
+        .build())
+}
+
 /// Runs the operator with `args` until SIGTERM (or loss of leadership).
 /// Chooses rustls' process-wide crypto provider (ring, as kube's `ring`
 /// feature asks). The workspace also links aws-lc-rs (mistral.rs' HTTP
@@ -107,8 +125,8 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         "configured"
     );
     install_crypto_provider();
-    let client = Client::try_default().await.map_err(RunError::Connect)?;
     let metrics = Metrics::new();
+    let client = counted_client(&metrics).await?;
     let readiness = Readiness::default();
 
     // One shutdown signal fans out to the metrics server and the controller.

@@ -18,6 +18,7 @@ pub struct Metrics {
     reconciles: IntCounterVec,
     reconcile_duration: HistogramVec,
     publishes: IntCounterVec,
+    kube_requests: IntCounterVec,
     managed_models: IntGauge,
 }
 
@@ -58,6 +59,14 @@ impl Metrics {
             &["operation", "result"],
         )
         .expect("valid metric");
+        let kube_requests = IntCounterVec::new(
+            Opts::new(
+                "backhaul_operator_kube_requests_total",
+                "Requests to the Kubernetes API server by HTTP method (watches included)",
+            ),
+            &["method"],
+        )
+        .expect("valid metric");
         let managed_models = IntGauge::new(
             "backhaul_operator_managed_models",
             "ModelDeployments this operator currently manages",
@@ -67,6 +76,7 @@ impl Metrics {
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_duration.clone()),
             Box::new(publishes.clone()),
+            Box::new(kube_requests.clone()),
             Box::new(managed_models.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -76,8 +86,23 @@ impl Metrics {
             reconciles,
             reconcile_duration,
             publishes,
+            kube_requests,
             managed_models,
         }
+    }
+
+    /// Counts one request to the Kubernetes API server.
+    pub fn kube_request(&self, method: &http::Method) {
+        // Bounded: the methods a Kubernetes client sends.
+        let method = match *method {
+            http::Method::GET => "GET",
+            http::Method::POST => "POST",
+            http::Method::PUT => "PUT",
+            http::Method::PATCH => "PATCH",
+            http::Method::DELETE => "DELETE",
+            _ => "OTHER",
+        };
+        self.kube_requests.with_label_values(&[method]).inc();
     }
 
     /// Counts one reconcile and its duration.
