@@ -41,9 +41,14 @@ pub struct ApplyError {
     pub source: kube::Error,
 }
 
-/// Applies `object` unless the cache shows it unchanged since its last apply
-/// (or, first seen after a restart, the live child already holds it);
-/// returns the API server's answer when it applied.
+/// Applies `object` unless its child is unchanged since its last apply (or,
+/// first seen since this process started, the live child already holds it).
+/// Returns the child as the API server answered (the apply's answer, or the
+/// live child it read), `None` when it sent nothing (the cache holds it).
+///
+/// The cache answers when it has the child or has finished listing; until
+/// then (just after a start) the child is read instead, so a restart costs
+/// reads, not writes.
 async fn ensure<K>(
     client: &Client,
     cache: &ChildCache,
@@ -59,10 +64,6 @@ where
 {
     let object = cache::with_digest(object);
     let name = object.name_any();
-    let cached = cache.meta::<K>(namespace, &name);
-    if cache.unchanged(&object, namespace, cached.as_ref()) {
-        return Ok(None);
-    }
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let failed = |verb, source| ApplyError {
         verb,
@@ -71,18 +72,41 @@ where
         name: name.clone(),
         source,
     };
-    let adoptable = cached.as_ref().is_some_and(|meta| {
-        cache.first_sight(&object, namespace)
-            && cache::applied_digest(meta) == cache::applied_digest(object.meta())
-    });
-    if adoptable {
-        let live = api.get(&name).await.map_err(|e| failed("get", e))?;
-        let (desired, actual) = (serde_json::to_value(&object), serde_json::to_value(&live));
-        if let (Ok(desired), Ok(actual)) = (desired, actual)
-            && cache::covers(&desired, &actual)
+    let mut live: Option<K> = None;
+    let cached = match cache.meta::<K>(namespace, &name) {
+        Some(meta) => Some(meta),
+        None if !cache.ready() => {
+            live = api.get_opt(&name).await.map_err(|e| failed("get", e))?;
+            live.as_ref().map(|l| l.meta().clone())
+        }
+        None => None,
+    };
+    if cache.unchanged(&object, namespace, cached.as_ref()) {
+        return Ok(live);
+    }
+    // First sight with the same digest: adopt the live child if it still
+    // holds every desired value.
+    let same_digest = cached
+        .as_ref()
+        .is_some_and(|m| cache::applied_digest(m) == cache::applied_digest(object.meta()));
+    if same_digest && cache.first_sight(&object, namespace) {
+        if live.is_none() {
+            live = api.get_opt(&name).await.map_err(|e| failed("get", e))?;
+        }
+        if let Some(live) = live
+            && let (Ok(desired), Ok(actual)) =
+                (serde_json::to_value(&object), serde_json::to_value(&live))
         {
-            cache.record(&object, namespace, live.meta());
-            return Ok(None);
+            match cache::first_difference(&desired, &actual) {
+                None => {
+                    cache.record(&object, namespace, live.meta());
+                    return Ok(Some(live));
+                }
+                Some(path) => tracing::info!(
+                    kind = kind_of::<K>(), %namespace, %name, %path,
+                    "live child differs from the desired one; applying"
+                ),
+            }
         }
     }
     let applied = api

@@ -13,7 +13,7 @@
 //! After a restart the operator has applied nothing yet. Every child carries
 //! the digest of the object last applied to it ([`APPLIED_HASH_ANNOTATION`]);
 //! where that matches and the live object still holds every desired value
-//! ([`covers`]), the child is adopted as applied with one read and no write.
+//! ([`first_difference`]), the child is adopted as applied with one read and no write.
 //!
 //! The caches hold trimmed copies (no `managedFields`, no pod template, only
 //! the metadata of Services and PodDisruptionBudgets) to keep the operator's
@@ -116,21 +116,38 @@ pub fn applied_digest(meta: &ObjectMeta) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Whether `actual` holds every value of `desired`: objects key by key,
-/// arrays element by element (same length: the API server keeps list order
-/// and only adds defaults inside elements). Values the API server rewrites
-/// (a quantity in another form) read as different, which costs one apply,
-/// never a missed change.
-pub fn covers(desired: &serde_json::Value, actual: &serde_json::Value) -> bool {
+/// Where `actual` first fails to hold a value of `desired` (a JSON path),
+/// `None` when it holds them all: objects key by key, arrays element by
+/// element (same length: the API server keeps list order and only adds
+/// defaults inside elements). A value the API server rewrites (a quantity in
+/// another form) reads as different, which costs one apply, never a missed
+/// change.
+pub fn first_difference(desired: &serde_json::Value, actual: &serde_json::Value) -> Option<String> {
     use serde_json::Value;
     match (desired, actual) {
-        (Value::Object(d), Value::Object(a)) => d
+        (Value::Object(d), Value::Object(a)) => d.iter().find_map(|(k, v)| {
+            if v.is_null() {
+                return None;
+            }
+            let empty = match v {
+                Value::Object(m) => m.is_empty(),
+                Value::Array(l) => l.is_empty(),
+                _ => false,
+            };
+            match a.get(k) {
+                // The API server drops empty maps and lists.
+                None if empty => None,
+                None => Some(format!(".{k}")),
+                Some(x) => first_difference(v, x).map(|rest| format!(".{k}{rest}")),
+            }
+        }),
+        (Value::Array(d), Value::Array(a)) if d.len() == a.len() => d
             .iter()
-            .all(|(k, v)| v.is_null() || a.get(k).is_some_and(|x| covers(v, x))),
-        (Value::Array(d), Value::Array(a)) => {
-            d.len() == a.len() && d.iter().zip(a).all(|(x, y)| covers(x, y))
-        }
-        (d, a) => d == a,
+            .zip(a)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(x, y).map(|rest| format!("[{i}]{rest}"))),
+        (d, a) if d == a => None,
+        _ => Some(String::new()),
     }
 }
 
@@ -250,7 +267,7 @@ impl ChildCache {
     }
 
     /// Whether nothing was applied to the child of `desired` since this
-    /// process started (then [`covers`] may adopt it).
+    /// process started (then [`first_difference`] may adopt it).
     pub fn first_sight<K: Resource<DynamicType = ()>>(&self, desired: &K, namespace: &str) -> bool {
         let key = (kind_of::<K>(), namespace.to_owned(), desired.name_any());
         !self
@@ -422,19 +439,38 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn covers_needs_every_desired_value_and_ignores_added_defaults() {
+    fn first_difference_names_the_path_and_ignores_added_defaults() {
         let desired = json!({"spec": {"replicas": 2, "ports": [{"name": "grpc", "port": 50051}]}});
         let defaulted = json!({"spec": {"replicas": 2, "clusterIP": "10.0.0.1",
             "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}]}});
-        assert!(covers(&desired, &defaulted));
+        assert_eq!(first_difference(&desired, &defaulted), None);
         let scaled = json!({"spec": {"replicas": 3, "ports": [{"name": "grpc", "port": 50051}]}});
-        assert!(!covers(&desired, &scaled));
+        assert_eq!(
+            first_difference(&desired, &scaled).as_deref(),
+            Some(".spec.replicas")
+        );
         let port_gone = json!({"spec": {"replicas": 2, "ports": []}});
-        assert!(!covers(&desired, &port_gone));
+        assert_eq!(
+            first_difference(&desired, &port_gone).as_deref(),
+            Some(".spec.ports")
+        );
         let port_added = json!({"spec": {"replicas": 2,
             "ports": [{"name": "grpc", "port": 50051}, {"name": "x", "port": 1}]}});
-        assert!(!covers(&desired, &port_added));
-        assert!(!covers(&desired, &json!({})));
+        assert_eq!(
+            first_difference(&desired, &port_added).as_deref(),
+            Some(".spec.ports")
+        );
+        let renamed = json!({"spec": {"replicas": 2, "ports": [{"name": "http", "port": 50051}]}});
+        assert_eq!(
+            first_difference(&desired, &renamed).as_deref(),
+            Some(".spec.ports[0].name")
+        );
+        assert_eq!(
+            first_difference(&desired, &json!({})).as_deref(),
+            Some(".spec")
+        );
+        let empty = json!({"resources": {"limits": {}}, "args": []});
+        assert_eq!(first_difference(&empty, &json!({"resources": {}})), None);
     }
 
     #[test]

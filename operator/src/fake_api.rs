@@ -67,6 +67,7 @@ struct Call {
     query_contains: Vec<&'static str>,
     check_body: Box<dyn Fn(&Value) + Send>,
     respond: Value,
+    status: u16,
 }
 
 fn call(method: &'static str, path: &str, respond: Value) -> Call {
@@ -76,7 +77,19 @@ fn call(method: &'static str, path: &str, respond: Value) -> Call {
         query_contains: vec![],
         check_body: Box::new(|_| {}),
         respond,
+        status: 200,
     }
+}
+
+/// A GET of `path` answered 404 Not Found.
+fn not_found(path: &str) -> Call {
+    let mut c = call(
+        "GET",
+        path,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+    );
+    c.status = 404;
+    c
 }
 
 impl Call {
@@ -125,6 +138,7 @@ async fn serve(handle: &mut Handle, calls: Vec<Call>) -> Vec<Value> {
         bodies.push(body);
         send.send_response(
             Response::builder()
+                .status(c.status)
                 .body(Body::from(serde_json::to_vec(&respond).unwrap()))
                 .unwrap(),
         );
@@ -195,7 +209,10 @@ fn list(kind: &str, items: Vec<Value>) -> Value {
 /// The calls of a reconcile whose children exist and are all ready (before any status write).
 fn apply_calls(ready: i32) -> Vec<Call> {
     let selector = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dbackhaul-operator%2Cbackhaul.dev%2Fmodel%3Dsmollm2";
+    // A just-started operator whose caches are still listing reads each
+    // child first (to adopt it), here finding none.
     let mut calls = vec![
+        not_found(DEPLOY),
         call("PATCH", DEPLOY, deployment(ready))
             .query("fieldManager=backhaul-operator")
             .query("force=true")
@@ -206,9 +223,11 @@ fn apply_calls(ready: i32) -> Vec<Call> {
                 assert_eq!(pod["containers"][0]["readinessProbe"]["grpc"]["port"], 50051);
                 assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "ModelDeployment");
             }),
+        not_found(SVC),
         call("PATCH", SVC, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "smollm2-us-east"}}))
             .query("fieldManager=backhaul-operator")
             .body(|b| assert_eq!(b["spec"]["ports"][0]["port"], 50051)),
+        not_found(PDB),
         call("PATCH", PDB, json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "smollm2-us-east"}}))
             .query("fieldManager=backhaul-operator")
             .body(|b| assert_eq!(b["spec"]["maxUnavailable"], 1)),

@@ -87,20 +87,16 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// A client for the cluster this process runs in (or the kubeconfig's), whose
-/// every request is counted in `backhaul_operator_kube_requests_total`.
-async fn counted_client(metrics: &Metrics) -> Result<Client, RunError> {
-    let config = kube::Config::infer()
-        .await
-        .map_err(|e| RunError::Connect(kube::Error::InferConfig(e)))?;
+/// A client for `config` whose every request is counted in
+/// `backhaul_operator_kube_requests_total`.
+pub fn counted_client(config: kube::Config, metrics: &Metrics) -> Result<Client, kube::Error> {
     let counter = metrics.clone();
     let count =
         tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
             counter.kube_request(request.method());
             request
         });
-    Ok(kube::client::ClientBuilder::try_from(config)
-        .map_err(RunError::Connect)?
+    Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&count)
         .build())
 }
@@ -126,7 +122,10 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     );
     install_crypto_provider();
     let metrics = Metrics::new();
-    let client = counted_client(&metrics).await?;
+    let kube_config = kube::Config::infer()
+        .await
+        .map_err(|e| RunError::Connect(kube::Error::InferConfig(e)))?;
+    let client = counted_client(kube_config, &metrics).map_err(RunError::Connect)?;
     let readiness = Readiness::default();
 
     // One shutdown signal fans out to the metrics server and the controller.

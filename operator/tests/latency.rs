@@ -18,7 +18,7 @@ async fn measure(count: usize) -> Vec<Duration> {
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, &format!("op-latency-{count}")).await;
     let receiver = Receiver::start().await;
-    let operator = Operator::start(&client, config(ns.name(), Some(&receiver), None));
+    let operator = Operator::start(config(ns.name(), Some(&receiver), None));
     let mds: Api<ModelDeployment> = ns.api();
     let regions = ["us-east", "eu-west", "ap-south"];
     let mut created = Vec::new();

@@ -243,12 +243,15 @@ pub fn config(
 }
 
 impl Operator {
-    /// Starts the controller.
-    pub fn start(client: &Client, config: OperatorConfig) -> Self {
+    /// Starts the controller, with a client of its own whose requests it counts.
+    pub fn start(config: OperatorConfig) -> Self {
         // Logs with `--nocapture` (RUST_LOG to filter); a no-op after the first.
         backhaul_operator::telemetry::init(backhaul_operator::config::LogFormat::Text);
         let metrics = Metrics::new();
-        let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone()).unwrap());
+        let client =
+            backhaul_operator::counted_client(backhaul_testkit::cluster_config(), &metrics)
+                .unwrap();
+        let ctx = Arc::new(Context::new(client, config, metrics.clone()).unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run_controller(ctx, async move {
             let _ = rx.await;
@@ -268,6 +271,27 @@ impl Operator {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Requests this operator sent the API server, by HTTP method.
+    pub fn requests(&self) -> std::collections::BTreeMap<String, u64> {
+        let text = self.metrics.render();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("backhaul_operator_kube_requests_total{method=\""))
+            .filter_map(|l| {
+                let (method, rest) = l.split_once('"')?;
+                Some((method.to_owned(), rest.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Write requests (POST, PUT, PATCH, DELETE) among [`Operator::requests`].
+    pub fn writes(&self) -> u64 {
+        self.requests()
+            .iter()
+            .filter(|(m, _)| matches!(m.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Stops the controller and waits for it to finish.

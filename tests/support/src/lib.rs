@@ -111,6 +111,19 @@ pub async fn cluster() -> &'static Cluster {
     }
 }
 
+/// The client configuration of [`cluster`], once a test has reached it
+/// (through [`client`] or [`cluster`]).
+///
+/// # Panics
+/// Before the cluster was reached, or when it could not be.
+pub fn cluster_config() -> Config {
+    match CLUSTER.get() {
+        Some(Ok(cluster)) => cluster.config.clone(),
+        Some(Err(message)) => panic!("{message}"),
+        None => panic!("cluster_config() before client() or cluster()"),
+    }
+}
+
 /// A client for [`cluster`].
 pub async fn client() -> Client {
     cluster().await.client()
