@@ -235,6 +235,12 @@ def summary(results):
         if "operator_rss_mib_1000" in cp:
             rows.append({"target": "operator RSS < 64 MiB at 1,000 ModelDeployments",
                          "measured": f"{cp['operator_rss_mib_1000']} MiB", "met": cp["operator_rss_mib_1000"] < 64})
+        elif (cp["raw"]["runs"].get("1000") or {}).get("timed_out"):
+            t = cp["raw"]["runs"]["1000"]["timed_out"]
+            rows.append({"target": "operator RSS < 64 MiB at 1,000 ModelDeployments",
+                         "measured": f"{t['operator_memory_mib']['VmRSS']} MiB with {t['published']}/1,000 Published "
+                                     f"when the run stopped at {t['after_s']} s (see section 3)",
+                         "met": t["operator_memory_mib"]["VmRSS"] < 64})
         elif results.get("control_plane_1000_attempt"):
             at = results["control_plane_1000_attempt"]
             rows.append({"target": "operator RSS < 64 MiB at 1,000 ModelDeployments",
