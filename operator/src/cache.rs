@@ -279,7 +279,9 @@ impl ChildCache {
 
     /// Whether `desired` is what was last applied and `cached` (the child as
     /// the cache holds it now) is unchanged since.
-    pub fn unchanged<K: Resource<DynamicType = ()> + Serialize>(
+    ///
+    /// `desired` carries its digest ([`with_digest`]); that is what is compared.
+    pub fn unchanged<K: Resource<DynamicType = ()>>(
         &self,
         desired: &K,
         namespace: &str,
@@ -288,13 +290,13 @@ impl ChildCache {
         let Some(cached) = cached else { return false };
         let key = (kind_of::<K>(), namespace.to_owned(), desired.name_any());
         let applied = self.applied.lock().expect("not poisoned");
-        applied
-            .get(&key)
-            .is_some_and(|a| a.hash == digest(desired) && a.marker == marker(cached))
+        applied.get(&key).is_some_and(|a| {
+            Some(a.hash.as_str()) == applied_digest(desired.meta()) && a.marker == marker(cached)
+        })
     }
 
     /// Records that `desired` was applied and the API server answered `result`.
-    pub fn record<K: Resource<DynamicType = ()> + Serialize>(
+    pub fn record<K: Resource<DynamicType = ()>>(
         &self,
         desired: &K,
         namespace: &str,
@@ -302,7 +304,9 @@ impl ChildCache {
     ) {
         let key = (kind_of::<K>(), namespace.to_owned(), desired.name_any());
         let applied = Applied {
-            hash: digest(desired),
+            hash: applied_digest(desired.meta())
+                .unwrap_or_default()
+                .to_owned(),
             marker: marker(result),
         };
         self.applied
@@ -346,6 +350,24 @@ pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     }
 }
 
+/// A metadata-only watch (`Api<PartialObjectMeta<_>>` asks for metadata
+/// only) filling `writer` with trimmed copies; yields what it touched.
+fn metadata_stream<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: &watcher::Config,
+    writer: reflector::store::Writer<PartialObjectMeta<K>>,
+) -> BoxStream<'static, Result<PartialObjectMeta<K>, watcher::Error>>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    watcher(api, config.clone())
+        .default_backoff()
+        .modify(|o: &mut PartialObjectMeta<K>| trim_meta(&mut o.metadata))
+        .reflect(writer)
+        .touched_objects()
+        .boxed()
+}
+
 impl ChildWriters {
     /// The watches of the children selected by `config` in `namespace` (all
     /// namespaces when `None`), filling the caches.
@@ -369,29 +391,12 @@ impl ChildWriters {
             .modify(trim_deployment)
             .reflect(self.deployments)
             .touched_objects();
-        // `Api<PartialObjectMeta<_>>` watches metadata only.
-        let services = watcher(
-            api::<PartialObjectMeta<Service>>(client, namespace),
-            config.clone(),
-        )
-        .default_backoff()
-        .modify(|s: &mut PartialObjectMeta<Service>| trim_meta(&mut s.metadata))
-        .reflect(self.services)
-        .touched_objects();
-        let pdbs = watcher(
-            api::<PartialObjectMeta<PodDisruptionBudget>>(client, namespace),
-            config.clone(),
-        )
-        .default_backoff()
-        .modify(|p: &mut PartialObjectMeta<PodDisruptionBudget>| {
-            trim_meta(&mut p.metadata);
-        })
-        .reflect(self.pdbs)
-        .touched_objects();
+        let services = metadata_stream(api(client, namespace), config, self.services);
+        let pdbs = metadata_stream(api(client, namespace), config, self.pdbs);
         ChildStreams {
             deployments: deployments.boxed(),
-            services: services.boxed(),
-            pdbs: pdbs.boxed(),
+            services,
+            pdbs,
         }
     }
 

@@ -49,15 +49,7 @@ fn md(finalizer: bool, status: Option<Value>, deleting: bool) -> ModelDeployment
 }
 
 fn context(client: Client) -> Arc<Context> {
-    let config = OperatorConfig {
-        inference_image: "backhaul-inference:test".into(),
-        regions: None,
-        publish: None,
-        watch_namespace: None,
-        identity: "test".into(),
-        max_concurrent_reconciles: 16,
-    };
-    Arc::new(Context::new(client, config, Metrics::new()).unwrap())
+    Arc::new(Context::new(client, context_config(), Metrics::new()).unwrap())
 }
 
 /// One expected call: method, path, and a check of query and body.
