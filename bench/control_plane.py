@@ -222,10 +222,6 @@ def kube_requests(text):
     return out
 
 
-def writes_of(requests):
-    return sum(v for k, v in requests.items() if k in ("POST", "PUT", "PATCH", "DELETE"))
-
-
 def counter(text, name, **labels):
     total = 0.0
     for line in text.splitlines():
