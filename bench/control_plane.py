@@ -152,6 +152,14 @@ class Receiver:
         with self.lock:
             return {"routes": len(self.routes), "puts": self.puts, "deletes": self.deletes, "rejected": self.rejected}
 
+    def heartbeat_puts(self, heartbeat_s):
+        """The PUTs heartbeats alone account for so far: each route's first
+        PUT, then one every heartbeat_s (what the operator owes the Worker's
+        TTL; content changes such as capacity add to it)."""
+        now = time.monotonic()
+        with self.lock:
+            return sum(1 + int((now - first) // heartbeat_s) for first in self.first_put.values())
+
     def stop(self):
         self.server.shutdown()
 
@@ -161,8 +169,11 @@ class Operator:
         self.metrics_port = free_port()
         env = dict(os.environ, BACKHAUL_PUBLISH_SECRET=SECRET, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
         self.log = open(log_path, "a")
+        # A profiler to run the operator under (say `heaptrack -o FILE`);
+        # memory figures then read the wrapper's process, not the operator's.
+        wrapper = os.environ.get("BACKHAUL_OPERATOR_WRAPPER", "").split()
         self.proc = subprocess.Popen(
-            [OPERATOR, "--watch-namespace", namespace, "--worker-url", worker_url,
+            [*wrapper, OPERATOR, "--watch-namespace", namespace, "--worker-url", worker_url,
              "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--identity", f"bench-{namespace}"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
@@ -454,6 +465,7 @@ def scale_run(count, logs):
                                  "mean": total / n if n else None, "buckets": {str(k): v for k, v in buckets.items()}}
         result["operator_memory_mib"] = operator.memory_mib()
         result["receiver"] = receiver.counts()
+        result["receiver"]["heartbeat_puts"] = receiver.heartbeat_puts(TTL_S // 3)
 
         # Settled: heartbeats reconcile every object again with nothing to
         # change. The operator's own request counter says what that costs.

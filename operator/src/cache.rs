@@ -169,6 +169,21 @@ fn trim_meta(meta: &mut ObjectMeta) {
     meta.annotations = hash.map(|h| [(APPLIED_HASH_ANNOTATION.to_owned(), h)].into());
 }
 
+/// The annotation `kubectl apply` stores the whole last-applied object in.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Trims a watched `ModelDeployment` before it enters the controller's store:
+/// `managedFields` (a JSON tree per field manager, the largest part of an
+/// object with status) and `kubectl apply`'s copy of the spec are never
+/// read, and at 1,000 objects they were most of the store.
+pub fn trim_owner<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
 fn trim_deployment(d: &mut Deployment) {
     trim_meta(&mut d.metadata);
     // Readiness needs replicas and status; the pod template is the bulk.
@@ -442,6 +457,38 @@ impl ChildWriters {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn trimmed_owner_keeps_what_reconciles_read() {
+        use crate::crd::{FINALIZER, ModelDeployment, SKIP_UNPUBLISH_ANNOTATION};
+        let mut md: ModelDeployment = serde_json::from_value(json!({
+            "apiVersion": "backhaul.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "m", "namespace": "ns", "generation": 3, "finalizers": [FINALIZER],
+                "annotations": {SKIP_UNPUBLISH_ANNOTATION: "true", LAST_APPLIED_ANNOTATION: "{\"spec\":{}}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:regions": {}}}}]},
+            "spec": {"model": {"source": "/models/m", "format": "gguf", "ggufFiles": ["m.gguf"], "servedName": "m"},
+                "regions": [{"name": "us-east", "replicas": 1, "endpoint": "https://us-east.example.com",
+                    "location": {"latitude": 1.0, "longitude": 2.0}}]},
+            "status": {"observedGeneration": 3, "regions": [{"name": "us-east", "published": true}]},
+        }))
+        .unwrap();
+        let before = md.clone();
+        trim_owner(&mut md);
+        assert_eq!(md.metadata.managed_fields, None);
+        let annotations = md.metadata.annotations.clone().unwrap();
+        assert_eq!(
+            annotations
+                .get(SKIP_UNPUBLISH_ANNOTATION)
+                .map(String::as_str),
+            Some("true")
+        );
+        assert!(!annotations.contains_key(LAST_APPLIED_ANNOTATION));
+        assert_eq!(md.finalizers(), before.finalizers());
+        assert_eq!(md.metadata.generation, Some(3));
+        assert_eq!(json!(md.spec), json!(before.spec));
+        assert_eq!(json!(md.status), json!(before.status));
+    }
 
     #[test]
     fn first_difference_names_the_path_and_ignores_added_defaults() {
