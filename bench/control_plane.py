@@ -635,7 +635,7 @@ def main():
     crd = subprocess.run([OPERATOR, "crd"], check=True, capture_output=True, text=True).stdout
     kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crd)
     kubectl("wait", "--for=condition=Established", "crd/modeldeployments.backhaul.dev", "--timeout=60s")
-    out = {"counts": counts, "runs": {}, "operator_binary": OPERATOR,
+    out = {"counts": counts, "runs": {}, "operator_binary": OPERATOR, "ttl_seconds": TTL_S,
            "operator_binary_mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(OPERATOR))),
            "cluster": {"nodes": len(kubectl("get", "nodes", "-o", "name").split())}}
     extra_nodes("apply")

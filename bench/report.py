@@ -85,6 +85,9 @@ def section_from_raw(name, raw):
                "raw": r}
         if "1000" in ok:
             out["operator_rss_mib_1000"] = ok["1000"]["operator_memory_mib"]["VmRSS"]
+            restart = ok["1000"].get("operator_memory_mib_after_restart") or {}
+            out["operator_rss_mib_1000_after_restart"] = restart.get("VmRSS")
+            out["operator_peak_rss_mib_1000_after_restart"] = restart.get("VmHWM")
         expiry = r.get("worker_expiry") or {}
         if "seconds_from_operator_kill_to_expired" in expiry:
             out["region_failure_to_expired_s"] = expiry["seconds_from_operator_kill_to_expired"]
@@ -97,6 +100,11 @@ def writes_of(requests):
     if requests is None:
         return None
     return sum(v for k, v in requests.items() if k in ("POST", "PUT", "PATCH", "DELETE"))
+
+
+def mem_of(m):
+    """`VmRSS (VmHWM)` in MiB, or a dash."""
+    return f"{m['VmRSS']} ({m['VmHWM']})" if m else "–"
 
 
 def ms(seconds):
@@ -231,8 +239,15 @@ def summary(results):
                          "measured": ", ".join(f"{v} at N={c}" for c, v in changed.items()),
                          "met": max(changed.values()) == 0})
         if "operator_rss_mib_1000" in cp:
+            # Both ways an operator meets 1,000 objects: watching them arrive,
+            # and started over them (a restart, an upgrade, a new leader).
+            run = cp["raw"]["runs"]["1000"]
+            restart = run.get("operator_memory_mib_after_restart") or {}
+            worst = max(cp["operator_rss_mib_1000"], restart.get("VmHWM", 0))
             rows.append({"target": "operator RSS < 64 MiB at 1,000 ModelDeployments",
-                         "measured": f"{cp['operator_rss_mib_1000']} MiB", "met": cp["operator_rss_mib_1000"] < 64})
+                         "measured": f"{cp['operator_rss_mib_1000']} MiB once all are Published (peak "
+                                     f"{run['operator_memory_mib']['VmHWM']}); restarted over them: {restart.get('VmRSS')} "
+                                     f"MiB (peak {restart.get('VmHWM')})", "met": worst < 64})
         elif (cp["raw"]["runs"].get("1000") or {}).get("timed_out"):
             t = cp["raw"]["runs"]["1000"]["timed_out"]
             rows.append({"target": "operator RSS < 64 MiB at 1,000 ModelDeployments",
@@ -437,16 +452,17 @@ def readme(results, made):
                 else:
                     L.append(f"| {c} | not measured: {run['error']} | | | | | | |")
                 continue
-            mem = run["operator_memory_mib"]
             L.append(f"| {c} | {fmt(run['create_s'], 1)} | {fmt(run['apply_to_published_s'], 1)} | "
                      f"{fmt(run['apply_to_all_routes_s'], 1)} | {fmt(ms(run['reconcile_s']['p50']), 1)} | "
-                     f"{fmt(ms(run['reconcile_s']['p99']), 1)} | {run['reconciles']} | {mem['VmRSS']} ({mem['VmHWM']}) |")
+                     f"{fmt(ms(run['reconcile_s']['p99']), 1)} | {run['reconciles']} | {mem_of(run['operator_memory_mib'])} |")
         L += ["", "Pods, in seconds after the objects were created (whole seconds: Kubernetes timestamps): when "
               "the controller-manager created the last pod and when kwok made the last one Ready, against when the "
               "operator had published everything. The operator publishes a region as soon as its pod is Ready, so "
-              "where these are close the pace is set by the rest of the control plane (the controller-manager's "
-              "client is rate limited to 20 requests/s by default, and each region needs a ReplicaSet, a Pod and "
-              "their status updates), not by the operator.", "",
+              "where these are close the pace is set by the rest of the control plane (each region needs a "
+              "ReplicaSet, a Pod, a binding and their status updates, from the controller-manager, the scheduler and "
+              "kwok, on the same two cores as the API server, etcd and the operator; `tests/cluster/up.sh` raises "
+              "the controller-manager's client limit from 20 to 200 requests/s so that it is not the limit), not by "
+              "the operator.", "",
               "| N | pods | median pod created s | last pod created s | median pod Ready s | last pod Ready s | all Published s |",
               "|---|---|---|---|---|---|---|"]
         for c in sorted(r["runs"], key=int):
@@ -455,6 +471,14 @@ def readme(results, made):
             if p:
                 L.append(f"| {c} | {p['count']} | {p['created_s']['p50']} | {p['created_s']['last']} | "
                          f"{p['ready_s']['p50']} | {p['ready_s']['last']} | {fmt(run.get('apply_to_published_s'), 1)} |")
+        beats = [(c, r["runs"][c]["receiver"]) for c in sorted(r["runs"], key=int)
+                 if "heartbeat_puts" in (r["runs"][c].get("receiver") or {})]
+        if beats:
+            L += ["", "Route PUTs the receiver counted from the apply to the end of the measurement, against what "
+                  "heartbeats alone account for (each route's first PUT, then one every ttlSeconds/3 = "
+                  f"{r.get('ttl_seconds', 120) // 3} s until then; the Worker expires a route not renewed within "
+                  "ttlSeconds): " + "; ".join(f"N={c}: {b['puts']} PUTs for {b['routes']} routes, heartbeats "
+                                             f"{b['heartbeat_puts']}" for c, b in beats) + "."]
         L += ["", "Reconcile percentiles are interpolated inside the operator's histogram buckets "
               "(`backhaul_operator_reconcile_duration_seconds`), as Prometheus' `histogram_quantile` does.", "",
               "No-op resync: the operator is restarted over N settled objects and reconciles each once more. "
@@ -466,8 +490,8 @@ def readme(results, made):
               "asked: a GET per child it adopts after the restart (its digest matches and the live object holds every "
               "desired value), the initial lists and watches, and, in the target, no write. Steady: the same count "
               "over a window of route heartbeats (every ttlSeconds/3), each reconciling its object with nothing to change.", "",
-              "| N | s to reconcile all | objects written | operator requests after restart | steady window: reconciles, operator requests | write requests on the API server during resync | same-length idle window | Worker PUTs |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| N | s to reconcile all | objects written | operator requests after restart | steady window: reconciles, operator requests | write requests on the API server during resync | same-length idle window | Worker PUTs | restarted operator's VmRSS MiB (peak) |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for c in sorted(r["runs"], key=int):
             run = r["runs"][c]
             if "error" in run:
@@ -478,7 +502,8 @@ def readme(results, made):
             steady = (f"{st['reconciles']} in {st['window_s']} s: {w(st['operator_requests'])}" if st else "–")
             L.append(f"| {c} | {fmt(nr['seconds_to_reconcile_all'], 1)} | {nr['objects_changed']} | "
                      f"{w(nr.get('operator_requests') or {})} | {steady} | "
-                     f"{w(nr['api_writes_during_resync'])} | {w(nr['api_writes_same_length_idle'])} | {nr['worker_puts']} |")
+                     f"{w(nr['api_writes_during_resync'])} | {w(nr['api_writes_same_length_idle'])} | {nr['worker_puts']} | "
+                     f"{mem_of(run.get('operator_memory_mib_after_restart'))} |")
         at = results.get("control_plane_1000_attempt")
         if at:
             L += ["", f"**1,000 objects: not measured to the end.** An attempt ({at['stopped_at']}) was stopped after "

@@ -36,6 +36,11 @@ use crate::validate::{ValidationError, validate};
 const NOT_READY_REQUEUE: Duration = Duration::from_secs(10);
 /// Requeue of a steady object with nothing published (drift correction).
 const STEADY_REQUEUE: Duration = Duration::from_secs(300);
+/// Objects per page of the watches' initial lists. A page is held whole,
+/// untrimmed (managedFields and all), until its objects reach the stores: at
+/// kube's default of 500, the lists of a restart over 1,000 objects (3,000
+/// Deployments and pods) more than doubled the operator's resident memory.
+const LIST_PAGE_SIZE: u32 = 50;
 
 /// A reconcile failed; it is retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -647,16 +652,18 @@ pub async fn run_controller(
     };
     // Fail fast and clearly when the CRD is missing or RBAC forbids listing.
     mds.list(&ListParams::default().limit(1)).await?;
-    let owned = watcher::Config::default().labels(&format!(
-        "app.kubernetes.io/managed-by={}",
-        build::MANAGED_BY
-    ));
+    let owned = watcher::Config::default()
+        .labels(&format!(
+            "app.kubernetes.io/managed-by={}",
+            build::MANAGED_BY
+        ))
+        .page_size(LIST_PAGE_SIZE);
     let children = ctx
         .take_writers()
         .expect("run_controller runs once per context")
         .streams(&client, namespace.as_deref(), &owned);
     let (store, writer) = reflector::store();
-    let objects = watcher(mds, watcher::Config::default().any_semantic())
+    let objects = watcher(mds, watcher::Config::default().page_size(LIST_PAGE_SIZE))
         .default_backoff()
         .modify(cache::trim_owner)
         .reflect(writer)
