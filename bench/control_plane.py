@@ -164,6 +164,16 @@ class Receiver:
         self.server.shutdown()
 
 
+def memory_mib(pid):
+    """A process's VmRSS (resident now) and VmHWM (its peak), in MiB."""
+    out = {}
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(("VmRSS", "VmHWM")):
+            key, value = line.split(":")
+            out[key] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
 class Operator:
     def __init__(self, namespace, worker_url, log_path):
         self.metrics_port = free_port()
@@ -190,12 +200,7 @@ class Operator:
         return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     def memory_mib(self):
-        out = {}
-        for line in open(f"/proc/{self.proc.pid}/status"):
-            if line.startswith(("VmRSS", "VmHWM")):
-                key, value = line.split(":")
-                out[key] = round(int(value.split()[0]) / 1024, 1)
-        return out
+        return memory_mib(self.proc.pid)
 
     def stop(self, sig=signal.SIGTERM):
         if self.log.closed:

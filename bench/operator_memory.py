@@ -71,15 +71,6 @@ def operator_pid(proc):
     raise RuntimeError("operator process not found")
 
 
-def memory(pid):
-    out = {}
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith(("VmRSS", "VmHWM")):
-            key, value = line.split(":")
-            out[key] = round(int(value.split()[0]) / 1024, 1)
-    return out
-
-
 def stop(proc, log):
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -136,7 +127,7 @@ def main():
         started = time.monotonic()
         cp.wait("all Published", lambda: cp.published_count(namespace)[0] == count, 1800, 2)
         out["first_run"] = {"apply_to_published_s": round(time.monotonic() - started, 1),
-                            "memory_mib": memory(operator_pid(proc))}
+                            "memory_mib": cp.memory_mib(operator_pid(proc))}
         cp.log(f"memory: {count} Published; first run {out['first_run']}")
         stop(proc, log)
         variants = [("default", {}, ()), ("glibc-1-arena", {"MALLOC_ARENA_MAX": "1"}, ())]
@@ -152,7 +143,7 @@ def main():
                 f"http://127.0.0.1:{port}/metrics"), "backhaul_operator_reconciles_total") >= count, 900, 0.5)
             resync_s = time.monotonic() - t0
             time.sleep(SETTLE_S)
-            result = {"seconds_to_reconcile_all": round(resync_s, 1), "memory_mib": memory(operator_pid(proc))}
+            result = {"seconds_to_reconcile_all": round(resync_s, 1), "memory_mib": cp.memory_mib(operator_pid(proc))}
             stop(proc, log)
             if name == "heaptrack":
                 files = sorted((f for f in os.listdir(logs) if f.startswith("operator-heaptrack")),

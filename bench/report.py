@@ -485,7 +485,8 @@ def readme(results, made):
               "Objects written = objects (ModelDeployments, Deployments, Services, PDBs) whose resourceVersion "
               "changed (target 0). Write requests = the API server's `apiserver_request_total` for write verbs on "
               "those resources plus events, over the resync, next to an idle window as long (the control plane is "
-              "shared with other users).", "",
+              "shared with other users: DELETEs there are the namespace controller clearing earlier runs' "
+              "namespaces, which are deleted without waiting; the operator's own count below shows it sent none).", "",
               "The operator's own requests (`backhaul_operator_kube_requests_total`, by method) say exactly what it "
               "asked: a GET per child it adopts after the restart (its digest matches and the live object holds every "
               "desired value), the initial lists and watches, and, in the target, no write. Steady: the same count "
@@ -504,6 +505,9 @@ def readme(results, made):
                      f"{w(nr.get('operator_requests') or {})} | {steady} | "
                      f"{w(nr['api_writes_during_resync'])} | {w(nr['api_writes_same_length_idle'])} | {nr['worker_puts']} | "
                      f"{mem_of(run.get('operator_memory_mib_after_restart'))} |")
+        L += ["", "Where the operator's memory goes at 1,000 objects, and why a restart over them used to take twice "
+              "as much as watching them arrive (the watches' initial list pages): "
+              "[operator-memory.md](operator-memory.md), from `bench/operator_memory.py` with heaptrack."]
         at = results.get("control_plane_1000_attempt")
         if at:
             L += ["", f"**1,000 objects: not measured to the end.** An attempt ({at['stopped_at']}) was stopped after "
