@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: Backhaul's benchmarks, written to docs/benchmarks/.
 #
-#   BENCH=inference,routing,control-plane scripts/bench.sh   (default: all three)
+#   BENCH=inference,routing,control-plane scripts/bench.sh   (default: these three)
+#   BENCH=inference-c16 scripts/bench.sh   (concurrency 16 without `mistralrs serve`)
 #
 # Each section measures on this machine, writes its raw JSON under
 # $BACKHAUL_CACHE/bench/, and bench/report.py merges it into
@@ -9,7 +10,8 @@
 # regenerates docs/benchmarks/README.md and its plots from that file alone.
 #
 # Knobs (environment): INFERENCE_ROUNDS (3), INFERENCE_MAX_TOKENS (96),
-# INFERENCE_CONCURRENCY (1,4,16), ROUTING_REQUESTS (300, also the profile's),
+# INFERENCE_CONCURRENCY (1,4,16), INFERENCE_C16_ROUNDS (2),
+# ROUTING_REQUESTS (300, also the profile's),
 # CONTROL_PLANE_COUNTS (1,100,1000).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -101,12 +103,9 @@ ensure_mistralrs_cli() {
     --root "$BACKHAUL_CACHE/mistralrs-cli" --target-dir "$BACKHAUL_CACHE/mistralrs-cli-target"
 }
 
-bench_inference() {
-  [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
-  ensure_mistralrs_cli
-  # One package per build: features unify across the packages of one
-  # build, so building them together would compile mistral.rs a third time
-  # rather than reuse what each package's own build left in the cache.
+# Builds and starts backhaul-inference on free ports: sets grpc_port,
+# http_port and inference_pid, and returns once it is ready.
+start_inference() {
   # BACKHAUL_INFERENCE_BIN: a backhaul-inference binary built elsewhere
   # from this checkout (any build's uplifted target/debug binary).
   local inference_bin=${BACKHAUL_INFERENCE_BIN:-$CARGO_TARGET_DIR/debug/backhaul-inference}
@@ -114,17 +113,40 @@ bench_inference() {
     step "build backhaul-inference (dev profile)" build_workspace
   fi
   step "build backhaul-bench (dev profile)" build_workspace
-  local grpc_port http_port serve_port
-  grpc_port=$(free_port) http_port=$(free_port) serve_port=$(free_port)
+  grpc_port=$(free_port) http_port=$(free_port)
   "$inference_bin" --model "$model" --served-name smollm2 --device cpu \
     --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" >"$out_dir/backhaul-inference.log" 2>&1 &
-  local inference_pid=$!
+  inference_pid=$!
   pids+=("$inference_pid")
+  wait_http "http://127.0.0.1:$http_port/ready" 300
+}
+
+# Concurrency 16 without `mistralrs serve` (BENCH=inference-c16): Backhaul
+# against in-process only, 48-token outputs, a batch of 16 requests per
+# target per round (INFERENCE_C16_ROUNDS, 2), so it fits where the full
+# section does not (docs/benchmarks/inference-c16.json).
+bench_inference_c16() {
+  [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
+  start_inference
+  local args=(--model "$model" --grpc "http://127.0.0.1:$grpc_port" --http "http://127.0.0.1:$http_port"
+    --rounds "${INFERENCE_C16_ROUNDS:-2}" --max-tokens 48 --concurrency 16 --requests-factor 1)
+  step "inference benchmark, c=16" wrap inference-c16 "$out_dir/inference-c16.json" \
+    "backhaul-bench ${args[*]}" "$CARGO_TARGET_DIR/debug/backhaul-bench" "${args[@]}"
+  cp "$out_dir/inference-c16.json" docs/benchmarks/inference-c16.json
+  kill -TERM "$inference_pid" 2>/dev/null || true
+  wait "$inference_pid" 2>/dev/null || true
+}
+
+bench_inference() {
+  [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
+  ensure_mistralrs_cli
+  start_inference
+  local serve_port
+  serve_port=$(free_port)
   "$mistralrs_cli" --token-source none serve --host 127.0.0.1 -p "$serve_port" --cpu \
     --format gguf -m "$(dirname "$model")" -f "$(basename "$model")" >"$out_dir/mistralrs-serve.log" 2>&1 &
   local serve_pid=$!
   pids+=("$serve_pid")
-  wait_http "http://127.0.0.1:$http_port/ready" 300
   wait_http "http://127.0.0.1:$serve_port/v1/models" 300
   local serve_model
   serve_model=$(curl -fsS "http://127.0.0.1:$serve_port/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
@@ -175,7 +197,7 @@ if [ "${1:-}" = --section ]; then
   exit
 fi
 ran=() failed=()
-for section in inference routing control-plane; do
+for section in inference inference-c16 routing control-plane; do
   has "$section" || continue
   if "$0" --section "$section"; then
     ran+=("$out_dir/$section.json")
