@@ -175,17 +175,22 @@ def memory_mib(pid):
 
 
 class Operator:
-    def __init__(self, namespace, worker_url, log_path):
+    """backhaul-operator watching `namespace` and publishing to `worker_url`.
+    `env` adds to its environment; `wrapper` runs it under a profiler (say
+    `heaptrack -o FILE`), in a process group of its own. Such a wrapper does
+    not pass signals on, and its helpers must outlive the operator to write
+    their data: stop signals the operator itself and waits for the wrapper."""
+
+    def __init__(self, namespace, worker_url, log_path, env=None, wrapper=()):
         self.metrics_port = free_port()
-        env = dict(os.environ, BACKHAUL_PUBLISH_SECRET=SECRET, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+        self.wrapped = bool(wrapper)
+        env = dict(os.environ, BACKHAUL_PUBLISH_SECRET=SECRET, RUST_LOG=os.environ.get("RUST_LOG", "warn"),
+                   **(env or {}))
         self.log = open(log_path, "a")
-        # A profiler to run the operator under (say `heaptrack -o FILE`);
-        # memory figures then read the wrapper's process, not the operator's.
-        wrapper = os.environ.get("BACKHAUL_OPERATOR_WRAPPER", "").split()
         self.proc = subprocess.Popen(
             [*wrapper, OPERATOR, "--watch-namespace", namespace, "--worker-url", worker_url,
              "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--identity", f"bench-{namespace}"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=self.wrapped)
         deadline = time.time() + 60
         while True:
             try:
@@ -199,18 +204,36 @@ class Operator:
     def metrics(self):
         return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
-    def memory_mib(self):
-        return memory_mib(self.proc.pid)
+    def pid(self):
+        """The operator's own PID (under a wrapper, the member of its group
+        that runs the operator binary)."""
+        if not self.wrapped:
+            return self.proc.pid
+        target = os.path.realpath(OPERATOR)
+        group = subprocess.run(["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in group:
+            try:
+                if os.path.realpath(f"/proc/{pid}/exe") == target:
+                    return int(pid)
+            except OSError:
+                pass
+        raise RuntimeError("operator process not found")
 
-    def stop(self, sig=signal.SIGTERM):
+    def memory_mib(self):
+        return memory_mib(self.pid())
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.log.closed:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            os.kill(self.pid(), sig)
             try:
-                self.proc.wait(30)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                if self.wrapped:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                else:
+                    self.proc.kill()
                 self.proc.wait()
         self.log.close()
 
@@ -621,6 +644,13 @@ def worker_expiry(logs):
         dev.wait(30)
 
 
+def install_crd():
+    """The ModelDeployment CRD of the operator under test, established."""
+    crd = subprocess.run([OPERATOR, "crd"], check=True, capture_output=True, text=True).stdout
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crd)
+    kubectl("wait", "--for=condition=Established", "crd/modeldeployments.backhaul.dev", "--timeout=60s")
+
+
 def main():
     counts = [int(c) for c in (sys.argv[1] if len(sys.argv) > 1 else "1,100,1000").split(",") if c]
     logs = os.path.join(CACHE, "bench", "logs")
@@ -637,9 +667,7 @@ def main():
         kubeconfig = line.split("=", 1)[1].strip().strip("'\"")
         started_cluster = True
     os.environ["KUBECONFIG"] = kubeconfig
-    crd = subprocess.run([OPERATOR, "crd"], check=True, capture_output=True, text=True).stdout
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crd)
-    kubectl("wait", "--for=condition=Established", "crd/modeldeployments.backhaul.dev", "--timeout=60s")
+    install_crd()
     out = {"counts": counts, "runs": {}, "operator_binary": OPERATOR, "ttl_seconds": TTL_S,
            "operator_binary_mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(OPERATOR))),
            "cluster": {"nodes": len(kubectl("get", "nodes", "-o", "name").split())}}

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,52 +32,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import control_plane as cp  # noqa: E402
 
 SETTLE_S = 20
-
-
-def start(namespace, worker_url, log_path, env_extra=None, wrapper=()):
-    port = cp.free_port()
-    env = dict(os.environ, BACKHAUL_PUBLISH_SECRET=cp.SECRET, RUST_LOG="warn", **(env_extra or {}))
-    log = open(log_path, "a")
-    # Own process group: a wrapper (heaptrack's shell script) does not pass
-    # signals on, so the group is signalled as a whole.
-    proc = subprocess.Popen([*wrapper, cp.OPERATOR, "--watch-namespace", namespace, "--worker-url", worker_url,
-                             "--metrics-addr", f"127.0.0.1:{port}", "--identity", f"mem-{namespace}"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    cp.wait("operator ready", lambda: ready(port, proc), 120, 0.2)
-    return proc, port, log
-
-
-def ready(port, proc):
-    if proc.poll() is not None:
-        raise RuntimeError("operator exited")
-    try:
-        cp.http_get(f"http://127.0.0.1:{port}/readyz", timeout=2)
-        return True
-    except Exception:
-        return False
-
-
-def operator_pid(proc):
-    """The operator's own PID: `proc` or, under a wrapper, its descendant."""
-    target = os.path.realpath(cp.OPERATOR)
-    for pid in [proc.pid] + [int(p) for p in subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True,
-                                                             text=True).stdout.split()]:
-        try:
-            if os.path.realpath(f"/proc/{pid}/exe") == target:
-                return pid
-        except OSError:
-            pass
-    raise RuntimeError("operator process not found")
-
-
-def stop(proc, log):
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
 
 
 def heaptrack_summary(path):
@@ -112,6 +65,7 @@ def main():
     logs = os.path.join(cp.CACHE, "bench", "logs")
     os.makedirs(logs, exist_ok=True)
     namespace = "bench-mem"
+    cp.install_crd()
     cp.delete_namespace(namespace, 600)
     cp.kubectl("create", "namespace", namespace)
     cp.wait("default ServiceAccount", lambda: cp.kubectl("get", "serviceaccount", "default", "-n", namespace,
@@ -120,16 +74,16 @@ def main():
     receiver = cp.Receiver()
     out = {"objects": count, "operator_binary": cp.OPERATOR, "variants": {}}
     log_path = os.path.join(logs, "operator-memory.log")
-    proc, port, log = start(namespace, receiver.url, log_path)
+    operator = cp.Operator(namespace, receiver.url, log_path)
     try:
         items = [cp.model_deployment(namespace, f"m{i}", cp.TTL_S) for i in range(count)]
         cp.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
         started = time.monotonic()
         cp.wait("all Published", lambda: cp.published_count(namespace)[0] == count, 1800, 2)
         out["first_run"] = {"apply_to_published_s": round(time.monotonic() - started, 1),
-                            "memory_mib": cp.memory_mib(operator_pid(proc))}
+                            "memory_mib": operator.memory_mib()}
         cp.log(f"memory: {count} Published; first run {out['first_run']}")
-        stop(proc, log)
+        operator.stop()
         variants = [("default", {}, ()), ("glibc-1-arena", {"MALLOC_ARENA_MAX": "1"}, ())]
         if shutil.which("heaptrack"):
             variants.append(("heaptrack", {}, ("heaptrack", "-o", os.path.join(logs, "operator-heaptrack"))))
@@ -138,13 +92,14 @@ def main():
             variants = [v for v in variants if v[0] in wanted.split(",")]
         for name, env, wrapper in variants:
             t0 = time.monotonic()
-            proc, port, log = start(namespace, receiver.url, log_path, env, wrapper)
-            cp.wait("every object reconciled", lambda: cp.counter(cp.http_get(
-                f"http://127.0.0.1:{port}/metrics"), "backhaul_operator_reconciles_total") >= count, 900, 0.5)
+            operator = cp.Operator(namespace, receiver.url, log_path, env, wrapper)
+            cp.wait("every object reconciled", lambda: cp.counter(
+                operator.metrics(), "backhaul_operator_reconciles_total") >= count, 900, 0.5)
             resync_s = time.monotonic() - t0
             time.sleep(SETTLE_S)
-            result = {"seconds_to_reconcile_all": round(resync_s, 1), "memory_mib": cp.memory_mib(operator_pid(proc))}
-            stop(proc, log)
+            result = {"seconds_to_reconcile_all": round(resync_s, 1), "memory_mib": operator.memory_mib()}
+            # heaptrack writes its data after the operator exits.
+            operator.stop(timeout=120)
             if name == "heaptrack":
                 files = sorted((f for f in os.listdir(logs) if f.startswith("operator-heaptrack")),
                                key=lambda f: os.path.getmtime(os.path.join(logs, f)))
@@ -152,8 +107,7 @@ def main():
             out["variants"][name] = result
             cp.log(f"memory: {name}: {result.get('memory_mib')}")
     finally:
-        if proc.poll() is None:
-            stop(proc, log)
+        operator.stop()
         # Without an operator the finalizers stay: release them, then delete.
         items = json.loads(cp.kubectl("get", "modeldeployments.backhaul.dev", "-n", namespace, "-o", "json"))
         for item in items["items"]:

@@ -365,7 +365,7 @@ def readme(results, made):
                   f"{sr['config']['rounds']}, `max_tokens` {sr['config']['max_tokens']}, a batch of "
                   f"{', '.join(str(n) for n in sr['config']['requests_per_batch'])} requests per target per round; machine: "
                   f"{machine_line(sup)}. Command: `BENCH=inference-c16 make bench`, which starts `backhaul-inference` "
-                  f"and runs `{sup['command']}` (raw results: [inference-c16.json](inference-c16.json)).", "",
+                  f"and runs `{sup['command']}` (raw results: `inference_c16` in [results.json](results.json)).", "",
                   "| target | c | output tok/s | per round | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
                   "|---|---|---|---|---|---|---|---|", *inference_target_rows(sr["targets"], sl), "",
                   "| surface | c | vs in-process | vs `mistralrs serve` |", "|---|---|---|---|",
@@ -508,7 +508,7 @@ def readme(results, made):
         if beats:
             L += ["", "Route PUTs the receiver counted from the apply to the end of the measurement, against what "
                   "heartbeats alone account for (each route's first PUT, then one every ttlSeconds/3 = "
-                  f"{r.get('ttl_seconds', 120) // 3} s until then; the Worker expires a route not renewed within "
+                  f"{r['ttl_seconds'] // 3} s until then; the Worker expires a route not renewed within "
                   "ttlSeconds): " + "; ".join(f"N={c}: {b['puts']} PUTs for {b['routes']} routes, heartbeats "
                                              f"{b['heartbeat_puts']}" for c, b in beats) + "."]
         L += ["", "Reconcile percentiles are interpolated inside the operator's histogram buckets "

@@ -124,7 +124,7 @@ start_inference() {
 # Concurrency 16 without `mistralrs serve` (BENCH=inference-c16): Backhaul
 # against in-process only, 48-token outputs, a batch of 16 requests per
 # target per round (INFERENCE_C16_ROUNDS, 2), so it fits where the full
-# section does not (docs/benchmarks/inference-c16.json).
+# section does not (results.json: inference_c16).
 bench_inference_c16() {
   [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
   start_inference
@@ -132,7 +132,6 @@ bench_inference_c16() {
     --rounds "${INFERENCE_C16_ROUNDS:-2}" --max-tokens 48 --concurrency 16 --requests-factor 1)
   step "inference benchmark, c=16" wrap inference-c16 "$out_dir/inference-c16.json" \
     "backhaul-bench ${args[*]}" "$CARGO_TARGET_DIR/debug/backhaul-bench" "${args[@]}"
-  cp "$out_dir/inference-c16.json" docs/benchmarks/inference-c16.json
   kill -TERM "$inference_pid" 2>/dev/null || true
   wait "$inference_pid" 2>/dev/null || true
 }
