@@ -47,6 +47,9 @@ def section_from_raw(name, raw):
         return {**base,
                 "ratio_vs_inprocess": flat("ratio_vs_inprocess"),
                 "ratio_vs_mistralrs_serve": flat("ratio_vs_mistralrs_serve"),
+                # Server CPU per output token, Backhaul over the other (below 1: less).
+                "cpu_per_token_ratio_vs_inprocess": r.get("cpu_per_token_ratio_vs_inprocess", {}),
+                "cpu_per_token_ratio_vs_mistralrs_serve": r.get("cpu_per_token_ratio_vs_mistralrs_serve", {}),
                 "raw": r}
     if name == "routing":
         return {**base,
@@ -58,6 +61,8 @@ def section_from_raw(name, raw):
                 "failover_added_ms_p99": {k: v["addedMs"]["p99"] for k, v in r["failover"].items()},
                 "cpu_ms_per_request": r["cpuMsPerRequest"]["viaWorker"],
                 "raw": r}
+    if name == "inference-profile":
+        return {**base, "raw": r}
     if name == "routing-profile":
         return {**base,
                 "cpu_ms_per_request": {k: r[k]["runtimeCpuMsPerRequest"] for k in ("backhaul", "passthrough") if r.get(k)},
@@ -113,13 +118,24 @@ def inference_target_rows(t, levels):
             rows.append(f"| {label} | {c} | {fmt(x['output_tokens_per_s'], 1)} | "
                         f"{', '.join(fmt(v, 1) for v in x['rounds_output_tokens_per_s'])} | "
                         f"{fmt(x['ttft_ms']['p50'], 1)} | {fmt(x['ttft_ms']['p99'], 1)} | "
-                        f"{fmt(x['inter_token_ms']['p50'], 2)} | {fmt(x['inter_token_ms']['p99'], 2)} |")
+                        f"{fmt(x['inter_token_ms']['p50'], 2)} | {fmt(x['inter_token_ms']['p99'], 2)} | "
+                        f"{cpu_cell(x.get('cpu_per_token'))} |")
     return rows
 
 
+def cpu_cell(cpu):
+    """Server CPU ms per output token, `+ client` where a client process was separate."""
+    if not cpu:
+        return "–"
+    client = f" + {cpu['client_ms']:.1f}" if cpu.get("client_ms") is not None else ""
+    return f"{cpu['server_ms']:.1f}{client}"
+
+
 def inference_ratio_rows(raw, levels):
-    """Table rows: Backhaul's surfaces over in-process and `mistralrs serve`."""
+    """Table rows: Backhaul's surfaces over in-process and `mistralrs serve`,
+    output tokens/s and (where measured) server CPU per token."""
     cell = lambda v: "–" if not v else f"{v['ratio']:.3f} ({', '.join(f'{x:.2f}' for x in v['rounds'])})"
+    cpu = lambda key, s, c: fmt(((raw.get(key) or {}).get(s) or {}).get(c), 3)
     rows = []
     for s, label in SURFACES.items():
         if s not in raw["ratio_vs_inprocess"]:
@@ -127,7 +143,9 @@ def inference_ratio_rows(raw, levels):
         for c in levels:
             a = raw["ratio_vs_inprocess"][s].get(c)
             b = (raw["ratio_vs_mistralrs_serve"].get(s) or {}).get(c)
-            rows.append(f"| {label} | {c} | {cell(a)} | {cell(b)} |")
+            rows.append(f"| {label} | {c} | {cell(a)} | {cell(b)} | "
+                        f"{cpu('cpu_per_token_ratio_vs_inprocess', s, c)} | "
+                        f"{cpu('cpu_per_token_ratio_vs_mistralrs_serve', s, c)} |")
     return rows
 
 
@@ -338,13 +356,13 @@ def readme(results, made):
               "and `mistralrs serve` (mistralrs-cli 0.8.1, `cargo install`ed, release profile) over OpenAI HTTP/SSE. "
               "`backhaul-inference` and the in-process engine are the workspace's dev profile, whose dependencies "
               "(mistral.rs, candle) are built at opt-level 3.", "",
-              "| target | c | output tok/s | per round | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| target | c | output tok/s | per round | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | CPU ms/token |",
+              "|---|---|---|---|---|---|---|---|---|"]
         L += inference_target_rows(t, levels)
         L += ["", "Backhaul over the other, output tokens/s (1.00 = equal; above 1 = Backhaul faster). "
               "Target: ≥ 0.97 against in-process and ≥ 1.00 against `mistralrs serve`. "
               "In brackets: the same ratio per round (batches run back to back).", "",
-              "| surface | c | vs in-process | vs `mistralrs serve` |", "|---|---|---|---|"]
+              "| surface | c | vs in-process | vs `mistralrs serve` | CPU/token vs in-process | CPU/token vs `serve` |", "|---|---|---|---|---|---|"]
         L += inference_ratio_rows(raw, levels)
         same = raw["same_greedy_text_as_inprocess"]
         L += ["", "Same greedy text as in-process at c=1, prompts: " +
@@ -366,10 +384,11 @@ def readme(results, made):
                   f"{', '.join(str(n) for n in sr['config']['requests_per_batch'])} requests per target per round; machine: "
                   f"{machine_line(sup)}. Command: `BENCH=inference-c16 make bench`, which starts `backhaul-inference` "
                   f"and runs `{sup['command']}` (raw results: `inference_c16` in [results.json](results.json)).", "",
-                  "| target | c | output tok/s | per round | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
-                  "|---|---|---|---|---|---|---|---|", *inference_target_rows(sr["targets"], sl), "",
-                  "| surface | c | vs in-process | vs `mistralrs serve` |", "|---|---|---|---|",
+                  "| target | c | output tok/s | per round | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | CPU ms/token |",
+                  "|---|---|---|---|---|---|---|---|---|", *inference_target_rows(sr["targets"], sl), "",
+                  "| surface | c | vs in-process | vs `mistralrs serve` | CPU/token vs in-process | CPU/token vs `serve` |", "|---|---|---|---|---|---|",
                   *inference_ratio_rows(sr, sl), ""]
+        L += inference_profile(results.get("inference_profile"))
         L += ["Where the time goes (absolute speed): every target here runs the same candle 0.10.2 CPU kernels, "
               "and for this model's quantization, Q4_1, candle has no SIMD dot product at all "
               "(`BlockQ4_1::vec_dot` calls `vec_dot_unopt`, the scalar loop); the AVX2 kernels candle has for "
@@ -472,7 +491,7 @@ def readme(results, made):
               "(1 CPU replica each, so 3N pods) created in one `kubectl create`.", "",
               "| N | create s | apply → all Published s | apply → all 3N routes on the receiver s | "
               "reconcile p50 ms | reconcile p99 ms | reconciles | operator VmRSS MiB (peak) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|"]
         for c in sorted(r["runs"], key=int):
             run = r["runs"][c]
             if "error" in run:
@@ -575,6 +594,29 @@ def readme(results, made):
           "On a machine with one, the same comparison runs with CUDA builds (the bench crate's `cuda` feature "
           "turns on mistral.rs's):", "", "```sh", *GPU_COMMANDS, "```", ""]
     return "\n".join(L)
+
+
+def inference_profile(sec):
+    """Where each server's CPU went during the inference run (perf, self time)."""
+    if not sec:
+        return []
+    r = sec["raw"]
+    names = [n for n in ("backhaul_inference", "mistralrs_serve") if n in r]
+    label = {"backhaul_inference": "`backhaul-inference`", "mistralrs_serve": "`mistralrs serve`"}
+    groups = list(dict.fromkeys(g for n in names for g in r[n]["groups_pct"]))
+    counts = ", ".join(f"{label[n]} {r[n]['samples']} samples" for n in names)
+    L = ["### Where the servers' CPU goes", "",
+         f"`perf record -F 99` on each server process through the whole run above (warm-up included), self time by "
+         f"symbol, grouped by `bench/perf_summary.py`; {counts}. "
+         f"Machine: {machine_line(sec)}.", "",
+         "| group | " + " | ".join(label[n] for n in names) + " |", "|---|" + "---|" * len(names)]
+    for g in groups:
+        L.append(f"| {g} | " + " | ".join(f"{r[n]['groups_pct'].get(g, 0):.2f} %" for n in names) + " |")
+    L += ["", "Top symbols in `backhaul-inference`:", "", "| share | symbol |", "|---|---|"]
+    for t in r["backhaul_inference"]["top_symbols"][:8]:
+        L.append(f"| {t['pct']:.2f} % | `{t['symbol']}` |")
+    L.append("")
+    return L
 
 
 def clean_function(k):

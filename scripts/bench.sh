@@ -10,7 +10,9 @@
 # regenerates docs/benchmarks/README.md and its plots from that file alone.
 #
 # Knobs (environment): INFERENCE_ROUNDS (3), INFERENCE_MAX_TOKENS (96),
-# INFERENCE_CONCURRENCY (1,4,16), INFERENCE_C16_ROUNDS (2),
+# INFERENCE_CONCURRENCY (1,4,16), INFERENCE_REQUESTS_FACTOR (2: a batch is
+# max(factor × c, INFERENCE_MIN_REQUESTS (6)) requests), INFERENCE_C16_ROUNDS (2), INFERENCE_PROFILE
+# (1: `perf record` both servers through the run, when perf is installed),
 # ROUTING_REQUESTS (300, also the profile's),
 # CONTROL_PLANE_COUNTS (1,100,1000).
 set -euo pipefail
@@ -129,6 +131,7 @@ bench_inference_c16() {
   [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
   start_inference
   local args=(--model "$model" --grpc "http://127.0.0.1:$grpc_port" --http "http://127.0.0.1:$http_port"
+    --backhaul-pid "$inference_pid"
     --rounds "${INFERENCE_C16_ROUNDS:-2}" --max-tokens 48 --concurrency 16 --requests-factor 1)
   step "inference benchmark, c=16" wrap inference-c16 "$out_dir/inference-c16.json" \
     "backhaul-bench ${args[*]}" "$CARGO_TARGET_DIR/debug/backhaul-bench" "${args[@]}"
@@ -151,10 +154,32 @@ bench_inference() {
   serve_model=$(curl -fsS "http://127.0.0.1:$serve_port/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
   local args=(--model "$model" --grpc "http://127.0.0.1:$grpc_port" --http "http://127.0.0.1:$http_port"
     --serve "http://127.0.0.1:$serve_port" --serve-model "$serve_model"
+    --backhaul-pid "$inference_pid" --serve-pid "$serve_pid"
     --rounds "${INFERENCE_ROUNDS:-3}" --max-tokens "${INFERENCE_MAX_TOKENS:-96}"
-    --concurrency "${INFERENCE_CONCURRENCY:-1,4,16}")
+    --concurrency "${INFERENCE_CONCURRENCY:-1,4,16}" --requests-factor "${INFERENCE_REQUESTS_FACTOR:-2}"
+    --min-requests "${INFERENCE_MIN_REQUESTS:-6}")
+  # Where each server's CPU goes over the same run: a system-wide sampling
+  # profile (99 Hz, self time), each server's samples summarised by
+  # bench/perf_summary.py (which says why not `perf record -p`).
+  local perf_pid=
+  if [ "${INFERENCE_PROFILE:-1}" = 1 ] && command -v perf >/dev/null; then
+    perf record -q -a -F 99 -o "$out_dir/inference.perf.data" 2>"$out_dir/perf.log" &
+    perf_pid=$!
+    pids+=("$perf_pid")
+  fi
   step "inference benchmark" wrap inference "$out_dir/inference.json" \
     "backhaul-bench ${args[*]}" "$CARGO_TARGET_DIR/debug/backhaul-bench" "${args[@]}"
+  if [ -n "$perf_pid" ]; then
+    # perf writes its file on SIGINT.
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    if [ -f "$out_dir/inference.json" ]; then
+      step "inference profile" wrap inference-profile "$out_dir/inference-profile.json" \
+        "perf record -a -F 99 through the run; python3 bench/perf_summary.py" \
+        python3 bench/perf_summary.py "$out_dir/inference.perf.data" \
+        "backhaul_inference=$inference_pid" "mistralrs_serve=$serve_pid"
+    fi
+  fi
   kill -TERM "$inference_pid" "$serve_pid" 2>/dev/null || true
   wait "$inference_pid" "$serve_pid" 2>/dev/null || true
 }
@@ -200,8 +225,12 @@ for section in inference inference-c16 routing control-plane; do
   has "$section" || continue
   if "$0" --section "$section"; then
     ran+=("$out_dir/$section.json")
-    # The routing section also writes its profile.
+    # The routing section also writes its profile; inference, when perf ran.
     if [ "$section" = routing ]; then ran+=("$out_dir/routing-profile.json"); fi
+    if [ "$section" = inference ] && [ -f "$out_dir/inference-profile.json" ] &&
+      [ "$out_dir/inference-profile.json" -nt "$out_dir/inference.json" ]; then
+      ran+=("$out_dir/inference-profile.json")
+    fi
   else
     failed+=("$section")
   fi

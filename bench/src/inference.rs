@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
+    cpu,
     stats::{Millis, round3},
     targets::{Sample, Target},
 };
@@ -79,6 +80,31 @@ pub struct Args {
     /// max_tokens of every request.
     #[arg(long, default_value_t = 96)]
     max_tokens: usize,
+    /// Process id of the `backhaul-inference` behind --grpc/--http, to
+    /// account the CPU it spends per output token.
+    #[arg(long)]
+    backhaul_pid: Option<u32>,
+    /// Process id of `mistralrs serve`, likewise.
+    #[arg(long)]
+    serve_pid: Option<u32>,
+}
+
+/// Whose CPU one target's tokens cost: the process that generates them
+/// (this one for in-process) and, for a server, this process as its client.
+#[derive(Debug, Clone, Copy)]
+struct CpuAccount {
+    server: Option<u32>,
+    client: Option<u32>,
+}
+
+impl CpuAccount {
+    fn read(self) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+        let read = |pid: Option<u32>| {
+            pid.map(|p| cpu::seconds(p).with_context(|| format!("CPU time of process {p}")))
+                .transpose()
+        };
+        Ok((read(self.server)?, read(self.client)?))
+    }
 }
 
 /// One batch: `requests` requests, `concurrency` at a time.
@@ -86,15 +112,27 @@ pub struct Args {
 struct Batch {
     wall_s: f64,
     samples: Vec<Sample>,
+    /// CPU seconds the server (in-process: this process) used meanwhile.
+    server_cpu_s: Option<f64>,
+    /// CPU seconds this process used as the server's client.
+    client_cpu_s: Option<f64>,
+}
+
+impl Batch {
+    fn tokens(&self) -> usize {
+        self.samples.iter().map(|s| s.tokens).sum()
+    }
 }
 
 async fn run_batch(
     target: &Arc<Target>,
+    account: CpuAccount,
     concurrency: usize,
     requests: usize,
     max_tokens: usize,
 ) -> anyhow::Result<Batch> {
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = account.read()?;
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
@@ -118,11 +156,38 @@ async fn run_batch(
         all.extend(worker.await??);
     }
     let wall_s = started.elapsed().as_secs_f64();
+    let cpu_after = account.read()?;
+    let delta = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| b - a);
     all.sort_by_key(|(i, _)| *i);
     Ok(Batch {
         wall_s,
         samples: all.into_iter().map(|(_, s)| s).collect(),
+        server_cpu_s: delta(cpu_before.0, cpu_after.0),
+        client_cpu_s: delta(cpu_before.1, cpu_after.1),
     })
+}
+
+/// CPU milliseconds per output token over a set of batches.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct CpuPerToken {
+    /// The generating process: this one in-process, else the server.
+    server_ms: f64,
+    /// This process as the server's client (absent in-process).
+    client_ms: Option<f64>,
+}
+
+impl CpuPerToken {
+    fn of(batches: &[Batch]) -> Option<Self> {
+        let tokens = batches.iter().map(Batch::tokens).sum::<usize>() as f64;
+        let sum = |f: fn(&Batch) -> Option<f64>| -> Option<f64> {
+            batches.iter().map(f).sum::<Option<f64>>()
+        };
+        let per_token = |s: f64| round3(s * 1000.0 / tokens);
+        Some(Self {
+            server_ms: per_token(sum(|b| b.server_cpu_s)?),
+            client_ms: sum(|b| b.client_cpu_s).map(per_token),
+        })
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -136,24 +201,42 @@ struct Level {
     rounds_output_tokens_per_s: Vec<f64>,
     ttft_ms: Millis,
     inter_token_ms: Millis,
+    /// Absent when the server's process id was not given.
+    cpu_per_token: Option<CpuPerToken>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     let started = chrono::Utc::now();
+    let me = Some(std::process::id());
+    let served_by = |server: Option<u32>| CpuAccount {
+        server,
+        client: server.and(me),
+    };
     let mut targets: Vec<(&'static str, Arc<Target>)> = Vec::new();
+    let mut accounts: BTreeMap<&str, CpuAccount> = BTreeMap::new();
     eprintln!("[bench] loading {} in-process", args.model.display());
     targets.push((
         IN_PROCESS,
         Arc::new(Target::in_process(&args.model, args.device == "cpu").await?),
     ));
+    accounts.insert(
+        IN_PROCESS,
+        CpuAccount {
+            server: me,
+            client: None,
+        },
+    );
     if let Some(addr) = &args.grpc {
         targets.push((GRPC, Arc::new(Target::grpc(addr).await?)));
+        accounts.insert(GRPC, served_by(args.backhaul_pid));
     }
     if let Some(base) = &args.http {
         targets.push((HTTP, Arc::new(Target::openai(base, &args.http_model)?)));
+        accounts.insert(HTTP, served_by(args.backhaul_pid));
     }
     if let Some(base) = &args.serve {
         targets.push((SERVE, Arc::new(Target::openai(base, &args.serve_model)?)));
+        accounts.insert(SERVE, served_by(args.serve_pid));
     }
 
     // Warm-up: two sequential requests each, and the greedy texts of every
@@ -182,12 +265,16 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             let n = targets.len();
             for k in 0..n {
                 let (name, target) = &targets[(k + round) % n];
-                let batch = run_batch(target, c, requests, args.max_tokens)
+                let batch = run_batch(target, accounts[name], c, requests, args.max_tokens)
                     .await
                     .with_context(|| format!("{name} at concurrency {c}"))?;
-                let tokens: usize = batch.samples.iter().map(|s| s.tokens).sum();
+                let tokens = batch.tokens();
+                let cpu = batch
+                    .server_cpu_s
+                    .map(|s| format!(", {:.1} CPU ms/token", s * 1000.0 / tokens as f64))
+                    .unwrap_or_default();
                 eprintln!(
-                    "[bench] round {} c={c} {name}: {:.1} tok/s ({tokens} tokens in {:.2}s)",
+                    "[bench] round {} c={c} {name}: {:.1} tok/s ({tokens} tokens in {:.2}s{cpu})",
                     round + 1,
                     tokens as f64 / batch.wall_s,
                     batch.wall_s
@@ -213,12 +300,11 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
                 output_tokens_per_s: round3(output_tokens as f64 / wall_s),
                 rounds_output_tokens_per_s: runs
                     .iter()
-                    .map(|b| {
-                        round3(b.samples.iter().map(|s| s.tokens).sum::<usize>() as f64 / b.wall_s)
-                    })
+                    .map(|b| round3(b.tokens() as f64 / b.wall_s))
                     .collect(),
                 ttft_ms: Millis::of_seconds(&ttft),
                 inter_token_ms: Millis::of_seconds(&gaps),
+                cpu_per_token: CpuPerToken::of(runs),
             },
         );
     }
@@ -232,9 +318,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
                 continue;
             };
             let tps = |bs: &[Batch]| -> Vec<f64> {
-                bs.iter()
-                    .map(|b| b.samples.iter().map(|s| s.tokens).sum::<usize>() as f64 / b.wall_s)
-                    .collect()
+                bs.iter().map(|b| b.tokens() as f64 / b.wall_s).collect()
             };
             let total = |bs: &[Batch]| {
                 bs.iter()
@@ -255,13 +339,29 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         }
         Value::Object(out)
     };
+    // Server CPU per output token, Backhaul over the other (below 1: less
+    // CPU per token than the other).
+    let cpu_ratio = |surface: &str, other: &str| -> Value {
+        let mut out = serde_json::Map::new();
+        for &c in &args.concurrency {
+            let cpu = |name: &str| batches.get(&(name, c)).and_then(|bs| CpuPerToken::of(bs));
+            if let (Some(a), Some(b)) = (cpu(surface), cpu(other)) {
+                out.insert(c.to_string(), json!(round3(a.server_ms / b.server_ms)));
+            }
+        }
+        Value::Object(out)
+    };
     let mut vs_in = serde_json::Map::new();
     let mut vs_serve = serde_json::Map::new();
+    let mut cpu_vs_in = serde_json::Map::new();
+    let mut cpu_vs_serve = serde_json::Map::new();
     for surface in [GRPC, HTTP] {
         if results.contains_key(surface) {
             vs_in.insert(surface.into(), ratio(surface, IN_PROCESS));
+            cpu_vs_in.insert(surface.into(), cpu_ratio(surface, IN_PROCESS));
             if results.contains_key(SERVE) {
                 vs_serve.insert(surface.into(), ratio(surface, SERVE));
+                cpu_vs_serve.insert(surface.into(), cpu_ratio(surface, SERVE));
             }
         }
     }
@@ -291,6 +391,8 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "targets": results,
         "ratio_vs_inprocess": vs_in,
         "ratio_vs_mistralrs_serve": vs_serve,
+        "cpu_per_token_ratio_vs_inprocess": cpu_vs_in,
+        "cpu_per_token_ratio_vs_mistralrs_serve": cpu_vs_serve,
         "same_greedy_text_as_inprocess": same_text,
     }))
 }

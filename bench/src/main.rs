@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cpu;
 mod inference;
 mod stats;
 mod targets;
