@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
 # make bench: Backhaul's benchmarks, written to docs/benchmarks/.
 #
-#   BENCH=inference,routing,control-plane scripts/bench.sh   (default: these three)
-#   BENCH=inference-c16 scripts/bench.sh   (concurrency 16 without `mistralrs serve`)
+#   BENCH=inference,inference-interleaved,routing,control-plane scripts/bench.sh   (default: all four)
 #
 # Each section measures on this machine, writes its raw JSON under
 # $BACKHAUL_CACHE/bench/, and bench/report.py merges it into
 # docs/benchmarks/results.json (sections not run keep their last results) and
 # regenerates docs/benchmarks/README.md and its plots from that file alone.
 #
-# Knobs (environment): INFERENCE_ROUNDS (3), INFERENCE_MAX_TOKENS (96),
-# INFERENCE_CONCURRENCY (1,4,16), INFERENCE_REQUESTS_FACTOR (2: a batch is
-# max(factor × c, INFERENCE_MIN_REQUESTS (6)) requests), INFERENCE_C16_ROUNDS (2), INFERENCE_PROFILE
-# (1: `perf record` both servers through the run, when perf is installed),
+# Knobs (environment): INFERENCE_ROUNDS (3), INFERENCE_MAX_TOKENS (48),
+# INFERENCE_CONCURRENCY (1,4,16), INFERENCE_REQUESTS_FACTOR (1: a batch is
+# max(factor × c, INFERENCE_MIN_REQUESTS (8)) requests),
+# INFERENCE_INTERLEAVED_ROUNDS (6), INFERENCE_INTERLEAVED_CONCURRENCY (1,4),
+# INFERENCE_PROFILE (1: `perf record` the
+# servers through the main inference run, when perf is installed),
 # ROUTING_REQUESTS (300, also the profile's),
 # CONTROL_PLANE_COUNTS (1,100,1000).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$repo_root"
 
-sections=${BENCH:-inference,routing,control-plane}
+sections=${BENCH:-inference,inference-interleaved,routing,control-plane}
 out_dir=$BACKHAUL_CACHE/bench
 mkdir -p "$out_dir"
 model=$BACKHAUL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -123,41 +124,51 @@ start_inference() {
   wait_http "http://127.0.0.1:$http_port/ready" 300
 }
 
-# Concurrency 16 without `mistralrs serve` (BENCH=inference-c16): Backhaul
-# against in-process only, 48-token outputs, a batch of 16 requests per
-# target per round (INFERENCE_C16_ROUNDS, 2), so it fits where the full
-# section does not (results.json: inference_c16).
-bench_inference_c16() {
+# Starts `mistralrs serve` on a free port: sets serve_port, serve_pid and
+# serve_model, and returns once it answers.
+start_serve() {
+  ensure_mistralrs_cli
+  serve_port=$(free_port)
+  "$mistralrs_cli" --token-source none serve --host 127.0.0.1 -p "$serve_port" --cpu \
+    --format gguf -m "$(dirname "$model")" -f "$(basename "$model")" >"$out_dir/mistralrs-serve.log" 2>&1 &
+  serve_pid=$!
+  pids+=("$serve_pid")
+  wait_http "http://127.0.0.1:$serve_port/v1/models" 300
+  serve_model=$(curl -fsS "http://127.0.0.1:$serve_port/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
+}
+
+# Interleaved finely (BENCH=inference-interleaved): per round and
+# concurrency c (INFERENCE_INTERLEAVED_CONCURRENCY, 1,4), one batch of c
+# requests per target, INFERENCE_INTERLEAVED_ROUNDS (6) rounds, so the
+# machine's drift over minutes falls on every target alike; the main
+# section's batches are minutes apart (results.json: inference_interleaved).
+bench_inference_interleaved() {
   [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
   start_inference
+  start_serve
   local args=(--model "$model" --grpc "http://127.0.0.1:$grpc_port" --http "http://127.0.0.1:$http_port"
-    --backhaul-pid "$inference_pid"
-    --rounds "${INFERENCE_C16_ROUNDS:-2}" --max-tokens 48 --concurrency 16 --requests-factor 1)
-  step "inference benchmark, c=16" wrap inference-c16 "$out_dir/inference-c16.json" \
+    --serve "http://127.0.0.1:$serve_port" --serve-model "$serve_model"
+    --backhaul-pid "$inference_pid" --serve-pid "$serve_pid"
+    --rounds "${INFERENCE_INTERLEAVED_ROUNDS:-6}" --max-tokens 48
+    --concurrency "${INFERENCE_INTERLEAVED_CONCURRENCY:-1,4}" --requests-factor 1 --min-requests 1)
+  step "inference benchmark, interleaved" wrap inference-interleaved "$out_dir/inference-interleaved.json" \
     "backhaul-bench ${args[*]}" "$CARGO_TARGET_DIR/debug/backhaul-bench" "${args[@]}"
-  kill -TERM "$inference_pid" 2>/dev/null || true
-  wait "$inference_pid" 2>/dev/null || true
+  kill -TERM "$inference_pid" "$serve_pid" 2>/dev/null || true
+  wait "$inference_pid" "$serve_pid" 2>/dev/null || true
 }
 
 bench_inference() {
   [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
-  ensure_mistralrs_cli
   start_inference
-  local serve_port
-  serve_port=$(free_port)
-  "$mistralrs_cli" --token-source none serve --host 127.0.0.1 -p "$serve_port" --cpu \
-    --format gguf -m "$(dirname "$model")" -f "$(basename "$model")" >"$out_dir/mistralrs-serve.log" 2>&1 &
-  local serve_pid=$!
-  pids+=("$serve_pid")
-  wait_http "http://127.0.0.1:$serve_port/v1/models" 300
-  local serve_model
-  serve_model=$(curl -fsS "http://127.0.0.1:$serve_port/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
+  start_serve
+  # The defaults fit about 50 minutes on 2 cores: 48-token answers, and a
+  # batch of 8 requests at c=1 and c=4 and 16 at c=16, per target per round.
   local args=(--model "$model" --grpc "http://127.0.0.1:$grpc_port" --http "http://127.0.0.1:$http_port"
     --serve "http://127.0.0.1:$serve_port" --serve-model "$serve_model"
     --backhaul-pid "$inference_pid" --serve-pid "$serve_pid"
-    --rounds "${INFERENCE_ROUNDS:-3}" --max-tokens "${INFERENCE_MAX_TOKENS:-96}"
-    --concurrency "${INFERENCE_CONCURRENCY:-1,4,16}" --requests-factor "${INFERENCE_REQUESTS_FACTOR:-2}"
-    --min-requests "${INFERENCE_MIN_REQUESTS:-6}")
+    --rounds "${INFERENCE_ROUNDS:-3}" --max-tokens "${INFERENCE_MAX_TOKENS:-48}"
+    --concurrency "${INFERENCE_CONCURRENCY:-1,4,16}" --requests-factor "${INFERENCE_REQUESTS_FACTOR:-1}"
+    --min-requests "${INFERENCE_MIN_REQUESTS:-8}")
   # Where each server's CPU goes over the same run: a system-wide sampling
   # profile (99 Hz, self time), each server's samples summarised by
   # bench/perf_summary.py (which says why not `perf record -p`).
@@ -221,7 +232,7 @@ if [ "${1:-}" = --section ]; then
   exit
 fi
 ran=() failed=()
-for section in inference inference-c16 routing control-plane; do
+for section in inference inference-interleaved routing control-plane; do
   has "$section" || continue
   if "$0" --section "$section"; then
     ran+=("$out_dir/$section.json")
