@@ -1,9 +1,9 @@
 //! CPU time a process has used, from `/proc/<pid>/stat`.
 //!
-//! On a shared 2-core VM, wall-clock throughput of one batch moves by
-//! 15-25 % with the neighbours' load; the CPU a server spends per output
-//! token does not depend on how long it waited for a core, so it shows a
-//! serving layer's overhead where tokens/s cannot.
+//! CPU per output token says what a serving layer costs beside the engine,
+//! which tokens/s alone cannot. On CPU-only hosts the engines keep every core
+//! busy while they generate (rayon spins before it parks), so there it tracks
+//! wall time; on a GPU host it is the host-side cost per token.
 
 use std::{fs, io};
 

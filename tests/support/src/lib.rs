@@ -41,10 +41,20 @@ pub const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 /// Label every namespace made by [`TestNamespace`] carries.
 pub const TEST_NAMESPACE_LABEL: &str = "backhaul.dev/test-namespace";
 
-/// The repository's root directory.
+/// The repository's root directory: the workspace (the directory with
+/// `Cargo.lock`) around the package cargo is testing now.
+///
+/// Read at run time, not baked in with `env!`: clones share one target
+/// directory, and cargo reuses a test binary built in another clone when
+/// this clone's sources are older than it, so a compile-time path can name
+/// a clone that is gone.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    start
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .unwrap_or_else(|| panic!("no Cargo.lock above {}", start.display()))
         .canonicalize()
         .expect("the repository root exists")
 }
