@@ -674,8 +674,10 @@ def inference_gap(results):
          f"by {abs(spread[0] / spread[1] - 1) * 100:.0f} % at c={spread[2]} (gRPC {spread[0]:.2f}, HTTP {spread[1]:.2f} "
          "tok/s), far more than a serving layer of that size could cost: gaps of that size are the machine's "
          "drift between batches rather than Backhaul's code."]
-    # Cells whose whole 95 % interval misses the target.
-    below = []
+    il = results.get("inference_interleaved")
+    # Cells whose whole 95 % interval misses the target, and the same
+    # comparison interleaved, where that run has it.
+    below, rechecked = [], []
     for key, bound, other in [("ratio_vs_inprocess", 0.97, "in-process"), ("ratio_vs_mistralrs_serve", 1.0, "`mistralrs serve`")]:
         for srf, per in inf["raw"][key].items():
             for c, v in per.items():
@@ -683,15 +685,20 @@ def inference_gap(results):
                 if ci and ci[1] < bound:
                     below.append(f"{SURFACES[srf].split(' (')[0]} vs {other} at c={c} ({v['ratio']:.3f}, interval "
                                  f"{ci[0]:.2f}–{ci[1]:.2f})")
+                    again = ((il or {}).get("raw", {}).get(key, {}).get(srf) or {}).get(c)
+                    if again:
+                        ci2 = ratio_ci(again["rounds"])
+                        rechecked.append(f"{again['ratio']:.3f}" + (f" (interval {ci2[0]:.2f}–{ci2[1]:.2f})" if ci2 else ""))
     cells = sum(len(per) for key in ("ratio_vs_inprocess", "ratio_vs_mistralrs_serve")
                 for per in inf["raw"][key].values())
     if below:
         L[0] += (f" Of the {cells} cells, {len(below)} ha{'s' if len(below) == 1 else 've'} a 95 % interval wholly below "
                  f"its target: {'; '.join(below)}. Were every true ratio 1.00, {cells} independent intervals would put "
                  f"at least one wholly below 1 about {(1 - 0.975 ** cells) * 100:.0f} % of the time, and the profile leaves "
-                 "no serving cost to explain it; a run interleaved request by request at that concurrency would "
-                 "settle it.")
-    il = results.get("inference_interleaved")
+                 "no serving cost to explain it"
+                 + (f"; interleaved batch by batch, the same comparison{'s are' if len(rechecked) > 1 else ' is'} "
+                    f"{', '.join(rechecked)}." if rechecked else
+                    "; a run interleaved batch by batch at that concurrency would settle it."))
     if il:
         fmt_r = lambda key: ", ".join(f"{SURFACES[s].split(' (')[0].removeprefix('Backhaul ')} {r:.3f} at c={c}"
                                       for s, v in il[key].items() for c, r in v.items())
