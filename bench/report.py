@@ -624,7 +624,8 @@ def inference_noise(raw, levels, nproc):
             for x in raw["targets"].values() for c in levels if c in x and x[c].get("cpu_per_token")]
     L = [f"How far to trust these: the in-process engine alone, same batch, moved by up to "
          f"{(hi / lo - 1) * 100:.0f} % between rounds (c={worst}: {lo:.2f} to {hi:.2f} tok/s) on this shared VM, "
-         "so throughput differences between targets smaller than that are noise; the per-round ratios show it."]
+         "so one batch's difference between targets says little on its own; the per-round ratios and their intervals "
+         "show how much the comparison moves."]
     if busy:
         L[0] += (f" CPU per token does not separate them either: every generating process used {min(busy):.2f}–"
                  f"{max(busy):.2f} CPU-seconds per second of wall time on these {nproc} "
