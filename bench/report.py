@@ -108,8 +108,9 @@ def writes_of(requests):
 
 
 def inference_target_rows(t, levels):
-    """Table rows: each target's throughput and latencies per concurrency."""
-    rows = []
+    """Table, header included: each target's throughput and latencies per concurrency."""
+    rows = ["| target | c | output tok/s | per round | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | CPU ms/token |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for n, label in TARGETS.items():
         if n not in t:
             continue
@@ -151,8 +152,8 @@ def ratio_ci(rounds):
 
 
 def inference_ratio_rows(raw, levels):
-    """Table rows: Backhaul's surfaces over in-process and `mistralrs serve`,
-    output tokens/s and (where measured) server CPU per token."""
+    """Table, header included: Backhaul's surfaces over in-process and
+    `mistralrs serve`, output tokens/s and (where measured) server CPU per token."""
     def cell(v):
         if not v:
             return "–"
@@ -160,7 +161,8 @@ def inference_ratio_rows(raw, levels):
         ci = f" [95 % CI {ci[0]:.2f}–{ci[1]:.2f}]" if ci else ""
         return f"{v['ratio']:.3f}{ci} ({', '.join(f'{x:.2f}' for x in v['rounds'])})"
     cpu = lambda key, s, c: fmt(((raw.get(key) or {}).get(s) or {}).get(c), 3)
-    rows = []
+    rows = ["| surface | c | vs in-process | vs `mistralrs serve` | CPU/token vs in-process | CPU/token vs `serve` |",
+            "|---|---|---|---|---|---|"]
     for s, label in SURFACES.items():
         if s not in raw["ratio_vs_inprocess"]:
             continue
@@ -384,15 +386,11 @@ def readme(results, made):
               "own server builds them), `backhaul-inference` over gRPC `ChatStream` and over OpenAI HTTP/SSE, "
               "and `mistralrs serve` (mistralrs-cli 0.8.1, `cargo install`ed, release profile) over OpenAI HTTP/SSE. "
               "`backhaul-inference` and the in-process engine are the workspace's dev profile, whose dependencies "
-              "(mistral.rs, candle) are built at opt-level 3.", "",
-              "| target | c | output tok/s | per round | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | CPU ms/token |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "(mistral.rs, candle) are built at opt-level 3.", ""]
         L += inference_target_rows(t, levels)
         L += ["", "Backhaul over the other (1.00 = equal): output tokens/s (above 1 = Backhaul faster; in brackets "
               "per round, batches run back to back) and server CPU per output token (below 1 = Backhaul spends less). "
-              "Target: ≥ 0.97 against in-process and ≥ 1.00 against `mistralrs serve`, in output tokens/s.", "",
-              "| surface | c | vs in-process | vs `mistralrs serve` | CPU/token vs in-process | CPU/token vs `serve` |",
-              "|---|---|---|---|---|---|"]
+              "Target: ≥ 0.97 against in-process and ≥ 1.00 against `mistralrs serve`, in output tokens/s.", ""]
         L += inference_ratio_rows(raw, levels)
         same = raw["same_greedy_text_as_inprocess"]
         L += ["", "Same greedy text as in-process at c=1, prompts: " +
@@ -647,10 +645,7 @@ def inference_interleaved(sec):
             f"{r['config']['max_tokens']}, so drift falls on every target alike. Machine: {machine_line(sec)}. "
             "Command: `BENCH=inference-interleaved make bench`, which starts both servers and runs "
             f"`{sec['command']}`.", "",
-            "| target | c | output tok/s | per round | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | CPU ms/token |",
-            "|---|---|---|---|---|---|---|---|---|", *inference_target_rows(r["targets"], levels), "",
-            "| surface | c | vs in-process | vs `mistralrs serve` | CPU/token vs in-process | CPU/token vs `serve` |",
-            "|---|---|---|---|---|---|", *inference_ratio_rows(r, levels), ""]
+            *inference_target_rows(r["targets"], levels), "", *inference_ratio_rows(r, levels), ""]
 
 
 def inference_gap(results):

@@ -12,8 +12,8 @@
 # INFERENCE_CONCURRENCY (1,4,16), INFERENCE_REQUESTS_FACTOR (1: a batch is
 # max(factor × c, INFERENCE_MIN_REQUESTS (8)) requests),
 # INFERENCE_INTERLEAVED_ROUNDS (6), INFERENCE_INTERLEAVED_CONCURRENCY (1,4),
-# INFERENCE_PROFILE (1: `perf record` the
-# servers through the main inference run, when perf is installed),
+# INFERENCE_PROFILE (1: `perf record` the servers through the main
+# inference run, when perf is installed),
 # ROUTING_REQUESTS (300, also the profile's),
 # CONTROL_PLANE_COUNTS (1,100,1000).
 set -euo pipefail
@@ -137,6 +137,21 @@ start_serve() {
   serve_model=$(curl -fsS "http://127.0.0.1:$serve_port/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
 }
 
+# Starts both servers and sets target_args: what every inference section
+# passes backhaul-bench to reach them and account their CPU.
+start_servers() {
+  start_inference
+  start_serve
+  target_args=(--model "$model" --grpc "http://127.0.0.1:$grpc_port" --http "http://127.0.0.1:$http_port"
+    --serve "http://127.0.0.1:$serve_port" --serve-model "$serve_model"
+    --backhaul-pid "$inference_pid" --serve-pid "$serve_pid")
+}
+
+stop_servers() {
+  kill -TERM "$inference_pid" "$serve_pid" 2>/dev/null || true
+  wait "$inference_pid" "$serve_pid" 2>/dev/null || true
+}
+
 # Interleaved finely (BENCH=inference-interleaved): per round and
 # concurrency c (INFERENCE_INTERLEAVED_CONCURRENCY, 1,4), one batch of c
 # requests per target, INFERENCE_INTERLEAVED_ROUNDS (6) rounds, so the
@@ -144,29 +159,20 @@ start_serve() {
 # section's batches are minutes apart (results.json: inference_interleaved).
 bench_inference_interleaved() {
   [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
-  start_inference
-  start_serve
-  local args=(--model "$model" --grpc "http://127.0.0.1:$grpc_port" --http "http://127.0.0.1:$http_port"
-    --serve "http://127.0.0.1:$serve_port" --serve-model "$serve_model"
-    --backhaul-pid "$inference_pid" --serve-pid "$serve_pid"
-    --rounds "${INFERENCE_INTERLEAVED_ROUNDS:-6}" --max-tokens 48
+  start_servers
+  local args=("${target_args[@]}" --rounds "${INFERENCE_INTERLEAVED_ROUNDS:-6}" --max-tokens 48
     --concurrency "${INFERENCE_INTERLEAVED_CONCURRENCY:-1,4}" --requests-factor 1 --min-requests 1)
   step "inference benchmark, interleaved" wrap inference-interleaved "$out_dir/inference-interleaved.json" \
     "backhaul-bench ${args[*]}" "$CARGO_TARGET_DIR/debug/backhaul-bench" "${args[@]}"
-  kill -TERM "$inference_pid" "$serve_pid" 2>/dev/null || true
-  wait "$inference_pid" "$serve_pid" 2>/dev/null || true
+  stop_servers
 }
 
 bench_inference() {
   [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
-  start_inference
-  start_serve
+  start_servers
   # The defaults fit about 50 minutes on 2 cores: 48-token answers, and a
   # batch of 8 requests at c=1 and c=4 and 16 at c=16, per target per round.
-  local args=(--model "$model" --grpc "http://127.0.0.1:$grpc_port" --http "http://127.0.0.1:$http_port"
-    --serve "http://127.0.0.1:$serve_port" --serve-model "$serve_model"
-    --backhaul-pid "$inference_pid" --serve-pid "$serve_pid"
-    --rounds "${INFERENCE_ROUNDS:-3}" --max-tokens "${INFERENCE_MAX_TOKENS:-48}"
+  local args=("${target_args[@]}" --rounds "${INFERENCE_ROUNDS:-3}" --max-tokens "${INFERENCE_MAX_TOKENS:-48}"
     --concurrency "${INFERENCE_CONCURRENCY:-1,4,16}" --requests-factor "${INFERENCE_REQUESTS_FACTOR:-1}"
     --min-requests "${INFERENCE_MIN_REQUESTS:-8}")
   # Where each server's CPU goes over the same run: a system-wide sampling
@@ -191,8 +197,7 @@ bench_inference() {
         "backhaul_inference=$inference_pid" "mistralrs_serve=$serve_pid"
     fi
   fi
-  kill -TERM "$inference_pid" "$serve_pid" 2>/dev/null || true
-  wait "$inference_pid" "$serve_pid" 2>/dev/null || true
+  stop_servers
 }
 
 bench_routing() {

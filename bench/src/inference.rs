@@ -344,7 +344,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let cpu_ratio = |surface: &str, other: &str| -> Value {
         let mut out = serde_json::Map::new();
         for &c in &args.concurrency {
-            let cpu = |name: &str| batches.get(&(name, c)).and_then(|bs| CpuPerToken::of(bs));
+            let cpu = |name: &str| results.get(name)?.get(&c.to_string())?.cpu_per_token;
             if let (Some(a), Some(b)) = (cpu(surface), cpu(other)) {
                 out.insert(c.to_string(), json!(round3(a.server_ms / b.server_ms)));
             }
