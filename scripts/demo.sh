@@ -6,16 +6,18 @@
 #   scripts/demo.sh --once   the same, then stop everything (also: DEMO_KEEP=0)
 #   scripts/demo.sh down     stop everything a previous run started (make demo-down)
 #
-# What runs where (all on 127.0.0.1):
-#   - the local Kubernetes control plane (tests/cluster/up.sh; kwok fakes the GPU nodes,
-#     so the regional pods go Ready without running anything);
-#   - the Helm chart, installed with replicaCount=0 (its pod would be a kwok fake too), and
-#     the real backhaul-operator binary run here, authenticated with a token of the chart's
-#     own ServiceAccount, so it has exactly the chart's permissions;
-#   - two backhaul-inference servers on SmolLM2-135M-Instruct, the public endpoints of the
-#     regions us-east and eu-west;
-#   - the routing Worker under wrangler dev (local mode, route table persisted under the cache);
-#   - examples/local-demo.yaml, whose regions point at those two servers.
+# What runs where:
+#   - the local Kubernetes cluster (tests/cluster/up.sh): the control plane, kwok's fake GPU
+#     nodes, and one real node (containerd, kubelet, kube-proxy) whose pods really run;
+#   - the images `make images` builds (operator, CPU inference), loaded into that node;
+#   - the Helm chart, installed as a user installs it: the operator runs in its pod on the
+#     real node, from the image built here, with the chart's ServiceAccount;
+#   - examples/local-demo.yaml: SmolLM2-135M-Instruct in regions us-east and eu-west, each a
+#     pod the operator makes on the real node (weights on a PersistentVolumeClaim), each
+#     reached through a NodePort Service on 127.0.0.1;
+#   - the routing Worker under wrangler dev (local mode, route table persisted under the
+#     cache), on the node's bridge address 10.201.0.1 so that the operator's pod reaches it.
+# The failover is a real one: the us-east pod's container is killed through the CRI.
 #
 # Idempotent: a second run stops what the first left running and starts afresh (the
 # control plane, if already up, is reused). State and logs: $BACKHAUL_CACHE/demo.
@@ -89,13 +91,15 @@ start() {
 
 down() {
   local kubeconfig=$BACKHAUL_CACHE/cluster/kubeconfig
-  # Delete the ModelDeployment while the operator still runs, so it withdraws
-  # its routes and releases its finalizer.
-  if [ -n "$(recorded operator)" ] && [ -f "$kubeconfig" ]; then
-    kubectl --kubeconfig "$kubeconfig" --request-timeout=5s delete modeldeployment -n "$namespace" --all \
-      --timeout=20s >/dev/null 2>&1 || true
+  if [ -f "$kubeconfig" ] && kubectl --kubeconfig "$kubeconfig" --request-timeout=3s get --raw /readyz >/dev/null 2>&1; then
+    # The operator (its pod) withdraws the routes while the Worker still runs.
+    kubectl --kubeconfig "$kubeconfig" --request-timeout=10s delete modeldeployment -n "$namespace" --all \
+      --timeout=30s >/dev/null 2>&1 || true
+    helm --kubeconfig "$kubeconfig" uninstall "$release" -n "$release_namespace" --wait --timeout 60s >/dev/null 2>&1 || true
+    kubectl --kubeconfig "$kubeconfig" delete namespace "$namespace" "$release_namespace" --wait=false >/dev/null 2>&1 || true
+    kubectl --kubeconfig "$kubeconfig" delete pv backhaul-demo-models --wait=false >/dev/null 2>&1 || true
   fi
-  for name in operator worker region-us-east region-eu-west; do stop "$name"; done
+  for name in worker; do stop "$name"; done
   if [ -f "$state/cluster-started-by-demo" ]; then
     tests/cluster/down.sh || true
     rm -f "$state/cluster-started-by-demo"
@@ -115,6 +119,10 @@ case "${1:-}" in
     ;;
   *) die "unknown argument '$1' (use: up, --once, down)" ;;
 esac
+
+# cluster_var NAME: a setting of the local cluster (tests/cluster/lib.sh),
+# read in a shell of its own so that its names do not clobber ours.
+cluster_var() { bash -c "source tests/cluster/lib.sh && echo \"\${$1}\""; }
 
 # free_port [PREFERRED]: PREFERRED if nothing listens there, else a free port.
 free_port() {
@@ -166,13 +174,7 @@ trap 'exit 130' INT TERM
 
 [ -f "$model" ] || die "$model is missing: run make model"
 
-# BACKHAUL_OPERATOR_BIN and BACKHAUL_INFERENCE_BIN (both) use binaries built elsewhere.
-operator_bin=${BACKHAUL_OPERATOR_BIN:-$CARGO_TARGET_DIR/debug/backhaul-operator}
-inference_bin=${BACKHAUL_INFERENCE_BIN:-$CARGO_TARGET_DIR/debug/backhaul-inference}
-if [ -z "${BACKHAUL_OPERATOR_BIN:-}" ] || [ -z "${BACKHAUL_INFERENCE_BIN:-}" ]; then
-  step "build backhaul-operator and backhaul-inference" \
-    build_workspace
-fi
+[ "$(id -u)" = 0 ] || die "the demo's real node needs root (network devices, cgroups, mounts)"
 
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
   step "OpenAI Python client (PyPI) into $venv" bash -c \
@@ -183,85 +185,64 @@ cluster_kubeconfig=$BACKHAUL_CACHE/cluster/kubeconfig
 if ! { [ -f "$cluster_kubeconfig" ] && kubectl --kubeconfig "$cluster_kubeconfig" --request-timeout=3s get --raw /readyz >/dev/null 2>&1; }; then
   touch "$state/cluster-started-by-demo"
 fi
-kubeconfig_line=$(step "local control plane" tests/cluster/up.sh | tail -n 1)
+kubeconfig_line=$(step "local cluster (control plane, kwok GPU nodes, one real node)" \
+  env BACKHAUL_NODE=1 tests/cluster/up.sh | tail -n 1)
 eval "$kubeconfig_line"
 export KUBECONFIG
+node_name=$(cluster_var node_name)
+node_host_ip=$(cluster_var node_host_ip)
+node_taint_key=$(cluster_var node_taint_key)
+node_crictl() { "$BACKHAUL_CACHE/bin/crictl" --runtime-endpoint "unix://$(cluster_var node_run)/containerd.sock" "$@"; }
+kubectl get node "$node_name" >/dev/null 2>&1 || die "the cluster has no real node ($node_name): was it started with BACKHAUL_NODE=0?"
+# Builds the workspace (a no-op when it is up to date) and the images from it.
+step "images (make images), loaded into $node_name" scripts/images.sh --load operator inference >/dev/null
 
 secret=$(openssl rand -hex 32)
 printf '%s' "$secret" >"$state/publish-secret"
 chmod 600 "$state/publish-secret"
 worker_port=$(free_port 8787)
-us_port=$(free_port 18101)
-eu_port=$(free_port 18102)
-metrics_port=$(free_port 18180)
-worker_url=http://127.0.0.1:$worker_port
+# The operator's pod reaches the Worker on the node's bridge (the host's side of it).
+worker_url=http://$node_host_ip:$worker_port
 
 step "CRDs (kubectl apply -f crds/)" kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
 kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-# replicaCount=0: in this cluster the chart's operator pod would be a kwok fake
-# that runs nothing; the real binary runs here, under the chart's ServiceAccount.
-step "Helm chart ($release in $release_namespace, replicaCount=0)" \
-  helm upgrade --install "$release" charts/backhaul-operator -n "$release_namespace" --create-namespace \
-  --skip-crds --set replicaCount=0 --set watchNamespace="$namespace" --set workerUrl="$worker_url" \
-  --set publishSecret.value="$secret" --wait --timeout "${timeout}s" >/dev/null
-
-# A kubeconfig with a token of the chart's ServiceAccount.
-kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$state/ca.crt"
-server=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')
-token=$(kubectl create token "$release" -n "$release_namespace" --duration=24h)
-umask 077
-printf '%s\n' "apiVersion: v1" "kind: Config" \
-  "clusters: [{name: local, cluster: {server: \"$server\", certificate-authority: \"$state/ca.crt\"}}]" \
-  "users: [{name: $release, user: {token: \"$token\"}}]" \
-  "contexts: [{name: operator, context: {cluster: local, user: $release}}]" \
-  "current-context: operator" >"$state/operator.kubeconfig"
-umask 022
-
-# The two regions' public endpoints.
-for region in us-east eu-west; do
-  port=$us_port
-  [ "$region" = eu-west ] && port=$eu_port
-  grpc_port=$(free_port)
-  start "region-$region" "--http-addr 127.0.0.1:$port" "$logs/region-$region.log" \
-    env RUST_LOG=info "$inference_bin" --model "$model" --served-name "$served" \
-    --http-addr "127.0.0.1:$port" --grpc-addr "127.0.0.1:$grpc_port" --max-in-flight 4 --max-queue 8
-done
-
 # The Worker. Secrets come from an env file under the cache (--env-file makes
 # wrangler ignore worker/.dev.vars, so nobody's own file is touched).
 printf 'BACKHAUL_PUBLISH_SECRET="%s"\nBACKHAUL_API_KEYS=""\nTRUST_LOCATION_HEADER="true"\n' "$secret" >"$state/.dev.vars"
 chmod 600 "$state/.dev.vars"
 source scripts/node-env.sh
 start worker "wrangler dev" "$logs/worker.log" bash -c "cd worker && exec npx wrangler dev --env local \
-  --ip 127.0.0.1 --port $worker_port --inspector-port $(free_port) --persist-to '$state/wrangler-state' \
+  --ip $node_host_ip --port $worker_port --inspector-port $(free_port) --persist-to '$state/wrangler-state' \
   --env-file '$state/.dev.vars' --show-interactive-dev-session=false --log-level info"
-
-# The operator, with the chart's identity and settings.
-start operator "backhaul-operator run" "$logs/operator.log" \
-  env KUBECONFIG="$state/operator.kubeconfig" POD_NAMESPACE="$release_namespace" POD_NAME=demo-operator \
-  BACKHAUL_WATCH_NAMESPACE="$namespace" BACKHAUL_LEADER_ELECTION=true BACKHAUL_LEASE_NAME="$release" \
-  BACKHAUL_WORKER_URL="$worker_url" BACKHAUL_PUBLISH_SECRET_FILE="$state/publish-secret" \
-  BACKHAUL_METRICS_ADDR="127.0.0.1:$metrics_port" RUST_LOG=info \
-  "$operator_bin" run
 
 step "Worker answers /health" wait_until "$timeout" "the Worker (wrangler dev)" "$logs/worker.log" \
   curl -fsS "$worker_url/health"
-step "operator ready (holds its Lease)" wait_until "$timeout" "backhaul-operator" "$logs/operator.log" \
-  curl -fsS "http://127.0.0.1:$metrics_port/readyz"
 
-sed -e "s#127.0.0.1:18101#127.0.0.1:$us_port#" -e "s#127.0.0.1:18102#127.0.0.1:$eu_port#" examples/local-demo.yaml |
-  kubectl apply -f - >/dev/null
+# The chart as a user installs it; its pod goes to the real node (the only
+# one that runs anything), from the image loaded there.
+step "Helm chart ($release in $release_namespace): the operator's pod Ready" \
+  helm upgrade --install "$release" charts/backhaul-operator -n "$release_namespace" --create-namespace \
+  --skip-crds --set watchNamespace="$namespace" --set workerUrl="$worker_url" \
+  --set publishSecret.value="$secret" --set logFormat=text \
+  --set-string "nodeSelector.backhaul\.dev/node=real" \
+  --set "tolerations[0].key=$node_taint_key" --set "tolerations[0].operator=Exists" \
+  --set "tolerations[0].effect=NoSchedule" \
+  --wait --timeout "${timeout}s" >/dev/null
+operator_logs() { kubectl -n "$release_namespace" logs "deployment/$release" --tail=20 2>&1; }
+
+sed -e "s#/var/lib/backhaul-models#$BACKHAUL_CACHE/models#" examples/local-demo.yaml | kubectl apply -f - >/dev/null
 published() {
   [ "$(kubectl -n "$namespace" get modeldeployment smollm2 \
     -o jsonpath='{.status.conditions[?(@.type=="Published")].status}')" = True ]
 }
-step "examples/local-demo.yaml applied; waiting until it is Published" \
-  wait_until "$timeout" "ModelDeployment smollm2 Published" "$logs/operator.log" published
-
-step "region us-east loads the model" wait_until "$timeout" "backhaul-inference (us-east)" \
-  "$logs/region-us-east.log" curl -fsS "http://127.0.0.1:$us_port/ready"
-step "region eu-west loads the model" wait_until "$timeout" "backhaul-inference (eu-west)" \
-  "$logs/region-eu-west.log" curl -fsS "http://127.0.0.1:$eu_port/ready"
+applied_at=$(date +%s%3N)
+if ! step "examples/local-demo.yaml applied: pods start on $node_name, pass their probes, routes published" \
+  wait_until "$timeout" "ModelDeployment smollm2 Published" /dev/null published; then
+  kubectl -n "$namespace" get md,pods -o wide >&2 || true
+  operator_logs >&2
+  exit 1
+fi
+info "$(awk -v ms=$(($(date +%s%3N) - applied_at)) 'BEGIN { printf "apply -> Published in %.1f s", ms / 1000 }')"
 
 # signed_get PATH: a GET on the Worker's admin API (docs/publication.md).
 signed_get() {
@@ -272,8 +253,11 @@ signed_get() {
 }
 
 echo
-say "Everything is up (all on 127.0.0.1):"
+say "Everything is up:"
 kubectl -n "$namespace" get modeldeployment smollm2
+echo
+kubectl get pods -n "$release_namespace" -o wide
+kubectl get pods -n "$namespace" -o wide
 echo
 say "The Worker's route table (signed GET /admin/v1/routes):"
 signed_get /admin/v1/routes | python3 -c '
@@ -287,10 +271,18 @@ echo
 say "1. A heavy request (max_tokens 96 >= heavyMaxTokens 64) from New York (40.71,-74.01), nearer us-east:"
 client "40.71,-74.01" "$prompt" 96
 echo
-say "2. us-east's server goes down (SIGTERM to pid $(recorded region-us-east)); the same request again:"
-stop region-us-east 2>/dev/null
+us_pod=$(kubectl -n "$namespace" get pods -l backhaul.dev/model=smollm2,backhaul.dev/region=us-east \
+  -o jsonpath='{.items[0].metadata.name}')
+us_container=$(kubectl -n "$namespace" get pod "$us_pod" -o jsonpath='{.status.containerStatuses[0].containerID}')
+say "2. us-east's container crashes (SIGKILL through the CRI: crictl stop --timeout 0 ${us_container#containerd://}); the same request again:"
+node_crictl stop --timeout 0 "${us_container#containerd://}" >/dev/null
 client "40.71,-74.01" "$prompt" 96
 info "(the Worker found us-east refusing connections and failed over to eu-west before sending a byte)"
+back() { [ "$(kubectl -n "$namespace" get pod "$us_pod" -o jsonpath='{.status.containerStatuses[0].ready}')" = true ]; }
+killed_at=$(date +%s)
+if wait_until "$timeout" "us-east's restarted container" /dev/null back; then
+  info "the kubelet restarted the container; us-east Ready again after $(($(date +%s) - killed_at)) s (restarts: $(kubectl -n "$namespace" get pod "$us_pod" -o jsonpath='{.status.containerStatuses[0].restartCount}'))"
+fi
 
 ran_ok=1
 echo
@@ -299,15 +291,14 @@ if [ "$keep" = 0 ]; then exit 0; fi
 cat <<EOF
 
 Still running (stop everything with: make demo-down   or   scripts/demo.sh down):
-  Worker (wrangler dev)   $worker_url            pid $(recorded worker)   log $logs/worker.log
-  region eu-west          http://127.0.0.1:$eu_port  pid $(recorded region-eu-west)   log $logs/region-eu-west.log
-  region us-east          stopped by the walkthrough (start it again with make demo)
-  operator (local binary) metrics http://127.0.0.1:$metrics_port/metrics  pid $(recorded operator)   log $logs/operator.log
-  control plane           $KUBECONFIG   logs $BACKHAUL_CACHE/cluster/logs
+  Worker (wrangler dev)   $worker_url   pid $(recorded worker)   log $logs/worker.log
+  regions                 us-east http://127.0.0.1:30101, eu-west http://127.0.0.1:30102 (NodePorts)
+  operator                kubectl -n $release_namespace logs deploy/$release
+  cluster                 $KUBECONFIG   logs $BACKHAUL_CACHE/cluster/logs
 
 Try:
   export KUBECONFIG=$KUBECONFIG
-  kubectl -n $namespace get md,deployments,pods
+  kubectl -n $namespace get md,deployments,pods -o wide
   curl -N $worker_url/v1/chat/completions -H 'content-type: application/json' \\
     -H 'x-backhaul-client-location: 51.5,-0.12' \\
     -d '{"model":"$served","stream":true,"max_tokens":80,"messages":[{"role":"user","content":"Hi"}]}' -D -

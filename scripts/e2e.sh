@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # make e2e: end-to-end and fault tests over the whole path (tests/e2e, package
-# backhaul-e2e): the local control plane, the backhaul-operator binary, two or
-# three backhaul-inference servers on SmolLM2 as regions, and the routing Worker
-# under wrangler dev. Every process a test starts is stopped by PID (process
-# group) when it ends, whatever happened.
+# backhaul-e2e): the local cluster with its real node, the backhaul-operator
+# binary, the regions' pods it makes on that node (backhaul-inference on
+# SmolLM2, from the image built here and loaded into the node), and the
+# routing Worker under wrangler dev. Every process a test starts is stopped by
+# PID (process group) when it ends, and every namespace it makes is deleted,
+# whatever happened.
 #
 #   scripts/e2e.sh                 every test
 #   scripts/e2e.sh saturated ttl   tests whose names contain these words
 #
-# The control plane is started here and stopped on exit unless it was already
-# running. Logs: $BACKHAUL_CACHE/e2e/logs (each failure names the file).
+# The cluster is started here and stopped on exit unless it was already
+# running. Needs root (the real node). Logs: $BACKHAUL_CACHE/e2e/logs (each
+# failure names the file).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$repo_root"
@@ -28,7 +31,10 @@ trap cleanup EXIT
 [ -x "$BACKHAUL_CACHE/node/bin/npx" ] || { echo "e2e: run make worker-deps first" >&2; exit 1; }
 
 step "build the workspace (operator, inference, e2e tests)" build_workspace
-kubeconfig_line=$(step "control plane" tests/cluster/up.sh | tail -n 1)
+kubeconfig_line=$(step "cluster (control plane and real node)" env BACKHAUL_NODE=1 tests/cluster/up.sh | tail -n 1)
 eval "$kubeconfig_line"
 export KUBECONFIG
+node=$(bash -c 'source tests/cluster/lib.sh && echo "$node_name"')
+kubectl get node "$node" >/dev/null 2>&1 || { echo "e2e: the cluster has no real node ($node); it needs root and BACKHAUL_NODE=1" >&2; exit 1; }
+step "inference image (make images), loaded into $node" scripts/images.sh --load inference >/dev/null
 step "e2e tests" cargo test --workspace --locked --test e2e -- "$@"

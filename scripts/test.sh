@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# make test: every test. Rust tests run against the real local control plane
-# (started here and stopped on exit, unless one was already running), the
-# Helm chart is linted, snapshot-checked and installed, and the Worker's suite
-# runs inside workerd.
+# make test: every test. Rust tests run against the real local cluster
+# (started here and stopped on exit, unless one was already running; with
+# its real node when run as root), the end-to-end suite runs the regions as
+# real pods on that node, the Helm chart is linted, snapshot-checked and
+# installed, and the Worker's suite runs inside workerd. When this script
+# starts the cluster, it also checks that stopping it left the machine as it
+# was (tests/cluster/machine-state.sh).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$repo_root"
@@ -12,8 +15,23 @@ kubeconfig=$BACKHAUL_CACHE/cluster/kubeconfig
 if [ -f "$kubeconfig" ] && kubectl --kubeconfig "$kubeconfig" --request-timeout=3s get --raw /readyz >/dev/null 2>&1; then
   cluster_was_running=1
 fi
+machine_before=$(mktemp)
+tests/cluster/machine-state.sh >"$machine_before"
 cleanup() {
-  if [ "$cluster_was_running" = 0 ]; then tests/cluster/down.sh >/dev/null 2>&1 || true; fi
+  local rc=$?
+  if [ "$cluster_was_running" = 0 ]; then
+    tests/cluster/down.sh >/dev/null 2>&1 || true
+    local after
+    after=$(mktemp)
+    tests/cluster/machine-state.sh >"$after"
+    if ! step "machine left as it was found" tests/cluster/machine-state.sh diff "$machine_before" "$after"; then
+      echo "make test: FAILED: stopping the cluster left something behind (see above)" >&2
+      rc=1
+    fi
+    rm -f "$after"
+  fi
+  rm -f "$machine_before"
+  exit $rc
 }
 trap cleanup EXIT
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl, kwok, helm, grpcurl) from
-# the Go modules pinned under tests/cluster/tools into $BACKHAUL_CACHE/bin.
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl, kwok,
+# helm, grpcurl, crictl) from the Go modules pinned under tests/cluster/tools
+# into $BACKHAUL_CACHE/bin.
 #
 # Each binary is rebuilt only when its pinned module (go.mod + go.sum) changes:
 # the stamp beside it records the hash it was built from. Nothing is
@@ -42,10 +43,13 @@ targets=(
   "kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|$k8s_ldflags"
   "kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|$k8s_ldflags"
   "kube-scheduler|kubernetes|k8s.io/kubernetes/cmd/kube-scheduler|$k8s_ldflags"
+  "kubelet|kubernetes|k8s.io/kubernetes/cmd/kubelet|$k8s_ldflags"
+  "kube-proxy|kubernetes|k8s.io/kubernetes/cmd/kube-proxy|$k8s_ldflags"
   "kubectl|kubernetes|k8s.io/kubernetes/cmd/kubectl|$k8s_ldflags"
   "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|-s -w"
   "helm|helm|helm.sh/helm/v3/cmd/helm|$helm_ldflags"
   "grpcurl|grpcurl|github.com/fullstorydev/grpcurl/cmd/grpcurl|-s -w"
+  "crictl|cri-tools|sigs.k8s.io/cri-tools/cmd/crictl|-s -w"
 )
 
 want=("$@")

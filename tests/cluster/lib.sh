@@ -15,8 +15,28 @@ etcd_peer_port=$((etcd_port + 1))
 controller_manager_port=${BACKHAUL_CONTROLLER_MANAGER_PORT:-16457}
 scheduler_port=${BACKHAUL_SCHEDULER_PORT:-16459}
 
-# Started in this order, stopped in the reverse one.
+# The real node (node.sh). Its bridge address is also where the API server
+# listens when the node runs: pods reach it there, through the `kubernetes`
+# Service.
+node_name=backhaul-node
+node_region=${BACKHAUL_NODE_REGION:-local}
+node_bridge=backhaul0
+node_cidr=10.201.0.0/24
+node_host_ip=10.201.0.1
+node_dir=$state/node
+node_run=/run/backhaul-node
+node_saved=$state/node-saved
+node_taint_key=backhaul.dev/real-node
+node_pause_image=registry.k8s.io/pause:3.10
+kubelet_port=${BACKHAUL_KUBELET_PORT:-10250}
+kubelet_healthz_port=${BACKHAUL_KUBELET_HEALTHZ_PORT:-10248}
+kube_proxy_healthz_port=${BACKHAUL_KUBE_PROXY_HEALTHZ_PORT:-10256}
+kube_proxy_metrics_port=${BACKHAUL_KUBE_PROXY_METRICS_PORT:-10249}
+
+# Started in this order, stopped in the reverse one (the node's own
+# components are stopped by node_down, before these).
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+node_components=(containerd kubelet kube-proxy)
 
 log() { echo "cluster: $*" >&2; }
 
@@ -30,15 +50,31 @@ take_lock() {
 }
 
 # The PID recorded for a component if that process is alive and still runs
-# our binary (a recycled PID is not ours); empty otherwise.
+# the binary it was started from (a recycled PID is not ours); empty
+# otherwise.
 live_pid() {
-  local name=$1 pid exe
+  local name=$1 pid exe want
   pid=$(cat "$pids/$name.pid" 2>/dev/null) || return 0
   [[ $pid =~ ^[0-9]+$ ]] || return 0
+  want=$(cat "$pids/$name.exe" 2>/dev/null) || want=$(readlink -f "$bin/$name")
   exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 0
   # A binary rebuilt under it shows as "<path> (deleted)".
-  [[ ${exe% (deleted)} == "$(readlink -f "$bin/$name")" ]] && echo "$pid"
+  [[ ${exe% (deleted)} == "$want" ]] && alive "$pid" && echo "$pid"
   return 0
+}
+
+# start_component NAME EXE ARGS...: detached (own session), stdin from
+# /dev/null, output to its log, without our lock's fd 9, PID and binary
+# recorded. `setsid` forks when it is a process group leader, so $! is not
+# always the daemon: exec from a subshell, which never leads a group.
+start_component() {
+  local name=$1 exe=$2
+  shift 2
+  mkdir -p "$pids" "$logs"
+  (exec setsid "$exe" "$@" </dev/null >"$logs/$name.log" 2>&1 9>&-) &
+  echo $! >"$pids/$name.pid"
+  readlink -f "$exe" >"$pids/$name.exe"
+  log "started $name ($!)"
 }
 
 # Alive and not a zombie (a zombie's PID answers kill -0 until it is reaped,
@@ -49,24 +85,34 @@ alive() {
   [ -n "$st" ] && [ "$st" != Z ]
 }
 
-# TERM every recorded process (newest first), wait up to 10 s for each to go,
-# then KILL. Removes the PID files. Safe when nothing runs.
-stop_components() {
-  local i name pid deadline
-  for ((i = ${#components[@]} - 1; i >= 0; i--)); do
-    name=${components[i]}
-    pid=$(live_pid "$name")
-    if [ -n "$pid" ]; then
-      kill -TERM "$pid" 2>/dev/null || true
-      deadline=$((SECONDS + 10))
-      while alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-      if alive "$pid"; then
-        log "$name ($pid) ignored TERM for 10 s; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-        while alive "$pid"; do sleep 0.1; done
-      fi
-      log "stopped $name ($pid)"
+# stop_component NAME: TERM the recorded process, wait up to 10 s for it to
+# go, then KILL. Removes the PID file. Safe when it does not run.
+stop_component() {
+  local name=$1 pid deadline
+  pid=$(live_pid "$name")
+  if [ -n "$pid" ]; then
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + 10))
+    while alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    if alive "$pid"; then
+      log "$name ($pid) ignored TERM for 10 s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      while alive "$pid"; do sleep 0.1; done
     fi
-    rm -f "$pids/$name.pid"
+    log "stopped $name ($pid)"
+  fi
+  rm -f "$pids/$name.pid" "$pids/$name.exe"
+}
+
+# Stops the node (if any) and then every control-plane process, newest
+# first. Safe when nothing runs.
+stop_components() {
+  local i
+  node_down
+  for ((i = ${#components[@]} - 1; i >= 0; i--)); do
+    stop_component "${components[i]}"
   done
 }
+
+# shellcheck source=node.sh
+. "$(dirname "${BASH_SOURCE[0]}")/node.sh"

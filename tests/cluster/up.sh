@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
-# Starts the local Kubernetes control plane the tests run against, on
-# 127.0.0.1 only: etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler and kwok, which fakes the nodes' kubelets: nodes are Ready,
-# pods bound to them go Running/Ready at once, nothing is actually run.
+# Starts the local Kubernetes cluster the tests run against: etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler, kwok (which fakes
+# the GPU nodes' kubelets: pods bound to them go Running/Ready at once and
+# nothing runs), and one real node (node.sh: containerd, runc, CNI bridge,
+# kubelet, kube-proxy) whose pods really run.
 #
-# Then it registers fake GPU nodes in three regions (all labelled type=kwok,
-# annotated kwok.x-k8s.io/node=fake, no taints):
+# The real node, `backhaul-node`, is a CPU node (no nvidia.com/gpu) labelled
+# topology.kubernetes.io/region=local (BACKHAUL_NODE_REGION) and
+# backhaul.dev/node=real, and tainted backhaul.dev/real-node=true:NoSchedule,
+# so that only pods that ask for it land there (toleration + node selector;
+# a ModelDeployment region's nodeSelector and tolerations do both). Its pods
+# live on the bridge backhaul0 (10.201.0.0/24); NodePort Services answer on
+# 127.0.0.1. It needs root; BACKHAUL_NODE=0 (or running as another user)
+# leaves it out, and then every server binds 127.0.0.1 only. With the node,
+# the API server listens on the bridge address 10.201.0.1 instead, so that
+# pods reach it through the `kubernetes` Service (no traffic leaves the
+# machine: the bridge has no uplink).
+#
+# The fake GPU nodes, in three regions (all labelled type=kwok, annotated
+# kwok.x-k8s.io/node=fake, no taints):
 #
 #   node              topology.kubernetes.io/region  nvidia.com/gpu.product   nvidia.com/gpu
 #   gpu-us-east-0/1   us-east                        NVIDIA-H100-80GB-HBM3    8 each
@@ -20,7 +33,7 @@
 # Idempotent: when the cluster is already up it only prints that line; when
 # part of it died, it is stopped and started afresh.
 #
-# Environment: BACKHAUL_CACHE, BACKHAUL_APISERVER_PORT (16443),
+# Environment: BACKHAUL_CACHE, BACKHAUL_NODE (1), BACKHAUL_APISERVER_PORT (16443),
 # BACKHAUL_ETCD_PORT (16379, and the next one for peers),
 # BACKHAUL_CONTROLLER_MANAGER_PORT (16457), BACKHAUL_SCHEDULER_PORT (16459),
 # BACKHAUL_CLUSTER_TIMEOUT (seconds to wait for readiness, 90).
@@ -33,8 +46,14 @@ timeout=${BACKHAUL_CLUSTER_TIMEOUT:-90}
 
 # Host tools (tool:Debian package), installed with apt-get only when missing.
 missing=()
-for tool in openssl:openssl curl:curl flock:util-linux setsid:util-linux base64:coreutils; do
-  command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+tools=(openssl:openssl curl:curl flock:util-linux setsid:util-linux base64:coreutils)
+if node_enabled; then
+  tools+=(containerd:containerd runc:runc /usr/lib/cni/bridge:containernetworking-plugins
+    iptables:iptables nft:nftables conntrack:conntrack gcc:gcc /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev
+    python3:python3 ip:iproute2 pgrep:procps)
+fi
+for tool in "${tools[@]}"; do
+  command -v "${tool%%:*}" >/dev/null || [ -e "${tool%%:*}" ] || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -48,12 +67,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The binaries, built from the pinned Go modules (a no-op when up to date).
-"$here/build-tools.sh" "${components[@]}" kubectl
+if node_enabled; then
+  "$here/build-tools.sh" "${components[@]}" kubectl kubelet kube-proxy crictl
+  apiserver_host=$node_host_ip
+else
+  "$here/build-tools.sh" "${components[@]}" kubectl
+  apiserver_host=127.0.0.1
+fi
 kubectl=$bin/kubectl
 
 take_lock
 
-apiserver_url=https://127.0.0.1:$apiserver_port
+apiserver_url=https://$apiserver_host:$apiserver_port
 
 readyz() {
   curl -fsS --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
@@ -62,7 +87,9 @@ readyz() {
 
 all_alive() {
   local name
-  for name in "${components[@]}"; do
+  local want=("${components[@]}")
+  if node_enabled; then want+=("${node_components[@]}"); fi
+  for name in "${want[@]}"; do
     [ -n "$(live_pid "$name")" ] || return 1
   done
 }
@@ -80,7 +107,8 @@ mkdir -p "$pids" "$logs" "$pki" "$state/kwok"
 mkdir -m 700 "$state/etcd"
 
 # Refuse ports someone else holds rather than fail obscurely later.
-for port in "$apiserver_port" "$etcd_port" "$etcd_peer_port" "$controller_manager_port" "$scheduler_port"; do
+for port in "$etcd_port" "$etcd_peer_port" "$controller_manager_port" "$scheduler_port" \
+  $(node_enabled && echo "$kubelet_healthz_port $kube_proxy_healthz_port $kube_proxy_metrics_port"); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     log "port $port on 127.0.0.1 is in use by another process; set BACKHAUL_*_PORT (see $0)"
     exit 1
@@ -92,6 +120,12 @@ on_failure() {
   stop_components
 }
 trap 'on_failure' ERR
+
+if node_enabled; then
+  # Before anything on the machine changes: what node_down restores.
+  node_save_machine_state
+  node_network_up
+fi
 
 # ---------------------------------------------------------------------------
 # Certificates: one local CA signs everything; ECDSA P-256 keys throughout.
@@ -115,10 +149,17 @@ sign() {
 }
 
 sign apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:127.0.0.1,IP:$node_host_ip,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 sign admin "/O=system:masters/CN=backhaul-admin" "extendedKeyUsage=clientAuth"
 sign controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
 sign scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+# The real node: the kubelet as system:node:<name> (the Node authorizer and
+# NodeRestriction admission scope it to its own node), kube-proxy as
+# system:kube-proxy, and the API server's client identity when it calls a
+# kubelet (logs, exec, port-forward).
+sign node "/O=system:nodes/CN=system:node:$node_name" "extendedKeyUsage=clientAuth"
+sign node-proxy "/CN=system:kube-proxy" "extendedKeyUsage=clientAuth"
+sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
 # The aggregation layer's front proxy has a CA of its own; without it the
 # controller-manager and scheduler complain about a missing request-header CA.
 newkey "$pki/front-proxy-ca.key"
@@ -165,20 +206,12 @@ write_kubeconfig "$state/controller-manager.kubeconfig" controller-manager
 write_kubeconfig "$state/scheduler.kubeconfig" scheduler
 # kwok acts for every node; it gets the admin identity, as kwokctl does.
 write_kubeconfig "$state/admin.kubeconfig" admin
+write_kubeconfig "$state/node.kubeconfig" node
+write_kubeconfig "$state/node-proxy.kubeconfig" node-proxy
 
 # ---------------------------------------------------------------------------
 # Processes
 # ---------------------------------------------------------------------------
-# start_component NAME ARGS...: detached (own session), stdin from /dev/null,
-# output to its log, without our lock's fd 9, PID recorded.
-start_component() {
-  local name=$1
-  shift
-  setsid "$bin/$name" "$@" </dev/null >"$logs/$name.log" 2>&1 9>&- &
-  echo $! >"$pids/$name.pid"
-  log "started $name ($!)"
-}
-
 # Seconds since this script began starting things, to the millisecond.
 since_start() {
   local ms=$(($(date +%s%3N) - started))
@@ -192,7 +225,7 @@ wait_until() {
   local what=$1 name
   shift
   until "$@"; do
-    for name in "${components[@]}"; do
+    for name in "${components[@]}" "${node_components[@]}"; do
       if [ -f "$pids/$name.pid" ] && [ -z "$(live_pid "$name")" ]; then
         log "$name exited while waiting for $what; last lines of $logs/$name.log:"
         tail -n 20 "$logs/$name.log" >&2 || true
@@ -208,7 +241,7 @@ wait_until() {
   log "$what: ok at +$(since_start)s"
 }
 
-start_component etcd \
+start_component etcd "$bin/etcd" \
   --name=backhaul \
   --data-dir="$state/etcd" \
   --listen-client-urls="http://127.0.0.1:$etcd_port" \
@@ -222,13 +255,16 @@ start_component etcd \
 etcd_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health" 2>/dev/null | grep -q '"health":"true"'; }
 wait_until "etcd" etcd_healthy
 
-start_component kube-apiserver \
-  --bind-address=127.0.0.1 \
-  --advertise-address=127.0.0.1 \
+start_component kube-apiserver "$bin/kube-apiserver" \
+  --bind-address="$apiserver_host" \
+  --advertise-address="$apiserver_host" \
   --secure-port="$apiserver_port" \
   --etcd-servers="http://127.0.0.1:$etcd_port" \
   --service-cluster-ip-range=10.96.0.0/16 \
-  --endpoint-reconciler-type=none \
+  --endpoint-reconciler-type="$(node_enabled && echo lease || echo none)" \
+  --kubelet-preferred-address-types=InternalIP \
+  --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
+  --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
   --authorization-mode=Node,RBAC \
   --enable-admission-plugins=NodeRestriction \
   --allow-privileged=true \
@@ -253,7 +289,7 @@ wait_until "kube-apiserver /readyz" readyz
 # ReplicaSets and Pods of 3,000 Deployments (about five requests each) takes
 # the controller-manager 12 minutes, and the scale benchmark would measure
 # that instead of the operator.
-start_component kube-controller-manager \
+start_component kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig="$state/controller-manager.kubeconfig" \
   --authentication-kubeconfig="$state/controller-manager.kubeconfig" \
   --authorization-kubeconfig="$state/controller-manager.kubeconfig" \
@@ -271,7 +307,7 @@ start_component kube-controller-manager \
   --kube-api-burst=400 \
   --profiling=false
 
-start_component kube-scheduler \
+start_component kube-scheduler "$bin/kube-scheduler" \
   --kubeconfig="$state/scheduler.kubeconfig" \
   --authentication-kubeconfig="$state/scheduler.kubeconfig" \
   --authorization-kubeconfig="$state/scheduler.kubeconfig" \
@@ -283,7 +319,7 @@ start_component kube-scheduler \
 
 # kwok reads its Stage configuration (how fake nodes and pods change state)
 # from kwok-stages.yaml; KWOK_WORKDIR keeps it away from ~/.kwok.
-KWOK_WORKDIR=$state/kwok start_component kwok \
+KWOK_WORKDIR=$state/kwok start_component kwok "$bin/kwok" \
   --kubeconfig="$state/admin.kubeconfig" \
   --config="$here/kwok-stages.yaml" \
   --manage-all-nodes=false \
@@ -347,6 +383,11 @@ wait_until "kube-controller-manager /healthz" controller_manager_healthy
 wait_until "kube-scheduler /healthz" scheduler_healthy
 wait_until "${#nodes[@]} nodes Ready" nodes_ready
 wait_until "the default ServiceAccount" default_service_account
+
+if node_enabled; then
+  node_up
+  wait_until "node $node_name Ready" node_is_ready
+fi
 
 # The kubeconfig appears only now, once everything is ready: whoever finds it
 # may use the cluster.

@@ -1,8 +1,11 @@
-//! End-to-end harness for Backhaul: real processes on 127.0.0.1.
+//! End-to-end harness for Backhaul: real processes on 127.0.0.1 and real pods
+//! on the local cluster's real node.
 //!
 //! - [`Proc`]: a child in a process group of its own, its output in a log file,
 //!   stopped (TERM, then KILL, the whole group) when dropped.
-//! - [`Region`]: a `backhaul-inference` server on SmolLM2, one region's public endpoint.
+//! - [`pods`]: regions served by the pods the operator makes on the real node
+//!   (weights on a PersistentVolumeClaim, a NodePort Service on 127.0.0.1 as
+//!   each region's public endpoint), and killing their containers.
 //! - [`Worker`]: the routing Worker under `wrangler dev --env local`, its route
 //!   table persisted in a directory that outlives restarts.
 //! - [`Operator`]: the `backhaul-operator` binary against the local control plane,
@@ -26,6 +29,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 pub use backhaul_testkit::{cache_dir, repo_root, wait_for};
+
+pub mod pods;
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -186,51 +191,6 @@ async fn wait_http(proc: &mut Proc, url: &str, timeout: Duration) -> Result<()> 
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// One region's public endpoint: a `backhaul-inference` server.
-#[derive(Debug)]
-pub struct Region {
-    pub name: String,
-    pub http_port: u16,
-    pub proc: Proc,
-}
-
-impl Region {
-    /// Starts `backhaul-inference` serving SmolLM2 as `served_name`, with extra
-    /// flags, and waits until `/ready`.
-    pub async fn start(region: &str, served_name: &str, extra: &[&str]) -> Result<Self> {
-        let http_port = free_port();
-        let grpc_port = free_port();
-        let mut command = Command::new(binary("backhaul-inference"));
-        command
-            .env("RUST_LOG", "info")
-            .arg("--model")
-            .arg(model_file())
-            .args(["--served-name", served_name])
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
-            .args(["--drain-timeout", "2s"])
-            .args(extra);
-        let name = format!("backhaul-inference ({region}, {served_name})");
-        let mut proc = Proc::spawn(&name, &format!("inference-{served_name}-{region}"), command)?;
-        wait_http(
-            &mut proc,
-            &format!("http://127.0.0.1:{http_port}/ready"),
-            Duration::from_secs(120),
-        )
-        .await?;
-        Ok(Self {
-            name: region.to_owned(),
-            http_port,
-            proc,
-        })
-    }
-
-    /// The endpoint the ModelDeployment names.
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
     }
 }
 
@@ -458,6 +418,8 @@ pub struct Chat {
     pub done: bool,
     /// The body, when the answer was not a stream.
     pub body: String,
+    /// From sending the request to its first content delta (time to first token).
+    pub first_content_after: Option<Duration>,
 }
 
 /// A streamed chat completion through the Worker, from a client at `location`
@@ -477,6 +439,7 @@ pub async fn chat(
         "temperature": 0,
         "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea."}],
     });
+    let sent = Instant::now();
     let response = reqwest::Client::new()
         .post(format!("{worker_url}/v1/chat/completions"))
         .header("x-backhaul-client-location", location)
@@ -538,6 +501,7 @@ pub async fn chat(
                     chat.content_events += 1;
                     if !fired {
                         fired = true;
+                        chat.first_content_after = Some(sent.elapsed());
                         on_first_content();
                     }
                 }

@@ -1,22 +1,31 @@
 //! End-to-end and fault tests over the whole path: a ModelDeployment on the
-//! local control plane, the operator binary publishing to the Worker under
-//! `wrangler dev`, and `backhaul-inference` servers on loopback as the regions'
-//! public endpoints (kwok marks the regional pods ready; the endpoints are real).
+//! local cluster, the operator binary publishing to the Worker under
+//! `wrangler dev`, and the regions served by the pods the operator makes on
+//! the cluster's real node (`tests/cluster/node.sh`): `backhaul-inference` in
+//! containers from the image `make images` builds, SmolLM2 on a
+//! PersistentVolumeClaim, readiness from the kubelet's gRPC probes, each
+//! region reached through a NodePort Service on 127.0.0.1. Faults are real
+//! too: a container killed through the CRI, a rolling update, a deletion.
+//! Only `operator_killed_during_reconcile_converges` uses the kwok GPU nodes
+//! (it is about reconciling, and nothing there serves).
 //!
 //! One Worker serves every test (started once, stopped at the end); each test
-//! has its own namespace, served model name, inference servers and operator.
-//! Run with `scripts/e2e.sh` (`make e2e`); names given as arguments select tests
-//! by substring. Logs: `$BACKHAUL_CACHE/e2e/logs` (each failure names its file).
+//! has its own namespace, served model name, pods and operator. Run with
+//! `scripts/e2e.sh` (`make e2e`); names given as arguments select tests by
+//! substring. Logs: `$BACKHAUL_CACHE/e2e/logs` (each failure names its file).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use backhaul_e2e::{Operator, Region, Worker, chat, check, now, sign, wait_for};
+use backhaul_e2e::pods::{self, ModelVolume, PodRegion};
+use backhaul_e2e::{Operator, Worker, chat, check, now, sign, wait_for};
 use backhaul_testkit::TestNamespace;
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -50,17 +59,23 @@ fn main() -> ExitCode {
         ("bad_publications_leave_the_table_unchanged", |c| {
             Box::pin(bad_publications(c))
         }),
-        ("happy_path_nearest_region_streams", |c| {
+        ("happy_path_real_pods_serve_the_nearest_region", |c| {
             Box::pin(happy_path(c))
         }),
-        ("nearest_region_down_fails_over", |c| {
-            Box::pin(nearest_region_down(c))
+        ("container_killed_fails_over_and_republishes", |c| {
+            Box::pin(container_killed(c))
         }),
         ("saturated_region_fails_over", |c| {
             Box::pin(saturated_region(c))
         }),
-        ("region_killed_mid_stream_sends_an_error_event", |c| {
+        ("container_killed_mid_stream_sends_an_error_event", |c| {
             Box::pin(killed_mid_stream(c))
+        }),
+        ("rolling_update_under_load_fails_no_request", |c| {
+            Box::pin(rolling_update(c))
+        }),
+        ("deleted_during_a_stream_drains_then_routes_elsewhere", |c| {
+            Box::pin(deleted_during_stream(c))
         }),
         ("operator_killed_during_reconcile_converges", |c| {
             Box::pin(operator_killed(c))
@@ -135,14 +150,12 @@ fn main() -> ExitCode {
 }
 
 async fn setup() -> Result<Ctx> {
-    for bin in ["backhaul-operator", "backhaul-inference"] {
-        let path = backhaul_e2e::binary(bin);
-        if !path.exists() {
-            eprintln!(
-                "e2e: {} is missing (cargo build -p {bin} --bins; scripts/e2e.sh does): tests that start it will fail",
-                path.display()
-            );
-        }
+    let operator = backhaul_e2e::binary("backhaul-operator");
+    if !operator.exists() {
+        eprintln!(
+            "e2e: {} is missing (scripts/e2e.sh builds it): tests that start it will fail",
+            operator.display()
+        );
     }
     if !backhaul_e2e::model_file().exists() {
         bail!(
@@ -183,54 +196,134 @@ fn md_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), namespace, &resource)
 }
 
-/// A test's ModelDeployment: its namespace, API and served model name.
+/// A test's ModelDeployment: its namespace (with the models claim), API and
+/// served model name.
 struct Model {
     ns: Option<TestNamespace>,
+    volume: Option<ModelVolume>,
+    client: Client,
     api: Api<DynamicObject>,
     namespace: String,
     name: String,
     served: String,
 }
 
+/// Routing settings of every test's ModelDeployment: every request is heavy
+/// (goes to a region), a region that sends no headers within 10 s fails over.
+fn routing(ttl: u32) -> serde_json::Value {
+    serde_json::json!({"heavyPromptTokens": 0, "heavyMaxTokens": 0, "failoverAttempts": 3,
+                       "firstByteTimeoutSeconds": 10, "requestTimeoutSeconds": 60, "ttlSeconds": ttl})
+}
+
 impl Model {
-    async fn new(ctx: &Ctx, prefix: &str) -> Model {
+    async fn new(ctx: &Ctx, prefix: &str) -> Result<Model> {
         let ns = TestNamespace::new(&ctx.client, &format!("e2e-{prefix}")).await;
         let namespace = ns.name().to_owned();
         let served = format!("smollm2-{}", &namespace[namespace.len() - 8..]);
-        Model {
+        let volume = ModelVolume::create(&ctx.client, &namespace).await?;
+        Ok(Model {
             api: md_api(&ctx.client, &namespace),
+            client: ctx.client.clone(),
             ns: Some(ns),
+            volume: Some(volume),
             namespace,
             name: "smollm2".into(),
             served,
+        })
+    }
+
+    /// Another ModelDeployment in the same namespace serving the same model.
+    fn sibling(&self, name: &str) -> Model {
+        Model {
+            ns: None,
+            volume: None,
+            client: self.client.clone(),
+            api: self.api.clone(),
+            namespace: self.namespace.clone(),
+            name: name.to_owned(),
+            served: self.served.clone(),
         }
     }
 
-    /// Creates the ModelDeployment with these regions (name, location, endpoint).
-    async fn apply(&self, regions: &[(&str, (f64, f64), String)], ttl: u32) -> Result<()> {
+    /// Exposes each region (name, location) through a NodePort Service and
+    /// creates the ModelDeployment whose regions run on the real node, with
+    /// these engine settings; returns the regions' endpoints.
+    async fn apply_pods(
+        &self,
+        regions: &[(&str, (f64, f64))],
+        engine: serde_json::Value,
+        ttl: u32,
+    ) -> Result<Vec<PodRegion>> {
+        let mut exposed = Vec::new();
+        for (region, _) in regions {
+            exposed.push(PodRegion::expose(&self.client, &self.namespace, &self.name, region).await?);
+        }
+        let (node_selector, tolerations) = pods::on_real_node();
+        let specs: Vec<_> = regions
+            .iter()
+            .zip(&exposed)
+            .map(|((name, (lat, lon)), region)| {
+                serde_json::json!({"name": name, "replicas": 1, "location": {"latitude": lat, "longitude": lon},
+                                   "endpoint": region.endpoint(), "nodeSelector": node_selector,
+                                   "tolerations": tolerations})
+            })
+            .collect();
+        let mut engine = engine;
+        if engine.get("drainTimeoutSeconds").is_none() {
+            engine["drainTimeoutSeconds"] = 20.into();
+        }
+        self.create(serde_json::json!({
+            "model": {"source": pods::MODELS_DIR, "format": "gguf", "ggufFiles": [pods::MODEL_FILE],
+                      "servedName": self.served, "volume": {"claimName": pods::MODELS_CLAIM}},
+            "engine": engine,
+            "resources": {"gpusPerReplica": 0},
+            "regions": specs,
+            "routing": routing(ttl),
+        }))
+        .await?;
+        Ok(exposed)
+    }
+
+    /// Creates the ModelDeployment with GPU regions (name, location,
+    /// endpoint): their pods land on the kwok nodes and run nothing.
+    async fn apply_kwok(&self, regions: &[(&str, (f64, f64), String)], ttl: u32) -> Result<()> {
         let regions: Vec<_> = regions
             .iter()
             .map(|(name, (lat, lon), endpoint)| {
                 serde_json::json!({"name": name, "replicas": 1, "location": {"latitude": lat, "longitude": lon}, "endpoint": endpoint})
             })
             .collect();
+        self.create(serde_json::json!({
+            "model": {"source": "/models/smollm2", "format": "gguf",
+                      "ggufFiles": [pods::MODEL_FILE], "servedName": self.served},
+            "resources": {"gpusPerReplica": 1},
+            "regions": regions,
+            "routing": routing(ttl),
+        }))
+        .await
+    }
+
+    async fn create(&self, spec: serde_json::Value) -> Result<()> {
         let object: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "backhaul.dev/v1alpha1",
             "kind": "ModelDeployment",
             "metadata": {"name": self.name, "namespace": self.namespace},
-            "spec": {
-                "model": {"source": "/models/smollm2", "format": "gguf",
-                          "ggufFiles": ["SmolLM2-135M-Instruct.Q4_1.gguf"], "servedName": self.served},
-                "resources": {"gpusPerReplica": 1},
-                "regions": regions,
-                "routing": {"heavyPromptTokens": 0, "heavyMaxTokens": 0, "failoverAttempts": 3,
-                            "firstByteTimeoutSeconds": 10, "requestTimeoutSeconds": 60, "ttlSeconds": ttl},
-            },
+            "spec": spec,
         }))?;
         self.api
             .create(&PostParams::default(), &object)
             .await
             .context("the API server refused the ModelDeployment")?;
+        Ok(())
+    }
+
+    /// Merges `engine` into `spec.engine` (a change of the pods' template).
+    async fn patch_engine(&self, engine: serde_json::Value) -> Result<()> {
+        let patch = serde_json::json!({"spec": {"engine": engine}});
+        self.api
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .context("patch spec.engine")?;
         Ok(())
     }
 
@@ -242,7 +335,7 @@ impl Model {
         regions: &[&str],
         operator_log: &str,
     ) -> Result<()> {
-        let published = wait_for(Duration::from_secs(90), || async {
+        let published = wait_for(Duration::from_secs(120), || async {
             let object = self.api.get(&self.name).await.ok()?;
             let conditions = object.data["status"]["conditions"].as_array()?.clone();
             let ok = conditions
@@ -254,22 +347,21 @@ impl Model {
         if published.is_err() {
             let object = self.api.get(&self.name).await.ok();
             bail!(
-                "backhaul-operator: ModelDeployment {}/{} not Published within 90 s (status: {}); operator log {operator_log}",
+                "backhaul-operator: ModelDeployment {}/{} not Published within 120 s (status: {}); operator log {operator_log}; pods: {}",
                 self.namespace,
                 self.name,
                 object
                     .map(|o| o.data["status"].to_string())
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                self.describe_pods().await
             );
         }
         let routes = wait_for(Duration::from_secs(30), || async {
-            let routes = worker.routes_of(&self.namespace, &self.name).await.ok()?;
-            let live: Vec<_> = routes
+            let live = live_regions(worker, &self.namespace, &self.name).await?;
+            regions
                 .iter()
-                .filter(|r| r["expired"] != true)
-                .filter_map(|r| r["region"].as_str())
-                .collect();
-            regions.iter().all(|r| live.contains(r)).then_some(())
+                .all(|r| live.iter().any(|l| l == r))
+                .then_some(())
         })
         .await;
         if routes.is_err() {
@@ -284,9 +376,39 @@ impl Model {
         Ok(())
     }
 
+    /// One line per pod of the namespace: name, phase, readiness, restarts
+    /// and the last state of its container, for failure messages.
+    async fn describe_pods(&self) -> String {
+        let api: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let Ok(list) = api.list(&ListParams::default()).await else {
+            return "(cannot list pods)".into();
+        };
+        list.items
+            .iter()
+            .map(|p| {
+                let status = p.status.as_ref();
+                format!(
+                    "{} on {:?}: {:?} ready={} restarts={} state={}",
+                    p.metadata.name.as_deref().unwrap_or("?"),
+                    p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    status.and_then(|s| s.phase.clone()),
+                    pods::pod_ready(p),
+                    pods::restarts(p),
+                    status
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .and_then(|c| c.first())
+                        .map(|c| serde_json::to_string(&c.state).unwrap_or_default())
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// Deletes the object (the operator, if still running, withdraws its
     /// routes and releases its finalizer; otherwise the finalizer is removed
-    /// here), then the namespace.
+    /// here), then the namespace and the models volume.
     async fn teardown(mut self) {
         let _ = self.api.delete(&self.name, &DeleteParams::default()).await;
         let gone = wait_for(Duration::from_secs(15), || async {
@@ -303,7 +425,33 @@ impl Model {
         if let Some(ns) = self.ns.take() {
             ns.cleanup().await;
         }
+        if let Some(volume) = self.volume.take() {
+            volume.remove().await;
+        }
     }
+}
+
+/// Regions with a live (unexpired) route for namespace/name in the Worker.
+async fn live_regions(worker: &Worker, namespace: &str, name: &str) -> Option<Vec<String>> {
+    let routes = worker.routes_of(namespace, name).await.ok()?;
+    Some(
+        routes
+            .iter()
+            .filter(|r| r["expired"] != true)
+            .filter_map(|r| r["region"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+async fn start_operator(ctx: &Ctx, model: &Model) -> Result<Operator> {
+    Operator::start(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        None,
+        &format!("operator-{}", model.namespace),
+    )
+    .await
 }
 
 fn operator_log(op: &Operator) -> String {
@@ -316,6 +464,16 @@ fn expect_region(
     attempts: u32,
     worker: &Worker,
 ) -> Result<()> {
+    expect_region_after(chat, region, &[attempts], worker)
+}
+
+/// Like [`expect_region`], with any of these attempt counts.
+fn expect_region_after(
+    chat: &backhaul_e2e::Chat,
+    region: &str,
+    attempts: &[u32],
+    worker: &Worker,
+) -> Result<()> {
     check(chat.status == 200, "the Worker", || {
         format!(
             "answered {} ({}); log {}",
@@ -325,11 +483,12 @@ fn expect_region(
         )
     })?;
     check(
-        chat.region.as_deref() == Some(region) && chat.attempts == Some(attempts),
+        chat.region.as_deref() == Some(region)
+            && chat.attempts.is_some_and(|a| attempts.contains(&a)),
         "the Worker",
         || {
             format!(
-                "expected region {region} after {attempts} attempt(s), got region {:?} after {:?}; log {}",
+                "expected region {region} after {attempts:?} attempt(s), got region {:?} after {:?}; log {}",
                 chat.region,
                 chat.attempts,
                 worker.log().display()
@@ -339,44 +498,82 @@ fn expect_region(
     check(chat.tier.as_deref() == Some("region"), "the Worker", || {
         format!("x-backhaul-tier {:?}, expected region", chat.tier)
     })?;
-    check(
-        chat.content_events > 0 && chat.done && chat.error_event.is_none(),
-        region,
-        || {
-            format!(
-                "the stream was not a complete answer: {} content events, [DONE] {}, error event {:?}",
-                chat.content_events, chat.done, chat.error_event
-            )
-        },
-    )
+    check(complete(chat), region, || {
+        format!(
+            "the stream was not a complete answer: {} content events, [DONE] {}, error event {:?}",
+            chat.content_events, chat.done, chat.error_event
+        )
+    })
+}
+
+/// A 200 stream with content, `[DONE]` and no error event.
+fn complete(chat: &backhaul_e2e::Chat) -> bool {
+    chat.status == 200 && chat.content_events > 0 && chat.done && chat.error_event.is_none()
 }
 
 // ---------------------------------------------------------------------------
 
 async fn happy_path(ctx: &mut Ctx) -> Result<()> {
-    let model = Model::new(ctx, "happy").await;
-    let us = Region::start("us-east", &model.served, &[]).await?;
-    let eu = Region::start("eu-west", &model.served, &[]).await?;
-    let op = Operator::start(
-        &ctx.kubeconfig,
-        &model.namespace,
-        &ctx.worker,
-        None,
-        &format!("operator-{}", model.namespace),
-    )
-    .await?;
-    model
-        .apply(
-            &[
-                ("us-east", US_EAST, us.endpoint()),
-                ("eu-west", EU_WEST, eu.endpoint()),
-            ],
+    let model = Model::new(ctx, "happy").await?;
+    let op = start_operator(ctx, &model).await?;
+    let applied = Instant::now();
+    let regions = model
+        .apply_pods(
+            &[("us-east", US_EAST), ("eu-west", EU_WEST)],
+            serde_json::json!({}),
             60,
         )
         .await?;
     model
         .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
         .await?;
+    let published_after = applied.elapsed();
+    let (us, eu) = (&regions[0], &regions[1]);
+
+    // The kubelet's own account: container started -> Ready (probes passed).
+    for region in &regions {
+        let pods = region.ready_pods(&ctx.client).await?;
+        let pod = pods.first().context("a Published region has a ready pod")?;
+        let status = pod.status.clone().unwrap_or_default();
+        let started = status.start_time.map(|t| t.0);
+        let ready = status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .and_then(|c| c.last_transition_time)
+            .map(|t| t.0);
+        if let (Some(started), Some(ready)) = (started, ready) {
+            eprintln!(
+                "  {}: pod {} scheduled -> Ready in {:.0} s (kubelet clock, 1 s resolution)",
+                region.name,
+                pod.metadata.name.as_deref().unwrap_or("?"),
+                ready.duration_since(started).as_secs_f64()
+            );
+        }
+        // What runs is what the spec promised: not root, read-only root
+        // filesystem, no capabilities.
+        let id = pods::container_id(pod).context("the ready pod has a container id")?;
+        let spec = pods::runtime_spec(&id)?;
+        check(
+            spec["process"]["user"]["uid"] == 65532
+                && spec["root"]["readonly"] == true
+                && spec["process"]["capabilities"]["effective"]
+                    .as_array()
+                    .is_none_or(|c| c.is_empty()),
+            "the real node",
+            || {
+                format!(
+                    "the inference container runs as {} with root {} and capabilities {}",
+                    spec["process"]["user"], spec["root"], spec["process"]["capabilities"]
+                )
+            },
+        )?;
+    }
+    eprintln!(
+        "  apply -> both regions Published in the Worker: {:.1} s",
+        published_after.as_secs_f64()
+    );
 
     let routes = ctx.worker.routes_of(&model.namespace, &model.name).await?;
     let us_route = routes
@@ -411,87 +608,182 @@ async fn happy_path(ctx: &mut Ctx) -> Result<()> {
         usage["prompt_tokens"].as_u64().unwrap_or(0) > 0
             && completion > 0
             && completion <= u64::from(max_tokens),
-        "backhaul-inference (us-east)",
-        || {
-            format!(
-                "usage {usage} is not 1..={max_tokens} completion tokens with a prompt; log {}",
-                us.proc.log.display()
-            )
-        },
+        "backhaul-inference (us-east pod)",
+        || format!("usage {usage} is not 1..={max_tokens} completion tokens with a prompt"),
     )?;
     check(answer.reason.is_some(), "the Worker", || {
         "no x-backhaul-reason header".into()
     })?;
     let from_london = chat(&ctx.worker.url(), &model.served, LONDON, max_tokens, || {}).await?;
     expect_region(&from_london, "eu-west", 1, &ctx.worker)?;
+    check(eu.node_port != us.node_port, "the test", || {
+        "both regions got one NodePort".into()
+    })?;
     model.teardown().await;
     drop(op);
     Ok(())
 }
 
-async fn nearest_region_down(ctx: &mut Ctx) -> Result<()> {
-    let model = Model::new(ctx, "down").await;
-    let mut us = Region::start("us-east", &model.served, &[]).await?;
-    let eu = Region::start("eu-west", &model.served, &[]).await?;
-    let op = Operator::start(
-        &ctx.kubeconfig,
-        &model.namespace,
-        &ctx.worker,
-        None,
-        &format!("operator-{}", model.namespace),
-    )
-    .await?;
-    model
-        .apply(
-            &[
-                ("us-east", US_EAST, us.endpoint()),
-                ("eu-west", EU_WEST, eu.endpoint()),
-            ],
+/// Polls the Worker's table in the background: whether `region` of
+/// namespace/name was ever missing (withdrawn or expired) while it ran.
+fn watch_withdrawal(
+    worker_url: String,
+    secret: String,
+    namespace: String,
+    name: String,
+    region: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Option<Instant>> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut first_missing = None;
+        while !stop.load(Ordering::Relaxed) {
+            let ts = now();
+            let path = "/admin/v1/routes";
+            let signature = sign(secret.as_bytes(), ts, "GET", path, b"");
+            let response = client
+                .get(format!("{worker_url}{path}"))
+                .header("x-backhaul-timestamp", ts.to_string())
+                .header("x-backhaul-signature", signature)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if let Ok(response) = response
+                && let Ok(value) = response.json::<serde_json::Value>().await
+            {
+                let live = value["routes"].as_array().is_some_and(|routes| {
+                    routes.iter().any(|r| {
+                        r["namespace"] == namespace.as_str()
+                            && r["name"] == name.as_str()
+                            && r["region"] == region
+                            && r["expired"] != true
+                    })
+                });
+                if !live && first_missing.is_none() {
+                    first_missing = Some(Instant::now());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        first_missing
+    })
+}
+
+async fn container_killed(ctx: &mut Ctx) -> Result<()> {
+    let model = Model::new(ctx, "kill").await?;
+    let op = start_operator(ctx, &model).await?;
+    let regions = model
+        .apply_pods(
+            &[("us-east", US_EAST), ("eu-west", EU_WEST)],
+            serde_json::json!({}),
             60,
         )
         .await?;
     model
         .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
         .await?;
-    us.proc.kill();
-    for _ in 0..2 {
-        let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 8, || {}).await?;
-        expect_region(&answer, "eu-west", 2, &ctx.worker)?;
-    }
+    let us = &regions[0];
+    let baseline = chat(&ctx.worker.url(), &model.served, NEW_YORK, 4, || {}).await?;
+    expect_region(&baseline, "us-east", 1, &ctx.worker)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_withdrawal(
+        ctx.worker.url(),
+        ctx.worker.secret.clone(),
+        model.namespace.clone(),
+        model.name.clone(),
+        "us-east",
+        stop.clone(),
+    );
+    let killed_at = Instant::now();
+    let pod = us.kill_container(&ctx.client).await?;
+    // Requests from New York meanwhile: every one must be a complete
+    // answer, from eu-west while us-east is down.
+    let mut answers = Vec::new();
+    let back = loop {
+        let started = Instant::now();
+        let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 4, || {}).await?;
+        check(complete(&answer), "the Worker", || {
+            format!(
+                "request {} after the kill failed: {} {:?} ({}); log {}",
+                answers.len() + 1,
+                answer.status,
+                answer.error_event,
+                answer.body,
+                ctx.worker.log().display()
+            )
+        })?;
+        let from_us = answer.region.as_deref() == Some("us-east");
+        answers.push((started.duration_since(killed_at), answer));
+        let republished = live_regions(&ctx.worker, &model.namespace, &model.name)
+            .await
+            .is_some_and(|l| l.iter().any(|r| r == "us-east"));
+        let restarted = us
+            .ready_pods(&ctx.client)
+            .await?
+            .iter()
+            .any(|p| pods::restarts(p) >= 1);
+        if restarted && republished && from_us {
+            break killed_at.elapsed();
+        }
+        if killed_at.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "us-east not back 120 s after its container was killed (restarted {restarted}, republished {republished}); pods: {}",
+                model.describe_pods().await
+            );
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    let withdrawn = watcher.await?;
+    check(withdrawn.is_some(), "backhaul-operator", || {
+        format!(
+            "us-east's route stayed in the Worker's table while its pod {pod} had no ready container; log {}",
+            operator_log(&op)
+        )
+    })?;
+    let failed_over = answers
+        .iter()
+        .filter(|(_, a)| a.region.as_deref() == Some("eu-west"))
+        .count();
+    check(failed_over > 0, "the Worker", || {
+        "no request was served by eu-west while us-east was down".into()
+    })?;
+    let ttft = |a: &backhaul_e2e::Chat| a.first_content_after.unwrap_or_default().as_secs_f64();
+    let worst = answers
+        .iter()
+        .map(|(_, a)| ttft(a))
+        .fold(0.0_f64, f64::max);
+    eprintln!(
+        "  container killed: {} requests meanwhile, 0 failed, {failed_over} served by eu-west; \
+         first token after {:.2} s at worst (baseline {:.2} s); route withdrawn {:.1} s after the kill; \
+         us-east serving again after {:.1} s",
+        answers.len(),
+        worst,
+        ttft(&baseline),
+        withdrawn
+            .map(|t| t.duration_since(killed_at).as_secs_f64())
+            .unwrap_or_default(),
+        back.as_secs_f64()
+    );
     model.teardown().await;
     drop(op);
     Ok(())
 }
 
 async fn saturated_region(ctx: &mut Ctx) -> Result<()> {
-    let model = Model::new(ctx, "busy").await;
-    let us = Region::start(
-        "us-east",
-        &model.served,
-        &["--max-in-flight", "1", "--max-queue", "0"],
-    )
-    .await?;
-    let eu = Region::start("eu-west", &model.served, &[]).await?;
-    let op = Operator::start(
-        &ctx.kubeconfig,
-        &model.namespace,
-        &ctx.worker,
-        None,
-        &format!("operator-{}", model.namespace),
-    )
-    .await?;
-    model
-        .apply(
-            &[
-                ("us-east", US_EAST, us.endpoint()),
-                ("eu-west", EU_WEST, eu.endpoint()),
-            ],
+    let model = Model::new(ctx, "busy").await?;
+    let op = start_operator(ctx, &model).await?;
+    let regions = model
+        .apply_pods(
+            &[("us-east", US_EAST), ("eu-west", EU_WEST)],
+            serde_json::json!({"maxInFlight": 1, "maxQueue": 0}),
             60,
         )
         .await?;
     model
         .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
         .await?;
+    let us = &regions[0];
 
     // Hold us-east's only slot with a long request straight to it.
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
@@ -554,38 +846,37 @@ async fn saturated_region(ctx: &mut Ctx) -> Result<()> {
 }
 
 async fn killed_mid_stream(ctx: &mut Ctx) -> Result<()> {
-    let model = Model::new(ctx, "midstream").await;
-    let mut us = Region::start("us-east", &model.served, &[]).await?;
-    let eu = Region::start("eu-west", &model.served, &[]).await?;
-    let op = Operator::start(
-        &ctx.kubeconfig,
-        &model.namespace,
-        &ctx.worker,
-        None,
-        &format!("operator-{}", model.namespace),
-    )
-    .await?;
-    model
-        .apply(
-            &[
-                ("us-east", US_EAST, us.endpoint()),
-                ("eu-west", EU_WEST, eu.endpoint()),
-            ],
+    let model = Model::new(ctx, "midstream").await?;
+    let op = start_operator(ctx, &model).await?;
+    let regions = model
+        .apply_pods(
+            &[("us-east", US_EAST), ("eu-west", EU_WEST)],
+            serde_json::json!({}),
             60,
         )
         .await?;
     model
         .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
         .await?;
-
-    let pid = us.proc.pid();
+    let us = regions[0].clone();
+    let client = ctx.client.clone();
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    // The region's container crashes once its answer has started.
+    let killer = tokio::spawn(async move {
+        if kill_rx.await.is_ok() {
+            us.kill_container(&client).await.map(|_| ())
+        } else {
+            Ok(())
+        }
+    });
+    let mut kill_tx = Some(kill_tx);
     let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 400, || {
-        // The region crashes once its answer has started.
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pid}")])
-            .status();
+        if let Some(tx) = kill_tx.take() {
+            let _ = tx.send(());
+        }
     })
     .await?;
+    killer.await??;
     check(
         answer.status == 200 && answer.region.as_deref() == Some("us-east"),
         "the Worker",
@@ -601,8 +892,7 @@ async fn killed_mid_stream(ctx: &mut Ctx) -> Result<()> {
         "backhaul-inference (us-east)",
         || "no token before the crash".into(),
     )?;
-    let error = answer.error_event.clone();
-    check(error.is_some(), "the Worker", || {
+    check(answer.error_event.is_some(), "the Worker", || {
         format!(
             "the stream broke off mid-answer but carried no error event ([DONE] {}, {} content events); log {}",
             answer.done,
@@ -610,16 +900,214 @@ async fn killed_mid_stream(ctx: &mut Ctx) -> Result<()> {
             ctx.worker.log().display()
         )
     })?;
-    us.proc.kill();
+    // us-east is down (2 attempts) or already withdrawn (1).
     let next = chat(&ctx.worker.url(), &model.served, NEW_YORK, 8, || {}).await?;
-    expect_region(&next, "eu-west", 2, &ctx.worker)?;
+    expect_region_after(&next, "eu-west", &[1, 2], &ctx.worker)?;
+    model.teardown().await;
+    drop(op);
+    Ok(())
+}
+
+/// Whether every region's Deployment has rolled out its current template:
+/// observed, all replicas updated and ready, no old pod left.
+async fn rolled_out(ctx: &Ctx, model: &Model, regions: &[PodRegion]) -> Result<bool> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &model.namespace);
+    for region in regions {
+        let list = deployments
+            .list(&ListParams::default().labels(&format!(
+                "backhaul.dev/model={},backhaul.dev/region={}",
+                model.name, region.name
+            )))
+            .await?;
+        let Some(d) = list.items.first() else {
+            return Ok(false);
+        };
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = d.status.clone().unwrap_or_default();
+        let done = status.observed_generation == d.metadata.generation
+            && status.updated_replicas == Some(want)
+            && status.ready_replicas == Some(want)
+            && status.replicas == Some(want);
+        if !done || region.pods(&ctx.client).await?.len() != usize::try_from(want)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn rolling_update(ctx: &mut Ctx) -> Result<()> {
+    let model = Model::new(ctx, "roll").await?;
+    let op = start_operator(ctx, &model).await?;
+    let regions = model
+        .apply_pods(
+            &[("us-east", US_EAST), ("eu-west", EU_WEST)],
+            serde_json::json!({"maxQueue": 8}),
+            60,
+        )
+        .await?;
+    model
+        .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
+        .await?;
+    let mut before = Vec::new();
+    for region in &regions {
+        before.extend(region.pods(&ctx.client).await?.into_iter().filter_map(|p| p.metadata.name));
+    }
+
+    // Two clients asking one after another, from both sides of the Atlantic.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for location in [NEW_YORK, LONDON] {
+        let (url, served, stop) = (ctx.worker.url(), model.served.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                results.push(chat(&url, &served, location, 6, || {}).await);
+            }
+            results
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rolled = Instant::now();
+    // An engine setting: a new pod template in every region.
+    model.patch_engine(serde_json::json!({"maxQueue": 9})).await?;
+    let finished = wait_for(Duration::from_secs(150), || async {
+        rolled_out(ctx, &model, &regions).await.ok()?.then_some(())
+    })
+    .await;
+    let roll_secs = rolled.elapsed().as_secs_f64();
+    // A few more requests on the new pods, then stop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut results = Vec::new();
+    for client in clients {
+        results.extend(client.await?);
+    }
+    if finished.is_err() {
+        bail!(
+            "the rolling update did not finish within 150 s; pods: {}",
+            model.describe_pods().await
+        );
+    }
+    let mut after = Vec::new();
+    for region in &regions {
+        after.extend(region.pods(&ctx.client).await?.into_iter().filter_map(|p| p.metadata.name));
+    }
+    check(after.iter().all(|p| !before.contains(p)), "the rolling update", || {
+        format!("pods before {before:?}, after {after:?}: nothing was replaced")
+    })?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| match r {
+            Ok(c) if complete(c) => None,
+            Ok(c) => Some(format!(
+                "{} from {:?}: {:?} {}",
+                c.status, c.region, c.error_event, c.body
+            )),
+            Err(e) => Some(format!("{e:#}")),
+        })
+        .collect();
+    let worst_ttft = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok()?.first_content_after)
+        .max()
+        .unwrap_or_default();
+    let failovers = results
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|c| c.attempts.unwrap_or(1) > 1))
+        .count();
+    eprintln!(
+        "  rolling update of both regions in {roll_secs:.1} s under load: {} requests, {} failed, \
+         {failovers} needed a second attempt, longest time to first token {:.2} s",
+        results.len(),
+        failed.len(),
+        worst_ttft.as_secs_f64()
+    );
+    check(failed.is_empty(), "the rolling update", || {
+        format!(
+            "{} of {} requests failed: {failed:?}; Worker log {}",
+            failed.len(),
+            results.len(),
+            ctx.worker.log().display()
+        )
+    })?;
+    model.teardown().await;
+    drop(op);
+    Ok(())
+}
+
+async fn deleted_during_stream(ctx: &mut Ctx) -> Result<()> {
+    // The same model served from two ModelDeployments (as from two
+    // clusters): `smollm2` in us-east, `smollm2-eu` in eu-west.
+    let model = Model::new(ctx, "delete").await?;
+    let other = model.sibling("smollm2-eu");
+    let op = start_operator(ctx, &model).await?;
+    model
+        .apply_pods(&[("us-east", US_EAST)], serde_json::json!({}), 60)
+        .await?;
+    other
+        .apply_pods(&[("eu-west", EU_WEST)], serde_json::json!({}), 60)
+        .await?;
+    model
+        .wait_published(&ctx.worker, &["us-east"], &operator_log(&op))
+        .await?;
+    other
+        .wait_published(&ctx.worker, &["eu-west"], &operator_log(&op))
+        .await?;
+
+    let api = model.api.clone();
+    let name = model.name.clone();
+    let (delete_tx, delete_rx) = tokio::sync::oneshot::channel::<()>();
+    let deleter = tokio::spawn(async move {
+        if delete_rx.await.is_ok() {
+            api.delete(&name, &DeleteParams::default()).await?;
+        }
+        anyhow::Ok(Instant::now())
+    });
+    let mut delete_tx = Some(delete_tx);
+    let max_tokens = 96;
+    let answer = chat(
+        &ctx.worker.url(),
+        &model.served,
+        NEW_YORK,
+        max_tokens,
+        || {
+            if let Some(tx) = delete_tx.take() {
+                let _ = tx.send(());
+            }
+        },
+    )
+    .await?;
+    let deleted_at = deleter.await??;
+    let ended = Instant::now();
+    expect_region(&answer, "us-east", 1, &ctx.worker)?;
+    let completion = answer.usage.as_ref().map_or(0, |u| u["completion_tokens"].as_u64().unwrap_or(0));
+    check(completion > 8, "backhaul-inference (us-east pod)", || {
+        format!("the stream ended after {completion} tokens: it was not drained")
+    })?;
+    eprintln!(
+        "  the stream went on for {:.1} s after the delete and completed ({completion} tokens)",
+        ended.duration_since(deleted_at).as_secs_f64()
+    );
+    let gone = wait_for(Duration::from_secs(60), || async {
+        matches!(model.api.get_opt(&model.name).await, Ok(None)).then_some(())
+    })
+    .await;
+    check(gone.is_ok(), "backhaul-operator", || {
+        format!(
+            "the deleted ModelDeployment still exists after 60 s; log {}",
+            operator_log(&op)
+        )
+    })?;
+    let next = chat(&ctx.worker.url(), &model.served, NEW_YORK, 8, || {}).await?;
+    expect_region(&next, "eu-west", 1, &ctx.worker)?;
+    other.teardown().await;
     model.teardown().await;
     drop(op);
     Ok(())
 }
 
 async fn operator_killed(ctx: &mut Ctx) -> Result<()> {
-    let model = Model::new(ctx, "opkill").await;
+    let model = Model::new(ctx, "opkill").await?;
     let log_name = format!("operator-{}", model.namespace);
     let mut op = Operator::start(
         &ctx.kubeconfig,
@@ -634,7 +1122,7 @@ async fn operator_killed(ctx: &mut Ctx) -> Result<()> {
         ("eu-west", EU_WEST, "http://127.0.0.1:9".to_owned()),
         ("ap-south", AP_SOUTH, "http://127.0.0.1:9".to_owned()),
     ];
-    model.apply(&endpoints, 60).await?;
+    model.apply_kwok(&endpoints, 60).await?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &model.namespace);
     // Kill it mid-reconcile: as soon as its first Deployment exists.
     wait_for(Duration::from_secs(60), || async {
@@ -665,37 +1153,43 @@ async fn operator_killed(ctx: &mut Ctx) -> Result<()> {
         )
         .await?;
 
-    let mut names: Vec<String> = deployments
+    // One of each child per region, however the crash fell.
+    let region_of = |labels: Option<&std::collections::BTreeMap<String, String>>| {
+        labels
+            .and_then(|l| l.get("backhaul.dev/region").cloned())
+            .unwrap_or_default()
+    };
+    let mut regions: Vec<String> = deployments
         .list(&ListParams::default())
         .await?
         .items
-        .into_iter()
-        .filter_map(|d| d.metadata.name)
+        .iter()
+        .map(|d| region_of(d.metadata.labels.as_ref()))
         .collect();
-    names.sort();
+    regions.sort();
     check(
-        names == ["smollm2-ap-south", "smollm2-eu-west", "smollm2-us-east"],
+        regions == ["ap-south", "eu-west", "us-east"],
         "backhaul-operator",
         || {
             format!(
-                "after a crash and restart the Deployments are {names:?}; log {}",
+                "after a crash and restart the Deployments serve {regions:?}; log {}",
                 op.proc.log.display()
             )
         },
     )?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &model.namespace);
     let mut svc: Vec<String> = services
-        .list(&ListParams::default())
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=backhaul-operator"))
         .await?
         .items
-        .into_iter()
-        .filter_map(|s| s.metadata.name)
+        .iter()
+        .map(|s| region_of(s.metadata.labels.as_ref()))
         .collect();
     svc.sort();
     check(
-        svc == ["smollm2-ap-south", "smollm2-eu-west", "smollm2-us-east"],
+        svc == ["ap-south", "eu-west", "us-east"],
         "backhaul-operator",
-        || format!("after a crash and restart the Services are {svc:?}"),
+        || format!("after a crash and restart the Services serve {svc:?}"),
     )?;
     let routes = ctx.worker.routes_of(&model.namespace, &model.name).await?;
     check(routes.len() == 3, "backhaul-operator", || {
@@ -714,18 +1208,10 @@ async fn operator_killed(ctx: &mut Ctx) -> Result<()> {
 }
 
 async fn worker_restart(ctx: &mut Ctx) -> Result<()> {
-    let model = Model::new(ctx, "restart").await;
-    let eu = Region::start("eu-west", &model.served, &[]).await?;
-    let mut op = Operator::start(
-        &ctx.kubeconfig,
-        &model.namespace,
-        &ctx.worker,
-        None,
-        &format!("operator-{}", model.namespace),
-    )
-    .await?;
+    let model = Model::new(ctx, "restart").await?;
+    let mut op = start_operator(ctx, &model).await?;
     model
-        .apply(&[("eu-west", EU_WEST, eu.endpoint())], 60)
+        .apply_pods(&[("eu-west", EU_WEST)], serde_json::json!({}), 60)
         .await?;
     model
         .wait_published(&ctx.worker, &["eu-west"], &operator_log(&op))
@@ -757,9 +1243,7 @@ async fn worker_restart(ctx: &mut Ctx) -> Result<()> {
 }
 
 async fn silent_operator(ctx: &mut Ctx) -> Result<()> {
-    let model = Model::new(ctx, "ttl").await;
-    let us = Region::start("us-east", &model.served, &[]).await?;
-    let eu = Region::start("eu-west", &model.served, &[]).await?;
+    let model = Model::new(ctx, "ttl").await?;
     // One operator per region, as with one cluster per region.
     let mut op_us = Operator::start(
         &ctx.kubeconfig,
@@ -779,11 +1263,9 @@ async fn silent_operator(ctx: &mut Ctx) -> Result<()> {
     .await?;
     let ttl = 10;
     model
-        .apply(
-            &[
-                ("us-east", US_EAST, us.endpoint()),
-                ("eu-west", EU_WEST, eu.endpoint()),
-            ],
+        .apply_pods(
+            &[("us-east", US_EAST), ("eu-west", EU_WEST)],
+            serde_json::json!({}),
             ttl,
         )
         .await?;
@@ -827,7 +1309,7 @@ async fn silent_operator(ctx: &mut Ctx) -> Result<()> {
         "  us-east expired {:.1}s after its operator went silent (ttl {ttl}s)",
         silenced.elapsed().as_secs_f64()
     );
-    // us-east's server is still up, but no request goes there any more.
+    // us-east's pod still serves, but no request goes there any more.
     let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 8, || {}).await?;
     expect_region(&answer, "eu-west", 1, &ctx.worker)?;
     model.teardown().await;
