@@ -22,6 +22,8 @@ base_images_ensure() {
   echo "images: $name is not reachable; making it from Debian 12's packages" >&2
   local tmp
   tmp=$(mktemp -d)
+  # apt-get download runs as _apt, which must be able to write here.
+  chmod 755 "$tmp"
   # shellcheck disable=SC2064
   trap "rm -rf '$tmp'" RETURN
   (cd "$tmp" && apt-get download -qq libc6 libgcc-s1 libstdc++6 libgomp1 libssl3 netbase ca-certificates >&2) || {

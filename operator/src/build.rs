@@ -41,6 +41,14 @@ pub const MODEL_VOLUME_DIR: &str = "/models";
 pub const RUN_AS_USER: i64 = 65532;
 /// Seconds the startup probe allows for loading a model (large ones take minutes).
 pub const STARTUP_BUDGET_SECONDS: i32 = 1800;
+/// Seconds between startup probes: a small model is Ready this soon after it
+/// has loaded (a gRPC health check is cheap).
+pub const STARTUP_PROBE_PERIOD_SECONDS: i32 = 2;
+/// Seconds a stopping pod keeps serving before it is sent SIGTERM (a preStop
+/// sleep): the pod is already out of its Services' ready endpoints then, and
+/// this is how long kube-proxies and ingresses get to stop sending it new
+/// connections before it refuses them and drains.
+pub const PRE_STOP_SECONDS: i64 = 5;
 
 /// First 8 hex digits of SHA-256, to keep truncated names unique.
 pub fn short_hash(s: &str) -> String {
@@ -264,8 +272,8 @@ pub fn deployment(v: &ValidatedModelDeployment, region: &RegionSpec) -> Deployme
             "template": {
                 "metadata": {"labels": labels(v, &region.name)},
                 "spec": {
-                    // Longer than the server's drain so SIGTERM drains before SIGKILL.
-                    "terminationGracePeriodSeconds": drain + 15,
+                    // The preStop delay, then the server's drain, before SIGKILL.
+                    "terminationGracePeriodSeconds": PRE_STOP_SECONDS + drain + 15,
                     "enableServiceLinks": false,
                     "automountServiceAccountToken": false,
                     "securityContext": {
@@ -287,9 +295,14 @@ pub fn deployment(v: &ValidatedModelDeployment, region: &RegionSpec) -> Deployme
                             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
                         ],
                         "resources": {"requests": requests, "limits": limits},
-                        "startupProbe": grpc_probe(10, STARTUP_BUDGET_SECONDS / 10),
+                        "startupProbe": grpc_probe(
+                            STARTUP_PROBE_PERIOD_SECONDS,
+                            STARTUP_BUDGET_SECONDS / STARTUP_PROBE_PERIOD_SECONDS,
+                        ),
                         "readinessProbe": grpc_probe(5, 3),
                         "livenessProbe": grpc_probe(10, 6),
+                        // Keep serving while endpoints converge; SIGTERM (drain) after.
+                        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
                         "volumeMounts": mounts,
                         "securityContext": {
                             "allowPrivilegeEscalation": false,
@@ -446,7 +459,7 @@ ownerReferences:
                 {"key": "dedicated", "operator": "Equal", "value": "inference", "effect": "NoSchedule"},
             ])
         );
-        assert_eq!(pod["terminationGracePeriodSeconds"], 45);
+        assert_eq!(pod["terminationGracePeriodSeconds"], 50);
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
         let c = &pod["containers"][0];
         assert_eq!(
@@ -461,7 +474,9 @@ ownerReferences:
             json!({"port": 50051, "service": ""})
         );
         assert_eq!(c["livenessProbe"]["grpc"]["port"], 50051);
-        assert_eq!(c["startupProbe"]["failureThreshold"], 180);
+        assert_eq!(c["startupProbe"]["periodSeconds"], 2);
+        assert_eq!(c["startupProbe"]["failureThreshold"], 900);
+        assert_eq!(c["lifecycle"]["preStop"], json!({"sleep": {"seconds": 5}}));
         assert_eq!(
             c["env"][2],
             json!({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}})

@@ -50,6 +50,7 @@ node_here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 node_crictl() { "$bin/crictl" --runtime-endpoint "unix://$node_run/containerd.sock" --timeout 20s "$@"; }
 node_ctr() { ctr --address "$node_run/containerd.sock" --namespace k8s.io "$@"; }
+node_ctr_answers() { node_ctr version >/dev/null 2>&1; }
 
 # node_enabled: whether this cluster gets the real node (root only: it makes
 # network devices, cgroups and mounts). BACKHAUL_NODE=0 turns it off.
@@ -95,7 +96,7 @@ node_remove_iptables() {
     restore=${pair#*:}
     command -v "$save" >/dev/null || continue
     if "$save" 2>/dev/null | grep -qE 'KUBE-|CNI-'; then
-      "$save" 2>/dev/null | grep -vE 'KUBE-|CNI-' | "$restore" -w 5 || log "$restore failed"
+      "$save" 2>/dev/null | grep -vE 'KUBE-|CNI-' | "$restore" || log "$restore failed"
     fi
   done
   # iptables-nft made these tables for the rules above; drop them when they
@@ -197,6 +198,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   # The kernel here withholds CAP_SYS_RESOURCE: runc may not lower a
   # container's oom_score_adj below containerd's own.
   restrict_oom_score_adj = true
+  # Pods' network namespaces under /run/backhaul-node, not /var/run/netns.
+  netns_mounts_under_state_dir = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   enable_selinux = false
@@ -313,7 +316,7 @@ node_import_images() {
 node_up() {
   node_write_config
   start_component containerd "$(command -v containerd)" --config "$node_dir/containerd.toml"
-  wait_until "containerd" node_ctr version
+  wait_until "containerd" node_ctr_answers
   # The pod sandbox image, built here (no registry is reachable).
   local pause_tar=$state/pause.tar
   "$node_here/node/pause-image.sh" "$node_pause_image" "$pause_tar" >&2
@@ -324,6 +327,7 @@ node_up() {
     --config="$node_dir/kubelet.yaml" \
     --kubeconfig="$state/node.kubeconfig" \
     --root-dir="$node_dir/kubelet" \
+    --cert-dir="$node_dir/kubelet/pki" \
     --hostname-override="$node_name" \
     --node-ip="$node_host_ip" \
     --node-labels="topology.kubernetes.io/region=$node_region,topology.kubernetes.io/zone=$node_region-a,backhaul.dev/node=real" \
@@ -362,5 +366,5 @@ node_down() {
   node_remove_iptables
   node_restore_sysctls
   node_remove_fixed_paths
-  rm -rf "$node_run" "$node_dir"
+  rm -rf "$node_run" "$node_dir" "$node_saved"
 }

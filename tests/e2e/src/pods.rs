@@ -46,10 +46,17 @@ pub fn on_real_node() -> (serde_json::Value, serde_json::Value) {
 /// namespace as the claim [`MODELS_CLAIM`]: a hostPath PersistentVolume
 /// bound to it ahead of time. [`ModelVolume::remove`] deletes the volume,
 /// which outlives the namespace.
-#[derive(Debug)]
 pub struct ModelVolume {
     client: Client,
     name: String,
+}
+
+impl std::fmt::Debug for ModelVolume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelVolume")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ModelVolume {

@@ -922,7 +922,7 @@ async fn rolled_out(ctx: &Ctx, model: &Model, regions: &[PodRegion]) -> Result<b
         let Some(d) = list.items.first() else {
             return Ok(false);
         };
-        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let want = d.spec.replicas.unwrap_or(1);
         let status = d.status.clone().unwrap_or_default();
         let done = status.observed_generation == d.metadata.generation
             && status.updated_replicas == Some(want)
@@ -970,8 +970,9 @@ async fn rolling_update(ctx: &mut Ctx) -> Result<()> {
     let rolled = Instant::now();
     // An engine setting: a new pod template in every region.
     model.patch_engine(serde_json::json!({"maxQueue": 9})).await?;
+    let shared: &Ctx = ctx;
     let finished = wait_for(Duration::from_secs(150), || async {
-        rolled_out(ctx, &model, &regions).await.ok()?.then_some(())
+        rolled_out(shared, &model, &regions).await.ok()?.then_some(())
     })
     .await;
     let roll_secs = rolled.elapsed().as_secs_f64();
