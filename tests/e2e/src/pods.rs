@@ -161,6 +161,21 @@ impl PodRegion {
         format!("http://127.0.0.1:{}", self.node_port)
     }
 
+    /// Polls the endpoint's `/ready` until it answers 200 (through the
+    /// Service, as the Worker would reach it); returns how long it took.
+    pub async fn wait_reachable(&self, timeout: Duration) -> Result<Duration> {
+        let started = std::time::Instant::now();
+        let client = reqwest::Client::new();
+        let url = format!("{}/ready", self.endpoint());
+        wait_for(timeout, || async {
+            let response = client.get(&url).timeout(Duration::from_secs(2)).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await
+        .with_context(|| format!("region {}: {url} did not answer 200 within {timeout:?}", self.name))?;
+        Ok(started.elapsed())
+    }
+
     /// The region's pods.
     pub async fn pods(&self, client: &Client) -> Result<Vec<Pod>> {
         Ok(Api::<Pod>::namespaced(client.clone(), &self.namespace)

@@ -376,6 +376,25 @@ impl Model {
         Ok(())
     }
 
+    /// [`Model::wait_published`], then until each region's Service answers
+    /// `/ready`: a pod is Ready (and its route published) a moment before
+    /// kube-proxy sends its Service's traffic to it, as an ingress would be.
+    /// Returns how long that moment was.
+    async fn wait_serving(
+        &self,
+        worker: &Worker,
+        regions: &[PodRegion],
+        operator_log: &str,
+    ) -> Result<Duration> {
+        let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+        self.wait_published(worker, &names, operator_log).await?;
+        let published = Instant::now();
+        for region in regions {
+            region.wait_reachable(Duration::from_secs(30)).await?;
+        }
+        Ok(published.elapsed())
+    }
+
     /// One line per pod of the namespace: name, phase, readiness, restarts
     /// and the last state of its container, for failure messages.
     async fn describe_pods(&self) -> String {
@@ -528,6 +547,10 @@ async fn happy_path(ctx: &mut Ctx) -> Result<()> {
         .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
         .await?;
     let published_after = applied.elapsed();
+    let mut reachable_after = Duration::ZERO;
+    for region in &regions {
+        reachable_after = reachable_after.max(region.wait_reachable(Duration::from_secs(30)).await?);
+    }
     let (us, eu) = (&regions[0], &regions[1]);
 
     // The kubelet's own account: container started -> Ready (probes passed).
@@ -571,8 +594,9 @@ async fn happy_path(ctx: &mut Ctx) -> Result<()> {
         )?;
     }
     eprintln!(
-        "  apply -> both regions Published in the Worker: {:.1} s",
-        published_after.as_secs_f64()
+        "  apply -> both regions Published in the Worker: {:.1} s; their Services answered {:.1} s after that",
+        published_after.as_secs_f64(),
+        reachable_after.as_secs_f64()
     );
 
     let routes = ctx.worker.routes_of(&model.namespace, &model.name).await?;
@@ -680,7 +704,7 @@ async fn container_killed(ctx: &mut Ctx) -> Result<()> {
         )
         .await?;
     model
-        .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
+        .wait_serving(&ctx.worker, &regions, &operator_log(&op))
         .await?;
     let us = &regions[0];
     let baseline = chat(&ctx.worker.url(), &model.served, NEW_YORK, 4, || {}).await?;
@@ -781,7 +805,7 @@ async fn saturated_region(ctx: &mut Ctx) -> Result<()> {
         )
         .await?;
     model
-        .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
+        .wait_serving(&ctx.worker, &regions, &operator_log(&op))
         .await?;
     let us = &regions[0];
 
@@ -856,7 +880,7 @@ async fn killed_mid_stream(ctx: &mut Ctx) -> Result<()> {
         )
         .await?;
     model
-        .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
+        .wait_serving(&ctx.worker, &regions, &operator_log(&op))
         .await?;
     let us = regions[0].clone();
     let client = ctx.client.clone();
@@ -870,7 +894,7 @@ async fn killed_mid_stream(ctx: &mut Ctx) -> Result<()> {
         }
     });
     let mut kill_tx = Some(kill_tx);
-    let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 400, || {
+    let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 400, move || {
         if let Some(tx) = kill_tx.take() {
             let _ = tx.send(());
         }
@@ -909,8 +933,14 @@ async fn killed_mid_stream(ctx: &mut Ctx) -> Result<()> {
 }
 
 /// Whether every region's Deployment has rolled out its current template:
-/// observed, all replicas updated and ready, no old pod left.
-async fn rolled_out(ctx: &Ctx, model: &Model, regions: &[PodRegion]) -> Result<bool> {
+/// observed, all replicas updated and ready, and none of the pods `before`
+/// left.
+async fn rolled_out(
+    ctx: &Ctx,
+    model: &Model,
+    regions: &[PodRegion],
+    before: &[String],
+) -> Result<bool> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &model.namespace);
     for region in regions {
         let list = deployments
@@ -928,7 +958,11 @@ async fn rolled_out(ctx: &Ctx, model: &Model, regions: &[PodRegion]) -> Result<b
             && status.updated_replicas == Some(want)
             && status.ready_replicas == Some(want)
             && status.replicas == Some(want);
-        if !done || region.pods(&ctx.client).await?.len() != usize::try_from(want)? {
+        let pods = region.pods(&ctx.client).await?;
+        let old_left = pods
+            .iter()
+            .any(|p| p.metadata.name.as_ref().is_some_and(|n| before.contains(n)));
+        if !done || old_left || pods.len() != usize::try_from(want)? {
             return Ok(false);
         }
     }
@@ -946,7 +980,7 @@ async fn rolling_update(ctx: &mut Ctx) -> Result<()> {
         )
         .await?;
     model
-        .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op))
+        .wait_serving(&ctx.worker, &regions, &operator_log(&op))
         .await?;
     let mut before = Vec::new();
     for region in &regions {
@@ -972,7 +1006,7 @@ async fn rolling_update(ctx: &mut Ctx) -> Result<()> {
     model.patch_engine(serde_json::json!({"maxQueue": 9})).await?;
     let shared: &Ctx = ctx;
     let finished = wait_for(Duration::from_secs(150), || async {
-        rolled_out(shared, &model, &regions).await.ok()?.then_some(())
+        rolled_out(shared, &model, &regions, &before).await.ok()?.then_some(())
     })
     .await;
     let roll_secs = rolled.elapsed().as_secs_f64();
@@ -1042,17 +1076,17 @@ async fn deleted_during_stream(ctx: &mut Ctx) -> Result<()> {
     let model = Model::new(ctx, "delete").await?;
     let other = model.sibling("smollm2-eu");
     let op = start_operator(ctx, &model).await?;
-    model
+    let us = model
         .apply_pods(&[("us-east", US_EAST)], serde_json::json!({}), 60)
         .await?;
-    other
+    let eu = other
         .apply_pods(&[("eu-west", EU_WEST)], serde_json::json!({}), 60)
         .await?;
     model
-        .wait_published(&ctx.worker, &["us-east"], &operator_log(&op))
+        .wait_serving(&ctx.worker, &us, &operator_log(&op))
         .await?;
     other
-        .wait_published(&ctx.worker, &["eu-west"], &operator_log(&op))
+        .wait_serving(&ctx.worker, &eu, &operator_log(&op))
         .await?;
 
     let api = model.api.clone();
@@ -1071,7 +1105,7 @@ async fn deleted_during_stream(ctx: &mut Ctx) -> Result<()> {
         &model.served,
         NEW_YORK,
         max_tokens,
-        || {
+        move || {
             if let Some(tx) = delete_tx.take() {
                 let _ = tx.send(());
             }
@@ -1211,11 +1245,11 @@ async fn operator_killed(ctx: &mut Ctx) -> Result<()> {
 async fn worker_restart(ctx: &mut Ctx) -> Result<()> {
     let model = Model::new(ctx, "restart").await?;
     let mut op = start_operator(ctx, &model).await?;
-    model
+    let regions = model
         .apply_pods(&[("eu-west", EU_WEST)], serde_json::json!({}), 60)
         .await?;
     model
-        .wait_published(&ctx.worker, &["eu-west"], &operator_log(&op))
+        .wait_serving(&ctx.worker, &regions, &operator_log(&op))
         .await?;
     // No heartbeat may re-create the route behind the restart.
     op.proc.kill();
@@ -1263,7 +1297,7 @@ async fn silent_operator(ctx: &mut Ctx) -> Result<()> {
     )
     .await?;
     let ttl = 10;
-    model
+    let regions = model
         .apply_pods(
             &[("us-east", US_EAST), ("eu-west", EU_WEST)],
             serde_json::json!({}),
@@ -1271,7 +1305,7 @@ async fn silent_operator(ctx: &mut Ctx) -> Result<()> {
         )
         .await?;
     model
-        .wait_published(&ctx.worker, &["us-east", "eu-west"], &operator_log(&op_us))
+        .wait_serving(&ctx.worker, &regions, &operator_log(&op_us))
         .await?;
     let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 8, || {}).await?;
     expect_region(&answer, "us-east", 1, &ctx.worker)?;
