@@ -357,6 +357,8 @@ pub async fn prune(
         meta.name.as_deref() == Some(build::child_name(&v.name, &region_of(meta)).as_str())
     };
     let mut removed = Vec::new();
+    // Names whose three children were deleted with their Deployment.
+    let mut deleted = std::collections::BTreeSet::new();
     for d in deployments {
         let region = region_of(&d);
         let gone = !v.spec_regions.contains(&region);
@@ -368,6 +370,7 @@ pub async fn prune(
             if gone {
                 removed.push(region);
             }
+            deleted.insert(name);
         }
     }
     for pdb in pdbs {
@@ -376,7 +379,8 @@ pub async fn prune(
             && v.regions
                 .iter()
                 .any(|r| r.name == region && build::pod_disruption_budget(v, r).is_some());
-        if ours(&pdb) && !wanted {
+        let already = pdb.name.as_ref().is_some_and(|n| deleted.contains(n));
+        if ours(&pdb) && !wanted && !already {
             let name = pdb.name.clone().unwrap_or_default();
             delete::<PodDisruptionBudget>(client, cache, &v.namespace, &name).await?;
         }

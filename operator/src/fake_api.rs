@@ -623,3 +623,58 @@ async fn an_object_of_a_childs_name_that_is_not_ours_is_left_alone_and_reported(
     let (_, handle) = scenario_on(&ctx, handle, md(true, None, false), calls).await;
     drop(handle);
 }
+
+#[tokio::test]
+async fn children_under_the_names_of_an_older_operator_are_replaced_and_deleted() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, "default"));
+    // An operator from before hashed names left `smollm2-us-east`: ours (the
+    // controller owner reference), labelled for us-east.
+    let mut old: Deployment = serde_json::from_value(deployment(2)).unwrap();
+    old.metadata.name = Some("smollm2-us-east".into());
+    let old_meta = old.metadata.clone();
+    ctx.take_writers()
+        .unwrap()
+        .fill(vec![old], vec![old_meta.clone()], vec![old_meta]);
+    let deleted = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
+    let calls = vec![
+        not_found(&DEPLOY),
+        call("PATCH", &DEPLOY, deployment(2)),
+        not_found(&SVC),
+        call(
+            "PATCH",
+            &SVC,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": *CHILD}}),
+        ),
+        not_found(&PDB),
+        call(
+            "PATCH",
+            &PDB,
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": *CHILD}}),
+        ),
+        // Then the old children go, after the new ones were applied.
+        call(
+            "DELETE",
+            "/apis/apps/v1/namespaces/ml/deployments/smollm2-us-east",
+            deleted.clone(),
+        ),
+        call(
+            "DELETE",
+            "/api/v1/namespaces/ml/services/smollm2-us-east",
+            deleted.clone(),
+        ),
+        call(
+            "DELETE",
+            "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/smollm2-us-east",
+            deleted,
+        ),
+        call(
+            "PATCH",
+            &format!("{MDS}/status"),
+            serde_json::to_value(md(true, None, false)).unwrap(),
+        )
+        .body(|b| assert_eq!(b["status"]["regions"][0]["phase"], "Ready")),
+    ];
+    let (_, handle) = scenario_on(&ctx, handle, md(true, None, false), calls).await;
+    drop(handle);
+}

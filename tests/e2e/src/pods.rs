@@ -100,7 +100,9 @@ impl ModelVolume {
             (claim.status?.phase.as_deref() == Some("Bound")).then_some(())
         })
         .await
-        .with_context(|| format!("claim {namespace}/{MODELS_CLAIM} not Bound to {name} within 30 s"))?;
+        .with_context(|| {
+            format!("claim {namespace}/{MODELS_CLAIM} not Bound to {name} within 30 s")
+        })?;
         Ok(Self {
             client: client.clone(),
             name,
