@@ -143,6 +143,7 @@ expect_render "defaults: no publication, images tagged with appVersion, leader e
   'not has("Secret") and "BACKHAUL_WORKER_URL" not in env and "BACKHAUL_PUBLISH_SECRET" not in env' \
   'container["image"] == "ghcr.io/backhaul-dev/backhaul-operator:0.1.0"' \
   'env["BACKHAUL_INFERENCE_IMAGE"] == "ghcr.io/backhaul-dev/backhaul-inference:0.1.0"' \
+  'env["BACKHAUL_INFERENCE_IMAGE_CUDA"] == "ghcr.io/backhaul-dev/backhaul-inference:0.1.0-cuda"' \
   'env["BACKHAUL_LEADER_ELECTION"] == "true" and env["BACKHAUL_LEASE_NAME"] == "backhaul-backhaul-operator"' \
   'env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}' \
   'not has("NetworkPolicy") and not has("ServiceMonitor") and has("ClusterRoleBinding")'
@@ -165,9 +166,16 @@ expect_render "publishSecret.existingSecret: no Secret is created, the named one
   'not has("Secret")' \
   'env["BACKHAUL_PUBLISH_SECRET"] == {"secretKeyRef": {"name": "mine", "key": "hmac"}}'
 expect_render "regions, log settings and image tags reach the operator" \
-  "--set regions={us-east,eu-west} --set logLevel=backhaul_operator=debug --set logFormat=text --set image.tag=dev --set inferenceImage.tag=1.2.3-cuda" \
+  "--set regions={us-east,eu-west} --set logLevel=backhaul_operator=debug --set logFormat=text --set image.tag=dev --set inferenceImage.tag=1.2.3" \
   'env["BACKHAUL_REGIONS"] == "us-east,eu-west" and env["RUST_LOG"] == "backhaul_operator=debug" and env["BACKHAUL_LOG_FORMAT"] == "text"' \
-  'container["image"].endswith(":dev") and env["BACKHAUL_INFERENCE_IMAGE"] == "ghcr.io/backhaul-dev/backhaul-inference:1.2.3-cuda"'
+  'container["image"].endswith(":dev") and env["BACKHAUL_INFERENCE_IMAGE"] == "ghcr.io/backhaul-dev/backhaul-inference:1.2.3"' \
+  'env["BACKHAUL_INFERENCE_IMAGE_CUDA"] == "ghcr.io/backhaul-dev/backhaul-inference:1.2.3-cuda"'
+expect_render "inferenceImage.cuda: the CUDA build's repository and tag override the derived ones" \
+  "--set inferenceImage.repository=registry.example.com/cpu --set inferenceImage.cuda.repository=registry.example.com/gpu --set inferenceImage.cuda.tag=nightly" \
+  'env["BACKHAUL_INFERENCE_IMAGE"] == "registry.example.com/cpu:0.1.0" and env["BACKHAUL_INFERENCE_IMAGE_CUDA"] == "registry.example.com/gpu:nightly"'
+expect_render "inferenceImage.cuda.repository alone keeps the derived tag" \
+  "--set inferenceImage.cuda.repository=registry.example.com/gpu" \
+  'env["BACKHAUL_INFERENCE_IMAGE_CUDA"] == "registry.example.com/gpu:0.1.0-cuda"'
 expect_render "watchNamespace: permissions bound in that namespace only" "--set watchNamespace=models" \
   'not has("ClusterRoleBinding") and obj("RoleBinding", "backhaul-backhaul-operator")["metadata"]["namespace"] == "models"' \
   'env["BACKHAUL_WATCH_NAMESPACE"] == "models"'
@@ -208,6 +216,8 @@ bad "image.pullPolicy Sometimes" "at '/image/pullPolicy': value must be one of" 
 bad "region not a Kubernetes name" "at '/regions/0': 'US East' does not match pattern" --set "regions={US East}"
 bad "workerUrl without a publication secret" "workerUrl is set but the Worker's publication secret is not" --set workerUrl=https://w.example.com
 bad "two replicas without leader election" "replicaCount is 2 but leaderElection.enabled is false" --set replicaCount=2 --set leaderElection.enabled=false
+bad "a digest inferenceImage.tag without inferenceImage.cuda.tag" "the CUDA build's tag cannot be derived from it: set inferenceImage.cuda.tag" --set "inferenceImage.tag=sha256:$(printf '0%.0s' {1..64})"
+bad "inferenceImage.cuda misspelt" "at '/inferenceImage/cuda': additional properties 'tags' not allowed" --set inferenceImage.cuda.tags=x
 
 # ---------------------------------------------------------------------------
 # Against the local control plane
@@ -357,9 +367,14 @@ print(ref)
       watched=$1
       sed "s/^  namespace: default$/  namespace: $watched/" examples/smollm2.yaml | "$kubectl" apply -f - &&
       "$kubectl" -n "$watched" wait --for=condition=Ready modeldeployment/smollm2 --timeout="$2s" &&
-      "$kubectl" -n "$watched" get deployments smollm2-us-east smollm2-eu-west smollm2-ap-south &&
-      "$kubectl" -n "$watched" get services smollm2-us-east smollm2-eu-west smollm2-ap-south &&
-      "$kubectl" -n "$watched" get poddisruptionbudget smollm2-us-east &&
+      for region in us-east eu-west ap-south; do
+        # Children are named <name>-<region>-<hash> (operator/README.md): find them by their labels.
+        objects=$("$kubectl" -n "$watched" get deployments,services -o name -l "backhaul.dev/model=smollm2,backhaul.dev/region=$region")
+        [ "$(printf "%s\n" "$objects" | grep -c .)" = 2 ] || { echo "region $region: expected a Deployment and a Service, got: $objects"; exit 1; }
+      done &&
+      pdbs=$("$kubectl" -n "$watched" get poddisruptionbudgets -o name -l backhaul.dev/model=smollm2) &&
+      [ "$pdbs" = "$("$kubectl" -n "$watched" get poddisruptionbudgets -o name -l backhaul.dev/model=smollm2,backhaul.dev/region=us-east)" ] &&
+      [ "$(printf "%s\n" "$pdbs" | grep -c .)" = 1 ] &&
       if grep -Ei "forbidden" "$tmp/operator.log"; then exit 1; fi' _ "$watched" "$timeout"
     check "deleting the ModelDeployment completes (the operator releases its finalizer)" bash -c '
       "$kubectl" -n "$1" delete modeldeployment smollm2 --timeout="$2s" &&

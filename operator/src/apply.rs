@@ -2,6 +2,13 @@
 //! `backhaul-operator`, forced so the operator's fields always win), and
 //! removal of children that no longer belong to the spec.
 //!
+//! Forcing takes over every field of whatever object holds the name, so a
+//! child is applied only when no object of its name exists yet or the one that
+//! does carries this ModelDeployment's controller owner reference. Another
+//! object of that name (someone's own Service, an earlier ModelDeployment's
+//! child still being collected) is left untouched and reported as a
+//! [`ChildConflict`].
+//!
 //! A child whose desired form and cached copy are unchanged since the last
 //! apply is not applied again (see [`crate::cache`]): a resync of an
 //! unchanged object sends no request. Server-side apply of an unchanged
@@ -11,6 +18,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -41,20 +49,79 @@ pub struct ApplyError {
     pub source: kube::Error,
 }
 
+/// An object holds the name of a child but is not controlled by this
+/// ModelDeployment, so the child was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildConflict {
+    /// Kind of the child (`Deployment`, `Service`, `PodDisruptionBudget`).
+    pub kind: &'static str,
+    /// `namespace/name` of the object.
+    pub object: String,
+    /// Who controls it instead, from its owner references.
+    pub holder: String,
+}
+
+impl std::fmt::Display for ChildConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} exists and is not owned by this ModelDeployment ({}); it is left \
+             untouched: delete or rename it",
+            self.kind, self.object, self.holder
+        )
+    }
+}
+
+/// Whether `meta` carries the controller owner reference of `owner_uid`.
+pub fn controlled_by(meta: &ObjectMeta, owner_uid: &str) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == owner_uid && o.controller == Some(true))
+}
+
+/// Who controls an object that `owner` does not, in words.
+fn holder(meta: &ObjectMeta, owner: &OwnerReference) -> String {
+    let refs = meta.owner_references.as_deref().unwrap_or_default();
+    match refs.iter().find(|o| o.controller == Some(true)) {
+        Some(o) if o.kind == owner.kind && o.name == owner.name => format!(
+            "controlled by an earlier {} {} with uid {}",
+            o.kind, o.name, o.uid
+        ),
+        Some(o) => format!("controlled by {} {}", o.kind, o.name),
+        None if refs.iter().any(|o| o.uid == owner.uid) => {
+            "its owner reference to this ModelDeployment is not a controller reference".into()
+        }
+        None => "it has no controller owner reference".into(),
+    }
+}
+
+/// What [`ensure`] did.
+enum Ensured<K> {
+    /// Applied, or read: the child as the API server answered.
+    Answered(K),
+    /// Unchanged since its last apply: nothing sent, the cache holds it.
+    Cached,
+    /// Another object holds the name: nothing applied.
+    Foreign(ChildConflict),
+}
+
 /// Applies `object` unless its child is unchanged since its last apply (or,
-/// first seen since this process started, the live child already holds it).
-/// Returns the child as the API server answered (the apply's answer, or the
-/// live child it read), `None` when it sent nothing (the cache holds it).
+/// first seen since this process started, the live child already holds it),
+/// or an object of its name that `owner` does not control exists.
 ///
-/// The cache answers when it has the child or has finished listing; until
-/// then (just after a start) the child is read instead, so a restart costs
-/// reads, not writes.
+/// The caches only see children (their watches select the operator's
+/// label), so a name missing from them is read before it is created: an
+/// unrelated object of that name is found and left alone instead of taken
+/// over. Children in the caches cost no request; a restart, and each
+/// creation, cost one read.
 async fn ensure<K>(
     client: &Client,
     cache: &ChildCache,
     namespace: &str,
+    owner: &OwnerReference,
     object: K,
-) -> Result<Option<K>, ApplyError>
+) -> Result<Ensured<K>, ApplyError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -75,14 +142,22 @@ where
     let mut live: Option<K> = None;
     let cached = match cache.meta::<K>(namespace, &name) {
         Some(meta) => Some(meta),
-        None if !cache.ready() => {
+        None => {
             live = api.get_opt(&name).await.map_err(|e| failed("get", e))?;
             live.as_ref().map(|l| l.meta().clone())
         }
-        None => None,
     };
+    if let Some(meta) = &cached
+        && !controlled_by(meta, &owner.uid)
+    {
+        return Ok(Ensured::Foreign(ChildConflict {
+            kind: kind_of::<K>(),
+            object: format!("{namespace}/{name}"),
+            holder: holder(meta, owner),
+        }));
+    }
     if cache.unchanged(&object, namespace, cached.as_ref()) {
-        return Ok(live);
+        return Ok(live.map_or(Ensured::Cached, Ensured::Answered));
     }
     // First sight with the same digest: adopt the live child if it still
     // holds every desired value.
@@ -100,7 +175,7 @@ where
             match cache::first_difference(&desired, &actual) {
                 None => {
                     cache.record(&object, namespace, live.meta());
-                    return Ok(Some(live));
+                    return Ok(Ensured::Answered(live));
                 }
                 Some(path) => tracing::info!(
                     kind = kind_of::<K>(), %namespace, %name, %path,
@@ -118,32 +193,71 @@ where
         .await
         .map_err(|e| failed("apply", e))?;
     cache.record(&object, namespace, applied.meta());
-    Ok(Some(applied))
+    Ok(Ensured::Answered(applied))
+}
+
+/// One region after [`apply_region`].
+#[derive(Debug, Clone)]
+pub struct AppliedRegion {
+    /// The region's Deployment as the API server holds it (with its status);
+    /// `None` when an object this ModelDeployment does not control holds its name.
+    pub deployment: Option<Deployment>,
+    /// Children not applied because such an object holds their name.
+    pub conflicts: Vec<ChildConflict>,
+}
+
+impl AppliedRegion {
+    /// Whether the region's traffic reaches this ModelDeployment's pods: its
+    /// Deployment and Service are its own (a foreign PodDisruptionBudget does
+    /// not change where requests go).
+    pub fn routable(&self) -> bool {
+        self.conflicts
+            .iter()
+            .all(|c| c.kind == kind_of::<PodDisruptionBudget>())
+    }
 }
 
 /// Applies one region's Deployment, Service and PodDisruptionBudget where
-/// they changed; returns the Deployment as the API server holds it (with its
-/// status; from the cache when it was not applied).
+/// they changed, each unless an object `v` does not control holds its name
+/// (the others are still applied).
 pub async fn apply_region(
     client: &Client,
     cache: &ChildCache,
     v: &ValidatedModelDeployment,
     region: &RegionSpec,
-) -> Result<Deployment, ApplyError> {
+) -> Result<AppliedRegion, ApplyError> {
+    let mut conflicts = Vec::new();
     let desired = build::deployment(v, region);
     let name = desired.name_any();
-    let deployment = match ensure(client, cache, &v.namespace, desired.clone()).await? {
-        Some(applied) => applied,
-        None => cache
-            .deployment(&v.namespace, &name)
-            .map(|d| (*d).clone())
-            .unwrap_or(desired),
+    let deployment = match ensure(client, cache, &v.namespace, &v.owner, desired.clone()).await? {
+        Ensured::Answered(applied) => Some(applied),
+        Ensured::Cached => Some(
+            cache
+                .deployment(&v.namespace, &name)
+                .map(|d| (*d).clone())
+                .unwrap_or(desired),
+        ),
+        Ensured::Foreign(conflict) => {
+            conflicts.push(conflict);
+            None
+        }
     };
-    ensure(client, cache, &v.namespace, build::service(v, region)).await?;
-    if let Some(pdb) = build::pod_disruption_budget(v, region) {
-        ensure(client, cache, &v.namespace, pdb).await?;
+    let service = build::service(v, region);
+    if let Ensured::Foreign(conflict) =
+        ensure(client, cache, &v.namespace, &v.owner, service).await?
+    {
+        conflicts.push(conflict);
     }
-    Ok(deployment)
+    if let Some(pdb) = build::pod_disruption_budget(v, region)
+        && let Ensured::Foreign(conflict) =
+            ensure(client, cache, &v.namespace, &v.owner, pdb).await?
+    {
+        conflicts.push(conflict);
+    }
+    Ok(AppliedRegion {
+        deployment,
+        conflicts,
+    })
 }
 
 fn model_selector(v: &ValidatedModelDeployment) -> String {
@@ -201,16 +315,12 @@ where
     }
 }
 
-fn owned_by(meta: &ObjectMeta, v: &ValidatedModelDeployment) -> bool {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.uid == v.owner.uid)
-}
-
-/// Deletes children of regions that left the spec (among those `serves`), and
-/// PodDisruptionBudgets of regions scaled to one replica or fewer. Reads the
-/// children from the cache once it is ready, else lists them.
+/// Deletes children of regions that left the spec (among those `serves`),
+/// children under a name [`build::child_name`] no longer gives (an operator
+/// before hashed names called them `<name>-<region>`), and
+/// PodDisruptionBudgets of regions scaled to one replica or fewer. Only
+/// children `v` controls are touched. Reads the children from the cache once
+/// it is ready, else lists them.
 pub async fn prune(
     client: &Client,
     cache: &ChildCache,
@@ -242,24 +352,35 @@ pub async fn prune(
             .cloned()
             .unwrap_or_default()
     };
+    let ours = |meta: &ObjectMeta| controlled_by(meta, &v.owner.uid) && serves(&region_of(meta));
+    let current_name = |meta: &ObjectMeta| {
+        meta.name.as_deref() == Some(build::child_name(&v.name, &region_of(meta)).as_str())
+    };
     let mut removed = Vec::new();
+    // Names whose three children were deleted with their Deployment.
+    let mut deleted = std::collections::BTreeSet::new();
     for d in deployments {
         let region = region_of(&d);
-        if owned_by(&d, v) && serves(&region) && !v.spec_regions.contains(&region) {
+        let gone = !v.spec_regions.contains(&region);
+        if ours(&d) && (gone || !current_name(&d)) {
             let name = d.name.clone().unwrap_or_default();
             delete::<Deployment>(client, cache, &v.namespace, &name).await?;
             delete::<Service>(client, cache, &v.namespace, &name).await?;
             delete::<PodDisruptionBudget>(client, cache, &v.namespace, &name).await?;
-            removed.push(region);
+            if gone {
+                removed.push(region);
+            }
+            deleted.insert(name);
         }
     }
     for pdb in pdbs {
         let region = region_of(&pdb);
-        let wanted = v
-            .regions
-            .iter()
-            .any(|r| r.name == region && build::pod_disruption_budget(v, r).is_some());
-        if owned_by(&pdb, v) && serves(&region) && !wanted {
+        let wanted = current_name(&pdb)
+            && v.regions
+                .iter()
+                .any(|r| r.name == region && build::pod_disruption_budget(v, r).is_some());
+        let already = pdb.name.as_ref().is_some_and(|n| deleted.contains(n));
+        if ours(&pdb) && !wanted && !already {
             let name = pdb.name.clone().unwrap_or_default();
             delete::<PodDisruptionBudget>(client, cache, &v.namespace, &name).await?;
         }

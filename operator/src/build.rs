@@ -55,15 +55,26 @@ pub fn short_hash(s: &str) -> String {
     hex::encode(&Sha256::digest(s.as_bytes())[..4])
 }
 
-/// `<name>-<region>`, cut to 63 characters with a hash suffix when longer,
-/// so it is a valid Service name for any valid input.
+/// Name of one region's Deployment, Service and PodDisruptionBudget:
+/// `<name>-<region>-<hash>`, the hash being the first 8 hex digits of
+/// SHA-256 of `<name>/<region>`.
+///
+/// `<name>-<region>` alone is ambiguous (`a-b` in region `c` and `a` in
+/// region `b-c` would share children); neither part may contain `/`, so the
+/// hash tells every pair apart. When longer than 63 characters the readable
+/// part is cut and the hash kept, so the name is a valid Service name (a
+/// DNS-1035 label, given a valid `metadata.name`) for any valid input.
 pub fn child_name(name: &str, region: &str) -> String {
-    let full = format!("{name}-{region}");
-    if full.len() <= 63 {
-        return full;
-    }
-    let hash = short_hash(&full);
-    let prefix = full[..63 - hash.len() - 1].trim_end_matches('-');
+    let hash = short_hash(&format!("{name}/{region}"));
+    let readable = format!("{name}-{region}");
+    let room = 63 - hash.len() - 1;
+    let end = readable
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .take_while(|end| *end <= room)
+        .last()
+        .unwrap_or(0);
+    let prefix = readable[..end].trim_end_matches('-');
     format!("{prefix}-{hash}")
 }
 
@@ -367,6 +378,7 @@ pub(crate) mod tests {
         let md: ModelDeployment = serde_yaml::from_str(yaml).unwrap();
         let config = crate::config::OperatorConfig {
             inference_image: "backhaul-inference:test".into(),
+            inference_image_cuda: "backhaul-inference:test-cuda".into(),
             regions: None,
             publish: None,
             watch_namespace: None,
@@ -382,10 +394,10 @@ kind: ModelDeployment
 metadata: {name: smollm2, namespace: ml, uid: 1b4e28ba-2fa1-11d2-883f-0016d3cca427, generation: 2}
 spec:
   model:
-    source: hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF@main
-    format: gguf
-    ggufFiles: [smollm2-135m-instruct-q8_0.gguf]
+    source: hf://HuggingFaceTB/SmolLM2-135M-Instruct@main
+    format: plain
     servedName: smollm2-135m
+    chatTemplate: /models/chat.jinja
     quantization: Q8_0
     hubTokenSecret: {name: hf}
     volume: {claimName: models}
@@ -422,11 +434,11 @@ spec:
         let d = j(&deployment(&v, &v.regions[0]));
         let expected: Value = serde_yaml::from_str(
             r#"
-name: smollm2-us-east
+name: smollm2-us-east-27a0dbd6
 namespace: ml
 labels:
   app.kubernetes.io/component: inference
-  app.kubernetes.io/instance: smollm2-us-east
+  app.kubernetes.io/instance: smollm2-us-east-27a0dbd6
   app.kubernetes.io/managed-by: backhaul-operator
   app.kubernetes.io/name: backhaul-inference
   app.kubernetes.io/part-of: backhaul
@@ -503,8 +515,8 @@ ownerReferences:
         let v = validated(FIXTURE);
         assert_eq!(
             inference_args(&v).join(" "),
-            "--model hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF@main --format gguf \
-             --gguf-file smollm2-135m-instruct-q8_0.gguf --served-name smollm2-135m --isq Q8_0 \
+            "--model hf://HuggingFaceTB/SmolLM2-135M-Instruct@main --format plain \
+             --served-name smollm2-135m --chat-template /models/chat.jinja --isq Q8_0 \
              --model-cache /var/cache/backhaul/models --device cuda --dtype bf16 \
              --max-num-seqs 16 --max-seq-len 4096 --paged-attn --paged-attn-gpu-mem-util 0.8 \
              --grpc-addr 0.0.0.0:50051 --http-addr 0.0.0.0:8000 --max-in-flight 32 --max-queue 64 \
@@ -526,7 +538,7 @@ ownerReferences:
     fn service_exposes_grpc_and_http() {
         let v = validated(FIXTURE);
         let s = j(&service(&v, &v.regions[0]));
-        assert_eq!(s["metadata"]["name"], "smollm2-us-east");
+        assert_eq!(s["metadata"]["name"], child_name("smollm2", "us-east"));
         assert_eq!(
             s["spec"]["selector"],
             json!({"backhaul.dev/model": "smollm2", "backhaul.dev/region": "us-east"})
@@ -554,15 +566,149 @@ ownerReferences:
         let c = &d["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["resources"]["limits"], json!({"memory": "16Gi"}));
         assert!(inference_args(&v).join(" ").contains("--device cpu"));
+        assert_eq!(c["image"], "backhaul-inference:test");
     }
 
     #[test]
-    fn long_names_are_hash_truncated() {
-        let name = "a".repeat(63);
-        let child = child_name(&name, "us-east");
+    fn cpu_pods_run_the_cpu_image_and_gpu_pods_the_cuda_image() {
+        let image = |yaml: &str| {
+            let v = validated(yaml);
+            j(&deployment(&v, &v.regions[0]))["spec"]["template"]["spec"]["containers"][0]["image"]
+                .clone()
+        };
+        assert_eq!(image(FIXTURE), "backhaul-inference:test-cuda");
+        let cpu = FIXTURE.replace("gpusPerReplica: 2", "gpusPerReplica: 0");
+        assert_eq!(image(&cpu), "backhaul-inference:test");
+        let own = format!("{cpu}  image: registry.example.com/inference:mine\n");
+        assert_eq!(image(&own), "registry.example.com/inference:mine");
+    }
+
+    #[test]
+    fn child_names_are_the_name_region_and_a_hash() {
+        // Pinned: users point ingresses at these Services by name.
+        assert_eq!(child_name("smollm2", "us-east"), "smollm2-us-east-27a0dbd6");
+        // `<name>-<region>` alone would give both `a-b-c`.
+        let (left, right) = (child_name("a-b", "c"), child_name("a", "b-c"));
+        assert_ne!(left, right);
+        assert_eq!(
+            (left.as_str(), right.as_str()),
+            ("a-b-c-4e84717d", "a-b-c-b88f83c8")
+        );
+    }
+
+    #[test]
+    fn long_names_are_cut_keeping_the_hash() {
+        let name = format!("m{}", "a".repeat(62));
+        let region = "r".repeat(40);
+        let child = child_name(&name, &region);
         assert_eq!(child.len(), 63);
-        assert!(child.starts_with("aaaa"));
+        assert!(child.starts_with("maaaa"), "{child}");
+        assert!(
+            child.ends_with(&format!("-{}", short_hash(&format!("{name}/{region}")))),
+            "{child}"
+        );
         assert_ne!(child, child_name(&name, "eu-west"));
-        assert_eq!(child_name("smollm2", "us-east"), "smollm2-us-east");
+        // Cut at a dash: the dash is dropped, never doubled before the hash.
+        let child = child_name(&format!("m{}", "a".repeat(52)), "us-east");
+        assert!(child.len() <= 63 && !child.contains("--"), "{child}");
+        for child in [child, child_name(&name, &region), child_name("a", "b")] {
+            assert!(
+                crate::validate::is_dns1123_label(&child)
+                    && child.starts_with(|c: char| c.is_ascii_lowercase()),
+                "{child} is not a DNS-1035 label"
+            );
+        }
+    }
+
+    /// `inference_args` parsed by the inference server's own parser, as the
+    /// container's entrypoint would: a renamed or retyped flag fails here
+    /// instead of crash-looping every pod.
+    fn parse_as_the_server(v: &ValidatedModelDeployment) -> backhaul_inference::Config {
+        use clap::Parser;
+        let args = inference_args(v);
+        backhaul_inference::Config::try_parse_from(
+            std::iter::once("backhaul-inference".to_owned()).chain(args.iter().cloned()),
+        )
+        .unwrap_or_else(|e| panic!("backhaul-inference refuses {args:?}:\n{e}"))
+    }
+
+    #[test]
+    fn the_inference_server_accepts_the_flags_it_is_given() {
+        use backhaul_inference::config::{DeviceChoice, DtypeChoice, LogFormat, ModelFormat};
+        use std::time::Duration;
+
+        // The full fixture: plain weights from the Hub with in-situ
+        // quantization, a chat template, every engine setting, PagedAttention.
+        let full = parse_as_the_server(&validated(FIXTURE));
+        let m = &full.model;
+        assert_eq!(m.model, "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main");
+        assert_eq!(m.format, ModelFormat::Plain);
+        assert!(m.gguf_files.is_empty());
+        assert_eq!(m.served_name.as_deref(), Some("smollm2-135m"));
+        assert_eq!(
+            m.chat_template.as_deref(),
+            Some(std::path::Path::new("/models/chat.jinja"))
+        );
+        assert_eq!(m.isq.as_deref(), Some("Q8_0"));
+        assert_eq!(m.model_cache, std::path::Path::new(MODEL_CACHE_DIR));
+        assert_eq!(m.device, DeviceChoice::Cuda);
+        assert_eq!(m.dtype, DtypeChoice::Bf16);
+        assert_eq!((m.max_num_seqs, m.max_seq_len), (16, Some(4096)));
+        assert!(m.paged_attn);
+        assert!((m.paged_attn_gpu_mem_util - 0.8).abs() < 1e-6);
+        let s = &full.serve;
+        assert_eq!(s.grpc_addr.to_string(), format!("0.0.0.0:{GRPC_PORT}"));
+        assert_eq!(s.http_addr.to_string(), format!("0.0.0.0:{HTTP_PORT}"));
+        assert_eq!((s.max_in_flight, s.max_queue), (32, 64));
+        assert_eq!(s.drain_timeout, Duration::from_secs(30));
+        assert_eq!(full.log_format, LogFormat::Json);
+
+        // CPU: `--device cpu`, PagedAttention off, another drain timeout.
+        let cpu = parse_as_the_server(&validated(
+            &FIXTURE
+                .replace("gpusPerReplica: 2", "gpusPerReplica: 0")
+                .replace(
+                    "pagedAttention: {gpuMemoryUtilization: 0.8}",
+                    "pagedAttention: {enabled: false}",
+                )
+                .replace("maxQueue: 64", "maxQueue: 0\n    drainTimeoutSeconds: 5"),
+        ));
+        assert_eq!(cpu.model.device, DeviceChoice::Cpu);
+        assert!(!cpu.model.paged_attn);
+        assert_eq!(cpu.serve.max_queue, 0);
+        assert_eq!(cpu.serve.drain_timeout, Duration::from_secs(5));
+
+        // Minimal: GGUF files, everything else the defaults of both sides.
+        let minimal = parse_as_the_server(&validated(
+            r#"
+apiVersion: backhaul.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: m, namespace: ml, uid: 1b4e28ba-2fa1-11d2-883f-0016d3cca427}
+spec:
+  model: {source: /models/smollm2, format: gguf, ggufFiles: [a.gguf, b.gguf], servedName: smollm2-135m}
+  regions: [{name: us-east, location: {latitude: 1, longitude: 2}, endpoint: "https://us-east.example.com"}]
+"#,
+        ));
+        let m = &minimal.model;
+        assert_eq!(m.model, "/models/smollm2");
+        assert_eq!(m.format, ModelFormat::Gguf);
+        assert_eq!(m.gguf_files, ["a.gguf", "b.gguf"]);
+        assert_eq!(m.served_name.as_deref(), Some("smollm2-135m"));
+        assert_eq!((m.isq.as_deref(), m.chat_template.as_deref()), (None, None));
+        // One GPU per replica by default.
+        assert_eq!(m.device, DeviceChoice::Cuda);
+        assert_eq!(m.dtype, DtypeChoice::Auto);
+        assert!(!m.paged_attn);
+        assert_eq!(minimal.serve.grpc_addr.port(), GRPC_PORT as u16);
+        assert_eq!(minimal.serve.http_addr.port(), HTTP_PORT as u16);
+        assert_eq!(minimal.serve.drain_timeout, Duration::from_secs(30));
+
+        // PagedAttention enabled without a memory fraction: the server's default.
+        let paged = parse_as_the_server(&validated(&FIXTURE.replace(
+            "pagedAttention: {gpuMemoryUtilization: 0.8}",
+            "pagedAttention: {}",
+        )));
+        assert!(paged.model.paged_attn);
+        assert!((paged.model.paged_attn_gpu_mem_util - 0.9).abs() < 1e-6);
     }
 }

@@ -40,7 +40,8 @@ pub enum LogFormat {
 /// Operator settings.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Inference server image used when a ModelDeployment sets no `spec.image`.
+    /// Inference server image (CPU build) for ModelDeployments with
+    /// `gpusPerReplica: 0` that set no `spec.image`.
     #[arg(
         long,
         global = true,
@@ -48,6 +49,16 @@ pub struct Args {
         default_value = "ghcr.io/backhaul-dev/backhaul-inference:0.1.0"
     )]
     pub inference_image: String,
+    /// Inference server image (CUDA build) for ModelDeployments with
+    /// `gpusPerReplica` above 0 that set no `spec.image`: their pods run
+    /// `--device cuda`, which the CPU build refuses.
+    #[arg(
+        long,
+        global = true,
+        env = "BACKHAUL_INFERENCE_IMAGE_CUDA",
+        default_value = "ghcr.io/backhaul-dev/backhaul-inference:0.1.0-cuda"
+    )]
+    pub inference_image_cuda: String,
     /// Base URL of the routing Worker; publication is disabled when unset.
     #[arg(long, global = true, env = "BACKHAUL_WORKER_URL")]
     pub worker_url: Option<Url>,
@@ -162,8 +173,10 @@ impl std::fmt::Debug for PublishConfig {
 /// What the reconciler needs to know about its deployment.
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
-    /// Default inference image.
+    /// Default inference image of CPU pods (`gpusPerReplica: 0`).
     pub inference_image: String,
+    /// Default inference image of GPU pods (`gpusPerReplica` > 0).
+    pub inference_image_cuda: String,
     /// Regions served; `None` serves every region.
     pub regions: Option<BTreeSet<String>>,
     /// Publication, `None` when disabled.
@@ -181,6 +194,7 @@ impl OperatorConfig {
     pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
         let Args {
             inference_image,
+            inference_image_cuda,
             worker_url,
             publish_secret,
             publish_secret_file,
@@ -226,6 +240,7 @@ impl OperatorConfig {
             .collect();
         Ok(Self {
             inference_image: inference_image.clone(),
+            inference_image_cuda: inference_image_cuda.clone(),
             regions: (!regions.is_empty()).then_some(regions),
             publish,
             watch_namespace: watch_namespace.clone(),
@@ -234,6 +249,16 @@ impl OperatorConfig {
                 .unwrap_or_else(|| format!("backhaul-operator-{}", std::process::id())),
             max_concurrent_reconciles: *max_concurrent_reconciles,
         })
+    }
+
+    /// The image of a ModelDeployment that sets no `spec.image`: the CUDA
+    /// build when its pods get GPUs, the CPU build otherwise.
+    pub fn default_image(&self, gpus_per_replica: u32) -> &str {
+        if gpus_per_replica > 0 {
+            &self.inference_image_cuda
+        } else {
+            &self.inference_image
+        }
     }
 
     /// Whether this operator manages `region`.
@@ -299,5 +324,46 @@ mod tests {
         assert!(matches!(parse(&["crd"]).command, Some(Command::Crd)));
         let err = Cli::try_parse_from(["backhaul-operator", "run", "--no-such-flag"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn gpu_pods_default_to_the_cuda_image_and_cpu_pods_to_the_cpu_one() {
+        // Out of the box: the published CPU and CUDA builds of this version
+        // (read from the declaration: the environment may set the flags).
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let default = |id: &str| {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("no --{id}"));
+            arg.get_default_values()[0].to_string_lossy().into_owned()
+        };
+        assert_eq!(
+            default("inference_image"),
+            "ghcr.io/backhaul-dev/backhaul-inference:0.1.0"
+        );
+        assert_eq!(
+            default("inference_image_cuda"),
+            "ghcr.io/backhaul-dev/backhaul-inference:0.1.0-cuda"
+        );
+        let config = OperatorConfig::from_args(
+            &parse(&[
+                "--inference-image",
+                "registry.example.com/inference:cpu",
+                "--inference-image-cuda",
+                "registry.example.com/inference:gpu",
+            ])
+            .args,
+        )
+        .unwrap();
+        assert_eq!(
+            config.default_image(8),
+            "registry.example.com/inference:gpu"
+        );
+        assert_eq!(
+            config.default_image(0),
+            "registry.example.com/inference:cpu"
+        );
     }
 }

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PartialObjectMeta};
@@ -255,20 +254,34 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     let serves = ctx.serves();
 
     // Apply and observe each served region.
+    // A region whose children's names are held by objects this one does not
+    // control is Degraded (`ChildConflict`, with a Warning Event from the
+    // status transition) and not published; the other regions carry on.
     let mut observed: Vec<(usize, RegionObservation)> = Vec::new();
+    let mut routable: Vec<bool> = Vec::new();
     for (i, region) in v.regions.iter().enumerate() {
-        let deployment: Deployment =
-            apply::apply_region(&ctx.client, &ctx.children, &v, region).await?;
-        let (_, complete) = observe::deployment_readiness(&deployment);
-        let pods = if region.replicas > 0 && !complete {
-            apply::region_pods(&ctx.client, &v, &region.name).await?
-        } else {
-            Vec::new()
+        let applied = apply::apply_region(&ctx.client, &ctx.children, &v, region).await?;
+        routable.push(applied.routable());
+        let conflicts: Vec<String> = applied.conflicts.iter().map(ToString::to_string).collect();
+        let observation = match &applied.deployment {
+            Some(deployment) if conflicts.is_empty() => {
+                let (_, complete) = observe::deployment_readiness(deployment);
+                let pods = if region.replicas > 0 && !complete {
+                    apply::region_pods(&ctx.client, &v, &region.name).await?
+                } else {
+                    Vec::new()
+                };
+                observe::observe_region(&region.name, region.replicas, deployment, &pods)
+            }
+            deployment => {
+                let ready = deployment
+                    .as_ref()
+                    .map_or(0, |d| observe::deployment_readiness(d).0);
+                tracing::warn!(region = %region.name, conflicts = %conflicts.join("; "), "children not applied");
+                observe::child_conflict(&region.name, region.replicas, ready, &conflicts)
+            }
         };
-        observed.push((
-            i,
-            observe::observe_region(&region.name, region.replicas, &deployment, &pods),
-        ));
+        observed.push((i, observation));
     }
     apply::prune(&ctx.client, &ctx.children, &v, &serves).await?;
 
@@ -297,7 +310,7 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
         };
         let publication = match &ctx.publisher {
             None => Publication::Disabled,
-            Some(publisher) if region.replicas > 0 && obs.ready_replicas > 0 => {
+            Some(publisher) if region.replicas > 0 && obs.ready_replicas > 0 && routable[*i] => {
                 let route = publish::route(&v, region, obs.ready_replicas, &now_s);
                 match ctx.tracker.put_due(&route_key, &route, now_i) {
                     Due::At(at) => {

@@ -20,6 +20,10 @@ pub const GROUP: &str = "backhaul.dev";
 pub const FINALIZER: &str = "backhaul.dev/unpublish";
 /// Annotation that lets deletion proceed without withdrawing routes.
 pub const SKIP_UNPUBLISH_ANNOTATION: &str = "backhaul.dev/skip-unpublish";
+/// Why `format: gguf` with `quantization` is refused (by the CRD and by
+/// `validate.rs`): the inference server refuses `--isq` for GGUF weights at
+/// load, so the pod would crash-loop.
+pub const GGUF_QUANTIZATION_MESSAGE: &str = "quantization (in-situ, --isq) applies to format plain only: GGUF weights are already quantized; remove quantization or pick a GGUF file of the quantization you want";
 
 /// A model served from GPU Deployments in one or more regions and published
 /// to the Backhaul routing Worker.
@@ -52,8 +56,9 @@ pub const SKIP_UNPUBLISH_ANNOTATION: &str = "backhaul.dev/skip-unpublish";
         json_path = ".status.conditions[?(@.type==\"Published\")].status"
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    // Child names are `<name>-<region>` and Services need a DNS-1035 label;
-    // the route path also caps names at 63 characters (docs/publication.md).
+    // Child names start with the name (`<name>-<region>-<hash>`, see
+    // build::child_name) and Services need a DNS-1035 label; the route path
+    // also caps names at 63 characters (docs/publication.md).
     validation = Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS-1035 label (at most 63 characters, starting with a letter): it names the regional Services")
 )]
@@ -75,7 +80,11 @@ pub struct ModelDeploymentSpec {
     /// How the Worker routes requests to this model.
     #[serde(default)]
     pub routing: RoutingSpec,
-    /// Inference server image; the operator's `--inference-image` when unset.
+    /// Inference server image. When unset, the operator's defaults: its
+    /// `--inference-image-cuda` (the CUDA build) when `resources.gpusPerReplica`
+    /// is above 0, its `--inference-image` (the CPU build) when it is 0. An image
+    /// set here is used for both, so it must match: GPU pods run `--device cuda`,
+    /// which a CPU build refuses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
@@ -96,6 +105,7 @@ pub enum ModelFormat {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.format != 'gguf' || (has(self.ggufFiles) && size(self.ggufFiles) > 0)").message("ggufFiles must name at least one file when format is gguf").field_path(".ggufFiles"))]
 #[x_kube(validation = Rule::new("self.format != 'plain' || !has(self.ggufFiles) || size(self.ggufFiles) == 0").message("ggufFiles is only valid with format gguf").field_path(".ggufFiles"))]
+#[x_kube(validation = Rule::new("self.format != 'gguf' || !has(self.quantization)").message(GGUF_QUANTIZATION_MESSAGE).field_path(".quantization"))]
 pub struct ModelSpec {
     /// Where the weights are: a path inside the image or the model volume
     /// (`/models/...`), or `hf://org/repo[@revision]` to download from the Hugging Face Hub.
@@ -115,7 +125,8 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub chat_template: Option<String>,
-    /// In-situ quantization applied at load (mistral.rs ISQ type, e.g. `Q4K`, `Q8_0`).
+    /// In-situ quantization applied at load (mistral.rs ISQ type, e.g. `Q4K`, `Q8_0`);
+    /// format `plain` only: GGUF weights are already quantized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9_]{1,16}$"))]
     pub quantization: Option<String>,
@@ -489,5 +500,23 @@ mod tests {
         assert!(yaml.contains("x-kubernetes-list-map-keys"));
         assert!(yaml.contains("endpoint must be an https URL"));
         assert!(yaml.contains("shortNames"));
+    }
+
+    #[test]
+    fn gguf_with_quantization_is_refused_by_the_schema() {
+        let crd = serde_json::to_value(ModelDeployment::crd()).unwrap();
+        let model = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["model"];
+        let rule = model["x-kubernetes-validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["fieldPath"] == ".quantization")
+            .expect("a rule on .quantization");
+        assert_eq!(
+            rule["rule"],
+            "self.format != 'gguf' || !has(self.quantization)"
+        );
+        assert_eq!(rule["message"], GGUF_QUANTIZATION_MESSAGE);
     }
 }

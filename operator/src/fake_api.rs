@@ -2,7 +2,7 @@
 //! method, path, query and body of every call the reconciler makes, and that it
 //! makes no others.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -170,9 +170,18 @@ async fn scenario_on(
 }
 
 const MDS: &str = "/apis/backhaul.dev/v1alpha1/namespaces/ml/modeldeployments/smollm2";
-const DEPLOY: &str = "/apis/apps/v1/namespaces/ml/deployments/smollm2-us-east";
-const SVC: &str = "/api/v1/namespaces/ml/services/smollm2-us-east";
-const PDB: &str = "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/smollm2-us-east";
+/// Name of the region's children.
+static CHILD: LazyLock<String> = LazyLock::new(|| crate::build::child_name("smollm2", "us-east"));
+static DEPLOY: LazyLock<String> =
+    LazyLock::new(|| format!("/apis/apps/v1/namespaces/ml/deployments/{}", *CHILD));
+static SVC: LazyLock<String> =
+    LazyLock::new(|| format!("/api/v1/namespaces/ml/services/{}", *CHILD));
+static PDB: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/{}",
+        *CHILD
+    )
+});
 
 fn deployment(ready: i32) -> Value {
     let v = crate::validate::validate(&md(true, None, false), &context_config()).unwrap();
@@ -186,12 +195,20 @@ fn deployment(ready: i32) -> Value {
 fn context_config() -> OperatorConfig {
     OperatorConfig {
         inference_image: "backhaul-inference:test".into(),
+        inference_image_cuda: "backhaul-inference:test-cuda".into(),
         regions: None,
         publish: None,
         watch_namespace: None,
         identity: "test".into(),
         max_concurrent_reconciles: 16,
     }
+}
+
+/// The controller owner reference every child of [`MD`] carries.
+fn owner() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    crate::validate::validate(&md(true, None, false), &context_config())
+        .unwrap()
+        .owner
 }
 
 fn list(kind: &str, items: Vec<Value>) -> Value {
@@ -204,8 +221,8 @@ fn apply_calls(ready: i32) -> Vec<Call> {
     // A just-started operator whose caches are still listing reads each
     // child first (to adopt it), here finding none.
     let mut calls = vec![
-        not_found(DEPLOY),
-        call("PATCH", DEPLOY, deployment(ready))
+        not_found(&DEPLOY),
+        call("PATCH", &DEPLOY, deployment(ready))
             .query("fieldManager=backhaul-operator")
             .query("force=true")
             .body(|b| {
@@ -215,12 +232,12 @@ fn apply_calls(ready: i32) -> Vec<Call> {
                 assert_eq!(pod["containers"][0]["readinessProbe"]["grpc"]["port"], 50051);
                 assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "ModelDeployment");
             }),
-        not_found(SVC),
-        call("PATCH", SVC, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "smollm2-us-east"}}))
+        not_found(&SVC),
+        call("PATCH", &SVC, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": *CHILD}}))
             .query("fieldManager=backhaul-operator")
             .body(|b| assert_eq!(b["spec"]["ports"][0]["port"], 50051)),
-        not_found(PDB),
-        call("PATCH", PDB, json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "smollm2-us-east"}}))
+        not_found(&PDB),
+        call("PATCH", &PDB, json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": *CHILD}}))
             .query("fieldManager=backhaul-operator")
             .body(|b| assert_eq!(b["spec"]["maxUnavailable"], 1)),
     ];
@@ -333,14 +350,15 @@ async fn a_resync_of_an_unchanged_object_sends_no_request() {
     let meta = |name: &str| kube::api::ObjectMeta {
         name: Some(name.into()),
         namespace: Some("ml".into()),
+        owner_references: Some(vec![owner()]),
         ..Default::default()
     };
     let applied: Deployment = serde_json::from_value(deployment(2)).unwrap();
     let mut writers = ctx.take_writers().unwrap();
     writers.fill(
         vec![applied.clone()],
-        vec![meta("smollm2-us-east")],
-        vec![meta("smollm2-us-east")],
+        vec![meta(&CHILD)],
+        vec![meta(&CHILD)],
     );
 
     // Resync with nothing changed: not one request (no apply, list or status).
@@ -351,22 +369,22 @@ async fn a_resync_of_an_unchanged_object_sends_no_request() {
     // applies that one child again, and nothing else.
     let mut edited = applied.clone();
     edited.metadata.generation = Some(2);
-    writers.fill(
-        vec![edited],
-        vec![meta("smollm2-us-east")],
-        vec![meta("smollm2-us-east")],
-    );
-    let calls = vec![call("PATCH", DEPLOY, deployment(2)).query("force=true")];
+    writers.fill(vec![edited], vec![meta(&CHILD)], vec![meta(&CHILD)]);
+    let calls = vec![call("PATCH", &DEPLOY, deployment(2)).query("force=true")];
     let (_, handle) =
         scenario_on(&ctx, handle, md(true, Some(written.clone()), false), calls).await;
 
-    // A deleted Service is recreated.
-    writers.fill(vec![applied], vec![], vec![meta("smollm2-us-east")]);
-    let calls = vec![call(
-        "PATCH",
-        SVC,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "smollm2-us-east"}}),
-    )];
+    // A deleted Service is recreated, after a read: the watches see only
+    // children, so a name missing from them may still be someone else's.
+    writers.fill(vec![applied], vec![], vec![meta(&CHILD)]);
+    let calls = vec![
+        not_found(&SVC),
+        call(
+            "PATCH",
+            &SVC,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": *CHILD}}),
+        ),
+    ];
     let (_, handle) =
         scenario_on(&ctx, handle, md(true, Some(written.clone()), false), calls).await;
     drop(handle);
@@ -401,9 +419,9 @@ async fn a_resync_of_an_unchanged_object_sends_no_request() {
     };
     let (ctx, handle) = restart(live.clone());
     let calls = vec![
-        call("GET", DEPLOY, live.clone()),
-        call("GET", SVC, live_svc.clone()),
-        call("GET", PDB, serde_json::to_value(&live_pdb).unwrap()),
+        call("GET", &DEPLOY, live.clone()),
+        call("GET", &SVC, live_svc.clone()),
+        call("GET", &PDB, serde_json::to_value(&live_pdb).unwrap()),
     ];
     let (_, handle) =
         scenario_on(&ctx, handle, md(true, Some(written.clone()), false), calls).await;
@@ -417,17 +435,17 @@ async fn a_resync_of_an_unchanged_object_sends_no_request() {
     edited["spec"]["template"]["spec"]["containers"][0]["image"] = json!("someone/else:1");
     let (ctx, handle) = restart(edited.clone());
     let calls = vec![
-        call("GET", DEPLOY, edited),
-        call("PATCH", DEPLOY, live.clone())
+        call("GET", &DEPLOY, edited),
+        call("PATCH", &DEPLOY, live.clone())
             .query("force=true")
             .body(|b| {
                 assert_eq!(
                     b["spec"]["template"]["spec"]["containers"][0]["image"],
-                    "backhaul-inference:test"
+                    "backhaul-inference:test-cuda"
                 )
             }),
-        call("GET", SVC, live_svc),
-        call("GET", PDB, serde_json::to_value(&live_pdb).unwrap()),
+        call("GET", &SVC, live_svc),
+        call("GET", &PDB, serde_json::to_value(&live_pdb).unwrap()),
     ];
     let (_, handle) = scenario_on(&ctx, handle, md(true, Some(written), false), calls).await;
     drop(handle);
@@ -485,4 +503,178 @@ async fn invalid_spec_sets_a_condition_and_an_event_then_waits() {
         ],
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_object_of_a_childs_name_that_is_not_ours_is_left_alone_and_reported() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, "default"));
+    // The watches have listed and hold none of this object's children: they
+    // select the operator's label, which someone's own Service lacks.
+    let mut writers = ctx.take_writers().unwrap();
+    writers.fill(vec![], vec![], vec![]);
+    let foreign = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": *CHILD, "namespace": "ml", "resourceVersion": "42",
+                     "labels": {"app": "someone-elses"}},
+        "spec": {"selector": {"app": "someone-elses"}, "ports": [{"port": 80}]},
+    });
+    let calls = vec![
+        not_found(&DEPLOY),
+        call("PATCH", &DEPLOY, deployment(2)).query("force=true"),
+        // Read, found, and not patched: the next call is the PDB's.
+        call("GET", &SVC, foreign),
+        not_found(&PDB),
+        call(
+            "PATCH",
+            &PDB,
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": *CHILD}}),
+        ),
+        call(
+            "PATCH",
+            &format!("{MDS}/status"),
+            serde_json::to_value(md(true, None, false)).unwrap(),
+        )
+        .body(|b| {
+            let region = &b["status"]["regions"][0];
+            assert_eq!(region["phase"], "Degraded");
+            assert_eq!(region["reason"], "ChildConflict");
+            // Its own pods are ready; the region is still not published.
+            assert_eq!(region["readyReplicas"], 2);
+            assert_eq!(region["published"], false);
+            let message = region["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!("Service ml/{}", *CHILD))
+                    && message.contains("not owned by this ModelDeployment")
+                    && message.contains("no controller owner reference"),
+                "{message}"
+            );
+            let degraded = &b["status"]["conditions"][2];
+            assert_eq!(
+                (&degraded["type"], &degraded["status"], &degraded["reason"]),
+                (&json!("Degraded"), &json!("True"), &json!("ChildConflict"))
+            );
+        }),
+        call(
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/ml/events",
+            Value::Null,
+        )
+        .body(|b| {
+            assert_eq!(b["type"], "Warning");
+            assert_eq!(b["reason"], "ChildConflict");
+            let note = b["note"].as_str().unwrap();
+            assert!(
+                note.contains("region us-east") && note.contains(&format!("Service ml/{}", *CHILD)),
+                "{note}"
+            );
+        }),
+    ];
+    let (_, handle) = scenario_on(&ctx, handle, md(true, None, false), calls).await;
+    drop(handle);
+
+    // The children of an earlier ModelDeployment of the same name (another
+    // uid), still in the caches while the garbage collector removes them:
+    // nothing at all is sent for them, not even a read.
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, "default"));
+    let mut earlier = owner();
+    earlier.uid = "00000000-0000-0000-0000-000000000001".into();
+    let mut deployment: Deployment = serde_json::from_value(deployment(2)).unwrap();
+    deployment.metadata.owner_references = Some(vec![earlier.clone()]);
+    let meta = kube::api::ObjectMeta {
+        owner_references: Some(vec![earlier]),
+        ..deployment.metadata.clone()
+    };
+    ctx.take_writers()
+        .unwrap()
+        .fill(vec![deployment], vec![meta.clone()], vec![meta]);
+    let calls = vec![
+        call(
+            "PATCH",
+            &format!("{MDS}/status"),
+            serde_json::to_value(md(true, None, false)).unwrap(),
+        )
+        .body(|b| {
+            let region = &b["status"]["regions"][0];
+            assert_eq!(region["reason"], "ChildConflict");
+            assert_eq!(region["readyReplicas"], 0);
+            let message = region["message"].as_str().unwrap();
+            for kind in ["Deployment", "Service", "PodDisruptionBudget"] {
+                assert!(
+                    message.contains(&format!("{kind} ml/{} exists", *CHILD)),
+                    "{message}"
+                );
+            }
+            assert!(
+                message.contains(
+                    "controlled by an earlier ModelDeployment smollm2 with uid 00000000-"
+                ),
+                "{message}"
+            );
+        }),
+        call(
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/ml/events",
+            Value::Null,
+        )
+        .body(|b| assert_eq!(b["reason"], "ChildConflict")),
+    ];
+    let (_, handle) = scenario_on(&ctx, handle, md(true, None, false), calls).await;
+    drop(handle);
+}
+
+#[tokio::test]
+async fn children_under_the_names_of_an_older_operator_are_replaced_and_deleted() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, "default"));
+    // An operator from before hashed names left `smollm2-us-east`: ours (the
+    // controller owner reference), labelled for us-east.
+    let mut old: Deployment = serde_json::from_value(deployment(2)).unwrap();
+    old.metadata.name = Some("smollm2-us-east".into());
+    let old_meta = old.metadata.clone();
+    ctx.take_writers()
+        .unwrap()
+        .fill(vec![old], vec![old_meta.clone()], vec![old_meta]);
+    let deleted = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
+    let calls = vec![
+        not_found(&DEPLOY),
+        call("PATCH", &DEPLOY, deployment(2)),
+        not_found(&SVC),
+        call(
+            "PATCH",
+            &SVC,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": *CHILD}}),
+        ),
+        not_found(&PDB),
+        call(
+            "PATCH",
+            &PDB,
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": *CHILD}}),
+        ),
+        // Then the old children go, after the new ones were applied.
+        call(
+            "DELETE",
+            "/apis/apps/v1/namespaces/ml/deployments/smollm2-us-east",
+            deleted.clone(),
+        ),
+        call(
+            "DELETE",
+            "/api/v1/namespaces/ml/services/smollm2-us-east",
+            deleted.clone(),
+        ),
+        call(
+            "DELETE",
+            "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/smollm2-us-east",
+            deleted,
+        ),
+        call(
+            "PATCH",
+            &format!("{MDS}/status"),
+            serde_json::to_value(md(true, None, false)).unwrap(),
+        )
+        .body(|b| assert_eq!(b["status"]["regions"][0]["phase"], "Ready")),
+    ];
+    let (_, handle) = scenario_on(&ctx, handle, md(true, None, false), calls).await;
+    drop(handle);
 }

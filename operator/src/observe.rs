@@ -176,6 +176,30 @@ pub fn observe_region(
     }
 }
 
+/// Reason of a region where an object the ModelDeployment does not control
+/// holds the name of one of its children.
+pub const CHILD_CONFLICT: &str = "ChildConflict";
+
+/// A region some of whose children were not applied because other objects
+/// hold their names (`conflicts` says which): Degraded until they are gone,
+/// whatever its pods say. `ready_replicas` are those of its own Deployment
+/// (0 when that is the one blocked).
+pub fn child_conflict(
+    name: &str,
+    replicas: i32,
+    ready_replicas: i32,
+    conflicts: &[String],
+) -> RegionObservation {
+    RegionObservation {
+        name: name.to_owned(),
+        replicas,
+        ready_replicas,
+        phase: phase::DEGRADED,
+        reason: Some(CHILD_CONFLICT.to_owned()),
+        message: Some(conflicts.join("; ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,7 +267,7 @@ mod tests {
     fn phases() {
         let d: Deployment = serde_yaml::from_str(
             r#"
-metadata: {name: m-us-east, generation: 2}
+metadata: {name: m-us-east-25df04df, generation: 2}
 spec: {replicas: 2, selector: {}, template: {}}
 status: {observedGeneration: 2, replicas: 2, updatedReplicas: 2, readyReplicas: 1}
 "#,

@@ -11,7 +11,8 @@ use url::{Host, Url};
 
 use crate::config::OperatorConfig;
 use crate::crd::{
-    EngineSpec, ModelDeployment, ModelFormat, ModelSpec, RegionSpec, ResourcesSpec, RoutingSpec,
+    EngineSpec, GGUF_QUANTIZATION_MESSAGE, ModelDeployment, ModelFormat, ModelSpec, RegionSpec,
+    ResourcesSpec, RoutingSpec,
 };
 
 /// One rejected field.
@@ -172,10 +173,12 @@ pub fn validate(
         }
     }
 
-    let image = spec
-        .image
-        .clone()
-        .unwrap_or_else(|| config.inference_image.clone());
+    // GPU pods run `--device cuda`, which the CPU build refuses at load.
+    let image = spec.image.clone().unwrap_or_else(|| {
+        config
+            .default_image(spec.resources.gpus_per_replica)
+            .to_owned()
+    });
     if image.trim().is_empty() {
         err("spec.image".into(), "must not be empty");
     }
@@ -234,6 +237,10 @@ fn check_model(model: &ModelSpec, err: &mut impl FnMut(String, &str)) {
             "spec.model.servedName".into(),
             "must be 1-128 characters of [A-Za-z0-9._:/-]",
         );
+    }
+    if model.format == ModelFormat::Gguf && model.quantization.is_some() {
+        // The inference server refuses `--isq` for GGUF weights at load.
+        err("spec.model.quantization".into(), GGUF_QUANTIZATION_MESSAGE);
     }
     if let Some(q) = &model.quantization
         && (q.is_empty()
@@ -323,6 +330,7 @@ mod tests {
     pub(crate) fn config() -> OperatorConfig {
         OperatorConfig {
             inference_image: "backhaul-inference:test".into(),
+            inference_image_cuda: "backhaul-inference:test-cuda".into(),
             regions: None,
             publish: None,
             watch_namespace: None,
@@ -349,7 +357,8 @@ spec:
     #[test]
     fn valid_spec_gets_defaults_and_image() {
         let v = validate(&md(VALID), &config()).unwrap();
-        assert_eq!(v.image, "backhaul-inference:test");
+        // One GPU per replica by default, so the CUDA build.
+        assert_eq!(v.image, "backhaul-inference:test-cuda");
         assert_eq!(v.generation, 3);
         assert_eq!(v.regions.len(), 2);
         assert_eq!(v.regions[1].replicas, 1);
@@ -402,6 +411,52 @@ spec:
         let e = validate(&md(&bad), &config()).unwrap_err();
         let fields: Vec<_> = e.0.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["spec.model.source", "spec.model.ggufFiles"]);
+    }
+
+    #[test]
+    fn gpu_pods_get_the_cuda_image_cpu_pods_the_cpu_image_unless_the_spec_names_one() {
+        let with = |extra: &str| {
+            validate(&md(&format!("{VALID}{extra}")), &config())
+                .unwrap()
+                .image
+        };
+        assert_eq!(
+            with("  resources: {gpusPerReplica: 2}\n"),
+            "backhaul-inference:test-cuda"
+        );
+        assert_eq!(
+            with("  resources: {gpusPerReplica: 0}\n"),
+            "backhaul-inference:test"
+        );
+        for gpus in [0, 1] {
+            assert_eq!(
+                with(&format!(
+                    "  resources: {{gpusPerReplica: {gpus}}}\n  image: mine/inference:1\n"
+                )),
+                "mine/inference:1"
+            );
+        }
+    }
+
+    #[test]
+    fn gguf_with_quantization_is_refused_as_the_server_would() {
+        let bad = VALID.replace(
+            "servedName: smollm2-135m}",
+            "servedName: smollm2-135m, quantization: Q4K}",
+        );
+        let e = validate(&md(&bad), &config()).unwrap_err();
+        assert_eq!(
+            e.0,
+            [FieldError {
+                field: "spec.model.quantization".into(),
+                message: GGUF_QUANTIZATION_MESSAGE.into(),
+            }]
+        );
+        assert!(e.to_string().contains("GGUF weights are already quantized"));
+        // In-situ quantization of plain weights is what it is for.
+        let plain = bad.replace("format: gguf, ggufFiles: [model.gguf], ", "format: plain, ");
+        let v = validate(&md(&plain), &config()).unwrap();
+        assert_eq!(v.model.quantization.as_deref(), Some("Q4K"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use backhaul_operator::build::child_name;
 use backhaul_operator::crd::ModelDeployment;
 use backhaul_testkit::{TestNamespace, client, wait_for};
 use common::{Operator, Receiver, condition, config, delete_all, install_crd, model_deployment};
@@ -70,7 +71,10 @@ async fn apply_runs_regions_and_publishes_them() {
     // One Deployment and Service per region, a PDB only where replicas > 1.
     let deployments: Api<Deployment> = ns.api();
     for (region, replicas) in [("us-east", 2), ("eu-west", 1), ("ap-south", 1)] {
-        let d = deployments.get(&format!("smollm2-{region}")).await.unwrap();
+        let d = deployments
+            .get(&child_name("smollm2", region))
+            .await
+            .unwrap();
         let spec = d.spec;
         assert_eq!(spec.replicas, Some(replicas));
         let pod = spec.template.spec.unwrap();
@@ -98,7 +102,7 @@ async fn apply_runs_regions_and_publishes_them() {
         );
         // The scheduler put the pods on nodes of the right region.
         let services: Api<Service> = ns.api();
-        services.get(&format!("smollm2-{region}")).await.unwrap();
+        services.get(&child_name("smollm2", region)).await.unwrap();
     }
     let pdbs: Api<PodDisruptionBudget> = ns.api();
     let pdb_names: Vec<String> = pdbs
@@ -109,7 +113,7 @@ async fn apply_runs_regions_and_publishes_them() {
         .iter()
         .map(|p| p.name_any())
         .collect();
-    assert_eq!(pdb_names, ["smollm2-us-east"]);
+    assert_eq!(pdb_names, [child_name("smollm2", "us-east")]);
 
     // Status per region and routes on the receiver.
     let status = md.status.clone().unwrap();
@@ -237,7 +241,11 @@ async fn scaling_a_region_to_zero_withdraws_its_route() {
     .expect("us-east scaled to zero in status");
     assert_eq!(condition(&md, "Published").unwrap().0, "True");
     // The PDB-less region keeps its Deployment at 0 replicas.
-    let d: Deployment = ns.api::<Deployment>().get("m-us-east").await.unwrap();
+    let d: Deployment = ns
+        .api::<Deployment>()
+        .get(&child_name("m", "us-east"))
+        .await
+        .unwrap();
     assert_eq!(d.spec.replicas, Some(0));
 
     delete_all(&mds).await;
@@ -377,6 +385,12 @@ async fn bad_objects_are_rejected_naming_the_field() {
             Box::new(|v| v["metadata"]["name"] = json!("9lives")),
             "metadata.name",
         ),
+        (
+            // The inference server refuses --isq for GGUF weights.
+            "gguf with quantization",
+            Box::new(|v| v["spec"]["model"]["quantization"] = json!("Q4K")),
+            "spec.model.quantization",
+        ),
     ];
     for (what, mutate, field) in cases {
         let mut v = good.clone();
@@ -393,6 +407,21 @@ async fn bad_objects_are_rejected_naming_the_field() {
             }
             other => panic!("{what}: expected a 422, got {other:?}"),
         }
+    }
+    // The gguf + quantization refusal says why, in the server's terms.
+    let mut v = good.clone();
+    v["spec"]["model"]["quantization"] = json!("Q4K");
+    match api
+        .create(&PostParams::default(), &serde_json::from_value(v).unwrap())
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert!(
+            s.message
+                .contains(backhaul_operator::crd::GGUF_QUANTIZATION_MESSAGE),
+            "{:?}",
+            s.message
+        ),
+        other => panic!("gguf with quantization: expected a 422, got {other:?}"),
     }
     // http to loopback is allowed (local development).
     let mut v = good.clone();
@@ -567,6 +596,132 @@ async fn operators_serving_different_regions_share_an_object() {
     assert!(receiver.routes().is_empty(), "{:?}", receiver.routes());
     east.stop().await;
     west.stop().await;
+    receiver.stop();
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_unrelated_object_of_a_childs_name_is_not_taken_over() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-foreign").await;
+    let receiver = Receiver::start().await;
+    let services: Api<Service> = ns.api();
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    // Someone's own Service, named as the operator would name us-east's.
+    let name = child_name("m", "us-east");
+    let foreign: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "labels": {"app": "someone-elses"}},
+        "spec": {"selector": {"app": "someone-elses"}, "ports": [{"name": "web", "port": 80}]},
+    }))
+    .unwrap();
+    let created = services
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+
+    let operator = Operator::start(config(ns.name(), Some(&receiver), None));
+    let mds: Api<ModelDeployment> = ns.api();
+    mds.create(
+        &PostParams::default(),
+        &model_deployment("m", &[("us-east", 1), ("eu-west", 1)], 1),
+    )
+    .await
+    .unwrap();
+
+    // us-east is Degraded naming the Service; eu-west carries on and is published.
+    let us_east = format!("{}/m/us-east", ns.name());
+    let eu_west = format!("{}/m/eu-west", ns.name());
+    let md = wait_for(CONVERGE, || async {
+        let md = mds.get("m").await.ok()?;
+        let us = md
+            .status
+            .as_ref()?
+            .regions
+            .iter()
+            .find(|r| r.name == "us-east")?
+            .clone();
+        (us.reason.as_deref() == Some("ChildConflict") && receiver.routes().contains_key(&eu_west))
+            .then_some(md)
+    })
+    .await
+    .expect("us-east reports the conflict, eu-west is published");
+    let us = md
+        .status
+        .as_ref()
+        .unwrap()
+        .regions
+        .iter()
+        .find(|r| r.name == "us-east")
+        .unwrap();
+    assert_eq!(us.phase, "Degraded");
+    assert!(!us.published);
+    let message = us.message.clone().unwrap();
+    assert!(
+        message.contains(&format!("Service {}/{name}", ns.name()))
+            && message.contains("not owned by this ModelDeployment"),
+        "{message}"
+    );
+    let (status, reason, _) = condition(&md, "Degraded").unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "ChildConflict")
+    );
+    assert!(!receiver.routes().contains_key(&us_east));
+    let event = wait_for(CONVERGE, || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("ChildConflict"))
+    })
+    .await
+    .expect("a ChildConflict event");
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(event.note.unwrap().contains(&name));
+
+    // Reconciles keep coming (the region is not ready) and leave it untouched.
+    let reconciled = operator.successes();
+    wait_for(CONVERGE, || async {
+        (operator.successes() >= reconciled + 2).then_some(())
+    })
+    .await
+    .expect("reconciled again");
+    let now = services.get(&name).await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    assert_eq!(now.metadata.owner_references, None);
+    assert!(
+        now.managed_fields()
+            .iter()
+            .all(|m| m.manager.as_deref() != Some("backhaul-operator")),
+        "{:?}",
+        now.managed_fields()
+    );
+    // The region's own Deployment was still applied.
+    ns.api::<Deployment>().get(&name).await.unwrap();
+
+    // Once the object is gone the region gets its own Service and its route.
+    services
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(CONVERGE, || async {
+        receiver.routes().contains_key(&us_east).then_some(())
+    })
+    .await
+    .expect("us-east published once the name is free");
+    let ours = services.get(&name).await.unwrap();
+    assert_eq!(ours.owner_references()[0].uid, md.uid().unwrap());
+    wait_condition(&mds, "m", "Degraded", "False").await;
+
+    delete_all(&mds).await;
+    operator.stop().await;
     receiver.stop();
     ns.cleanup().await;
 }

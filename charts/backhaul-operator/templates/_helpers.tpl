@@ -53,8 +53,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* The inference server's CPU build, for pods without GPUs. */}}
 {{- define "backhaul-operator.inferenceImage" -}}
 {{- printf "%s:%s" .Values.inferenceImage.repository (default .Chart.AppVersion .Values.inferenceImage.tag) }}
+{{- end }}
+
+{{/* The inference server's CUDA build, for pods with GPUs: by default the CPU build's repository and tag, the tag followed by -cuda. */}}
+{{- define "backhaul-operator.inferenceImageCuda" -}}
+{{- $cuda := .Values.inferenceImage.cuda }}
+{{- $tag := $cuda.tag }}
+{{- if not $tag }}
+{{- $cpu := default .Chart.AppVersion .Values.inferenceImage.tag }}
+{{- if contains "sha256:" $cpu }}
+{{- fail "inferenceImage.tag is a digest, so the CUDA build's tag cannot be derived from it: set inferenceImage.cuda.tag" }}
+{{- end }}
+{{- $tag = printf "%s-cuda" $cpu }}
+{{- end }}
+{{- printf "%s:%s" (default .Values.inferenceImage.repository $cuda.repository) $tag }}
 {{- end }}
 
 {{- define "backhaul-operator.leaseName" -}}

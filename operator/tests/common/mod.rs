@@ -227,6 +227,7 @@ pub fn config(
 ) -> OperatorConfig {
     OperatorConfig {
         inference_image: "backhaul-inference:test".into(),
+        inference_image_cuda: "backhaul-inference:test-cuda".into(),
         regions: regions.map(|r| r.iter().map(|s| (*s).to_owned()).collect()),
         publish: receiver.map(|r| PublishConfig {
             worker_url: r.url.clone(),

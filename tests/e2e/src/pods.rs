@@ -100,7 +100,9 @@ impl ModelVolume {
             (claim.status?.phase.as_deref() == Some("Bound")).then_some(())
         })
         .await
-        .with_context(|| format!("claim {namespace}/{MODELS_CLAIM} not Bound to {name} within 30 s"))?;
+        .with_context(|| {
+            format!("claim {namespace}/{MODELS_CLAIM} not Bound to {name} within 30 s")
+        })?;
         Ok(Self {
             client: client.clone(),
             name,
@@ -168,11 +170,21 @@ impl PodRegion {
         let client = reqwest::Client::new();
         let url = format!("{}/ready", self.endpoint());
         wait_for(timeout, || async {
-            let response = client.get(&url).timeout(Duration::from_secs(2)).send().await.ok()?;
+            let response = client
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .ok()?;
             response.status().is_success().then_some(())
         })
         .await
-        .with_context(|| format!("region {}: {url} did not answer 200 within {timeout:?}", self.name))?;
+        .with_context(|| {
+            format!(
+                "region {}: {url} did not answer 200 within {timeout:?}",
+                self.name
+            )
+        })?;
         Ok(started.elapsed())
     }
 

@@ -74,9 +74,10 @@ fn main() -> ExitCode {
         ("rolling_update_under_load_fails_no_request", |c| {
             Box::pin(rolling_update(c))
         }),
-        ("deleted_during_a_stream_drains_then_routes_elsewhere", |c| {
-            Box::pin(deleted_during_stream(c))
-        }),
+        (
+            "deleted_during_a_stream_drains_then_routes_elsewhere",
+            |c| Box::pin(deleted_during_stream(c)),
+        ),
         ("operator_killed_during_reconcile_converges", |c| {
             Box::pin(operator_killed(c))
         }),
@@ -256,7 +257,8 @@ impl Model {
     ) -> Result<Vec<PodRegion>> {
         let mut exposed = Vec::new();
         for (region, _) in regions {
-            exposed.push(PodRegion::expose(&self.client, &self.namespace, &self.name, region).await?);
+            exposed
+                .push(PodRegion::expose(&self.client, &self.namespace, &self.name, region).await?);
         }
         let (node_selector, tolerations) = pods::on_real_node();
         let specs: Vec<_> = regions
@@ -549,7 +551,8 @@ async fn happy_path(ctx: &mut Ctx) -> Result<()> {
     let published_after = applied.elapsed();
     let mut reachable_after = Duration::ZERO;
     for region in &regions {
-        reachable_after = reachable_after.max(region.wait_reachable(Duration::from_secs(30)).await?);
+        reachable_after =
+            reachable_after.max(region.wait_reachable(Duration::from_secs(30)).await?);
     }
     let (us, eu) = (&regions[0], &regions[1]);
 
@@ -773,10 +776,7 @@ async fn container_killed(ctx: &mut Ctx) -> Result<()> {
         "no request was served by eu-west while us-east was down".into()
     })?;
     let ttft = |a: &backhaul_e2e::Chat| a.first_content_after.unwrap_or_default().as_secs_f64();
-    let worst = answers
-        .iter()
-        .map(|(_, a)| ttft(a))
-        .fold(0.0_f64, f64::max);
+    let worst = answers.iter().map(|(_, a)| ttft(a)).fold(0.0_f64, f64::max);
     eprintln!(
         "  container killed: {} requests meanwhile, 0 failed, {failed_over} served by eu-west; \
          first token after {:.2} s at worst (baseline {:.2} s); route withdrawn {:.1} s after the kill; \
@@ -984,7 +984,13 @@ async fn rolling_update(ctx: &mut Ctx) -> Result<()> {
         .await?;
     let mut before = Vec::new();
     for region in &regions {
-        before.extend(region.pods(&ctx.client).await?.into_iter().filter_map(|p| p.metadata.name));
+        before.extend(
+            region
+                .pods(&ctx.client)
+                .await?
+                .into_iter()
+                .filter_map(|p| p.metadata.name),
+        );
     }
 
     // Two clients asking one after another, from both sides of the Atlantic.
@@ -1003,10 +1009,15 @@ async fn rolling_update(ctx: &mut Ctx) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rolled = Instant::now();
     // An engine setting: a new pod template in every region.
-    model.patch_engine(serde_json::json!({"maxQueue": 9})).await?;
+    model
+        .patch_engine(serde_json::json!({"maxQueue": 9}))
+        .await?;
     let shared: &Ctx = ctx;
     let finished = wait_for(Duration::from_secs(150), || async {
-        rolled_out(shared, &model, &regions, &before).await.ok()?.then_some(())
+        rolled_out(shared, &model, &regions, &before)
+            .await
+            .ok()?
+            .then_some(())
     })
     .await;
     let roll_secs = rolled.elapsed().as_secs_f64();
@@ -1025,11 +1036,19 @@ async fn rolling_update(ctx: &mut Ctx) -> Result<()> {
     }
     let mut after = Vec::new();
     for region in &regions {
-        after.extend(region.pods(&ctx.client).await?.into_iter().filter_map(|p| p.metadata.name));
+        after.extend(
+            region
+                .pods(&ctx.client)
+                .await?
+                .into_iter()
+                .filter_map(|p| p.metadata.name),
+        );
     }
-    check(after.iter().all(|p| !before.contains(p)), "the rolling update", || {
-        format!("pods before {before:?}, after {after:?}: nothing was replaced")
-    })?;
+    check(
+        after.iter().all(|p| !before.contains(p)),
+        "the rolling update",
+        || format!("pods before {before:?}, after {after:?}: nothing was replaced"),
+    )?;
     let failed: Vec<String> = results
         .iter()
         .filter_map(|r| match r {
@@ -1115,7 +1134,10 @@ async fn deleted_during_stream(ctx: &mut Ctx) -> Result<()> {
     let deleted_at = deleter.await??;
     let ended = Instant::now();
     expect_region(&answer, "us-east", 1, &ctx.worker)?;
-    let completion = answer.usage.as_ref().map_or(0, |u| u["completion_tokens"].as_u64().unwrap_or(0));
+    let completion = answer
+        .usage
+        .as_ref()
+        .map_or(0, |u| u["completion_tokens"].as_u64().unwrap_or(0));
     check(completion > 8, "backhaul-inference (us-east pod)", || {
         format!("the stream ended after {completion} tokens: it was not drained")
     })?;
