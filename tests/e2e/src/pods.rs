@@ -109,6 +109,19 @@ impl ModelVolume {
         })
     }
 
+    /// Deletes the volumes earlier runs left (a test that timed out drops its
+    /// [`ModelVolume`] without removing it).
+    pub async fn remove_leftovers(client: &Client) -> Result<()> {
+        Api::<PersistentVolume>::all(client.clone())
+            .delete_collection(
+                &DeleteParams::background(),
+                &ListParams::default().labels("backhaul.dev/e2e=true"),
+            )
+            .await
+            .context("delete earlier runs' model volumes")?;
+        Ok(())
+    }
+
     /// Deletes the PersistentVolume.
     pub async fn remove(self) {
         let _ = Api::<PersistentVolume>::all(self.client)
