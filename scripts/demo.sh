@@ -192,7 +192,7 @@ export KUBECONFIG
 node_name=$(cluster_var node_name)
 node_host_ip=$(cluster_var node_host_ip)
 node_taint_key=$(cluster_var node_taint_key)
-node_crictl() { "$BACKHAUL_CACHE/bin/crictl" --runtime-endpoint "unix://$(cluster_var node_run)/containerd.sock" "$@"; }
+node_crictl() { "$BACKHAUL_CACHE/bin/crictl" --config /dev/null --runtime-endpoint "unix://$(cluster_var node_run)/containerd.sock" "$@"; }
 kubectl get node "$node_name" >/dev/null 2>&1 || die "the cluster has no real node ($node_name): was it started with BACKHAUL_NODE=0?"
 # Builds the workspace (a no-op when it is up to date) and the images from it.
 step "images (make images), loaded into $node_name" scripts/images.sh --load operator inference >/dev/null
@@ -275,11 +275,12 @@ us_pod=$(kubectl -n "$namespace" get pods -l backhaul.dev/model=smollm2,backhaul
   -o jsonpath='{.items[0].metadata.name}')
 us_container=$(kubectl -n "$namespace" get pod "$us_pod" -o jsonpath='{.status.containerStatuses[0].containerID}')
 say "2. us-east's container crashes (SIGKILL through the CRI: crictl stop --timeout 0 ${us_container#containerd://}); the same request again:"
+killed_at=$(date +%s)
 node_crictl stop --timeout 0 "${us_container#containerd://}" >/dev/null
 client "40.71,-74.01" "$prompt" 96
-info "(the Worker found us-east refusing connections and failed over to eu-west before sending a byte)"
+info "(attempts 1: the operator had already withdrawn us-east's route when its pod lost readiness;"
+info " attempts 2: the Worker found us-east refusing connections and failed over before sending a byte)"
 back() { [ "$(kubectl -n "$namespace" get pod "$us_pod" -o jsonpath='{.status.containerStatuses[0].ready}')" = true ]; }
-killed_at=$(date +%s)
 if wait_until "$timeout" "us-east's restarted container" /dev/null back; then
   info "the kubelet restarted the container; us-east Ready again after $(($(date +%s) - killed_at)) s (restarts: $(kubectl -n "$namespace" get pod "$us_pod" -o jsonpath='{.status.containerStatuses[0].restartCount}'))"
 fi

@@ -70,7 +70,7 @@ docker_engine_stop() {
   # dockerd's own containerd goes with it, unless dockerd was killed.
   pkill -KILL -f "containerd --config $docker_run_dir/exec/containerd/containerd.toml" 2>/dev/null || true
   local mnt
-  awk '{print $2}' /proc/mounts | grep -E "^($docker_run_dir|$BACKHAUL_CACHE/docker)(/|$)" | sort -r |
+  awk '{print $2}' /proc/mounts | { grep -E "^($docker_run_dir|$BACKHAUL_CACHE/docker)(/|$)" || true; } | sort -r |
     while read -r mnt; do umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true; done
   rm -rf "$docker_run_dir"
 }

@@ -48,7 +48,7 @@ node_blackholed=(10.96.0.0/16 10.244.0.0/16 10.0.0.1/32)
 
 node_here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-node_crictl() { "$bin/crictl" --runtime-endpoint "unix://$node_run/containerd.sock" --timeout 20s "$@"; }
+node_crictl() { "$bin/crictl" --config /dev/null --runtime-endpoint "unix://$node_run/containerd.sock" --timeout 20s "$@"; }
 node_ctr() { ctr --address "$node_run/containerd.sock" --namespace k8s.io "$@"; }
 node_ctr_answers() { node_ctr version >/dev/null 2>&1; }
 
@@ -123,7 +123,7 @@ node_remove_fixed_paths() {
 # Unmounts everything under the node's directories, deepest first.
 node_unmount_all() {
   local mnt
-  awk '{print $2}' /proc/mounts | grep -E "^($node_dir|$node_run|/var/run/netns|/run/netns)(/|$)" | sort -r |
+  awk '{print $2}' /proc/mounts | { grep -E "^($node_dir|$node_run|/var/run/netns|/run/netns)(/|$)" || true; } | sort -r |
     while read -r mnt; do
       umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || log "could not unmount $mnt"
     done

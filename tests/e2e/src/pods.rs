@@ -230,7 +230,7 @@ impl PodRegion {
             .with_context(|| format!("region {} has no ready pod to kill", self.name))?;
         let id = container_id(&pod).context("the pod reports no container id")?;
         let out = Command::new(cache_dir().join("bin/crictl"))
-            .arg("--runtime-endpoint")
+            .args(["--config", "/dev/null", "--runtime-endpoint"])
             .arg(format!("unix://{}", cri_socket().display()))
             .args(["stop", "--timeout", "0", &id])
             .output()
@@ -249,7 +249,7 @@ impl PodRegion {
 /// spec of `crictl inspect` (user, root filesystem, mounts, capabilities).
 pub fn runtime_spec(container_id: &str) -> Result<serde_json::Value> {
     let out = Command::new(cache_dir().join("bin/crictl"))
-        .arg("--runtime-endpoint")
+        .args(["--config", "/dev/null", "--runtime-endpoint"])
         .arg(format!("unix://{}", cri_socket().display()))
         .args(["inspect", "--output", "json", container_id])
         .output()

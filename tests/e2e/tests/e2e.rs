@@ -117,6 +117,7 @@ fn main() -> ExitCode {
             .catch_unwind()
             .await;
             let secs = t.elapsed().as_secs_f64();
+            release_abandoned(&ctx.client).await;
             match outcome {
                 Ok(Ok(Ok(()))) => eprintln!("test {name} ... ok ({secs:.1}s)"),
                 Ok(Ok(Err(error))) => {
@@ -190,6 +191,39 @@ async fn setup() -> Result<Ctx> {
         client: cluster.client(),
         worker,
     })
+}
+
+/// A test that failed returned before its teardown: its namespace is being
+/// deleted (the namespace guard's drop), and its ModelDeployments wait for
+/// an operator that is gone to release their finalizer. Release them, so
+/// nothing is left behind.
+async fn release_abandoned(client: &Client) {
+    let gvk = GroupVersionKind::gvk("backhaul.dev", "v1alpha1", "ModelDeployment");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "modeldeployments");
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let Ok(list) = all.list(&ListParams::default()).await else {
+        return;
+    };
+    for md in list.items {
+        let (Some(namespace), Some(name)) =
+            (md.metadata.namespace.clone(), md.metadata.name.clone())
+        else {
+            continue;
+        };
+        let terminating = namespaces
+            .get_opt(&namespace)
+            .await
+            .ok()
+            .flatten()
+            .is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+        if terminating && namespace.starts_with("e2e-") {
+            let patch = serde_json::json!({"metadata": {"finalizers": null}});
+            let _ = md_api(client, &namespace)
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+        }
+    }
 }
 
 fn md_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
