@@ -38,15 +38,17 @@ done | sort | uniq -c
 section links
 ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | sort
 section routes
-ip route show table all 2>/dev/null | grep -v '^local\|^broadcast\|^multicast\|^ff00::\|fe80::' | sort
+ip route show table all 2>/dev/null | { grep -v '^local\|^broadcast\|^multicast\|^ff00::\|fe80::' || true; } | sort
 section mounts
 awk '{print $2, $3}' /proc/mounts | sort
 section iptables
 for save in iptables-save ip6tables-save; do
-  command -v "$save" >/dev/null && "$save" 2>/dev/null | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//' | sort
+  if command -v "$save" >/dev/null; then
+    "$save" 2>/dev/null | { grep -v '^#' || true; } | sed 's/\[[0-9]*:[0-9]*\]//' | sort
+  fi
 done
 section nftables
-command -v nft >/dev/null && nft list tables 2>/dev/null | sort
+if command -v nft >/dev/null; then nft list tables 2>/dev/null | sort; fi
 section sysctls
 for key in "${node_sysctls[@]}"; do
   path=/proc/sys/${key//.//}
