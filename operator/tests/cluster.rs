@@ -40,6 +40,23 @@ async fn wait_condition(
     })
 }
 
+/// The first Event in the test namespace with this reason, once the
+/// operator has recorded it.
+async fn wait_event(ns: &TestNamespace, reason: &str) -> k8s_openapi::api::events::v1::Event {
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    wait_for(CONVERGE, || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("a {reason} event: {e}"))
+}
+
 #[tokio::test]
 async fn apply_runs_regions_and_publishes_them() {
     let client = client().await;
@@ -164,18 +181,7 @@ async fn a_region_without_enough_gpus_is_degraded() {
         condition(&md, "Published").unwrap().1,
         "PublicationDisabled"
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
-    let event = wait_for(CONVERGE, || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("InsufficientGPU"))
-    })
-    .await
-    .expect("an InsufficientGPU event");
+    let event = wait_event(&ns, "InsufficientGPU").await;
     assert!(event.note.unwrap().contains("ap-south"));
     delete_all(&mds).await;
     operator.stop().await;
@@ -607,7 +613,6 @@ async fn an_unrelated_object_of_a_childs_name_is_not_taken_over() {
     let ns = TestNamespace::new(&client, "op-foreign").await;
     let receiver = Receiver::start().await;
     let services: Api<Service> = ns.api();
-    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
     // Someone's own Service, named as the operator would name us-east's.
     let name = child_name("m", "us-east");
     let foreign: Service = serde_json::from_value(json!({
@@ -669,17 +674,7 @@ async fn an_unrelated_object_of_a_childs_name_is_not_taken_over() {
         ("True", "ChildConflict")
     );
     assert!(!receiver.routes().contains_key(&us_east));
-    let event = wait_for(CONVERGE, || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("ChildConflict"))
-    })
-    .await
-    .expect("a ChildConflict event");
+    let event = wait_event(&ns, "ChildConflict").await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     assert!(event.note.unwrap().contains(&name));
 

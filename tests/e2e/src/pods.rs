@@ -229,18 +229,7 @@ impl PodRegion {
             .next()
             .with_context(|| format!("region {} has no ready pod to kill", self.name))?;
         let id = container_id(&pod).context("the pod reports no container id")?;
-        let out = Command::new(cache_dir().join("bin/crictl"))
-            .args(["--config", "/dev/null", "--runtime-endpoint"])
-            .arg(format!("unix://{}", cri_socket().display()))
-            .args(["stop", "--timeout", "0", &id])
-            .output()
-            .context("run crictl")?;
-        if !out.status.success() {
-            bail!(
-                "crictl stop {id} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        crictl(&["stop", "--timeout", "0", &id])?;
         Ok(pod.metadata.name.unwrap_or_default())
     }
 }
@@ -248,20 +237,47 @@ impl PodRegion {
 /// What the container runtime really runs for a container: the OCI runtime
 /// spec of `crictl inspect` (user, root filesystem, mounts, capabilities).
 pub fn runtime_spec(container_id: &str) -> Result<serde_json::Value> {
+    let out = crictl(&["inspect", "--output", "json", container_id])?;
+    let value: serde_json::Value = serde_json::from_slice(&out)?;
+    Ok(value["info"]["runtimeSpec"].clone())
+}
+
+/// The inference image the operator gives CPU pods by default (the
+/// workspace's version), as `make images` tags it.
+pub fn inference_image() -> String {
+    format!(
+        "ghcr.io/backhaul-dev/backhaul-inference:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Fails unless the real node holds `image` (`scripts/images.sh --load`):
+/// without it every pod would try a registry this machine cannot reach.
+pub fn require_image(image: &str) -> Result<()> {
+    crictl(&["inspecti", "--quiet", image])
+        .map(|_| ())
+        .with_context(|| {
+            format!("the real node has no image {image}: run scripts/images.sh --load inference (scripts/e2e.sh does)")
+        })
+}
+
+/// Runs crictl (`make tools` builds it) against the real node's runtime;
+/// returns its standard output.
+fn crictl(args: &[&str]) -> Result<Vec<u8>> {
     let out = Command::new(cache_dir().join("bin/crictl"))
         .args(["--config", "/dev/null", "--runtime-endpoint"])
         .arg(format!("unix://{}", cri_socket().display()))
-        .args(["inspect", "--output", "json", container_id])
+        .args(args)
         .output()
         .context("run crictl")?;
     if !out.status.success() {
         bail!(
-            "crictl inspect {container_id} failed: {}",
+            "crictl {} failed: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let value: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(value["info"]["runtimeSpec"].clone())
+    Ok(out.stdout)
 }
 
 /// Whether the pod's Ready condition is True.

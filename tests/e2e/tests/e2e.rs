@@ -181,6 +181,7 @@ async fn setup() -> Result<Ctx> {
     if !status.success() {
         bail!("kubectl apply -f crds/ failed ({status})");
     }
+    pods::require_image(&pods::inference_image())?;
     ModelVolume::remove_leftovers(&cluster.client()).await?;
     let state = backhaul_e2e::cache_dir().join("e2e/worker-state");
     let _ = std::fs::remove_dir_all(&state);
