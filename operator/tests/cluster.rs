@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use backhaul_operator::build::child_name;
 use backhaul_operator::crd::ModelDeployment;
 use backhaul_testkit::{TestNamespace, client, wait_for};
-use common::{Operator, Receiver, condition, config, delete_all, install_crd, model_deployment};
+use common::{
+    Operator, Receiver, condition, config, delete_all, install_crd, model_deployment, region_status,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -234,13 +236,7 @@ async fn scaling_a_region_to_zero_withdraws_its_route() {
     );
     let md = wait_for(CONVERGE, || async {
         let md = mds.get("m").await.ok()?;
-        let r = md
-            .status
-            .as_ref()?
-            .regions
-            .iter()
-            .find(|r| r.name == "us-east")?
-            .clone();
+        let r = region_status(&md, "us-east")?;
         (r.phase == "ScaledToZero" && !r.published).then_some(md)
     })
     .await
@@ -640,26 +636,13 @@ async fn an_unrelated_object_of_a_childs_name_is_not_taken_over() {
     let eu_west = format!("{}/m/eu-west", ns.name());
     let md = wait_for(CONVERGE, || async {
         let md = mds.get("m").await.ok()?;
-        let us = md
-            .status
-            .as_ref()?
-            .regions
-            .iter()
-            .find(|r| r.name == "us-east")?
-            .clone();
+        let us = region_status(&md, "us-east")?;
         (us.reason.as_deref() == Some("ChildConflict") && receiver.routes().contains_key(&eu_west))
             .then_some(md)
     })
     .await
     .expect("us-east reports the conflict, eu-west is published");
-    let us = md
-        .status
-        .as_ref()
-        .unwrap()
-        .regions
-        .iter()
-        .find(|r| r.name == "us-east")
-        .unwrap();
+    let us = region_status(&md, "us-east").unwrap();
     assert_eq!(us.phase, "Degraded");
     assert!(!us.published);
     let message = us.message.clone().unwrap();

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::routing::put;
 use backhaul_operator::config::{OperatorConfig, PublishConfig};
 use backhaul_operator::controller::{Context, run_controller};
-use backhaul_operator::crd::ModelDeployment;
+use backhaul_operator::crd::{ModelDeployment, RegionStatus};
 use backhaul_operator::metrics::Metrics;
 use backhaul_testkit::wait_for;
 use hmac::{Hmac, Mac};
@@ -378,4 +378,14 @@ pub fn condition(md: &ModelDeployment, type_: &str) -> Option<(String, String, S
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// The status entry of region `name` in `md`.
+pub fn region_status(md: &ModelDeployment, name: &str) -> Option<RegionStatus> {
+    md.status
+        .as_ref()?
+        .regions
+        .iter()
+        .find(|r| r.name == name)
+        .cloned()
 }

@@ -687,49 +687,24 @@ async fn happy_path(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Polls the Worker's table in the background: whether `region` of
-/// namespace/name was ever missing (withdrawn or expired) while it ran.
-fn watch_withdrawal(
-    worker_url: String,
-    secret: String,
-    namespace: String,
-    name: String,
-    region: &'static str,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Option<Instant>> {
-    tokio::spawn(async move {
-        let client = reqwest::Client::new();
-        let mut first_missing = None;
-        while !stop.load(Ordering::Relaxed) {
-            let ts = now();
-            let path = "/admin/v1/routes";
-            let signature = sign(secret.as_bytes(), ts, "GET", path, b"");
-            let response = client
-                .get(format!("{worker_url}{path}"))
-                .header("x-backhaul-timestamp", ts.to_string())
-                .header("x-backhaul-signature", signature)
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await;
-            if let Ok(response) = response
-                && let Ok(value) = response.json::<serde_json::Value>().await
-            {
-                let live = value["routes"].as_array().is_some_and(|routes| {
-                    routes.iter().any(|r| {
-                        r["namespace"] == namespace.as_str()
-                            && r["name"] == name.as_str()
-                            && r["region"] == region
-                            && r["expired"] != true
-                    })
-                });
-                if !live && first_missing.is_none() {
-                    first_missing = Some(Instant::now());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+/// Polls the Worker's table until `stop`: when `region` of namespace/name
+/// was first missing from it (withdrawn or expired), if ever.
+async fn watch_withdrawal(
+    worker: &Worker,
+    namespace: &str,
+    name: &str,
+    region: &str,
+    stop: &AtomicBool,
+) -> Option<Instant> {
+    let mut first_missing = None;
+    while !stop.load(Ordering::Relaxed) {
+        let live = live_regions(worker, namespace, name).await;
+        if live.is_some_and(|l| !l.iter().any(|r| r == region)) && first_missing.is_none() {
+            first_missing = Some(Instant::now());
         }
-        first_missing
-    })
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first_missing
 }
 
 async fn container_killed(ctx: &mut Ctx) -> Result<()> {
@@ -749,55 +724,51 @@ async fn container_killed(ctx: &mut Ctx) -> Result<()> {
     let baseline = chat(&ctx.worker.url(), &model.served, NEW_YORK, 4, || {}).await?;
     expect_region(&baseline, "us-east", 1, &ctx.worker)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_withdrawal(
-        ctx.worker.url(),
-        ctx.worker.secret.clone(),
-        model.namespace.clone(),
-        model.name.clone(),
-        "us-east",
-        stop.clone(),
-    );
+    let stop = AtomicBool::new(false);
+    let watcher = watch_withdrawal(&ctx.worker, &model.namespace, &model.name, "us-east", &stop);
     let killed_at = Instant::now();
     let pod = us.kill_container(&ctx.client).await?;
     // Requests from New York meanwhile: every one must be a complete
     // answer, from eu-west while us-east is down.
     let mut answers = Vec::new();
-    let back = loop {
-        let started = Instant::now();
-        let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 4, || {}).await?;
-        check(complete(&answer), "the Worker", || {
-            format!(
-                "request {} after the kill failed: {} {:?} ({}); log {}",
-                answers.len() + 1,
-                answer.status,
-                answer.error_event,
-                answer.body,
-                ctx.worker.log().display()
-            )
-        })?;
-        let from_us = answer.region.as_deref() == Some("us-east");
-        answers.push((started.duration_since(killed_at), answer));
-        let republished = live_regions(&ctx.worker, &model.namespace, &model.name)
-            .await
-            .is_some_and(|l| l.iter().any(|r| r == "us-east"));
-        let restarted = us
-            .ready_pods(&ctx.client)
-            .await?
-            .iter()
-            .any(|p| pods::restarts(p) >= 1);
-        if restarted && republished && from_us {
-            break killed_at.elapsed();
-        }
-        if killed_at.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "us-east not back 120 s after its container was killed (restarted {restarted}, republished {republished}); pods: {}",
-                model.describe_pods().await
-            );
-        }
+    let requests = async {
+        let back = loop {
+            let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 4, || {}).await?;
+            check(complete(&answer), "the Worker", || {
+                format!(
+                    "request {} after the kill failed: {} {:?} ({}); log {}",
+                    answers.len() + 1,
+                    answer.status,
+                    answer.error_event,
+                    answer.body,
+                    ctx.worker.log().display()
+                )
+            })?;
+            let from_us = answer.region.as_deref() == Some("us-east");
+            answers.push(answer);
+            let republished = live_regions(&ctx.worker, &model.namespace, &model.name)
+                .await
+                .is_some_and(|l| l.iter().any(|r| r == "us-east"));
+            let restarted = us
+                .ready_pods(&ctx.client)
+                .await?
+                .iter()
+                .any(|p| pods::restarts(p) >= 1);
+            if restarted && republished && from_us {
+                break killed_at.elapsed();
+            }
+            if killed_at.elapsed() > Duration::from_secs(120) {
+                bail!(
+                    "us-east not back 120 s after its container was killed (restarted {restarted}, republished {republished}); pods: {}",
+                    model.describe_pods().await
+                );
+            }
+        };
+        stop.store(true, Ordering::Relaxed);
+        anyhow::Ok(back)
     };
-    stop.store(true, Ordering::Relaxed);
-    let withdrawn = watcher.await?;
+    let (withdrawn, back) = tokio::join!(watcher, requests);
+    let back = back?;
     check(withdrawn.is_some(), "backhaul-operator", || {
         format!(
             "us-east's route stayed in the Worker's table while its pod {pod} had no ready container; log {}",
@@ -806,13 +777,13 @@ async fn container_killed(ctx: &mut Ctx) -> Result<()> {
     })?;
     let failed_over = answers
         .iter()
-        .filter(|(_, a)| a.region.as_deref() == Some("eu-west"))
+        .filter(|a| a.region.as_deref() == Some("eu-west"))
         .count();
     check(failed_over > 0, "the Worker", || {
         "no request was served by eu-west while us-east was down".into()
     })?;
     let ttft = |a: &backhaul_e2e::Chat| a.first_content_after.unwrap_or_default().as_secs_f64();
-    let worst = answers.iter().map(|(_, a)| ttft(a)).fold(0.0_f64, f64::max);
+    let worst = answers.iter().map(ttft).fold(0.0_f64, f64::max);
     eprintln!(
         "  container killed: {} requests meanwhile, 0 failed, {failed_over} served by eu-west; \
          first token after {:.2} s at worst (baseline {:.2} s); route withdrawn {:.1} s after the kill; \
