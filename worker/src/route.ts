@@ -22,8 +22,12 @@ export interface Route {
 	routing: Routing;
 	edgeModel: string | null;
 	generation: number;
+	/** Increases with every write of this route (docs/publication.md, "Ordering"). */
+	sequence: number;
 	publishedAt: string;
 	ttlSeconds: number;
+	/** The credential the Worker sends the region; never returned by any answer, never logged. */
+	upstreamToken: string;
 }
 
 export interface RouteKey {
@@ -129,6 +133,11 @@ export function validateRoute(raw: unknown): Route {
 		throw new ValidationError("publishedAt", "must be an RFC 3339 date-time");
 	}
 	const ttlSeconds = int(obj, "ttlSeconds", 10, "ttlSeconds", 3600);
+	const sequence = int(obj, "sequence", 1, "sequence");
+	const upstreamToken = str(obj, "upstreamToken");
+	if (!/^[A-Za-z0-9._~+/=-]{16,512}$/.test(upstreamToken)) {
+		throw new ValidationError("upstreamToken", "must be 16-512 characters of [A-Za-z0-9._~+/=-]");
+	}
 
 	return {
 		...names,
@@ -140,8 +149,10 @@ export function validateRoute(raw: unknown): Route {
 		routing,
 		edgeModel,
 		generation,
+		sequence,
 		publishedAt,
 		ttlSeconds,
+		upstreamToken,
 	};
 }
 

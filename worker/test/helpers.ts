@@ -14,6 +14,13 @@ export const upstream = (scenario: string, id: string) => `${testEnv.TEST_UPSTRE
 export const upstreamControl = (what: string, id: string) => fetch(`${testEnv.TEST_UPSTREAM}/control/${what}/${id}`);
 export const upstreamCount = async (id: string) => Number(await (await upstreamControl("count", id)).text());
 
+/** The region credential test routes carry; test/upstream-server.ts accepts it. */
+export const TEST_UPSTREAM_TOKEN = "test-upstream-token-0123456789";
+
+let sequence = Date.now();
+/** A fresh, increasing route sequence number. */
+export const nextSequence = () => ++sequence;
+
 export function makeRoute(overrides: Partial<Omit<Route, "routing">> & { routing?: Partial<Routing> } = {}): Route {
 	const { routing, ...rest } = overrides;
 	return {
@@ -27,8 +34,10 @@ export function makeRoute(overrides: Partial<Omit<Route, "routing">> & { routing
 		readyReplicas: 2,
 		edgeModel: null,
 		generation: 1,
+		sequence: nextSequence(),
 		publishedAt: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
 		ttlSeconds: 60,
+		upstreamToken: TEST_UPSTREAM_TOKEN,
 		...rest,
 		routing: {
 			heavyPromptTokens: 1024,
