@@ -11,9 +11,9 @@
 #      the Cargo workspace's version; the Dockerfiles pass hadolint;
 #   6. when $KUBECONFIG reaches a cluster (tests/cluster/up.sh): helm install
 #      into fresh namespaces, the operator Deployment becomes Available, its
-#      ServiceAccount can do exactly what the operator needs and no more, an
-#      upgrade that changes the publication secret rolls the pods, and
-#      helm uninstall removes everything.
+#      ServiceAccount can do exactly what the operator needs and no more, the
+#      publisher key is a read-only file in the pod, an upgrade that changes
+#      the key rolls the pods, and helm uninstall removes everything.
 #
 # Usage: charts/test-chart.sh [--update]
 #   --update  only rewrite the snapshots and the chart's CRD copy (make generate), test nothing.
@@ -47,6 +47,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Two publisher keys (PKCS#8 PEM Ed25519, as openssl genpkey writes them):
+# RFC 8032's test keys 1 and 2, published in the RFC, so never anyone's real key.
+printf '%s\n' "-----BEGIN PRIVATE KEY-----" "MC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g" \
+  "-----END PRIVATE KEY-----" >"$tmp/key1.pem"
+printf '%s\n' "-----BEGIN PRIVATE KEY-----" "MC4CAQAwBQYDK2VwBCIEIEzNCJso/5banbbDRuwRTg9bijGfNaumJNqM9u1PuKb7" \
+  "-----END PRIVATE KEY-----" >"$tmp/key2.pem"
+key1=$tmp/key1.pem
+key2=$tmp/key2.pem
+key1_b64=$(base64 -w0 "$key1")
+
 passed=0
 failed=0
 failures=()
@@ -73,8 +83,9 @@ render() { "$helm" template backhaul "$chart" --namespace backhaul-system --kube
 
 # yq EXPR: evaluates the Python expression EXPR over the YAML documents on
 # stdin; `docs` is the list of objects, `obj(kind, name=None)` the one of that
-# kind, `container` the operator container and `env` its environment as a
-# dict of name -> value or valueFrom. Prints the result as JSON; fails when
+# kind, `container` the operator container, `env` its environment as a
+# dict of name -> value or valueFrom, `pod` the pod spec, `mounts` and `volumes`
+# the container's volume mounts and the pod's volumes by name. Prints the result as JSON; fails when
 # the expression raises or is False.
 yq() {
   python3 -c '
@@ -90,6 +101,9 @@ def has(kind):
 deps = [d for d in docs if d["kind"] == "Deployment"]
 container = deps[0]["spec"]["template"]["spec"]["containers"][0] if deps else None
 env = {e["name"]: e.get("value", e.get("valueFrom")) for e in (container or {}).get("env", [])}
+pod = deps[0]["spec"]["template"]["spec"] if deps else None
+mounts = {m["name"]: m for m in (container or {}).get("volumeMounts", [])}
+volumes = {v["name"]: v for v in (pod or {}).get("volumes", [])}
 result = eval(sys.argv[1])
 print(json.dumps(result, sort_keys=True))
 if result is False:
@@ -98,7 +112,7 @@ if result is False:
 }
 
 export -f yq render
-export helm chart kube_version
+export helm chart kube_version key1 key2 key1_b64
 
 # expect_render NAME "HELM ARGS" EXPR...: renders with the args, then every EXPR holds.
 expect_render() {
@@ -140,7 +154,8 @@ check "Dockerfiles pass hadolint" scripts/hadolint.sh
 
 echo "== rendering" >&2
 expect_render "defaults: no publication, images tagged with appVersion, leader election on" "" \
-  'not has("Secret") and "BACKHAUL_WORKER_URL" not in env and "BACKHAUL_PUBLISH_SECRET" not in env' \
+  'not has("Secret") and "BACKHAUL_WORKER_URL" not in env and not [k for k in env if k.startswith("BACKHAUL_PUBLISH")]' \
+  'not volumes and not mounts' \
   'container["image"] == "ghcr.io/backhaul-dev/backhaul-operator:0.1.0"' \
   'env["BACKHAUL_INFERENCE_IMAGE"] == "ghcr.io/backhaul-dev/backhaul-inference:0.1.0"' \
   'env["BACKHAUL_INFERENCE_IMAGE_CUDA"] == "ghcr.io/backhaul-dev/backhaul-inference:0.1.0-cuda"' \
@@ -154,17 +169,29 @@ expect_render "the container runs non-root, read-only, without capabilities" "" 
   'obj("Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 65532' \
   'container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"} and container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}' \
   'set(container["resources"]) == {"requests", "limits"}'
-expect_render "publishSecret.value: the chart creates the Secret and the pod reads it by reference" \
-  "--set workerUrl=https://backhaul.example.workers.dev --set publishSecret.value=s3cret" \
-  'obj("Secret", "backhaul-backhaul-operator-publish")["data"] == {"publish-secret": "czNjcmV0"}' \
-  'env["BACKHAUL_PUBLISH_SECRET"] == {"secretKeyRef": {"name": "backhaul-backhaul-operator-publish", "key": "publish-secret"}}' \
+expect_render "publishKey.privateKeyPem: the chart creates the Secret, mounted read-only as the operator's key file" \
+  "--set workerUrl=https://backhaul.example.workers.dev --set publishKey.id=us-east-2026 --set-file publishKey.privateKeyPem=$key1" \
+  'obj("Secret", "backhaul-backhaul-operator-publish-key")["data"] == {"publish-key.pem": "'"$key1_b64"'"}' \
+  'env["BACKHAUL_PUBLISH_KEY_FILE"] == "/etc/backhaul/publish-key/publish-key.pem" and env["BACKHAUL_PUBLISH_KEY_ID"] == "us-east-2026"' \
+  'mounts["publish-key"] == {"name": "publish-key", "mountPath": "/etc/backhaul/publish-key", "readOnly": True}' \
+  'volumes["publish-key"]["secret"] == {"secretName": "backhaul-backhaul-operator-publish-key", "items": [{"key": "publish-key.pem", "path": "publish-key.pem"}], "defaultMode": 0o440}' \
+  'pod["securityContext"]["fsGroup"] == 65532' \
   'env["BACKHAUL_WORKER_URL"] == "https://backhaul.example.workers.dev"' \
-  '"s3cret" not in json.dumps(obj("Deployment"))' \
-  '"checksum/publish-secret" in obj("Deployment")["spec"]["template"]["metadata"]["annotations"]'
-expect_render "publishSecret.existingSecret: no Secret is created, the named one is referenced" \
-  "--set workerUrl=https://w.example.com --set publishSecret.existingSecret=mine --set publishSecret.key=hmac --set publishSecret.value=ignored" \
-  'not has("Secret")' \
-  'env["BACKHAUL_PUBLISH_SECRET"] == {"secretKeyRef": {"name": "mine", "key": "hmac"}}'
+  '"PRIVATE KEY" not in json.dumps(obj("Deployment")) and not [k for k in env if "SECRET" in k]' \
+  '"checksum/publish-key" in obj("Deployment")["spec"]["template"]["metadata"]["annotations"]'
+expect_render "publishKey.existingSecret: no Secret is created, the named one is mounted" \
+  "--set workerUrl=https://w.example.com --set publishKey.id=k1 --set publishKey.existingSecret=mine --set publishKey.key=ed25519 --set-file publishKey.privateKeyPem=$key1" \
+  'not has("Secret") and "checksum/publish-key" not in (obj("Deployment")["spec"]["template"]["metadata"].get("annotations") or {})' \
+  'volumes["publish-key"]["secret"]["secretName"] == "mine" and volumes["publish-key"]["secret"]["items"] == [{"key": "ed25519", "path": "publish-key.pem"}]' \
+  'env["BACKHAUL_PUBLISH_KEY_FILE"] == "/etc/backhaul/publish-key/publish-key.pem" and env["BACKHAUL_PUBLISH_KEY_ID"] == "k1"'
+expect_render "a podSecurityContext without fsGroup: the key file is readable by the non-root operator (0444)" \
+  "--set workerUrl=https://w.example.com --set publishKey.id=k1 --set publishKey.existingSecret=mine --set podSecurityContext.fsGroup=null" \
+  '"fsGroup" not in pod["securityContext"] and volumes["publish-key"]["secret"]["defaultMode"] == 0o444'
+expect_render "a publisher key without workerUrl: nothing of it is rendered" \
+  "--set publishKey.id=k1 --set-file publishKey.privateKeyPem=$key1" \
+  'not has("Secret") and not volumes and not [k for k in env if k.startswith("BACKHAUL_PUBLISH")]'
+expect_render "the operator may create and watch Secrets (each ModelDeployment's upstream credential), and no more" "" \
+  '[r["verbs"] for r in obj("ClusterRole")["rules"] if "secrets" in r["resources"]] == [["get", "list", "watch", "create"]]'
 expect_render "regions, log settings and image tags reach the operator" \
   "--set regions={us-east,eu-west} --set logLevel=backhaul_operator=debug --set logFormat=text --set image.tag=dev --set inferenceImage.tag=1.2.3" \
   'env["BACKHAUL_REGIONS"] == "us-east,eu-west" and env["RUST_LOG"] == "backhaul_operator=debug" and env["BACKHAUL_LOG_FORMAT"] == "text"' \
@@ -182,12 +209,12 @@ expect_render "watchNamespace: permissions bound in that namespace only" "--set 
 expect_render "leaderElection off: no Lease permissions" "--set leaderElection.enabled=false" \
   'not has("Role") and env["BACKHAUL_LEADER_ELECTION"] == "false" and "BACKHAUL_LEASE_NAME" not in env'
 expect_render "networkPolicy: ingress to metrics only; egress to DNS, API server and the Worker's port" \
-  "--set networkPolicy.enabled=true --set workerUrl=http://worker.internal:8787 --set publishSecret.value=x --set networkPolicy.apiServer.cidrs={10.0.0.1/32}" \
+  "--set networkPolicy.enabled=true --set workerUrl=http://worker.internal:8787 --set publishKey.id=k --set publishKey.existingSecret=k --set networkPolicy.apiServer.cidrs={10.0.0.1/32}" \
   'obj("NetworkPolicy")["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]' \
   '[r["ports"][0]["port"] for r in obj("NetworkPolicy")["spec"]["egress"]] == [53, 443, 8787]' \
   'obj("NetworkPolicy")["spec"]["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]'
 expect_render "networkPolicy: an https Worker without a port is reached on 443" \
-  "--set networkPolicy.enabled=true --set workerUrl=https://w.example.com/base --set publishSecret.value=x" \
+  "--set networkPolicy.enabled=true --set workerUrl=https://w.example.com/base --set publishKey.id=k --set publishKey.existingSecret=k" \
   'obj("NetworkPolicy")["spec"]["egress"][2]["ports"] == [{"port": 443, "protocol": "TCP"}]'
 expect_render "serviceMonitor: scrapes the metrics port of the operator's Service" \
   "--set metrics.serviceMonitor.enabled=true --set metrics.serviceMonitor.labels.release=prom" \
@@ -207,14 +234,19 @@ bad() {
 echo "== bad values" >&2
 bad "replicaCount -1" "at '/replicaCount': minimum" --set replicaCount=-1
 bad "replicaCount not a number" "at '/replicaCount': got string, want integer" --set-string replicaCount=two
-bad "workerUrl not a URL" "at '/workerUrl': 'backhaul.example.com' does not match pattern" --set workerUrl=backhaul.example.com --set publishSecret.value=x
-bad "workerUrl with another scheme" "at '/workerUrl': 'ftp://w.example.com' does not match pattern" --set workerUrl=ftp://w.example.com --set publishSecret.value=x
+bad "workerUrl not a URL" "at '/workerUrl': 'backhaul.example.com' does not match pattern" --set workerUrl=backhaul.example.com --set publishKey.id=k --set publishKey.existingSecret=k
+bad "workerUrl with another scheme" "at '/workerUrl': 'ftp://w.example.com' does not match pattern" --set workerUrl=ftp://w.example.com --set publishKey.id=k --set publishKey.existingSecret=k
 bad "unknown top-level key" "additional properties 'replicas' not allowed" --set replicas=2
-bad "misspelt nested key" "at '/publishSecret': additional properties 'existingsecret' not allowed" --set publishSecret.existingsecret=x
+bad "misspelt nested key" "at '/publishKey': additional properties 'existingsecret' not allowed" --set publishKey.existingsecret=x
+bad "the removed publishSecret (HMAC) values" "additional properties 'publishSecret' not allowed" --set publishSecret.value=x
 bad "logFormat xml" "at '/logFormat': value must be one of" --set logFormat=xml
 bad "image.pullPolicy Sometimes" "at '/image/pullPolicy': value must be one of" --set image.pullPolicy=Sometimes
 bad "region not a Kubernetes name" "at '/regions/0': 'US East' does not match pattern" --set "regions={US East}"
-bad "workerUrl without a publication secret" "workerUrl is set but the Worker's publication secret is not" --set workerUrl=https://w.example.com
+bad "workerUrl without a publisher key" "workerUrl is set but the publisher's private key is not: set publishKey.existingSecret .* or publishKey.privateKeyPem" --set workerUrl=https://w.example.com --set publishKey.id=k
+bad "workerUrl and a key without its id" "workerUrl is set but publishKey.id is not" --set workerUrl=https://w.example.com --set-file "publishKey.privateKeyPem=$key1"
+bad "publishKey.id with a character the Worker refuses" "at '/publishKey/id': 'us.east' does not match pattern" --set workerUrl=https://w.example.com --set publishKey.id=us.east --set publishKey.existingSecret=k
+bad "publishKey.id over 64 characters" "at '/publishKey/id': '$(printf 'k%.0s' {1..65})' does not match pattern" --set "publishKey.id=$(printf 'k%.0s' {1..65})"
+bad "publishKey.privateKeyPem a path, not the PEM (--set instead of --set-file)" "publishKey.privateKeyPem is not a PKCS#8 PEM private key .*--set-file publishKey.privateKeyPem=key.pem" --set workerUrl=https://w.example.com --set publishKey.id=k --set publishKey.privateKeyPem=key.pem
 bad "two replicas without leader election" "replicaCount is 2 but leaderElection.enabled is false" --set replicaCount=2 --set leaderElection.enabled=false
 bad "a digest inferenceImage.tag without inferenceImage.cuda.tag" "the CUDA build's tag cannot be derived from it: set inferenceImage.cuda.tag" --set "inferenceImage.tag=sha256:$(printf '0%.0s' {1..64})"
 bad "inferenceImage.cuda misspelt" "at '/inferenceImage/cuda': additional properties 'tags' not allowed" --set inferenceImage.cuda.tags=x
@@ -244,14 +276,15 @@ else
 
   # The operator's identity needs no real image: kwok runs the pods' lifecycle
   # (Running and Ready as soon as they are bound to its fake nodes).
-  install_args=(--set workerUrl=https://backhaul.example.workers.dev --set publishSecret.value=first
+  install_args=(--set workerUrl=https://backhaul.example.workers.dev --set publishKey.id=chart-test
+    --set-file "publishKey.privateKeyPem=$key1"
     --set replicaCount=2 --set "regions={us-east,eu-west}" --set networkPolicy.enabled=true)
   check "helm install into a fresh namespace" "$helm" install "$rel" "$chart" -n "$ns" "${install_args[@]}"
   check "the operator Deployment becomes Available with 2 ready replicas" bash -c '
     "$1" -n "$2" wait --for=condition=Available "deployment/$3" --timeout="$4s" &&
     [ "$("$1" -n "$2" get "deployment/$3" -o jsonpath="{.status.readyReplicas}")" = 2 ]' \
     _ "$kubectl" "$ns" "$fullname" "$timeout"
-  check "the API server accepted the pod's security settings and secret reference" bash -c '
+  check "the API server accepted the pod's security settings and its publisher key mount" bash -c '
     pod=$("$1" -n "$2" get pods -l app.kubernetes.io/instance="$3" -o json)
     printf "%s" "$pod" | python3 -c "
 import json, sys
@@ -260,10 +293,16 @@ c = pod[\"containers\"][0]
 assert c[\"securityContext\"][\"readOnlyRootFilesystem\"] is True, c
 assert c[\"securityContext\"][\"capabilities\"][\"drop\"] == [\"ALL\"], c
 assert pod[\"securityContext\"][\"runAsNonRoot\"] is True, pod
-ref = [e for e in c[\"env\"] if e[\"name\"] == \"BACKHAUL_PUBLISH_SECRET\"][0][\"valueFrom\"][\"secretKeyRef\"]
-print(ref)
+env = {e[\"name\"]: e.get(\"value\") for e in c[\"env\"]}
+assert env[\"BACKHAUL_PUBLISH_KEY_ID\"] == \"chart-test\", env
+assert env[\"BACKHAUL_PUBLISH_KEY_FILE\"] == \"/etc/backhaul/publish-key/publish-key.pem\", env
+mount = [m for m in c[\"volumeMounts\"] if m[\"name\"] == \"publish-key\"][0]
+assert mount[\"readOnly\"] is True and mount[\"mountPath\"] == \"/etc/backhaul/publish-key\", mount
+vol = [v for v in pod[\"volumes\"] if v[\"name\"] == \"publish-key\"][0][\"secret\"]
+assert vol[\"items\"] == [{\"key\": \"publish-key.pem\", \"path\": \"publish-key.pem\"}] and vol[\"defaultMode\"] == 0o440, vol
+print(mount, vol)
 "
-    "$1" -n "$2" get secret "$4-publish" -o jsonpath="{.data.publish-secret}" | base64 -d | grep -qx first' \
+    "$1" -n "$2" get secret "$4-publish-key" -o jsonpath="{.data.publish-key\.pem}" | base64 -d | cmp - "$key1"' \
     _ "$kubectl" "$ns" "$rel" "$fullname"
   check "the CRD is installed from the chart" "$kubectl" get crd modeldeployments.backhaul.dev
 
@@ -284,9 +323,10 @@ print(ref)
     for v in get list watch create patch update delete; do rbac_yes+=("$v $r"); done
   done
   for v in get list watch; do rbac_yes+=("$v pods"); done
+  for v in get list watch create; do rbac_yes+=("$v secrets"); done
   for v in create patch; do rbac_yes+=("$v events" "$v events.events.k8s.io"); done
   rbac_no=("create $md" "delete $md" "delete $md --subresource=status"
-    "get secrets" "list secrets" "watch secrets" "create pods" "delete pods" "update pods"
+    "update secrets" "patch secrets" "delete secrets" "create pods" "delete pods" "update pods"
     "get configmaps" "delete namespaces" "create namespaces" "list nodes" "delete nodes"
     "create clusterroles.rbac.authorization.k8s.io" "create rolebindings.rbac.authorization.k8s.io"
     "delete statefulsets.apps" "create serviceaccounts --subresource=token" "create pods --subresource=exec"
@@ -296,7 +336,7 @@ print(ref)
     for ns in "$0" default; do for p in "$@"; do can "$ns" $p || { echo "cannot $p in $ns"; exit 1; }; done; done' \
     "$other" "${rbac_yes[@]}"
   # shellcheck disable=SC2086
-  check "the ServiceAccount can do nothing else (secrets, pods, namespaces, RBAC, other Leases)" bash -c '
+  check "the ServiceAccount can do nothing else (change Secrets, pods, namespaces, RBAC, other Leases)" bash -c '
     for p in "$@"; do cannot "$0" $p || { echo "can $p in $0 (or the check failed)"; exit 1; }; done' \
     "$other" "${rbac_no[@]}"
   check "leader election: its own Lease in the release namespace, and only that one" bash -c '
@@ -305,14 +345,14 @@ print(ref)
     cannot "$0" get $l/some-other-lease && cannot "$0" delete "$l/$1" && cannot "$0" list $l &&
     cannot "$2" create $l' "$ns" "$fullname" "$other"
 
-  check "helm upgrade with a new publication secret rolls the operator pods" bash -c '
+  check "helm upgrade with a new publisher key rolls the operator pods" bash -c '
     rel=$1 ns=$2 fullname=$3
     rev() { "$kubectl" -n "$ns" get "deployment/$fullname" -o jsonpath="{.metadata.annotations.deployment\.kubernetes\.io/revision}"; }
     before=$(rev)
-    "$helm" upgrade "$rel" "$chart" -n "$ns" --reuse-values --set publishSecret.value=second &&
+    "$helm" upgrade "$rel" "$chart" -n "$ns" --reuse-values --set-file "publishKey.privateKeyPem=$key2" &&
     "$kubectl" -n "$ns" rollout status "deployment/$fullname" --timeout="$4s" &&
     after=$(rev) && echo "Deployment revision $before -> $after" && [ "$after" -gt "$before" ] &&
-    "$kubectl" -n "$ns" get secret "$fullname-publish" -o jsonpath="{.data.publish-secret}" | base64 -d | grep -qx second' \
+    "$kubectl" -n "$ns" get secret "$fullname-publish-key" -o jsonpath="{.data.publish-key\.pem}" | base64 -d | cmp - "$key2"' \
     _ "$rel" "$ns" "$fullname" "$timeout"
 
   scoped=$rel-scoped

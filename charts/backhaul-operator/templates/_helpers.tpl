@@ -76,13 +76,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (include "backhaul-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
-{{/* The Secret holding the publication secret, empty when publication is off. */}}
-{{- define "backhaul-operator.publishSecretName" -}}
-{{- if .Values.publishSecret.existingSecret }}
-{{- .Values.publishSecret.existingSecret }}
-{{- else if .Values.publishSecret.value }}
-{{- printf "%s-publish" (include "backhaul-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{/* The Secret holding the publisher's private key: the named one, else the chart's when it is given inline; empty otherwise. */}}
+{{- define "backhaul-operator.publishKeySecretName" -}}
+{{- if .Values.publishKey.existingSecret }}
+{{- .Values.publishKey.existingSecret }}
+{{- else if .Values.publishKey.privateKeyPem }}
+{{- printf "%s-publish-key" (include "backhaul-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+{{- end }}
+
+{{/* Whether the chart makes the publisher key's Secret (publication on, the key given inline): "true" or empty. */}}
+{{- define "backhaul-operator.publishKeyChartSecret" -}}
+{{- if and .Values.workerUrl .Values.publishKey.privateKeyPem (not .Values.publishKey.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/* Where the publisher key is mounted in the operator's container, and the file the operator reads. */}}
+{{- define "backhaul-operator.publishKeyDir" -}}
+/etc/backhaul/publish-key
+{{- end }}
+{{- define "backhaul-operator.publishKeyFile" -}}
+{{- printf "%s/publish-key.pem" (include "backhaul-operator.publishKeyDir" .) }}
 {{- end }}
 
 {{/* The Worker's TCP port: explicit in workerUrl, else the scheme's. */}}
@@ -103,8 +116,18 @@ Settings that cannot be expressed in values.schema.json, checked here so that
 `helm install` and `helm template` fail with a message saying what to change.
 */}}
 {{- define "backhaul-operator.validate" -}}
-{{- if and .Values.workerUrl (not (include "backhaul-operator.publishSecretName" .)) }}
-{{- fail "workerUrl is set but the Worker's publication secret is not: set publishSecret.existingSecret (an existing Secret in the release namespace) or publishSecret.value" }}
+{{- if .Values.workerUrl }}
+{{- if not (include "backhaul-operator.publishKeySecretName" .) }}
+{{- fail "workerUrl is set but the publisher's private key is not: set publishKey.existingSecret (a Secret in the release namespace holding a PKCS#8 PEM Ed25519 key under publishKey.key) or publishKey.privateKeyPem (--set-file publishKey.privateKeyPem=key.pem, made with openssl genpkey -algorithm ed25519)" }}
+{{- end }}
+{{- if not .Values.publishKey.id }}
+{{- fail "workerUrl is set but publishKey.id is not: set it to the id of this cluster's entry in the Worker's BACKHAUL_PUBLISHERS ([A-Za-z0-9_-], at most 64 characters)" }}
+{{- end }}
+{{- end }}
+{{- with .Values.publishKey.privateKeyPem }}
+{{- if and (not $.Values.publishKey.existingSecret) (not (regexMatch "^\\s*-----BEGIN PRIVATE KEY-----\\s[A-Za-z0-9+/=\\s]+-----END PRIVATE KEY-----\\s*$" .)) }}
+{{- fail "publishKey.privateKeyPem is not a PKCS#8 PEM private key (-----BEGIN PRIVATE KEY----- ... -----END PRIVATE KEY-----): pass the key file's contents with --set-file publishKey.privateKeyPem=key.pem (openssl genpkey -algorithm ed25519 -out key.pem)" }}
+{{- end }}
 {{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail (printf "replicaCount is %d but leaderElection.enabled is false: several replicas without leader election would reconcile the same objects at once" (int .Values.replicaCount)) }}
