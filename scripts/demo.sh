@@ -197,18 +197,31 @@ kubectl get node "$node_name" >/dev/null 2>&1 || die "the cluster has no real no
 # Builds the workspace (a no-op when it is up to date) and the images from it.
 step "images (make images), loaded into $node_name" scripts/images.sh --load operator inference >/dev/null
 
-secret=$(openssl rand -hex 32)
-printf '%s' "$secret" >"$state/publish-secret"
-chmod 600 "$state/publish-secret"
+# The cluster's publisher key (docs/publication.md): an Ed25519 private key for the
+# operator, its public key (with the cluster's scope) for the Worker.
+key_id=local
+key_file=$state/publish-key.pem
+rm -f "$state/publish-secret" "$key_file"
+(umask 077 && openssl genpkey -algorithm ed25519 -out "$key_file")
+chmod 600 "$key_file"
+public_key=$(openssl pkey -in "$key_file" -pubout -outform DER | tail -c 32 | base64)
 worker_port=$(free_port 8787)
 # The operator's pod reaches the Worker on the node's bridge (the host's side of it).
 worker_url=http://$node_host_ip:$worker_port
 
 step "CRDs (kubectl apply -f crds/)" kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
 kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-# The Worker. Secrets come from an env file under the cache (--env-file makes
-# wrangler ignore worker/.dev.vars, so nobody's own file is touched).
-printf 'BACKHAUL_PUBLISH_SECRET="%s"\nBACKHAUL_API_KEYS=""\nTRUST_LOCATION_HEADER="true"\n' "$secret" >"$state/.dev.vars"
+# The Worker. Its settings come from an env file under the cache (--env-file makes
+# wrangler ignore worker/.dev.vars, so nobody's own file is touched): the one
+# publisher key, allowed every namespace and region; no client keys, and the
+# open API that needs (the Worker refuses clients when it has no keys unless
+# ALLOW_ANONYMOUS is "true"); the client's location taken from a header.
+# BACKHAUL_PUBLISHERS is single-quoted: its JSON holds double quotes.
+{
+  printf "BACKHAUL_PUBLISHERS='%s'\n" \
+    "[{\"id\":\"$key_id\",\"publicKey\":\"$public_key\",\"group\":\"local\",\"namespaces\":[\"*\"],\"regions\":[\"*\"]}]"
+  printf '%s\n' 'BACKHAUL_API_KEYS=""' 'ALLOW_ANONYMOUS="true"' 'TRUST_LOCATION_HEADER="true"'
+} >"$state/.dev.vars"
 chmod 600 "$state/.dev.vars"
 source scripts/node-env.sh
 start worker "wrangler dev" "$logs/worker.log" bash -c "cd worker && exec npx wrangler dev --env local \
@@ -223,7 +236,7 @@ step "Worker answers /health" wait_until "$timeout" "the Worker (wrangler dev)" 
 step "Helm chart ($release in $release_namespace): the operator's pod Ready" \
   helm upgrade --install "$release" charts/backhaul-operator -n "$release_namespace" --create-namespace \
   --skip-crds --set watchNamespace="$namespace" --set workerUrl="$worker_url" \
-  --set publishSecret.value="$secret" --set logFormat=text \
+  --set publishKey.id="$key_id" --set-file publishKey.privateKeyPem="$key_file" --set logFormat=text \
   --set-string "nodeSelector.backhaul\.dev/node=real" \
   --set "tolerations[0].key=$node_taint_key" --set "tolerations[0].operator=Exists" \
   --set "tolerations[0].effect=NoSchedule" \
@@ -244,12 +257,15 @@ if ! step "examples/local-demo.yaml applied: pods start on $node_name, pass thei
 fi
 info "$(awk -v ms=$(($(date +%s%3N) - applied_at)) 'BEGIN { printf "apply -> Published in %.1f s", ms / 1000 }')"
 
-# signed_get PATH: a GET on the Worker's admin API (docs/publication.md).
+# signed_get PATH: a GET on the Worker's admin API, signed with the cluster's key
+# (docs/publication.md: Ed25519 over "backhaul-v2.{keyId}.{ts}.{METHOD}.{path}." + body).
 signed_get() {
   local ts sig
   ts=$(date +%s)
-  sig=$(printf '%s.GET.%s.' "$ts" "$1" | openssl dgst -sha256 -hmac "$secret" -hex | sed 's/^.* //')
-  curl -fsS -H "x-backhaul-timestamp: $ts" -H "x-backhaul-signature: v1=$sig" "$worker_url$1"
+  printf 'backhaul-v2.%s.%s.GET.%s.' "$key_id" "$ts" "$1" >"$state/signed-get.msg"
+  sig=$(openssl pkeyutl -sign -inkey "$key_file" -rawin -in "$state/signed-get.msg" | base64 -w0)
+  curl -fsS -H "x-backhaul-key-id: $key_id" -H "x-backhaul-timestamp: $ts" \
+    -H "x-backhaul-signature: ed25519=$sig" "$worker_url$1"
 }
 
 echo
@@ -263,7 +279,7 @@ say "The Worker's route table (signed GET /admin/v1/routes):"
 signed_get /admin/v1/routes | python3 -c '
 import json, sys
 for r in json.load(sys.stdin)["routes"]:
-    print("  %s/%s %-8s -> %s  ready %s/%s  ttl %ss%s" % (r["namespace"], r["name"], r["region"], r["endpoint"], r["readyReplicas"], r["replicas"], r["ttlSeconds"], "  EXPIRED" if r.get("expired") else ""))'
+    print("  %s/%s %-8s -> %s  ready %s/%s  ttl %ss  key %s  owner %s  token sha256 %s%s" % (r["namespace"], r["name"], r["region"], r["endpoint"], r["readyReplicas"], r["replicas"], r["ttlSeconds"], r.get("keyId"), r.get("owner"), r.get("upstreamTokenSha256"), "  EXPIRED" if r.get("expired") else ""))'
 
 client() { "$venv/bin/python" scripts/demo-client.py "$worker_url/v1" "$served" "$@"; }
 prompt="In three sentences, explain why a request should be served by the nearest data centre."
@@ -293,7 +309,9 @@ cat <<EOF
 
 Still running (stop everything with: make demo-down   or   scripts/demo.sh down):
   Worker (wrangler dev)   $worker_url   pid $(recorded worker)   log $logs/worker.log
-  regions                 us-east http://127.0.0.1:30101, eu-west http://127.0.0.1:30102 (NodePorts)
+                          settings $state/.dev.vars   publisher key $key_file (id $key_id)
+  regions                 us-east http://127.0.0.1:30101, eu-west http://127.0.0.1:30102 (NodePorts;
+                          they answer only the Worker's token, Secret $namespace/smollm2-upstream-auth)
   operator                kubectl -n $release_namespace logs deploy/$release
   cluster                 $KUBECONFIG   logs $BACKHAUL_CACHE/cluster/logs
 
@@ -304,4 +322,7 @@ Try:
     -H 'x-backhaul-client-location: 51.5,-0.12' \\
     -d '{"model":"$served","stream":true,"max_tokens":80,"messages":[{"role":"user","content":"Hi"}]}' -D -
   $venv/bin/python scripts/demo-client.py $worker_url/v1 $served 51.5,-0.12 "Tell me a joke" 80
+  curl -i http://127.0.0.1:30101/v1/models      # 401: a region refuses anyone without the Worker's token
+  curl -H "Authorization: Bearer \$(kubectl -n $namespace get secret smollm2-upstream-auth \
+    -o jsonpath='{.data.tokens}' | base64 -d | head -n 1)" http://127.0.0.1:30101/v1/models
 EOF
