@@ -6,7 +6,9 @@
 
 For each N, in its own namespace `bench-cp-N`, with an operator of its own
 (--watch-namespace) publishing to a local signed-route receiver (a Python
-server here that verifies every signature as docs/publication.md says):
+server here that verifies every Ed25519 signature and orders writes by their
+sequence numbers as docs/publication.md says; the operator signs with a key
+made for the run, BACKHAUL_PUBLISH_KEY_FILE / BACKHAUL_PUBLISH_KEY_ID):
 
 - apply_to_published_s: from `kubectl create` of the N objects until every
   object has Published=True (and until the receiver holds all 3N routes);
@@ -24,7 +26,8 @@ server here that verifies every signature as docs/publication.md says):
   control plane is shared, so (c) can include others' requests.
 
 Then, once: a region failure leaving the Worker's table, with the Worker
-itself under `wrangler dev`: one ModelDeployment with ttlSeconds 10, the
+itself under `wrangler dev` (its BACKHAUL_PUBLISHERS holding the run's public
+key, ALLOW_ANONYMOUS on): one ModelDeployment with ttlSeconds 10, the
 operator killed (SIGKILL: its heartbeat stops), and the time until
 GET /admin/v1/routes marks the route expired.
 
@@ -32,11 +35,13 @@ Extra kwok nodes (one per region, room for 1,100 pods each) are added for
 the run and removed after it. Prints one JSON document on stdout.
 """
 
+import atexit
+import base64
 import hashlib
-import hmac
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,18 +52,37 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("BACKHAUL_CACHE", os.path.expanduser("~/.cache/backhaul"))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(CACHE, "target"))
 OPERATOR = os.environ.get("BACKHAUL_OPERATOR_BIN", os.path.join(TARGET, "debug", "backhaul-operator"))
-SECRET = "bench-control-plane-secret"
+# The run's publisher key (docs/publication.md): the operator reads the PEM
+# from a file, the receiver and the Worker hold the public key.
+KEY_ID = "bench-control-plane"
+PRIVATE_KEY = Ed25519PrivateKey.generate()
+PUBLIC_KEY = PRIVATE_KEY.public_key()
+PUBLIC_KEY_B64 = base64.b64encode(PUBLIC_KEY.public_bytes(serialization.Encoding.Raw,
+                                                          serialization.PublicFormat.Raw)).decode()
+STATE_DIR = tempfile.mkdtemp(prefix="backhaul-cp-")
+atexit.register(shutil.rmtree, STATE_DIR, ignore_errors=True)
+KEY_FILE = os.path.join(STATE_DIR, "publish-key.pem")
+with open(os.open(KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+    f.write(PRIVATE_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+# The Worker's BACKHAUL_PUBLISHERS: that key, allowed every namespace and region.
+PUBLISHERS = json.dumps([{"id": KEY_ID, "publicKey": PUBLIC_KEY_B64, "group": "bench",
+                          "namespaces": ["*"], "regions": ["*"]}], separators=(",", ":"))
 REGIONS = {"us-east": (39.04, -77.49), "eu-west": (53.35, -6.26), "ap-south": (19.08, 72.88)}
 # Route TTL of the scale runs: the operator re-PUTs each route every TTL/3,
 # reconciling its object with nothing to change (the steady window sees it).
 TTL_S = 120
 STEADY_WINDOW_S = 45
 WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
-TOUCHED = {"modeldeployments", "deployments", "services", "poddisruptionbudgets", "events"}
+TOUCHED = {"modeldeployments", "deployments", "services", "poddisruptionbudgets", "events", "secrets"}
 
 
 def log(*a):
@@ -85,21 +109,58 @@ def http_get(url, timeout=10):
         return r.read().decode()
 
 
-def sign(ts, method, path, body):
-    return hmac.new(SECRET.encode(), f"{ts}.{method}.{path}.{body}".encode(), hashlib.sha256).hexdigest()
+def signed_bytes(key_id, ts, method, path, body):
+    """What an admin request's signature covers (docs/publication.md)."""
+    return f"backhaul-v2.{key_id}.{ts}.{method}.{path}.".encode() + body
+
+
+def sign(ts, method, path, body=b""):
+    """The X-Backhaul-Signature value for a request signed with the run's key."""
+    return "ed25519=" + base64.b64encode(PRIVATE_KEY.sign(signed_bytes(KEY_ID, ts, method, path, body))).decode()
+
+
+def signed_headers(method, path, body=b""):
+    ts = str(int(time.time()))
+    return {"x-backhaul-key-id": KEY_ID, "x-backhaul-timestamp": ts, "x-backhaul-signature": sign(ts, method, path, body)}
+
+
+def verify(headers, method, path, body):
+    """True when the request is signed by the run's key within 300 s."""
+    ts = headers.get("x-backhaul-timestamp", "")
+    sig = headers.get("x-backhaul-signature", "")
+    if headers.get("x-backhaul-key-id") != KEY_ID or not ts.isdigit() or abs(time.time() - int(ts)) > 300:
+        return False
+    if not sig.startswith("ed25519="):
+        return False
+    try:
+        raw = base64.b64decode(sig[len("ed25519="):], validate=True)
+        PUBLIC_KEY.verify(raw, signed_bytes(KEY_ID, ts, method, path, body))
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
+def error(code, message):
+    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code, "param": None}}).encode()
 
 
 class Receiver:
     """The Worker's admin API, reduced to what the operator calls: signed
-    PUT/DELETE of routes, counted; rejects a bad signature with 401."""
+    PUT/DELETE of routes and the single-route GET (after a 409), counted.
+    Rejects a bad signature with 401, a route without its sequence or
+    upstreamToken with 400, and a write whose sequence is not above the
+    stored route's or tombstone's with 409 stale_sequence."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.routes = {}
+        self.tombstones = {}
         self.first_put = {}
         self.puts = 0
         self.deletes = 0
+        self.gets = 0
         self.rejected = 0
+        self.stale = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -115,42 +176,76 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def handle_write(self, method):
+            def handle_admin(self, method):
                 n = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(n).decode() if n else ""
-                ts = self.headers.get("x-backhaul-timestamp", "")
-                sig = self.headers.get("x-backhaul-signature", "")
+                body = self.rfile.read(n) if n else b""
                 path = self.path.split("?")[0]
-                good = sig.startswith("v1=") and hmac.compare_digest(sig[3:], sign(ts, method, path, body))
-                if not good or not ts.isdigit() or abs(time.time() - int(ts)) > 300:
+                if not verify(self.headers, method, path, body):
                     with receiver.lock:
                         receiver.rejected += 1
-                    return self.reply(401, b'{"error":{"message":"bad signature","type":"unauthorized","code":"unauthorized"}}')
+                    return self.reply(401, error("invalid_signature", "bad signature"))
                 key = path.removeprefix("/admin/v1/routes/")
                 with receiver.lock:
+                    if method == "GET":
+                        receiver.gets += 1
+                        tomb = receiver.tombstones.get(key)
+                        return self.reply(200, json.dumps({
+                            "route": receiver.view(receiver.routes.get(key)),
+                            "tombstone": {"sequence": tomb} if tomb is not None else None}).encode())
+                    try:
+                        doc = json.loads(body)
+                        sequence = doc["sequence"]
+                        if method == "PUT" and not doc.get("upstreamToken"):
+                            raise KeyError("upstreamToken")
+                    except (ValueError, KeyError, TypeError) as e:
+                        receiver.rejected += 1
+                        return self.reply(400, error("invalid_route", f"bad body: {e}"))
+                    stored = max(receiver.routes.get(key, {}).get("sequence", 0), receiver.tombstones.get(key, 0))
+                    if method == "DELETE" and key in receiver.tombstones and key not in receiver.routes:
+                        receiver.deletes += 1
+                        return self.reply(204)
+                    if sequence <= stored:
+                        receiver.stale += 1
+                        return self.reply(409, error("stale_sequence", f"sequence {sequence} is not above {stored}"))
                     if method == "PUT":
                         receiver.puts += 1
-                        receiver.routes[key] = json.loads(body)
+                        receiver.routes[key] = doc
+                        receiver.tombstones.pop(key, None)
                         receiver.first_put.setdefault(key, time.monotonic())
-                        return self.reply(200, json.dumps({"route": receiver.routes[key]}).encode())
+                        return self.reply(200, json.dumps({"route": receiver.view(doc)}).encode())
                     receiver.deletes += 1
                     receiver.routes.pop(key, None)
+                    receiver.tombstones[key] = sequence
                 return self.reply(204)
 
             def do_PUT(self):
-                self.handle_write("PUT")
+                self.handle_admin("PUT")
 
             def do_DELETE(self):
-                self.handle_write("DELETE")
+                self.handle_admin("DELETE")
+
+            def do_GET(self):
+                self.handle_admin("GET")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    @staticmethod
+    def view(route):
+        """The stored view: the route less its upstreamToken, with its fingerprint."""
+        if route is None:
+            return None
+        out = {k: v for k, v in route.items() if k != "upstreamToken"}
+        out["upstreamTokenSha256"] = hashlib.sha256(route["upstreamToken"].encode()).hexdigest()[:16]
+        out["keyId"] = KEY_ID
+        return out
+
     def counts(self):
         with self.lock:
-            return {"routes": len(self.routes), "puts": self.puts, "deletes": self.deletes, "rejected": self.rejected}
+            return {"routes": len(self.routes), "puts": self.puts, "deletes": self.deletes, "gets": self.gets,
+                    "rejected": self.rejected, "stale_sequence": self.stale}
 
     def heartbeat_puts(self, heartbeat_s):
         """The PUTs heartbeats alone account for so far: each route's first
@@ -184,8 +279,8 @@ class Operator:
     def __init__(self, namespace, worker_url, log_path, env=None, wrapper=()):
         self.metrics_port = free_port()
         self.wrapped = bool(wrapper)
-        env = dict(os.environ, BACKHAUL_PUBLISH_SECRET=SECRET, RUST_LOG=os.environ.get("RUST_LOG", "warn"),
-                   **(env or {}))
+        env = dict(os.environ, BACKHAUL_PUBLISH_KEY_FILE=KEY_FILE, BACKHAUL_PUBLISH_KEY_ID=KEY_ID,
+                   RUST_LOG=os.environ.get("RUST_LOG", "warn"), **(env or {}))
         self.log = open(log_path, "a")
         self.proc = subprocess.Popen(
             [*wrapper, OPERATOR, "--watch-namespace", namespace, "--worker-url", worker_url,
@@ -307,8 +402,10 @@ def delta(after, before):
 
 def resource_versions(namespace):
     out = {}
-    for kind in ["modeldeployments.backhaul.dev", "deployments.apps", "services", "poddisruptionbudgets.policy"]:
-        items = json.loads(kubectl("get", kind, "-n", namespace, "-o", "json"))["items"]
+    for kind in ["modeldeployments.backhaul.dev", "deployments.apps", "services", "poddisruptionbudgets.policy", "secrets"]:
+        # Of the Secrets, only those the operator makes (each ModelDeployment's upstream credential).
+        select = ["-l", "app.kubernetes.io/managed-by=backhaul-operator"] if kind == "secrets" else []
+        items = json.loads(kubectl("get", kind, "-n", namespace, *select, "-o", "json"))["items"]
         for item in items:
             out[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
     return out
@@ -579,9 +676,16 @@ def worker_expiry(logs):
     port = free_port()
     persist = tempfile.mkdtemp(prefix="backhaul-cp-wrangler-")
     env = dict(os.environ, PATH=f"{node}:{os.environ['PATH']}")
+    # The Worker's settings in an env file (its JSON holds colons and quotes, which
+    # --var NAME:VALUE would mangle; --env-file also makes wrangler ignore
+    # worker/.dev.vars): the run's publisher key; no client keys, so anonymous
+    # clients are allowed (the Worker otherwise refuses them).
+    dev_vars = os.path.join(persist, ".dev.vars")
+    with open(os.open(dev_vars, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(f"BACKHAUL_PUBLISHERS='{PUBLISHERS}'\nBACKHAUL_API_KEYS=\"\"\nALLOW_ANONYMOUS=\"true\"\n")
     dev = subprocess.Popen(
         ["npx", "wrangler", "dev", "--env", "local", "--ip", "127.0.0.1", "--port", str(port), "--persist-to", persist,
-         "--var", f"BACKHAUL_PUBLISH_SECRET:{SECRET}", "--var", "BACKHAUL_API_KEYS:", "--log-level", "error"],
+         "--env-file", dev_vars, "--log-level", "error"],
         cwd=os.path.join(REPO, "worker"), env=env, stdout=subprocess.DEVNULL,
         stderr=open(os.path.join(logs, "wrangler-expiry.log"), "w"), start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -596,9 +700,7 @@ def worker_expiry(logs):
 
         def routes():
             path = "/admin/v1/routes"
-            ts = str(int(time.time()))
-            req = urllib.request.Request(base + path, headers={
-                "x-backhaul-timestamp": ts, "x-backhaul-signature": "v1=" + sign(ts, "GET", path, "")})
+            req = urllib.request.Request(base + path, headers=signed_headers("GET", path))
             with urllib.request.urlopen(req, timeout=5) as r:
                 return json.load(r)["routes"]
 
