@@ -1,5 +1,6 @@
 import { cloudflareTest } from "@cloudflare/vitest-plugin";
 import { defineConfig } from "vitest/config";
+import { TEST_MODEL_OWNERS, TEST_PUBLISHERS } from "./test/keys";
 
 // Tests run inside workerd (Miniflare) with the `local` environment of
 // wrangler.jsonc: the real Durable Object, rate limiter and vars. Regions are
@@ -10,7 +11,9 @@ export default defineConfig({
 			wrangler: { configPath: "./wrangler.jsonc", environment: "local" },
 			miniflare: {
 				bindings: {
-					BACKHAUL_PUBLISH_SECRET: "test-publish-secret",
+					// Test keys only (test/keys.ts); tests of other publisher configurations call the handler with their own env.
+					BACKHAUL_PUBLISHERS: JSON.stringify(TEST_PUBLISHERS),
+					BACKHAUL_MODEL_OWNERS: JSON.stringify(TEST_MODEL_OWNERS),
 					// Whatever a local .dev.vars says (the demo writes one), the suite
 					// runs with an open API and the vars it asserts on.
 					BACKHAUL_API_KEYS: "",

@@ -14,7 +14,7 @@ import { ApiError, badRequest } from "./errors";
 import { cooldownUntil, forwardToRegions } from "./proxy";
 import { locationFromCf, parseLocation, rankRegions, isLive, type LatLon } from "./rank";
 import { parseChatRequest, readBodyCapped, type ChatRequest } from "./request";
-import { publishedAtMs, routeKey, type Route } from "./route";
+import { publishedAtMs, routeKey, type StoredRoute } from "./route";
 import { loadRoutes } from "./table";
 
 export { RouteTable } from "./table";
@@ -55,8 +55,8 @@ const methodNotAllowed = (allowed: string) =>
 	new ApiError(405, "invalid_request_error", "method_not_allowed", `Use ${allowed}.`, null, { allow: allowed });
 
 /** A model's reference route: thresholds and edge model come from the newest live route, else the newest route. */
-export function referenceRoute(routes: readonly Route[], nowMs: number): Route | null {
-	const newest = (rs: readonly Route[]) => rs.reduce<Route | null>((best, r) => (!best || publishedAtMs(r) > publishedAtMs(best) ? r : best), null);
+export function referenceRoute(routes: readonly StoredRoute[], nowMs: number): StoredRoute | null {
+	const newest = (rs: readonly StoredRoute[]) => rs.reduce<StoredRoute | null>((best, r) => (!best || publishedAtMs(r) > publishedAtMs(best) ? r : best), null);
 	return newest(routes.filter((r) => isLive(r, nowMs, new Map()))) ?? newest(routes);
 }
 

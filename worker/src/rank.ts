@@ -1,14 +1,14 @@
 /**
  * Which regions may serve a request, best first. Pure.
  *
- * Live: `publishedAt + ttlSeconds` not passed, `readyReplicas > 0`, and not
+ * Live: `ttlSeconds` since the Worker received the route not passed, `readyReplicas > 0`, and not
  * cooling down after a 429. Order: great-circle distance from the client
  * (haversine over a spherical Earth), ties (within 1 km) broken by more ready
  * replicas, then by region name so the order is stable. Without a client
  * location the configured default location is used; without that, regions
  * are ordered by ready replicas.
  */
-import { isExpired, routeKey, type Route } from "./route";
+import { isExpired, routeKey, type StoredRoute } from "./route";
 
 export interface LatLon {
 	latitude: number;
@@ -49,7 +49,7 @@ export function locationFromCf(cf: { latitude?: unknown; longitude?: unknown } |
 	return validLatLon(latitude, longitude) ? { latitude, longitude } : null;
 }
 
-export function isLive(r: Route, nowMs: number, cooldownUntil: ReadonlyMap<string, number>): boolean {
+export function isLive(r: StoredRoute, nowMs: number, cooldownUntil: ReadonlyMap<string, number>): boolean {
 	if (isExpired(r, nowMs) || r.readyReplicas <= 0) return false;
 	if (cooldownUntil.size === 0) return true;
 	const until = cooldownUntil.get(routeKey(r));
@@ -59,13 +59,13 @@ export function isLive(r: Route, nowMs: number, cooldownUntil: ReadonlyMap<strin
 export type LocationSource = "client" | "default" | "none";
 
 export interface Ranked {
-	routes: Route[];
+	routes: StoredRoute[];
 	origin: LatLon | null;
 	locationSource: LocationSource;
 }
 
 export function rankRegions(opts: {
-	routes: readonly Route[];
+	routes: readonly StoredRoute[];
 	model: string;
 	client: LatLon | null;
 	fallback: LatLon | null;

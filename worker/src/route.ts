@@ -30,6 +30,25 @@ export interface Route {
 	upstreamToken: string;
 }
 
+/**
+ * A route as the table holds it and the request path reads it: the route as
+ * received plus what the Worker adds (docs/publication.md, "stored view").
+ * It carries `upstreamToken`, which only proxy.ts may use; answers are built
+ * with `storedView`, which leaves it out.
+ */
+export interface StoredRoute extends Route {
+	/** When the Worker received it (ms since epoch, the Worker's clock): expiry counts from here. */
+	receivedAtMs: number;
+	/** The publisher key that wrote it. */
+	keyId: string;
+	/** The publisher group of that key. */
+	group: string;
+	/** `{group}/{namespace}`: the owner of the route's model. */
+	owner: string;
+	/** The first 16 hex digits of SHA-256 of `upstreamToken`. */
+	upstreamTokenSha256: string;
+}
+
 export interface RouteKey {
 	namespace: string;
 	name: string;
@@ -40,6 +59,22 @@ export const routeKey = (k: RouteKey): string => `${k.namespace}/${k.name}/${k.r
 
 const K8S_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const MODEL_NAME = /^[A-Za-z0-9._:/-]{1,128}$/;
+// Workers AI model names look like "@cf/meta/llama-3.2-1b-instruct".
+const EDGE_MODEL = /^[A-Za-z0-9@._:/-]{1,128}$/;
+const UPSTREAM_TOKEN = /^[A-Za-z0-9._~+/=-]{16,512}$/;
+
+/**
+ * The numeric bounds of docs/publication.md ("The route"), which are the
+ * ModelDeployment CRD's (`routing.*Seconds` × 1000).
+ */
+export const BOUNDS = {
+	replicas: [0, 1000],
+	heavyTokens: [0, 4_294_967_295],
+	timeoutMs: [1000, 3_600_000],
+	failoverAttempts: [1, 32],
+	ttlSeconds: [10, 3600],
+	sequence: [1, Number.MAX_SAFE_INTEGER],
+} as const satisfies Record<string, readonly [number, number]>;
 // RFC 3339 date-time with a mandatory offset (Z or ±hh:mm).
 const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
 
@@ -67,10 +102,10 @@ export function validateRoute(raw: unknown): Route {
 		if (typeof v !== "string") throw new ValidationError(path, "must be a string");
 		return v;
 	};
-	const int = (o: Record<string, unknown>, f: string, min: number, path = f, max = Number.MAX_SAFE_INTEGER): number => {
+	const int = (o: Record<string, unknown>, f: string, min: number, max: number, path = f): number => {
 		const v = o[f];
 		if (typeof v !== "number" || !Number.isInteger(v)) throw new ValidationError(path, "must be an integer");
-		if (v < min || v > max) throw new ValidationError(path, max === Number.MAX_SAFE_INTEGER ? `must be ≥ ${min}` : `must be in [${min}, ${max}]`);
+		if (v < min || v > max) throw new ValidationError(path, `must be an integer in [${min}, ${max}]`);
 		return v;
 	};
 	const num = (o: Record<string, unknown>, f: string, min: number, max: number, path: string): number => {
@@ -108,36 +143,35 @@ export function validateRoute(raw: unknown): Route {
 		latitude: num(loc, "latitude", -90, 90, "location.latitude"),
 		longitude: num(loc, "longitude", -180, 180, "location.longitude"),
 	};
-	const replicas = int(obj, "replicas", 0);
-	const readyReplicas = int(obj, "readyReplicas", 0);
+	const replicas = int(obj, "replicas", ...BOUNDS.replicas);
+	const readyReplicas = int(obj, "readyReplicas", ...BOUNDS.replicas);
 
 	const r = record(obj.routing, "routing");
 	const routing: Routing = {
-		heavyPromptTokens: int(r, "heavyPromptTokens", 0, "routing.heavyPromptTokens"),
-		heavyMaxTokens: int(r, "heavyMaxTokens", 0, "routing.heavyMaxTokens"),
-		requestTimeoutMs: int(r, "requestTimeoutMs", 1, "routing.requestTimeoutMs"),
-		firstByteTimeoutMs: int(r, "firstByteTimeoutMs", 1, "routing.firstByteTimeoutMs"),
-		failoverAttempts: int(r, "failoverAttempts", 1, "routing.failoverAttempts"),
+		heavyPromptTokens: int(r, "heavyPromptTokens", ...BOUNDS.heavyTokens, "routing.heavyPromptTokens"),
+		heavyMaxTokens: int(r, "heavyMaxTokens", ...BOUNDS.heavyTokens, "routing.heavyMaxTokens"),
+		requestTimeoutMs: int(r, "requestTimeoutMs", ...BOUNDS.timeoutMs, "routing.requestTimeoutMs"),
+		firstByteTimeoutMs: int(r, "firstByteTimeoutMs", ...BOUNDS.timeoutMs, "routing.firstByteTimeoutMs"),
+		failoverAttempts: int(r, "failoverAttempts", ...BOUNDS.failoverAttempts, "routing.failoverAttempts"),
 	};
 
 	let edgeModel: string | null;
-	if (obj.edgeModel === null) edgeModel = null;
+	// Absent is null, as for the operator's Option (its schema does not require it).
+	if (obj.edgeModel === null || obj.edgeModel === undefined) edgeModel = null;
 	else {
 		edgeModel = str(obj, "edgeModel");
-		// Workers AI model names look like "@cf/meta/llama-3.2-1b-instruct".
-		if (!/^[A-Za-z0-9@._:/-]{1,128}$/.test(edgeModel)) throw new ValidationError("edgeModel", "must be null or a Workers AI model name");
+		if (!EDGE_MODEL.test(edgeModel)) throw new ValidationError("edgeModel", "must be null or 1-128 characters of [A-Za-z0-9@._:/-] (a Workers AI model name)");
 	}
-	const generation = int(obj, "generation", 0);
+	const generation = int(obj, "generation", 0, Number.MAX_SAFE_INTEGER);
+	const sequence = int(obj, "sequence", ...BOUNDS.sequence);
 	const publishedAt = str(obj, "publishedAt");
 	if (!RFC3339.test(publishedAt) || Number.isNaN(Date.parse(publishedAt))) {
 		throw new ValidationError("publishedAt", "must be an RFC 3339 date-time");
 	}
-	const ttlSeconds = int(obj, "ttlSeconds", 10, "ttlSeconds", 3600);
-	const sequence = int(obj, "sequence", 1, "sequence");
+	const ttlSeconds = int(obj, "ttlSeconds", ...BOUNDS.ttlSeconds);
 	const upstreamToken = str(obj, "upstreamToken");
-	if (!/^[A-Za-z0-9._~+/=-]{16,512}$/.test(upstreamToken)) {
-		throw new ValidationError("upstreamToken", "must be 16-512 characters of [A-Za-z0-9._~+/=-]");
-	}
+	// The message never echoes the value: it is a credential.
+	if (!UPSTREAM_TOKEN.test(upstreamToken)) throw new ValidationError("upstreamToken", "must be 16-512 characters of [A-Za-z0-9._~+/=-]");
 
 	return {
 		...names,
@@ -162,5 +196,53 @@ function record(v: unknown, field: string): Record<string, unknown> {
 }
 
 export const publishedAtMs = (r: Route): number => Date.parse(r.publishedAt);
-export const expiresAtMs = (r: Route): number => publishedAtMs(r) + r.ttlSeconds * 1000;
-export const isExpired = (r: Route, nowMs: number): boolean => nowMs >= expiresAtMs(r);
+/** When the route dies: `ttlSeconds` after the Worker received it, never the sender's claim. */
+export const expiresAtMs = (r: Pick<StoredRoute, "receivedAtMs" | "ttlSeconds">): number => r.receivedAtMs + r.ttlSeconds * 1000;
+export const isExpired = (r: Pick<StoredRoute, "receivedAtMs" | "ttlSeconds">, nowMs: number): boolean => nowMs >= expiresAtMs(r);
+
+/** The stored view (docs/publication.md): the route as received without `upstreamToken`, plus what the Worker added. */
+export interface StoredView extends Omit<Route, "upstreamToken"> {
+	upstreamTokenSha256: string;
+	keyId: string;
+	owner: string;
+	receivedAt: string;
+	expiresAt: string;
+	expired?: true;
+}
+
+/** The answer form of a stored route; `nowMs` given: `expired: true` when it has expired. */
+export function storedView(r: StoredRoute, nowMs?: number): StoredView {
+	// Built field by field, so nothing added to StoredRoute later (the token
+	// above all) reaches an answer without being named here.
+	const view: StoredView = {
+		namespace: r.namespace,
+		name: r.name,
+		region: r.region,
+		model: r.model,
+		endpoint: r.endpoint,
+		location: { latitude: r.location.latitude, longitude: r.location.longitude },
+		replicas: r.replicas,
+		readyReplicas: r.readyReplicas,
+		routing: { ...r.routing },
+		edgeModel: r.edgeModel,
+		generation: r.generation,
+		sequence: r.sequence,
+		publishedAt: r.publishedAt,
+		ttlSeconds: r.ttlSeconds,
+		upstreamTokenSha256: r.upstreamTokenSha256,
+		keyId: r.keyId,
+		owner: r.owner,
+		receivedAt: new Date(r.receivedAtMs).toISOString(),
+		expiresAt: new Date(expiresAtMs(r)).toISOString(),
+	};
+	if (nowMs !== undefined && isExpired(r, nowMs)) view.expired = true;
+	return view;
+}
+
+/** The first 16 hex digits of SHA-256 of the token (the stored view's `upstreamTokenSha256`). */
+export async function tokenFingerprint(token: string): Promise<string> {
+	const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token)));
+	let hex = "";
+	for (const b of digest.subarray(0, 8)) hex += b.toString(16).padStart(2, "0");
+	return hex;
+}

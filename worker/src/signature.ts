@@ -1,63 +1,102 @@
 /**
- * Admin request signatures (docs/publication.md, "Signature"):
- * `X-Backhaul-Signature: v1=<hex HMAC-SHA256(secret, "{timestamp}.{METHOD}.{path}.{body}")>`
- * with `X-Backhaul-Timestamp` within ±300 s of the Worker's clock.
+ * Admin request signatures (docs/publication.md, "Publisher keys and
+ * signatures"): Ed25519 over
+ * `"backhaul-v2.{keyId}.{timestamp}.{METHOD}.{path}." + body`, carried as
+ *
+ *   X-Backhaul-Key-Id:    [A-Za-z0-9_-]{1,64}
+ *   X-Backhaul-Timestamp: Unix time in whole seconds, within ±300 s of the Worker's clock
+ *   X-Backhaul-Signature: ed25519=<standard base64, padded, of the 64-byte signature>
+ *
+ * The Worker holds public keys only, so nothing it stores can forge a
+ * publication. Verification is WebCrypto's Ed25519 in workerd.
  */
 export const SIGNATURE_WINDOW_SECONDS = 300;
+export const KEY_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+/** 64 bytes in padded standard base64 are 88 characters: 86 of data and "==". */
+const SIGNATURE_PATTERN = /^ed25519=([A-Za-z0-9+/]{86}==)$/;
+const TIMESTAMP_PATTERN = /^[0-9]{1,12}$/;
 
 const encoder = new TextEncoder();
 
-export function signingPayload(timestamp: string, method: string, path: string, body: Uint8Array): Uint8Array {
-	const head = encoder.encode(`${timestamp}.${method.toUpperCase()}.${path}.`);
+/** The bytes a publisher signs. `method` is upper-cased; `path` is the URL path without query. */
+export function signingPayload(keyId: string, timestamp: string, method: string, path: string, body: Uint8Array): Uint8Array {
+	const head = encoder.encode(`backhaul-v2.${keyId}.${timestamp}.${method.toUpperCase()}.${path}.`);
 	const out = new Uint8Array(head.length + body.length);
 	out.set(head, 0);
 	out.set(body, head.length);
 	return out;
 }
 
-async function hmacKey(secret: string, usage: "sign" | "verify"): Promise<CryptoKey> {
-	return crypto.subtle.importKey("raw", encoder.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, [usage]);
+/** Strict standard base64 (with padding) → bytes; null when it is anything else. */
+export function decodeBase64(s: string): Uint8Array | null {
+	if (s.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(s)) return null;
+	let bin: string;
+	try {
+		bin = atob(s);
+	} catch {
+		return null;
+	}
+	const out = new Uint8Array(bin.length);
+	for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+	// Canonical only: the same bytes encode back to the same text (no stray bits in the padding).
+	return encodeBase64(out) === s ? out : null;
 }
 
-const toHex = (buf: ArrayBuffer): string => [...new Uint8Array(buf)].map((b) => b.toString(16).padStart(2, "0")).join("");
-
-/** The header value the operator sends: `v1=<hex>`. */
-export async function sign(secret: string, timestamp: string, method: string, path: string, body: Uint8Array): Promise<string> {
-	const mac = await crypto.subtle.sign("HMAC", await hmacKey(secret, "sign"), signingPayload(timestamp, method, path, body));
-	return `v1=${toHex(mac)}`;
+export function encodeBase64(bytes: Uint8Array): string {
+	let bin = "";
+	for (const b of bytes) bin += String.fromCharCode(b);
+	return btoa(bin);
 }
 
-export type SignatureCheck = { ok: true } | { ok: false; reason: string };
+/** A raw 32-byte Ed25519 public key, for verifying. */
+export function importPublicKey(raw: Uint8Array): Promise<CryptoKey> {
+	return crypto.subtle.importKey("raw", raw, { name: "Ed25519" }, false, ["verify"]);
+}
+
+export interface SignatureHeaders {
+	keyId: string;
+	timestamp: string;
+	signature: Uint8Array;
+}
+
+export type HeaderCheck = ({ ok: true } & SignatureHeaders) | { ok: false; reason: string };
 
 /**
- * Checks a request's signature headers. `crypto.subtle.verify` compares the
- * MAC in constant time, so no byte-by-byte comparison happens here.
+ * Reads and checks the three headers' form and the timestamp window, before
+ * the key is looked up and the body read.
  */
+export function readSignatureHeaders(headers: Headers, nowSeconds: number): HeaderCheck {
+	const keyId = headers.get("x-backhaul-key-id");
+	const timestamp = headers.get("x-backhaul-timestamp");
+	const signature = headers.get("x-backhaul-signature");
+	if (keyId === null) return { ok: false, reason: "X-Backhaul-Key-Id is missing" };
+	if (!KEY_ID_PATTERN.test(keyId)) return { ok: false, reason: "X-Backhaul-Key-Id must be 1-64 characters of [A-Za-z0-9_-]" };
+	if (timestamp === null) return { ok: false, reason: "X-Backhaul-Timestamp is missing" };
+	if (!TIMESTAMP_PATTERN.test(timestamp)) return { ok: false, reason: "X-Backhaul-Timestamp must be Unix time in whole seconds" };
+	if (Math.abs(nowSeconds - Number(timestamp)) > SIGNATURE_WINDOW_SECONDS) {
+		return { ok: false, reason: `X-Backhaul-Timestamp is more than ${SIGNATURE_WINDOW_SECONDS} s from the Worker's clock` };
+	}
+	if (signature === null) return { ok: false, reason: "X-Backhaul-Signature is missing" };
+	const m = SIGNATURE_PATTERN.exec(signature);
+	const bytes = m ? decodeBase64(m[1]!) : null;
+	if (!bytes || bytes.length !== 64) return { ok: false, reason: "X-Backhaul-Signature must be ed25519=<88 characters of padded base64>" };
+	return { ok: true, keyId, timestamp, signature: bytes };
+}
+
+/** Whether `signature` is `publicKey`'s Ed25519 signature of the request. */
 export async function verifySignature(opts: {
-	secret: string;
-	timestampHeader: string | null;
-	signatureHeader: string | null;
+	publicKey: CryptoKey;
+	keyId: string;
+	timestamp: string;
+	signature: Uint8Array;
 	method: string;
 	path: string;
 	body: Uint8Array;
-	nowSeconds: number;
-}): Promise<SignatureCheck> {
-	const { timestampHeader: ts, signatureHeader: sig } = opts;
-	if (ts === null) return { ok: false, reason: "X-Backhaul-Timestamp is missing" };
-	if (!/^\d{1,12}$/.test(ts)) return { ok: false, reason: "X-Backhaul-Timestamp must be Unix time in whole seconds" };
-	if (Math.abs(opts.nowSeconds - Number(ts)) > SIGNATURE_WINDOW_SECONDS) {
-		return { ok: false, reason: `X-Backhaul-Timestamp is more than ${SIGNATURE_WINDOW_SECONDS} s from the Worker's clock` };
+}): Promise<boolean> {
+	const payload = signingPayload(opts.keyId, opts.timestamp, opts.method, opts.path, opts.body);
+	try {
+		return await crypto.subtle.verify({ name: "Ed25519" }, opts.publicKey, opts.signature, payload);
+	} catch {
+		return false;
 	}
-	if (sig === null) return { ok: false, reason: "X-Backhaul-Signature is missing" };
-	const m = /^v1=([0-9a-f]{64})$/.exec(sig);
-	if (!m) return { ok: false, reason: "X-Backhaul-Signature must be v1=<64 lowercase hex digits>" };
-	const mac = new Uint8Array(32);
-	for (let i = 0; i < 32; i++) mac[i] = parseInt(m[1]!.slice(i * 2, i * 2 + 2), 16);
-	const good = await crypto.subtle.verify(
-		"HMAC",
-		await hmacKey(opts.secret, "verify"),
-		mac,
-		signingPayload(ts, opts.method, opts.path, opts.body),
-	);
-	return good ? { ok: true } : { ok: false, reason: "X-Backhaul-Signature does not match" };
 }

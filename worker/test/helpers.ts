@@ -1,9 +1,13 @@
 import { env, SELF } from "cloudflare:test";
-import type { Route, Routing } from "../src/route";
-import { sign } from "../src/signature";
+import { handleAdmin } from "../src/admin";
+import { ApiError } from "../src/errors";
+import type { Route, Routing, StoredRoute, StoredView } from "../src/route";
+import { encodeBase64, signingPayload } from "../src/signature";
+import { routeTable } from "../src/table";
+import { KEYS, type TestKey } from "./keys";
 
 export const testEnv = env as Env & { TEST_UPSTREAM: string; TEST_REFUSED: string };
-export const SECRET = "test-publish-secret";
+export { KEYS, type TestKey };
 
 let seq = 0;
 /** A unique id per call, so tests never share routes, cooldowns or upstream counters. */
@@ -50,34 +54,123 @@ export function makeRoute(overrides: Partial<Omit<Route, "routing">> & { routing
 	};
 }
 
-export async function signedRequest(
-	method: string,
-	path: string,
-	body = "",
-	opts: { timestamp?: number; secret?: string; signature?: string; signedBody?: string; signedPath?: string } = {},
-): Promise<Response> {
-	const ts = String(opts.timestamp ?? Math.floor(Date.now() / 1000));
-	const enc = new TextEncoder();
+const privateKeys = new Map<string, Promise<CryptoKey>>();
+
+/** A PKCS#8 PEM Ed25519 private key, imported with WebCrypto (cached). */
+export function importPrivateKey(pem: string): Promise<CryptoKey> {
+	let k = privateKeys.get(pem);
+	if (!k) {
+		const der = Uint8Array.from(atob(pem.replace(/-----[A-Z ]+-----|\s/g, "")), (c) => c.charCodeAt(0));
+		k = crypto.subtle.importKey("pkcs8", der, { name: "Ed25519" }, false, ["sign"]);
+		privateKeys.set(pem, k);
+	}
+	return k;
+}
+
+/** The X-Backhaul-Signature value a publisher sends: `ed25519=<base64>` over docs/publication.md's bytes. */
+export async function sign(key: CryptoKey | string, keyId: string, timestamp: string, method: string, path: string, body: Uint8Array): Promise<string> {
+	const k = typeof key === "string" ? await importPrivateKey(key) : key;
+	const sig = await crypto.subtle.sign({ name: "Ed25519" }, k, signingPayload(keyId, timestamp, method, path, body));
+	return `ed25519=${encodeBase64(new Uint8Array(sig))}`;
+}
+
+export interface SignOptions {
+	/** Unix seconds of X-Backhaul-Timestamp; default: the Worker's clock (`nowMs`, else now). */
+	timestamp?: number;
+	/** The signing key; default KEYS.admin (any namespace, region and host). */
+	key?: TestKey | { id: string; privateKey: CryptoKey };
+	/** Headers sent as given instead of computed (tampering tests). */
+	keyId?: string;
+	signature?: string;
+	/** What is signed, when it should differ from what is sent. */
+	signedBody?: string;
+	signedPath?: string;
+	signedMethod?: string;
+	signedKeyId?: string;
+	/** A DELETE without a body (by default a DELETE sends {"sequence": nextSequence()}). */
+	emptyBody?: boolean;
+	/**
+	 * Calls the admin handler directly, inside this isolate, with this env
+	 * merged over the suite's (another BACKHAUL_PUBLISHERS, say) and/or the
+	 * Worker's clock at `nowMs`, instead of going through SELF.
+	 */
+	env?: Record<string, unknown>;
+	nowMs?: number;
+}
+
+/** A signed admin request (docs/publication.md), by default through the Worker's fetch handler. */
+export async function signedRequest(method: string, path: string, body = "", opts: SignOptions = {}): Promise<Response> {
+	if (method === "DELETE" && body === "" && !opts.emptyBody) body = JSON.stringify({ sequence: nextSequence() });
+	const ts = String(opts.timestamp ?? Math.floor((opts.nowMs ?? Date.now()) / 1000));
+	const key = opts.key ?? KEYS.admin;
+	const privateKey = "privateKey" in key ? key.privateKey : await importPrivateKey(key.pkcs8Pem);
+	const signedKeyId = opts.signedKeyId ?? key.id;
 	const signature =
-		opts.signature ?? (await sign(opts.secret ?? SECRET, ts, method, opts.signedPath ?? path, enc.encode(opts.signedBody ?? body)));
-	return SELF.fetch(`https://router.test${path}`, {
+		opts.signature ??
+		(await sign(privateKey, signedKeyId, ts, opts.signedMethod ?? method, opts.signedPath ?? path, new TextEncoder().encode(opts.signedBody ?? body)));
+	const request = new Request(`https://router.test${path}`, {
 		method,
-		headers: { "x-backhaul-timestamp": ts, "x-backhaul-signature": signature, "content-type": "application/json" },
-		body: method === "GET" || method === "DELETE" ? undefined : body,
+		headers: { "x-backhaul-key-id": opts.keyId ?? key.id, "x-backhaul-timestamp": ts, "x-backhaul-signature": signature, "content-type": "application/json" },
+		body: method === "GET" ? undefined : body,
 	});
+	if (opts.env === undefined && opts.nowMs === undefined) return SELF.fetch(request);
+	try {
+		return await handleAdmin(request, { ...env, ...opts.env } as Env, new URL(request.url), opts.nowMs);
+	} catch (e) {
+		if (e instanceof ApiError) return e.toResponse();
+		throw e;
+	}
 }
 
 export const routePath = (r: Pick<Route, "namespace" | "name" | "region">) => `/admin/v1/routes/${r.namespace}/${r.name}/${r.region}`;
 
-export async function publish(route: Route): Promise<Response> {
-	const res = await signedRequest("PUT", routePath(route), JSON.stringify(route));
+/**
+ * PUTs a route and expects 200. A route whose publishedAt is more than 300 s
+ * from now (tests of expired routes say `publishedAt: "2026-01-01T00:00:00Z"`)
+ * is published with the Worker's clock at publishedAt: the Worker refuses a
+ * publishedAt that far from its clock, and expiry counts from when it
+ * received the route, so the route is then as old as its publishedAt says.
+ */
+export async function publish(route: Route, opts: SignOptions = {}): Promise<Response> {
+	const claimed = Date.parse(route.publishedAt);
+	const clock = opts.nowMs === undefined && Math.abs(claimed - Date.now()) > 300_000 ? { nowMs: claimed } : {};
+	const res = await signedRequest("PUT", routePath(route), JSON.stringify(route), { ...clock, ...opts });
 	if (res.status !== 200) throw new Error(`publish failed: ${res.status} ${await res.text()}`);
 	return res;
 }
 
-export async function listRoutes(): Promise<(Route & { expired?: boolean })[]> {
-	const res = await signedRequest("GET", "/admin/v1/routes");
-	return ((await res.json()) as { routes: (Route & { expired?: boolean })[] }).routes;
+/** The table GET's routes (stored views), as the admin key (any scope) sees them. */
+export async function listRoutes(opts: SignOptions = {}): Promise<StoredView[]> {
+	const res = await signedRequest("GET", "/admin/v1/routes", "", opts);
+	if (res.status !== 200) throw new Error(`list failed: ${res.status} ${await res.text()}`);
+	return ((await res.json()) as { routes: StoredView[] }).routes;
+}
+
+export interface RouteState {
+	route: StoredView | null;
+	tombstone: { sequence: number; deletedAt: string; expiresAt: string } | null;
+}
+
+/** The single-route GET. */
+export async function getRoute(k: Pick<Route, "namespace" | "name" | "region">, opts: SignOptions = {}): Promise<RouteState> {
+	const res = await signedRequest("GET", routePath(k), "", opts);
+	if (res.status !== 200) throw new Error(`get failed: ${res.status} ${await res.text()}`);
+	return (await res.json()) as RouteState;
+}
+
+/**
+ * A route as the table stores it, for tests below the admin API (ranking,
+ * the cache): received at `receivedAtMs` (default: its publishedAt), by the
+ * admin key.
+ */
+export function storedRoute(route: Route, receivedAtMs = Date.parse(route.publishedAt)): StoredRoute {
+	return { ...route, receivedAtMs, keyId: KEYS.admin.id, group: "test", owner: `test/${route.namespace}`, upstreamTokenSha256: "0000000000000000" };
+}
+
+/** Writes a route straight into the Durable Object, as another isolate's write would land (this isolate's copy is not refreshed). */
+export async function putDirect(route: Route): Promise<void> {
+	const result = await routeTable(env).put({ route: storedRoute(route, Date.now()), configuredOwner: null, nowMs: Date.now() });
+	if (!result.ok) throw new Error(`putDirect failed: ${JSON.stringify(result)}`);
 }
 
 export function chat(body: unknown, init: RequestInit<CfProperties> & { headers?: Record<string, string> } = {}): Promise<Response> {

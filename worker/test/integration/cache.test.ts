@@ -4,8 +4,8 @@
  */
 import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
-import { cacheTtlMs, invalidateRoutes, loadRoutes, routeTable } from "../../src/table";
-import { makeRoute, uid } from "../helpers";
+import { cacheTtlMs, invalidateRoutes, loadRoutes } from "../../src/table";
+import { makeRoute, putDirect, uid } from "../helpers";
 
 /** The real ROUTES namespace, counting list() calls on its stubs. */
 function countingEnv() {
@@ -37,7 +37,7 @@ describe("route cache", () => {
 
 		// A write that does not go through this isolate (as from another one).
 		const route = makeRoute({ name: uid("cache"), model: uid("cache-model-") });
-		await routeTable(env).put(route);
+		await putDirect(route);
 
 		for (let i = 0; i < 20; i++) {
 			const routes = await loadRoutes(counted, t0 + i * 100);

@@ -1,10 +1,11 @@
 import { describe, expect, it } from "vitest";
 import { haversineKm, isLive, locationFromCf, parseLocation, rankRegions } from "../../src/rank";
-import { makeRoute } from "../helpers";
+import { makeRoute, storedRoute } from "../helpers";
 
 const now = Date.parse("2026-11-23T07:00:30Z");
+// Received when published (storedRoute's default), unless a test says otherwise.
 const at = (region: string, latitude: number, longitude: number, extra = {}) =>
-	makeRoute({ region, location: { latitude, longitude }, publishedAt: "2026-11-23T07:00:00Z", ttlSeconds: 60, ...extra });
+	storedRoute(makeRoute({ region, location: { latitude, longitude }, publishedAt: "2026-11-23T07:00:00Z", ttlSeconds: 60, ...extra }));
 
 const usEast = at("us-east", 39.04, -77.49);
 const euWest = at("eu-west", 53.35, -6.26);
@@ -52,10 +53,12 @@ describe("rankRegions", () => {
 		// a cooldown that has passed no longer counts
 		expect(isLive(cooling, now + 1000, cooldowns)).toBe(true);
 	});
-	it("treats a route as dead exactly at publishedAt + ttlSeconds", () => {
+	it("treats a route as dead exactly ttlSeconds after the Worker received it, whatever its publishedAt", () => {
 		const r = at("x", 0, 0);
 		expect(isLive(r, Date.parse("2026-11-23T07:00:59.999Z"), noCooldown)).toBe(true);
 		expect(isLive(r, Date.parse("2026-11-23T07:01:00Z"), noCooldown)).toBe(false);
+		const claimsLater = storedRoute(makeRoute({ publishedAt: "9999-12-31T23:59:59Z", ttlSeconds: 60 }), Date.parse("2026-11-23T07:00:00Z"));
+		expect(isLive(claimsLater, Date.parse("2026-11-23T07:01:00Z"), noCooldown)).toBe(false);
 	});
 });
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { validateRoute, ValidationError } from "../../src/route";
 
-// The example route of docs/publication.md, verbatim.
+// The example route of docs/publication.md (its token written out).
 const example = {
 	namespace: "default",
 	name: "smollm2",
@@ -14,8 +14,10 @@ const example = {
 	routing: { heavyPromptTokens: 1024, heavyMaxTokens: 512, requestTimeoutMs: 120000, firstByteTimeoutMs: 15000, failoverAttempts: 3 },
 	edgeModel: "@cf/meta/llama-3.2-1b-instruct",
 	generation: 4,
-	publishedAt: "2026-11-23T07:00:00Z",
+	sequence: 1796112000123,
+	publishedAt: "2026-12-01T07:00:00Z",
 	ttlSeconds: 60,
+	upstreamToken: "q3Jx8mZ0c2VjcmV0LXRva2VuLWZvci10ZXN0cy0wMQZg",
 };
 
 const field = (mutate: (r: any) => void): string => {
@@ -62,5 +64,27 @@ describe("validateRoute", () => {
 		expect(field((r) => (r.publishedAt = "2026-11-23T07:00:00"))).toBe("publishedAt");
 		expect(field((r) => (r.ttlSeconds = 9))).toBe("ttlSeconds");
 		expect(field((r) => (r.ttlSeconds = 3601))).toBe("ttlSeconds");
+		expect(field((r) => (r.replicas = 1001))).toBe("replicas");
+		expect(field((r) => (r.routing.requestTimeoutMs = 999))).toBe("routing.requestTimeoutMs");
+		expect(field((r) => (r.routing.firstByteTimeoutMs = 3_600_001))).toBe("routing.firstByteTimeoutMs");
+		expect(field((r) => (r.routing.failoverAttempts = 33))).toBe("routing.failoverAttempts");
+		expect(field((r) => (r.routing.heavyMaxTokens = 4_294_967_296))).toBe("routing.heavyMaxTokens");
+		expect(field((r) => (r.sequence = 0))).toBe("sequence");
+		expect(field((r) => (r.sequence = 2 ** 53))).toBe("sequence");
+		expect(field((r) => delete r.sequence)).toBe("sequence");
+		expect(field((r) => (r.edgeModel = "@cf/meta llama"))).toBe("edgeModel");
+		expect(field((r) => delete r.upstreamToken)).toBe("upstreamToken");
+		expect(field((r) => (r.upstreamToken = "short"))).toBe("upstreamToken");
+		expect(field((r) => (r.upstreamToken = "x".repeat(15) + " "))).toBe("upstreamToken");
+	});
+	it("never echoes the token in a validation message", () => {
+		const token = "not a token, but secret-ish 0123456789";
+		try {
+			validateRoute({ ...example, upstreamToken: token });
+			expect.unreachable();
+		} catch (e) {
+			expect(e).toBeInstanceOf(ValidationError);
+			expect((e as Error).message).not.toContain(token);
+		}
 	});
 });
