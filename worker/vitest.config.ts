@@ -15,8 +15,15 @@ export default defineConfig({
 					BACKHAUL_PUBLISHERS: JSON.stringify(TEST_PUBLISHERS),
 					BACKHAUL_MODEL_OWNERS: JSON.stringify(TEST_MODEL_OWNERS),
 					// Whatever a local .dev.vars says (the demo writes one), the suite
-					// runs with an open API and the vars it asserts on.
+					// runs with an open API and the vars it asserts on. Tests of keys,
+					// the closed default and the Access token call the Worker with their own env.
 					BACKHAUL_API_KEYS: "",
+					ALLOW_ANONYMOUS: "true",
+					ALLOW_ANONYMOUS_ROUTE_HINT: "false",
+					MAX_TOKENS_LIMIT: "4096",
+					MAX_UPSTREAM_BODY_BYTES: "4194304",
+					CF_ACCESS_CLIENT_ID: "",
+					CF_ACCESS_CLIENT_SECRET: "",
 					DEFAULT_LOCATION: "",
 					TRUST_LOCATION_HEADER: "false",
 					ROUTE_CACHE_TTL_MS: "5000",

@@ -1,20 +1,105 @@
 /**
- * Optional client API keys and the per-key rate limit.
+ * Client access: API keys, what each key may do, the per-key rate limit.
+ * Access fails closed: without keys nothing is served unless the operator
+ * says so (ALLOW_ANONYMOUS).
  *
- * BACKHAUL_API_KEYS (secret): comma-separated keys; unset or empty leaves the
- * public API open. Clients send `Authorization: Bearer <key>`. Keys are
- * compared as SHA-256 digests with a timing-safe comparison. The rate limit
- * (binding KEY_RATE_LIMITER) counts per key; over it, 429 with Retry-After.
- * Without keys there is no client identity and no rate limit.
+ * BACKHAUL_API_KEYS (secret), either
+ *   - a comma-separated list of keys, `key-one,key-two` (plain keys), or
+ *   - a JSON array whose entries are a key or `{"key": "...", "routeHint": true}`:
+ *     `[{"key":"ops-key","routeHint":true},"app-key"]`.
+ * `routeHint: true` lets that key send `x-backhaul-route` (edge | region);
+ * plain keys may not (403 route_hint_forbidden). Clients send
+ * `Authorization: Bearer <key>`. Keys are compared as SHA-256 digests with a
+ * timing-safe comparison, every key each time. The rate limit (binding
+ * KEY_RATE_LIMITER) counts per key; over it, 429 with Retry-After.
+ *
+ * With no key configured: 401 no_api_keys_configured, unless ALLOW_ANONYMOUS
+ * is exactly "true"; then every request is served without a key and without a
+ * rate limit (there is no client identity to count), and may send
+ * `x-backhaul-route` only where ALLOW_ANONYMOUS_ROUTE_HINT is exactly "true".
+ * When keys are configured a key is always required: ALLOW_ANONYMOUS does not
+ * open a keyed Worker.
+ *
+ * A BACKHAUL_API_KEYS that does not parse refuses every request (500
+ * api_keys_misconfigured): a typo must not open the API or drop a key's rights.
  */
 import { ApiError } from "./errors";
 
-export function configuredKeys(env: Env): string[] {
+export interface ClientKey {
+	key: string;
+	/** may send x-backhaul-route */
+	routeHint: boolean;
+}
+
+/** Who is calling, once authenticated. */
+export interface Caller {
+	/** false for an anonymous caller (ALLOW_ANONYMOUS) */
+	keyed: boolean;
+	/** may send x-backhaul-route */
+	routeHint: boolean;
+}
+
+export class KeyConfigError extends Error {}
+
+/** Parses BACKHAUL_API_KEYS; throws KeyConfigError when it is malformed. */
+export function parseKeys(raw: string): ClientKey[] {
+	const text = raw.trim();
+	// JSON-looking text is JSON: `{...}` is a mistake, not a key.
+	if (!text.startsWith("[") && !text.startsWith("{")) {
+		return text
+			.split(",")
+			.map((k) => k.trim())
+			.filter((k) => k !== "")
+			.map((key) => ({ key, routeHint: false }));
+	}
+	let parsed: unknown;
+	try {
+		parsed = JSON.parse(text);
+	} catch {
+		throw new KeyConfigError("BACKHAUL_API_KEYS looks like JSON but does not parse");
+	}
+	if (!Array.isArray(parsed)) throw new KeyConfigError("BACKHAUL_API_KEYS must be a JSON array");
+	return parsed.map((entry, i): ClientKey => {
+		if (typeof entry === "string") {
+			if (entry.trim() === "") throw new KeyConfigError(`BACKHAUL_API_KEYS[${i}] is empty`);
+			return { key: entry.trim(), routeHint: false };
+		}
+		if (typeof entry !== "object" || entry === null || Array.isArray(entry)) {
+			throw new KeyConfigError(`BACKHAUL_API_KEYS[${i}] must be a string or {"key": "...", "routeHint": true|false}`);
+		}
+		const o = entry as Record<string, unknown>;
+		for (const field of Object.keys(o)) {
+			if (field !== "key" && field !== "routeHint") throw new KeyConfigError(`BACKHAUL_API_KEYS[${i}] has an unknown field '${field}'`);
+		}
+		if (typeof o.key !== "string" || o.key.trim() === "") throw new KeyConfigError(`BACKHAUL_API_KEYS[${i}].key must be a non-empty string`);
+		if (o.routeHint !== undefined && typeof o.routeHint !== "boolean") throw new KeyConfigError(`BACKHAUL_API_KEYS[${i}].routeHint must be a boolean`);
+		return { key: o.key.trim(), routeHint: o.routeHint === true };
+	});
+}
+
+interface KeyTable {
+	raw: string;
+	keys: ClientKey[];
+	digests: ArrayBuffer[];
+}
+
+/** The parsed keys and their digests, for the last BACKHAUL_API_KEYS this isolate saw. */
+let cached: KeyTable | null = null;
+
+async function keyTable(env: Env): Promise<KeyTable> {
 	const raw = (env as { BACKHAUL_API_KEYS?: string }).BACKHAUL_API_KEYS ?? "";
-	return raw
-		.split(",")
-		.map((k) => k.trim())
-		.filter((k) => k !== "");
+	if (cached?.raw === raw) return cached;
+	let keys: ClientKey[];
+	try {
+		keys = parseKeys(raw);
+	} catch (err) {
+		// Never the value itself: it holds the keys.
+		console.error("BACKHAUL_API_KEYS is malformed; refusing every request", { error: String(err) });
+		throw new ApiError(500, "server_error", "api_keys_misconfigured", "The Worker's API key configuration is invalid; the operator must fix BACKHAUL_API_KEYS.");
+	}
+	const digests = await Promise.all(keys.map((k) => digest(k.key)));
+	cached = { raw, keys, digests };
+	return cached;
 }
 
 export function bearerToken(header: string | null): string | null {
@@ -25,42 +110,72 @@ export function bearerToken(header: string | null): string | null {
 
 const digest = async (s: string) => crypto.subtle.digest("SHA-256", new TextEncoder().encode(s));
 
-/** The index of the matching key, or -1; every key is compared, in constant time each. */
-export async function matchKey(token: string, keys: readonly string[]): Promise<number> {
+/** The index of the matching digest, or -1; every digest is compared, in constant time each. */
+async function matchDigest(token: string, digests: readonly ArrayBuffer[]): Promise<number> {
 	const t = await digest(token);
 	let found = -1;
-	for (let i = 0; i < keys.length; i++) {
-		if (crypto.subtle.timingSafeEqual(t, await digest(keys[i]!)) && found === -1) found = i;
+	for (let i = 0; i < digests.length; i++) {
+		if (crypto.subtle.timingSafeEqual(t, digests[i]!) && found === -1) found = i;
 	}
 	return found;
 }
 
-/** 401 when keys are configured and the request has none or a wrong one; 429 when that key is over its rate limit. */
-export async function authenticate(request: Request, env: Env): Promise<void> {
-	const keys = configuredKeys(env);
-	if (keys.length === 0) return;
+/**
+ * 401 when the request has no key or a wrong one, or when no key is
+ * configured and ALLOW_ANONYMOUS is not "true"; 429 when the key is over its
+ * rate limit. Returns the caller and what it may do.
+ */
+export async function authenticate(request: Request, env: Env): Promise<Caller> {
+	const table = await keyTable(env);
+	if (table.keys.length === 0) {
+		if (env.ALLOW_ANONYMOUS === "true") return { keyed: false, routeHint: env.ALLOW_ANONYMOUS_ROUTE_HINT === "true" };
+		throw new ApiError(
+			401,
+			"authentication_error",
+			"no_api_keys_configured",
+			"This Worker has no API keys configured and does not allow anonymous access: set the BACKHAUL_API_KEYS secret, or the ALLOW_ANONYMOUS var to \"true\" for an open API.",
+			null,
+			{ "www-authenticate": 'Bearer realm="backhaul"' },
+		);
+	}
 	const token = bearerToken(request.headers.get("authorization"));
 	if (token === null) {
 		throw new ApiError(401, "authentication_error", "missing_api_key", "Missing API key: send Authorization: Bearer <key>.", null, {
 			"www-authenticate": 'Bearer realm="backhaul"',
 		});
 	}
-	const index = await matchKey(token, keys);
+	const index = await matchDigest(token, table.digests);
 	if (index < 0) {
 		throw new ApiError(401, "authentication_error", "invalid_api_key", "Incorrect API key provided.", null, {
 			"www-authenticate": 'Bearer realm="backhaul", error="invalid_token"',
 		});
 	}
 	const limiter = (env as { KEY_RATE_LIMITER?: RateLimit }).KEY_RATE_LIMITER;
-	if (!limiter) return;
-	// The limiter sees a digest prefix, never the key itself.
-	const { success } = await limiter.limit({ key: `key:${hex(await digest(keys[index]!)).slice(0, 32)}` });
-	if (!success) {
-		const period = Number(env.RATE_LIMIT_PERIOD_SECONDS) || 60;
-		throw new ApiError(429, "rate_limit_error", "rate_limit_exceeded", `Rate limit reached for this API key; retry after ${period} s.`, null, {
-			"retry-after": String(period),
-		});
+	if (limiter) {
+		// The limiter sees a digest prefix, never the key itself.
+		const { success } = await limiter.limit({ key: `key:${hex(table.digests[index]!).slice(0, 32)}` });
+		if (!success) {
+			const period = Number(env.RATE_LIMIT_PERIOD_SECONDS) || 60;
+			throw new ApiError(429, "rate_limit_error", "rate_limit_exceeded", `Rate limit reached for this API key; retry after ${period} s.`, null, {
+				"retry-after": String(period),
+			});
+		}
 	}
+	return { keyed: true, routeHint: table.keys[index]!.routeHint };
+}
+
+/** 403 when the caller sent x-backhaul-route without the right to. */
+export function checkRouteHint(caller: Caller, hinted: boolean): void {
+	if (!hinted || caller.routeHint) return;
+	throw new ApiError(
+		403,
+		"permission_error",
+		"route_hint_forbidden",
+		!caller.keyed
+			? "Anonymous callers may not send x-backhaul-route (set ALLOW_ANONYMOUS_ROUTE_HINT to \"true\" to allow it)."
+			: "This API key may not send x-backhaul-route: give it \"routeHint\": true in BACKHAUL_API_KEYS.",
+		"x-backhaul-route",
+	);
 }
 
 const hex = (b: ArrayBuffer) => [...new Uint8Array(b)].map((x) => x.toString(16).padStart(2, "0")).join("");

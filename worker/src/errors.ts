@@ -6,6 +6,7 @@
 export type ErrorType =
 	| "invalid_request_error"
 	| "authentication_error"
+	| "permission_error"
 	| "not_found_error"
 	| "rate_limit_error"
 	| "service_unavailable"

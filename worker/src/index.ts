@@ -7,13 +7,13 @@
  * failover, route, signature); this file wires them to I/O.
  */
 import { handleAdmin, ADMIN_PREFIX } from "./admin";
-import { authenticate } from "./auth";
+import { authenticate, checkRouteHint, type Caller } from "./auth";
 import { classify, parseRouteHint, type Classification } from "./classify";
 import { edgeInputs, toChatCompletion, toOpenAiStream, withFirstChunk, type AiRunner } from "./edge";
 import { ApiError, badRequest } from "./errors";
-import { cooldownUntil, forwardToRegions } from "./proxy";
+import { cooldownUntil, DEFAULT_MAX_UPSTREAM_BODY_BYTES, forwardToRegions } from "./proxy";
 import { locationFromCf, parseLocation, rankRegions, isLive, type LatLon } from "./rank";
-import { parseChatRequest, readBodyCapped, type ChatRequest } from "./request";
+import { DEFAULT_MAX_TOKENS_LIMIT, parseChatRequest, readBodyCapped, type ChatRequest } from "./request";
 import { publishedAtMs, routeKey, type StoredRoute } from "./route";
 import { loadRoutes } from "./table";
 
@@ -23,33 +23,54 @@ const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
 
 export default {
 	async fetch(request, env, ctx): Promise<Response> {
-		const url = new URL(request.url);
-		try {
-			if (url.pathname === "/health") {
-				if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed("GET");
-				return Response.json({ status: "ok" });
-			}
-			if (url.pathname === ADMIN_PREFIX || url.pathname.startsWith(`${ADMIN_PREFIX}/`)) {
-				return await handleAdmin(request, env, url);
-			}
-			if (url.pathname === "/v1/models") {
-				if (request.method !== "GET") throw methodNotAllowed("GET");
-				await authenticate(request, env);
-				return await listModels(env);
-			}
-			if (url.pathname === "/v1/chat/completions") {
-				if (request.method !== "POST") throw methodNotAllowed("POST");
-				await authenticate(request, env);
-				return await chatCompletions(request, env, ctx);
-			}
-			throw new ApiError(404, "not_found_error", "not_found", `No route for ${request.method} ${url.pathname}.`);
-		} catch (err) {
-			if (err instanceof ApiError) return err.toResponse();
-			console.error("unhandled error", err);
-			return new ApiError(500, "server_error", "internal_error", "The Worker failed to handle the request.").toResponse();
-		}
+		return noSniff(await handle(request, env, ctx));
 	},
 } satisfies ExportedHandler<Env>;
+
+/**
+ * Every answer is marked `x-content-type-options: nosniff`: a browser never
+ * second-guesses the Worker's content-type (an upstream body is only ever
+ * served as application/json or text/event-stream).
+ */
+function noSniff(response: Response): Response {
+	try {
+		response.headers.set("x-content-type-options", "nosniff");
+		return response;
+	} catch {
+		// Immutable headers (a fetch's response): copy them.
+		const copy = new Response(response.body, response);
+		copy.headers.set("x-content-type-options", "nosniff");
+		return copy;
+	}
+}
+
+async function handle(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
+	const url = new URL(request.url);
+	try {
+		if (url.pathname === "/health") {
+			if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed("GET");
+			return Response.json({ status: "ok" });
+		}
+		if (url.pathname === ADMIN_PREFIX || url.pathname.startsWith(`${ADMIN_PREFIX}/`)) {
+			return await handleAdmin(request, env, url);
+		}
+		if (url.pathname === "/v1/models") {
+			if (request.method !== "GET") throw methodNotAllowed("GET");
+			await authenticate(request, env);
+			return await listModels(env);
+		}
+		if (url.pathname === "/v1/chat/completions") {
+			if (request.method !== "POST") throw methodNotAllowed("POST");
+			const caller = await authenticate(request, env);
+			return await chatCompletions(request, env, ctx, caller);
+		}
+		throw new ApiError(404, "not_found_error", "not_found", `No route for ${request.method} ${url.pathname}.`);
+	} catch (err) {
+		if (err instanceof ApiError) return err.toResponse();
+		console.error("unhandled error", err);
+		return new ApiError(500, "server_error", "internal_error", "The Worker failed to handle the request.").toResponse();
+	}
+}
 
 const methodNotAllowed = (allowed: string) =>
 	new ApiError(405, "invalid_request_error", "method_not_allowed", `Use ${allowed}.`, null, { allow: allowed });
@@ -84,16 +105,24 @@ function clientLocation(request: Request, env: Env): LatLon | null {
 	return locationFromCf(request.cf as { latitude?: unknown; longitude?: unknown } | undefined);
 }
 
-function maxBodyBytes(env: Env): number {
-	const v = Number(env.MAX_BODY_BYTES);
-	return Number.isInteger(v) && v > 0 ? v : DEFAULT_MAX_BODY_BYTES;
+/** A var that must be a positive integer; `fallback` when unset or anything else. */
+function positiveIntVar(value: string | undefined, fallback: number): number {
+	const v = Number(value);
+	return value !== undefined && value.trim() !== "" && Number.isInteger(v) && v > 0 ? v : fallback;
 }
 
-async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
-	const body = await readBodyCapped(request, maxBodyBytes(env));
-	const chat = parseChatRequest(body);
+/** The Cloudflare Access service token headers, when both secrets are set (docs/publication.md). */
+function accessHeaders(env: Env): Record<string, string> {
+	const { CF_ACCESS_CLIENT_ID: id, CF_ACCESS_CLIENT_SECRET: secret } = env as { CF_ACCESS_CLIENT_ID?: string; CF_ACCESS_CLIENT_SECRET?: string };
+	return id && secret ? { "cf-access-client-id": id, "cf-access-client-secret": secret } : {};
+}
+
+async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext, caller: Caller): Promise<Response> {
+	const body = await readBodyCapped(request, positiveIntVar(env.MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES));
+	const chat = parseChatRequest(body, positiveIntVar(env.MAX_TOKENS_LIMIT, DEFAULT_MAX_TOKENS_LIMIT));
 	const hint = parseRouteHint(request.headers.get("x-backhaul-route"));
 	if (hint === "invalid") throw badRequest("x-backhaul-route must be 'edge' or 'region'.", "x-backhaul-route");
+	checkRouteHint(caller, hint !== null);
 
 	const nowMs = Date.now();
 	const routes = await loadRoutes(env, nowMs);
@@ -164,6 +193,8 @@ async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext
 			maxAttempts,
 			clientSignal: request.signal,
 			ctx,
+			accessHeaders: accessHeaders(env),
+			maxUpstreamBodyBytes: positiveIntVar(env.MAX_UPSTREAM_BODY_BYTES, DEFAULT_MAX_UPSTREAM_BODY_BYTES),
 		});
 		const region = ranked.routes[result.attempts - 1]!.region;
 		return withRouting(result.response, { tier: "region", region, attempts: attempts + result.attempts, classification });

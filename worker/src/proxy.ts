@@ -2,11 +2,34 @@
  * The region path: try regions best first, fail over while nothing has been
  * sent to the client, then pass the chosen region's answer through. Decisions
  * come from failover.ts; this file only does the I/O.
+ *
+ * The Worker authenticates to each region with that route's own
+ * `upstreamToken` (Authorization: Bearer), plus the Cloudflare Access service
+ * token when one is configured; nothing of the client's request but its body
+ * is forwarded. A region's answer is trusted no further than needed:
+ * redirects are not followed, a non-streamed or error body is read up to
+ * maxUpstreamBodyBytes and no further, a 2xx must be JSON (or SSE when
+ * streaming), the client-facing content-type is the Worker's own, and only
+ * PASSED_UPSTREAM_HEADERS reach the client.
  */
-import { decide, type AttemptOutcome } from "./failover";
+import { decide, type AttemptOutcome, type FailureKind } from "./failover";
 import { ApiError, sseErrorEvent } from "./errors";
+import { readStreamCapped } from "./request";
 import { routeKey, type Route } from "./route";
 import { SseWatcher } from "./sse";
+
+/** MAX_UPSTREAM_BODY_BYTES when unset or not a positive integer: 4 MiB. */
+export const DEFAULT_MAX_UPSTREAM_BODY_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The region's response headers a client may see (lower case). Everything
+ * else a region (or the ingress in front of it) sets, such as set-cookie,
+ * server, x-powered-by, content-security-policy or CORS headers, stays at
+ * the Worker: the Worker sets content-type and cache-control itself.
+ * `x-request-id` is backhaul-inference's request id, for matching a client's
+ * answer with the region's logs.
+ */
+export const PASSED_UPSTREAM_HEADERS: readonly string[] = ["x-request-id"];
 
 /** 429 cooldowns, per route, for this isolate: key → until (ms since epoch). */
 export const cooldownUntil = new Map<string, number>();
@@ -44,7 +67,7 @@ interface Attempt {
  * itself for what is left of the total, so a stream that ends before
  * firstByteTimeoutMs sets and clears one timer.
  */
-async function attempt(route: Route, body: Uint8Array, clientSignal: AbortSignal | undefined): Promise<Attempt> {
+async function attempt(route: Route, body: Uint8Array, clientSignal: AbortSignal | undefined, accessHeaders: Record<string, string>): Promise<Attempt> {
 	const controller = new AbortController();
 	const { firstByteTimeoutMs, requestTimeoutMs } = route.routing;
 	const started = Date.now();
@@ -80,9 +103,18 @@ async function attempt(route: Route, body: Uint8Array, clientSignal: AbortSignal
 	try {
 		const response = await fetch(`${route.endpoint}/v1/chat/completions`, {
 			method: "POST",
-			headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
+			// A fresh header set: never the client's Authorization (its Backhaul
+			// API key), cookies or anything else it sent.
+			headers: {
+				"content-type": "application/json",
+				accept: "application/json, text/event-stream",
+				...accessHeaders,
+				authorization: `Bearer ${route.upstreamToken}`,
+			},
 			body,
 			signal: controller.signal,
+			// A region never sends the Worker, with the region's token, elsewhere: a 3xx is a failed attempt.
+			redirect: "manual",
 		});
 		headersIn = true;
 		a = { ...base, response, outcome: { kind: "response", status: response.status, retryAfter: response.headers.get("retry-after") } };
@@ -95,10 +127,52 @@ async function attempt(route: Route, body: Uint8Array, clientSignal: AbortSignal
 	}
 }
 
+/** The media type of a content-type header, lower case, without parameters. */
+export function mediaType(contentType: string | null): string {
+	return (contentType ?? "").split(";", 1)[0]!.trim().toLowerCase();
+}
+
+/** application/json or application/*+json (problem+json and the like). */
+export function isJsonType(contentType: string | null): boolean {
+	const t = mediaType(contentType);
+	return t === "application/json" || (t.startsWith("application/") && t.endsWith("+json"));
+}
+
+/** The allowlisted upstream headers, with the Worker's own on top. */
+function clientHeaders(upstream: Response, own: Record<string, string>): Headers {
+	const headers = new Headers();
+	for (const name of PASSED_UPSTREAM_HEADERS) {
+		const v = upstream.headers.get(name);
+		if (v !== null) headers.set(name, v);
+	}
+	for (const [k, v] of Object.entries(own)) headers.set(k, v);
+	return headers;
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
+
+/** Whether `bytes` are UTF-8 JSON; `object`: and a JSON object. */
+function parsesAsJson(bytes: Uint8Array, object = false): boolean {
+	try {
+		const v: unknown = JSON.parse(utf8.decode(bytes));
+		return !object || (typeof v === "object" && v !== null && !Array.isArray(v));
+	} catch {
+		return false;
+	}
+}
+
+const sha256Prefix = async (s: string) =>
+	[...new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s)))]
+		.map((x) => x.toString(16).padStart(2, "0"))
+		.join("")
+		.slice(0, 16);
+
 /**
  * Sends the request to `routes` in order, at most `maxAttempts` of them.
  * Returns the response to give the client; throws ApiError when every
- * attempt failed (429 when they were all saturated, else 503).
+ * attempt failed: 429 when they were all saturated, 502 when every region
+ * answered with something the Worker does not accept (a redirect, a body
+ * over the cap, the wrong content type), else 503.
  */
 export async function forwardToRegions(opts: {
 	routes: readonly Route[];
@@ -108,18 +182,33 @@ export async function forwardToRegions(opts: {
 	clientSignal?: AbortSignal;
 	ctx: ExecutionContext;
 	nowMs?: () => number;
+	/** sent on every upstream request (the Cloudflare Access service token, when configured) */
+	accessHeaders?: Record<string, string>;
+	/** most bytes read from a non-streamed or error response; DEFAULT_MAX_UPSTREAM_BODY_BYTES if absent */
+	maxUpstreamBodyBytes?: number;
 }): Promise<RegionResult> {
 	const now = opts.nowMs ?? Date.now;
+	const cap = opts.maxUpstreamBodyBytes ?? DEFAULT_MAX_UPSTREAM_BODY_BYTES;
+	const accessHeaders = opts.accessHeaders ?? {};
 	const log: RegionAttemptLog[] = [];
 	const tried = opts.routes.slice(0, Math.max(1, opts.maxAttempts));
 	let saturated = 0;
+	let badResponses = 0;
 	let shortestCooldownMs = Infinity;
+	const clientGone = () => new ApiError(499, "invalid_request_error", "client_closed_request", "Client closed the request.");
+	const failed = (route: Route, outcome: string, failure: FailureKind) => {
+		if (failure === "bad-response") {
+			badResponses++;
+			console.warn("region answered with a response the Worker does not accept", { region: route.region, endpoint: route.endpoint, outcome });
+		}
+		log.push({ region: route.region, outcome });
+	};
 	for (const route of tried) {
 		let a: Attempt;
 		try {
-			a = await attempt(route, opts.body, opts.clientSignal);
+			a = await attempt(route, opts.body, opts.clientSignal, accessHeaders);
 		} catch (err) {
-			if (err instanceof ClientGone) throw new ApiError(499, "invalid_request_error", "client_closed_request", "Client closed the request.");
+			if (err instanceof ClientGone) throw clientGone();
 			throw err;
 		}
 		const decision = decide(a.outcome, now());
@@ -132,34 +221,77 @@ export async function forwardToRegions(opts: {
 				saturated++;
 				shortestCooldownMs = Math.min(shortestCooldownMs, decision.cooldownMs);
 			}
-			log.push({ region: route.region, outcome: decision.reason });
+			const status = a.response?.status;
+			if (status === 401 || status === 403) {
+				// The token's fingerprint (as the admin GET shows it), never the token.
+				console.warn("region refused the Worker's credential", {
+					region: route.region,
+					endpoint: route.endpoint,
+					status,
+					upstreamTokenSha256: await sha256Prefix(route.upstreamToken),
+					cfAccess: "cf-access-client-id" in accessHeaders,
+				});
+			}
+			failed(route, decision.reason, decision.failure);
 			continue;
 		}
 		const upstream = a.response!;
 		const attempts = log.length + 1;
 		const ok = upstream.status >= 200 && upstream.status < 300;
+		const contentType = upstream.headers.get("content-type");
+		// A 2xx must be what was asked for: SSE when streaming, else JSON (not,
+		// say, an ingress's text/html login page).
+		if (ok && !(opts.stream ? mediaType(contentType) === "text/event-stream" : isJsonType(contentType))) {
+			a.done();
+			await upstream.body?.cancel().catch(() => {});
+			failed(route, `upstream ${upstream.status} with content-type '${mediaType(contentType)}', not ${opts.stream ? "text/event-stream" : "JSON"}`, "bad-response");
+			continue;
+		}
 		if (!opts.stream || !ok) {
 			// Whole-body answers are read here, so a body that breaks off
-			// still fails over: nothing has reached the client yet.
-			let text: string;
+			// still fails over: nothing has reached the client yet. Read up to
+			// the cap and no further.
+			let bytes: Uint8Array | null;
 			try {
-				text = await upstream.text();
+				const declared = upstream.headers.get("content-length");
+				if (declared !== null && /^\d+$/.test(declared) && Number(declared) > cap) {
+					await upstream.body?.cancel().catch(() => {});
+					bytes = null;
+				} else {
+					bytes = upstream.body ? await readStreamCapped(upstream.body, cap) : new Uint8Array(0);
+				}
 			} catch {
 				a.done();
-				if (opts.clientSignal?.aborted) throw new ApiError(499, "invalid_request_error", "client_closed_request", "Client closed the request.");
-				log.push({ region: route.region, outcome: a.timedOut() ? "request timeout" : "body failed" });
+				if (opts.clientSignal?.aborted) throw clientGone();
+				failed(route, a.timedOut() ? "request timeout" : "body failed", "unavailable");
 				continue;
 			}
 			a.done();
+			if (ok) {
+				if (bytes === null || !parsesAsJson(bytes)) {
+					failed(route, `upstream ${upstream.status} ${bytes === null ? `body over ${cap} bytes` : "body is not JSON"}`, "bad-response");
+					continue;
+				}
+				log.push({ region: route.region, outcome: `upstream ${upstream.status}` });
+				return {
+					response: new Response(bytes, { status: upstream.status, headers: clientHeaders(upstream, { "content-type": "application/json" }) }),
+					attempts,
+					log,
+				};
+			}
+			// A 4xx that is the client's (400 context too long, 404 model): its
+			// OpenAI error passes through when it is one, else the Worker says so itself.
 			log.push({ region: route.region, outcome: `upstream ${upstream.status}` });
-			return {
-				response: new Response(text, {
-					status: upstream.status,
-					headers: { "content-type": upstream.headers.get("content-type") ?? "application/json" },
-				}),
-				attempts,
-				log,
-			};
+			const response =
+				bytes !== null && isJsonType(contentType) && parsesAsJson(bytes, true)
+					? new Response(bytes, { status: upstream.status, headers: clientHeaders(upstream, { "content-type": "application/json" }) })
+					: new ApiError(
+							upstream.status,
+							"invalid_request_error",
+							"upstream_rejected_request",
+							`The region rejected the request with status ${upstream.status} (${bytes === null ? `its answer was over ${cap} bytes` : `its answer was not a JSON error but '${mediaType(contentType)}'`}).`,
+						).toResponse();
+			return { response, attempts, log };
 		}
 		// Hold the headers until the first chunk: a region that answers 200 and
 		// then breaks before sending anything can still be failed over.
@@ -173,8 +305,8 @@ export async function forwardToRegions(opts: {
 		if (first.done) {
 			a.done();
 			await reader.cancel().catch(() => {});
-			if (opts.clientSignal?.aborted) throw new ApiError(499, "invalid_request_error", "client_closed_request", "Client closed the request.");
-			log.push({ region: route.region, outcome: a.timedOut() ? "request timeout before the first chunk" : "stream ended before the first chunk" });
+			if (opts.clientSignal?.aborted) throw clientGone();
+			failed(route, a.timedOut() ? "request timeout before the first chunk" : "stream ended before the first chunk", "unavailable");
 			continue;
 		}
 		const watcher = new SseWatcher();
@@ -183,7 +315,7 @@ export async function forwardToRegions(opts: {
 			// The region failed before generating anything: nothing has reached the client yet.
 			a.done();
 			await reader.cancel().catch(() => {});
-			log.push({ region: route.region, outcome: "error event before the first token" });
+			failed(route, "error event before the first token", "unavailable");
 			continue;
 		}
 		log.push({ region: route.region, outcome: `upstream ${upstream.status} streaming` });
@@ -195,6 +327,9 @@ export async function forwardToRegions(opts: {
 		throw new ApiError(429, "rate_limit_error", "regions_saturated", `Every region serving this model is saturated (${detail}).`, null, {
 			"retry-after": retryAfter,
 		});
+	}
+	if (badResponses > 0 && badResponses === log.length) {
+		throw new ApiError(502, "server_error", "bad_upstream_response", `Every region tried answered with a response the Worker does not accept (${detail}).`);
 	}
 	throw new ApiError(503, "service_unavailable", "regions_failed", `No region could serve the request after ${log.length} attempt(s) (${detail}).`);
 }
@@ -277,9 +412,6 @@ function passThroughStream(
 	ctx.waitUntil(pump());
 	return new Response(readable, {
 		status: upstream.status,
-		headers: {
-			"content-type": upstream.headers.get("content-type") ?? "text/event-stream",
-			"cache-control": "no-cache",
-		},
+		headers: clientHeaders(upstream, { "content-type": "text/event-stream", "cache-control": "no-cache" }),
 	});
 }

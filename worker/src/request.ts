@@ -15,7 +15,18 @@ export async function readBodyCapped(request: Request, limit: number): Promise<U
 	// A declared length within the limit is what the runtime's HTTP framing
 	// delivers, no more: read it whole in one call.
 	if (declared !== null && /^\d+$/.test(declared)) return new Uint8Array(await request.arrayBuffer());
-	const reader = request.body.getReader();
+	const bytes = await readStreamCapped(request.body, limit);
+	if (bytes === null) throw tooLarge();
+	return bytes;
+}
+
+/**
+ * Reads a stream chunk by chunk, at most `limit` bytes: null (and the stream
+ * cancelled) as soon as it goes over, so a larger body is never held whole.
+ * A read error is thrown.
+ */
+export async function readStreamCapped(stream: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array | null> {
+	const reader = stream.getReader();
 	const chunks: Uint8Array[] = [];
 	let size = 0;
 	for (;;) {
@@ -23,11 +34,12 @@ export async function readBodyCapped(request: Request, limit: number): Promise<U
 		if (done) break;
 		size += value.byteLength;
 		if (size > limit) {
-			await reader.cancel();
-			throw tooLarge();
+			await reader.cancel().catch(() => {});
+			return null;
 		}
 		chunks.push(value);
 	}
+	if (chunks.length === 1) return chunks[0]!;
 	const out = new Uint8Array(size);
 	let at = 0;
 	for (const c of chunks) {
@@ -49,8 +61,16 @@ export interface ChatRequest {
 
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
 
-/** Parses and validates a /v1/chat/completions body (400 naming the field when wrong). */
-export function parseChatRequest(body: Uint8Array): ChatRequest {
+/** MAX_TOKENS_LIMIT when unset or not a positive integer. */
+export const DEFAULT_MAX_TOKENS_LIMIT = 4096;
+
+/**
+ * Parses and validates a /v1/chat/completions body (400 naming the field
+ * when wrong). `max_tokens` and `max_completion_tokens` may each be at most
+ * `maxTokensLimit` (the Worker's MAX_TOKENS_LIMIT): a client cannot hold a
+ * GPU for longer than the operator allows.
+ */
+export function parseChatRequest(body: Uint8Array, maxTokensLimit = DEFAULT_MAX_TOKENS_LIMIT): ChatRequest {
 	let raw: unknown;
 	try {
 		raw = JSON.parse(utf8.decode(body));
@@ -78,6 +98,7 @@ export function parseChatRequest(body: Uint8Array): ChatRequest {
 		const v = obj[f];
 		if (v === undefined || v === null) return null;
 		if (typeof v !== "number" || !Number.isInteger(v) || v < 1) throw badRequest(`'${f}' must be a positive integer.`, f);
+		if (v > maxTokensLimit) throw badRequest(`'${f}' is ${v}; this endpoint allows at most ${maxTokensLimit}.`, f, "max_tokens_too_large");
 		return v;
 	};
 	const maxCompletion = positiveInt("max_completion_tokens");

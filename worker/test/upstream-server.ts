@@ -4,17 +4,31 @@
  * behaviour: `{base}/{scenario}/{id}` so the Worker calls
  * `{base}/{scenario}/{id}/v1/chat/completions`.
  *
+ * Like backhaul-inference, every chat request must carry
+ * `Authorization: Bearer TEST_UPSTREAM_TOKEN` (the token test routes carry):
+ * without it, 401 whatever the scenario. Every request's headers are recorded.
+ *
  * Scenarios: ok, status503, status429 (Retry-After: 30), slow (headers after
  * 3 s), midfail (two chunks, then the socket is destroyed), truncated (two
  * chunks, then a clean end without [DONE]), emptystream (200 headers, then the
  * socket is destroyed before any body), errorfirst / errorlater (an SSE error
  * event without [DONE], as backhaul-inference sends, before / after a chunk), gated (first chunk, then waits for
  * /control/release/{id}), hold (first chunk, then holds until the client goes).
- * Control: /control/count/{id} (requests seen), /control/release/{id},
+ * Answers a region should not give: redirect (307 to /ok/{id}-target on this
+ * server), forbidden (403 text/html, as Cloudflare Access refusing a caller),
+ * html (200 text/html), htmlerror (400 text/html), jsonstream (200
+ * application/json even to a streaming request), huge / hugeerror (200 / 400
+ * application/json, HUGE_BYTES chunked, written as fast as the reader takes
+ * them), hugedeclared (200 with a Content-Length of HUGE_BYTES), leaky (ok,
+ * plus headers that must not reach the client: set-cookie, x-powered-by,
+ * server, access-control-allow-origin, and an x-request-id that may).
+ * Control: /control/count/{id} (requests seen), /control/headers/{id} (the
+ * headers of each request seen, JSON), /control/release/{id},
  * /control/closed/{id} (answers once the upstream connection of {id} closed;
- * 504 after 10 s).
+ * 504 after 10 s), /control/sent/{id} (once closed: how many body bytes a
+ * huge scenario wrote, JSON {written, total, finished}).
  */
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { TestProject } from "vitest/node";
 
@@ -25,7 +39,14 @@ declare module "vitest" {
 	}
 }
 
+/** Keep equal to TEST_UPSTREAM_TOKEN in test/helpers.ts (that file runs in workerd, this one in Node). */
+export const TEST_UPSTREAM_TOKEN = "test-upstream-token-0123456789";
+/** The body size of the huge scenarios: far over the Worker's 4 MiB default cap. */
+export const HUGE_BYTES = 128 * 1024 * 1024;
+
 const counts = new Map<string, number>();
+const headersSeen = new Map<string, IncomingHttpHeaders[]>();
+const sent = new Map<string, { written: number; total: number; finished: boolean }>();
 const releases = new Map<string, () => void>();
 const closed = new Map<string, Promise<void>>();
 const closedResolvers = new Map<string, () => void>();
@@ -49,6 +70,16 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 	if (parts[0] === "control") {
 		const [, what, id = ""] = parts;
 		if (what === "count") return void res.end(String(counts.get(id) ?? 0));
+		if (what === "headers") {
+			res.writeHead(200, { "content-type": "application/json" });
+			return void res.end(JSON.stringify(headersSeen.get(id) ?? []));
+		}
+		if (what === "sent") {
+			const timer = new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 10_000));
+			const result = await Promise.race([closedPromise(id).then(() => "closed" as const), timer]);
+			res.writeHead(result === "closed" ? 200 : 504, { "content-type": "application/json" });
+			return void res.end(JSON.stringify(sent.get(id) ?? null));
+		}
 		if (what === "release") {
 			releases.get(id)?.();
 			return void res.end("released");
@@ -62,13 +93,39 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 	}
 	const [scenario = "", id = ""] = parts;
 	counts.set(id, (counts.get(id) ?? 0) + 1);
+	headersSeen.set(id, [...(headersSeen.get(id) ?? []), req.headers]);
 	const body = await readBody(req);
 	const stream = (JSON.parse(body || "{}") as { stream?: boolean }).stream === true;
 	res.on("close", () => {
 		closedPromise(id);
 		closedResolvers.get(id)?.();
 	});
+	if (req.headers.authorization !== `Bearer ${TEST_UPSTREAM_TOKEN}`) {
+		res.writeHead(401, { "content-type": "application/json", "www-authenticate": "Bearer" });
+		return void res.end(JSON.stringify({ error: { message: "missing or invalid bearer token", type: "authentication_error", code: "invalid_api_key", param: null } }));
+	}
 	switch (scenario) {
+		case "redirect":
+			res.writeHead(307, { location: `http://${req.headers.host}/ok/${id}-target/v1/chat/completions` });
+			return void res.end();
+		case "forbidden":
+			res.writeHead(403, { "content-type": "text/html" });
+			return void res.end("<html><body>Forbidden</body></html>");
+		case "html":
+			res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+			return void res.end("<html><script>alert(1)</script></html>");
+		case "htmlerror":
+			res.writeHead(400, { "content-type": "text/html" });
+			return void res.end("<html><body>Bad Request</body></html>");
+		case "jsonstream":
+			res.writeHead(200, { "content-type": "application/json" });
+			return void res.end(JSON.stringify({ object: "chat.completion", choices: [] }));
+		case "huge":
+			return writeHuge(res, id, 200);
+		case "hugeerror":
+			return writeHuge(res, id, 400);
+		case "hugedeclared":
+			return writeHuge(res, id, 200, true);
 		case "status503":
 			res.writeHead(503, { "content-type": "application/json" });
 			return void res.end(JSON.stringify({ error: { message: "overloaded", type: "server_error" } }));
@@ -82,8 +139,18 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 			await new Promise((r) => setTimeout(r, 3000));
 			break;
 	}
+	const leaky =
+		scenario === "leaky"
+			? {
+					"set-cookie": "region_session=secret; Path=/",
+					"x-powered-by": "Express",
+					server: "nginx/1.25",
+					"access-control-allow-origin": "*",
+					"x-request-id": `req-${id}`,
+				}
+			: {};
 	if (!stream) {
-		res.writeHead(200, { "content-type": "application/json" });
+		res.writeHead(200, { "content-type": "application/json", ...leaky });
 		return void res.end(
 			JSON.stringify({
 				id: "chatcmpl-up",
@@ -94,7 +161,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 			}),
 		);
 	}
-	res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+	res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache", ...leaky });
 	if (scenario === "errorfirst") {
 		// as backhaul-inference does when generation fails: an error event, no [DONE]
 		return void res.end(`data: ${JSON.stringify({ error: { message: "engine failed", type: "server_error", code: "engine_error", param: null } })}\n\n`);
@@ -125,6 +192,27 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 	}
 	res.write(chunk(id, " bye"));
 	res.end("data: [DONE]\n\n");
+}
+
+/** HUGE_BYTES of JSON-looking body, written only as fast as the reader takes it; what was written is in `sent`. */
+async function writeHuge(res: ServerResponse, id: string, status: number, declareLength = false): Promise<void> {
+	const record = { written: 0, total: HUGE_BYTES, finished: false };
+	sent.set(id, record);
+	const open = '{"error":{"message":"', close = '"}}';
+	const piece = Buffer.alloc(64 * 1024, 0x61);
+	const headers: Record<string, string> = { "content-type": "application/json" };
+	if (declareLength) headers["content-length"] = String(open.length + HUGE_BYTES + close.length);
+	res.writeHead(status, headers);
+	const gone = new Promise<void>((r) => res.once("close", () => r()));
+	res.write(open);
+	while (record.written < HUGE_BYTES) {
+		if (res.destroyed) return;
+		const more = res.write(piece);
+		record.written += piece.length;
+		if (!more) await Promise.race([new Promise<void>((r) => res.once("drain", () => r())), gone]);
+	}
+	res.end(close);
+	record.finished = true;
 }
 
 export default async function setup(project: TestProject) {

@@ -1,23 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { chat, makeRoute, publish, routePath, signedRequest, sseContent, ssePayloads, testEnv, uid, upstream, upstreamControl, upstreamCount, userMessage } from "../helpers";
-import type { Route } from "../../src/route";
-
-const london = { latitude: "51.51", longitude: "-0.13" };
-const errorOf = async (res: Response) => ((await res.json()) as { error: { message: string; type: string; code: string; param: string | null } }).error;
-
-/** Publishes one route per region for a fresh model; returns the model name and region ids. */
-async function deploy(regions: { scenario: string; latitude: number; longitude: number; extra?: Partial<Route> }[], routing: Partial<Route["routing"]> = {}) {
-	const model = uid("model-");
-	const name = uid("md");
-	const ids: string[] = [];
-	for (const [i, r] of regions.entries()) {
-		const region = `r${i}-${r.scenario.toLowerCase()}`;
-		const id = `${name}-${region}`;
-		ids.push(id);
-		await publish(makeRoute({ name, region, model, endpoint: upstream(r.scenario, id), location: { latitude: r.latitude, longitude: r.longitude }, routing, ...r.extra }));
-	}
-	return { model, name, ids };
-}
+import { deploy, errorOf, LONDON } from "../client-helpers";
 
 const body = (model: string, extra = {}) => ({ model, messages: userMessage("Hello"), ...extra });
 
@@ -27,7 +10,7 @@ describe("routing to regions", () => {
 			{ scenario: "ok", latitude: 39.04, longitude: -77.49 }, // us-east
 			{ scenario: "ok", latitude: 53.35, longitude: -6.26 }, // eu-west
 		]);
-		const res = await chat(body(model), { cf: london });
+		const res = await chat(body(model), { cf: LONDON });
 		expect(res.status).toBe(200);
 		expect(res.headers.get("x-backhaul-tier")).toBe("region");
 		expect(res.headers.get("x-backhaul-region")).toBe("r1-ok");
@@ -72,7 +55,7 @@ describe("routing to regions", () => {
 		const name = uid("md");
 		await publish(makeRoute({ name, region: "near", model, endpoint: testEnv.TEST_REFUSED, location: { latitude: 51, longitude: 0 } }));
 		await publish(makeRoute({ name, region: "far", model, endpoint: upstream("ok", `${name}-far`), location: { latitude: 0, longitude: 100 } }));
-		const res = await chat(body(model), { cf: london });
+		const res = await chat(body(model), { cf: LONDON });
 		expect(res.status).toBe(200);
 		expect(res.headers.get("x-backhaul-region")).toBe("far");
 		expect(res.headers.get("x-backhaul-attempts")).toBe("2");
@@ -85,7 +68,7 @@ describe("routing to regions", () => {
 			{ scenario: "ok", latitude: 0, longitude: 100 },
 		]);
 		for (let i = 0; i < 2; i++) {
-			const res = await chat(body(model), { cf: london });
+			const res = await chat(body(model), { cf: LONDON });
 			expect(res.headers.get("x-backhaul-region")).toBe("r1-ok");
 			expect(res.headers.get("x-backhaul-attempts")).toBe("2");
 			await res.body?.cancel();
@@ -98,11 +81,11 @@ describe("routing to regions", () => {
 			{ scenario: "status429", latitude: 51, longitude: 0 },
 			{ scenario: "ok", latitude: 0, longitude: 100 },
 		]);
-		const first = await chat(body(model), { cf: london });
+		const first = await chat(body(model), { cf: LONDON });
 		expect(first.headers.get("x-backhaul-region")).toBe("r1-ok");
 		expect(first.headers.get("x-backhaul-attempts")).toBe("2");
 		await first.body?.cancel();
-		const second = await chat(body(model), { cf: london });
+		const second = await chat(body(model), { cf: LONDON });
 		expect(second.headers.get("x-backhaul-region")).toBe("r1-ok");
 		expect(second.headers.get("x-backhaul-attempts")).toBe("1");
 		await second.body?.cancel();
@@ -129,10 +112,10 @@ describe("routing to regions", () => {
 				{ scenario: "slow", latitude: 51, longitude: 0 },
 				{ scenario: "ok", latitude: 0, longitude: 100 },
 			],
-			{ firstByteTimeoutMs: 200 },
+			{ firstByteTimeoutMs: 1000 }, // the lowest a route may say
 		);
 		const started = Date.now();
-		const res = await chat(body(model, { stream: true }), { cf: london });
+		const res = await chat(body(model, { stream: true }), { cf: LONDON });
 		expect(res.headers.get("x-backhaul-region")).toBe("r1-ok");
 		expect(Date.now() - started).toBeLessThan(2500);
 		await res.body?.cancel();
@@ -143,7 +126,7 @@ describe("routing to regions", () => {
 			{ scenario: "emptystream", latitude: 51, longitude: 0 },
 			{ scenario: "ok", latitude: 0, longitude: 100 },
 		]);
-		const res = await chat(body(model, { stream: true }), { cf: london });
+		const res = await chat(body(model, { stream: true }), { cf: LONDON });
 		expect(res.headers.get("x-backhaul-region")).toBe("r1-ok");
 		expect(res.headers.get("x-backhaul-attempts")).toBe("2");
 		expect(ssePayloads(await res.text()).at(-1)).toBe("[DONE]");
@@ -154,7 +137,7 @@ describe("routing to regions", () => {
 			{ scenario: "errorfirst", latitude: 51, longitude: 0 },
 			{ scenario: "ok", latitude: 0, longitude: 100 },
 		]);
-		const res = await chat(body(model, { stream: true }), { cf: london });
+		const res = await chat(body(model, { stream: true }), { cf: LONDON });
 		expect(res.headers.get("x-backhaul-region")).toBe("r1-ok");
 		expect(res.headers.get("x-backhaul-attempts")).toBe("2");
 		await res.body?.cancel();
@@ -177,7 +160,7 @@ describe("routing to regions", () => {
 			],
 			{ failoverAttempts: 2 },
 		);
-		const res = await chat(body(model), { cf: london });
+		const res = await chat(body(model), { cf: LONDON });
 		expect(res.status).toBe(503);
 		expect(res.headers.get("x-backhaul-attempts")).toBe("2");
 		expect((await errorOf(res)).code).toBe("regions_failed");
@@ -188,7 +171,7 @@ describe("routing to regions", () => {
 			{ scenario: "badrequest", latitude: 51, longitude: 0 },
 			{ scenario: "ok", latitude: 0, longitude: 100 },
 		]);
-		const res = await chat(body(model), { cf: london });
+		const res = await chat(body(model), { cf: LONDON });
 		expect(res.status).toBe(400);
 		expect(res.headers.get("x-backhaul-attempts")).toBe("1");
 		expect((await errorOf(res)).message).toBe("upstream says no");

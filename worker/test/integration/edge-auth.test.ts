@@ -3,21 +3,14 @@
  * local mode; API keys are off for the rest of the suite): these call the
  * Worker's fetch handler directly, inside workerd, with that env.
  */
-import { createExecutionContext, env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
-import worker from "../../src/index";
 import type { AiRunner } from "../../src/edge";
+import { callWorker as call, chatWith as chat } from "../client-helpers";
 import { makeRoute, publish, sseContent, ssePayloads, uid, upstream, userMessage } from "../helpers";
 
 const EDGE = "@cf/meta/llama-3.2-1b-instruct";
-
-async function call(path: string, init: RequestInit, overrides: Record<string, unknown>): Promise<Response> {
-	// The context is not awaited here: a streamed answer's pump (ctx.waitUntil)
-	// runs only as fast as the test reads the body.
-	return worker.fetch(new Request(`https://router.test${path}`, init) as Request<unknown, IncomingRequestCfProperties>, { ...env, ...overrides } as Env, createExecutionContext());
-}
-const chat = (body: unknown, overrides: Record<string, unknown>, headers: Record<string, string> = {}) =>
-	call("/v1/chat/completions", { method: "POST", body: JSON.stringify(body), headers: { "content-type": "application/json", ...headers } }, overrides);
+/** The suite is anonymous; route hints need ALLOW_ANONYMOUS_ROUTE_HINT (client-access.test.ts tests who may send them). */
+const HINTS = { ALLOW_ANONYMOUS_ROUTE_HINT: "true" };
 
 /** A Workers AI binding answering as the real one does: `{response}` or an SSE stream of `{"response": ...}` events. */
 function aiAnswering(text: string, calls: { model: string; inputs: Record<string, unknown> }[] = []): AiRunner {
@@ -77,12 +70,12 @@ describe("edge tier (Workers AI)", () => {
 			[{ model, messages: userMessage("x".repeat(400)) }, {}],
 			[{ model, messages: userMessage("Hi") }, { "x-backhaul-route": "region" }],
 		] as const) {
-			const res = await chat(body, { AI: aiAnswering("edge", calls) }, headers);
+			const res = await chat(body, { AI: aiAnswering("edge", calls), ...HINTS }, headers);
 			expect(res.headers.get("x-backhaul-tier")).toBe("region");
 			await res.body?.cancel();
 		}
 		expect(calls).toHaveLength(0);
-		const forced = await chat({ model, messages: userMessage("x".repeat(400)) }, { AI: aiAnswering("edge", calls) }, { "x-backhaul-route": "edge" });
+		const forced = await chat({ model, messages: userMessage("x".repeat(400)) }, { AI: aiAnswering("edge", calls), ...HINTS }, { "x-backhaul-route": "edge" });
 		expect(forced.headers.get("x-backhaul-tier")).toBe("edge");
 	});
 

@@ -15,6 +15,19 @@ describe("decide", () => {
 			expect(decide(o, now)).toMatchObject({ action: "next", cooldownMs: 0 });
 		}
 	});
+	it("fails over on a redirect (never followed) and on a region refusing the Worker's credential", () => {
+		for (const status of [301, 302, 307, 308]) {
+			expect(decide(response(status), now)).toMatchObject({ action: "next", cooldownMs: 0, failure: "bad-response" });
+		}
+		for (const status of [401, 403]) {
+			expect(decide(response(status), now)).toMatchObject({ action: "next", cooldownMs: 0, failure: "unavailable" });
+		}
+	});
+	it("says which failures are saturation, bad answers and unavailability", () => {
+		expect(decide(response(429), now)).toMatchObject({ failure: "saturated" });
+		expect(decide(response(503), now)).toMatchObject({ failure: "unavailable" });
+		expect(decide({ kind: "connect-error" }, now)).toMatchObject({ failure: "unavailable" });
+	});
 	it("fails over on 429 and cools the region down for its Retry-After", () => {
 		expect(decide(response(429, "30"), now)).toMatchObject({ action: "next", cooldownMs: 30_000 });
 		expect(decide(response(429, "Mon, 23 Nov 2026 07:00:10 GMT"), now)).toMatchObject({ cooldownMs: 10_000 });
