@@ -5,7 +5,7 @@
 // completion with its timings, percentiles, and CPU time per process.
 // Everything binds 127.0.0.1.
 import { execFileSync, spawn } from "node:child_process";
-import { createHmac } from "node:crypto";
+import { generateKeyPairSync, randomBytes, sign } from "node:crypto";
 import { createServer } from "node:http";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -174,8 +174,22 @@ export const sseOk = async (b) => {
 	return r.ok && (r.headers.get("content-type") ?? "").includes("text/event-stream");
 };
 
-/** The Backhaul Worker under `wrangler dev --env local`, open API, London as the default location. */
-export const BENCH_SECRET = "bench-secret";
+/**
+ * The bench's publisher: an Ed25519 key made per run (docs/publication.md,
+ * "Publisher keys and signatures"), allowed every namespace, region and host.
+ */
+const benchKey = generateKeyPairSync("ed25519");
+export const BENCH_KEY_ID = "bench";
+export const BENCH_PUBLISHERS = JSON.stringify([
+	{
+		id: BENCH_KEY_ID,
+		publicKey: Buffer.from(benchKey.publicKey.export({ format: "jwk" }).x, "base64url").toString("base64"),
+		namespaces: ["*"],
+		regions: ["*"],
+	},
+]);
+
+/** The Backhaul Worker under `wrangler dev --env local`, open API, London as the default location, the bench's publisher key. */
 export const startBackhaul = (port, log, extra = [], cwd = workerDir, label = "backhaul worker") =>
 	startWrangler({
 		label,
@@ -183,23 +197,37 @@ export const startBackhaul = (port, log, extra = [], cwd = workerDir, label = "b
 		log,
 		cwd,
 		probe: healthOk,
-		extra: [...extra, "--env", "local", "--var", `BACKHAUL_PUBLISH_SECRET:${BENCH_SECRET}`, "--var", "DEFAULT_LOCATION:51.5,-0.1", "--var", "BACKHAUL_API_KEYS:"],
+		extra: [
+			...extra, "--env", "local", "--var", `BACKHAUL_PUBLISHERS:${BENCH_PUBLISHERS}`, "--var", "DEFAULT_LOCATION:51.5,-0.1",
+			"--var", "BACKHAUL_API_KEYS:", "--var", "ALLOW_ANONYMOUS:true",
+		],
 	});
 
+/** `X-Backhaul-Signature`: Ed25519 over "backhaul-v2.{keyId}.{timestamp}.{METHOD}.{path}." + body. */
+export function signAdmin(method, path, body, ts = String(Math.floor(Date.now() / 1000)), keyId = BENCH_KEY_ID, privateKey = benchKey.privateKey) {
+	const payload = Buffer.concat([Buffer.from(`backhaul-v2.${keyId}.${ts}.${method.toUpperCase()}.${path}.`), Buffer.from(body)]);
+	return { "x-backhaul-key-id": keyId, "x-backhaul-timestamp": ts, "x-backhaul-signature": `ed25519=${sign(null, payload, privateKey).toString("base64")}` };
+}
+
 /** PUTs a route through the signed admin API (docs/publication.md). */
-export async function publish(base, route, secret = BENCH_SECRET) {
+export async function publish(base, route) {
 	const path = `/admin/v1/routes/${route.namespace}/${route.name}/${route.region}`;
 	const body = JSON.stringify(route);
-	const ts = String(Math.floor(Date.now() / 1000));
-	const sig = createHmac("sha256", secret).update(`${ts}.PUT.${path}.${body}`).digest("hex");
-	const res = await fetch(base + path, { method: "PUT", body, headers: { "x-backhaul-timestamp": ts, "x-backhaul-signature": `v1=${sig}` } });
+	const res = await fetch(base + path, { method: "PUT", body, headers: { "content-type": "application/json", ...signAdmin("PUT", path, body) } });
 	if (res.status !== 200) throw new Error(`publish ${path}: ${res.status} ${await res.text()}`);
 }
+
+// Each route write needs a higher sequence than the last (docs/publication.md, "Ordering").
+let lastSequence = 0;
+const nextSequence = () => (lastSequence = Math.max(lastSequence + 1, Date.now()));
+// The region credential the routes carry (the bench's upstream does not check it).
+const BENCH_UPSTREAM_TOKEN = randomBytes(32).toString("base64url");
 
 export const route = (name, region, model, endpoint, latitude, longitude, firstByteTimeoutMs = 5000) => ({
 	namespace: "bench", name, region, model, endpoint, location: { latitude, longitude }, replicas: 1, readyReplicas: 1,
 	routing: { heavyPromptTokens: 1024, heavyMaxTokens: 512, requestTimeoutMs: 60000, firstByteTimeoutMs, failoverAttempts: 3 },
-	edgeModel: null, generation: 1, publishedAt: new Date().toISOString().replace(/\.\d+Z$/, "Z"), ttlSeconds: 3600,
+	edgeModel: null, generation: 1, sequence: nextSequence(), publishedAt: new Date().toISOString().replace(/\.\d+Z$/, "Z"), ttlSeconds: 3600,
+	upstreamToken: BENCH_UPSTREAM_TOKEN,
 });
 
 export const chatBody = (model) => JSON.stringify({ model, stream: true, messages: [{ role: "user", content: "Hello" }] });
