@@ -15,7 +15,7 @@
 import { decide, type AttemptOutcome, type FailureKind } from "./failover";
 import { ApiError, sseErrorEvent } from "./errors";
 import { readStreamCapped } from "./request";
-import { routeKey, type Route } from "./route";
+import { routeKey, type StoredRoute } from "./route";
 import { SseWatcher } from "./sse";
 
 /** MAX_UPSTREAM_BODY_BYTES when unset or not a positive integer: 4 MiB. */
@@ -27,7 +27,8 @@ export const DEFAULT_MAX_UPSTREAM_BODY_BYTES = 4 * 1024 * 1024;
  * server, x-powered-by, content-security-policy or CORS headers, stays at
  * the Worker: the Worker sets content-type and cache-control itself.
  * `x-request-id` is backhaul-inference's request id, for matching a client's
- * answer with the region's logs.
+ * answer with the region's logs; it passes only as visible ASCII of at most
+ * 128 characters.
  */
 export const PASSED_UPSTREAM_HEADERS: readonly string[] = ["x-request-id"];
 
@@ -67,7 +68,7 @@ interface Attempt {
  * itself for what is left of the total, so a stream that ends before
  * firstByteTimeoutMs sets and clears one timer.
  */
-async function attempt(route: Route, body: Uint8Array, clientSignal: AbortSignal | undefined, accessHeaders: Record<string, string>): Promise<Attempt> {
+async function attempt(route: StoredRoute, body: Uint8Array, clientSignal: AbortSignal | undefined, accessHeaders: Record<string, string>): Promise<Attempt> {
 	const controller = new AbortController();
 	const { firstByteTimeoutMs, requestTimeoutMs } = route.routing;
 	const started = Date.now();
@@ -138,12 +139,15 @@ export function isJsonType(contentType: string | null): boolean {
 	return t === "application/json" || (t.startsWith("application/") && t.endsWith("+json"));
 }
 
+/** A passed header's value: visible ASCII, at most 128 characters (a request id, not a payload). */
+const PASSABLE_VALUE = /^[\x21-\x7e]{1,128}$/;
+
 /** The allowlisted upstream headers, with the Worker's own on top. */
 function clientHeaders(upstream: Response, own: Record<string, string>): Headers {
 	const headers = new Headers();
 	for (const name of PASSED_UPSTREAM_HEADERS) {
 		const v = upstream.headers.get(name);
-		if (v !== null) headers.set(name, v);
+		if (v !== null && PASSABLE_VALUE.test(v)) headers.set(name, v);
 	}
 	for (const [k, v] of Object.entries(own)) headers.set(k, v);
 	return headers;
@@ -161,12 +165,6 @@ function parsesAsJson(bytes: Uint8Array, object = false): boolean {
 	}
 }
 
-const sha256Prefix = async (s: string) =>
-	[...new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s)))]
-		.map((x) => x.toString(16).padStart(2, "0"))
-		.join("")
-		.slice(0, 16);
-
 /**
  * Sends the request to `routes` in order, at most `maxAttempts` of them.
  * Returns the response to give the client; throws ApiError when every
@@ -175,7 +173,7 @@ const sha256Prefix = async (s: string) =>
  * over the cap, the wrong content type), else 503.
  */
 export async function forwardToRegions(opts: {
-	routes: readonly Route[];
+	routes: readonly StoredRoute[];
 	body: Uint8Array;
 	stream: boolean;
 	maxAttempts: number;
@@ -196,7 +194,7 @@ export async function forwardToRegions(opts: {
 	let badResponses = 0;
 	let shortestCooldownMs = Infinity;
 	const clientGone = () => new ApiError(499, "invalid_request_error", "client_closed_request", "Client closed the request.");
-	const failed = (route: Route, outcome: string, failure: FailureKind) => {
+	const failed = (route: StoredRoute, outcome: string, failure: FailureKind) => {
 		if (failure === "bad-response") {
 			badResponses++;
 			console.warn("region answered with a response the Worker does not accept", { region: route.region, endpoint: route.endpoint, outcome });
@@ -228,7 +226,7 @@ export async function forwardToRegions(opts: {
 					region: route.region,
 					endpoint: route.endpoint,
 					status,
-					upstreamTokenSha256: await sha256Prefix(route.upstreamToken),
+					upstreamTokenSha256: route.upstreamTokenSha256,
 					cfAccess: "cf-access-client-id" in accessHeaders,
 				});
 			}

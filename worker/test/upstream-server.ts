@@ -21,7 +21,8 @@
  * application/json, HUGE_BYTES chunked, written as fast as the reader takes
  * them), hugedeclared (200 with a Content-Length of HUGE_BYTES), leaky (ok,
  * plus headers that must not reach the client: set-cookie, x-powered-by,
- * server, access-control-allow-origin, and an x-request-id that may).
+ * server, access-control-allow-origin, and an x-request-id that may),
+ * longrequestid (ok, with a 300-character x-request-id).
  * Control: /control/count/{id} (requests seen), /control/headers/{id} (the
  * headers of each request seen, JSON), /control/release/{id},
  * /control/closed/{id} (answers once the upstream connection of {id} closed;
@@ -139,7 +140,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 			await new Promise((r) => setTimeout(r, 3000));
 			break;
 	}
-	const leaky =
+	const leaky: Record<string, string> =
 		scenario === "leaky"
 			? {
 					"set-cookie": "region_session=secret; Path=/",
@@ -148,7 +149,9 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 					"access-control-allow-origin": "*",
 					"x-request-id": `req-${id}`,
 				}
-			: {};
+			: scenario === "longrequestid"
+				? { "x-request-id": "r".repeat(300) }
+				: {};
 	if (!stream) {
 		res.writeHead(200, { "content-type": "application/json", ...leaky });
 		return void res.end(

@@ -4,7 +4,7 @@
  * headers). Regions are test/upstream-server.ts, which, like
  * backhaul-inference, refuses a request without the route's bearer token.
  */
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { chat, sseContent, TEST_UPSTREAM_TOKEN, uid, upstreamCount } from "../helpers";
 import { chatBody, chatWith, deploy, errorOf, far, HUGE_BYTES, LONDON, near, upstreamHeaders, upstreamSent } from "../client-helpers";
 
@@ -51,17 +51,25 @@ describe("the Worker's credential to regions", () => {
 		}
 	});
 
-	it("fails over when a region refuses the Worker's credential (401, or 403 from Access)", async () => {
-		const { model, ids } = await deploy([
-			near("ok", { upstreamToken: "a-token-this-region-does-not-hold" }),
-			{ scenario: "forbidden", latitude: 52, longitude: 0 },
-			far("ok"),
-		]);
-		const res = await chat(chatBody(model), { cf: LONDON });
-		expect(res.status).toBe(200);
-		expect(res.headers.get("x-backhaul-region")).toBe("r2-ok");
-		expect(res.headers.get("x-backhaul-attempts")).toBe("3");
-		await res.body?.cancel();
+	it("fails over when a region refuses the Worker's credential (401, or 403 from Access), and logs it without the token", async () => {
+		const wrongToken = "a-token-this-region-does-not-hold";
+		const { model, ids } = await deploy([near("ok", { upstreamToken: wrongToken }), { scenario: "forbidden", latitude: 52, longitude: 0 }, far("ok")]);
+		const warn = vi.spyOn(console, "warn");
+		let logged: unknown[][];
+		try {
+			const res = await chatWith(chatBody(model), { CF_ACCESS_CLIENT_ID: "id.access", CF_ACCESS_CLIENT_SECRET: "access-secret-value" }, {}, LONDON);
+			expect(res.status).toBe(200);
+			expect(res.headers.get("x-backhaul-region")).toBe("r2-ok");
+			expect(res.headers.get("x-backhaul-attempts")).toBe("3");
+			await res.body?.cancel();
+			logged = warn.mock.calls.filter((c) => String(c[0]).includes("refused the Worker's credential"));
+		} finally {
+			warn.mockRestore();
+		}
+		expect(logged.map((c) => (c[1] as { status: number }).status).sort()).toEqual([401, 403]);
+		expect((logged[0]![1] as { upstreamTokenSha256: string }).upstreamTokenSha256).toMatch(/^[0-9a-f]{16}$/);
+		const text = JSON.stringify(logged);
+		for (const secret of [wrongToken, TEST_UPSTREAM_TOKEN, "access-secret-value"]) expect(text).not.toContain(secret);
 		// The mismatched route's region did get (and refuse) the request, with that route's token.
 		expect((await upstreamHeaders(ids[0]!))[0]!.authorization).toBe("Bearer a-token-this-region-does-not-hold");
 	});
@@ -189,6 +197,12 @@ describe("response headers", () => {
 			const text = await res.text();
 			if (stream) expect(sseContent(text)).toBe(`hello from ${ids[0]} bye`);
 		}
+		// An allowlisted header passes only as a short token.
+		const long = (await deploy([near("longrequestid")])).model;
+		const res = await chat(chatBody(long));
+		expect(res.status).toBe(200);
+		expect(res.headers.get("x-request-id")).toBeNull();
+		await res.body?.cancel();
 	});
 
 	it("marks every answer nosniff: success, stream, the Worker's own errors and a region's", async () => {
