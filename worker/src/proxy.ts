@@ -133,6 +133,9 @@ export function mediaType(contentType: string | null): string {
 	return (contentType ?? "").split(";", 1)[0]!.trim().toLowerCase();
 }
 
+/** A region's media type as the Worker's messages quote it: at most 64 token characters, nothing else. */
+const quotedType = (contentType: string | null): string => mediaType(contentType).slice(0, 64).replace(/[^a-z0-9!#$&^_.+\/-]/g, "?") || "none";
+
 /** application/json or application/*+json (problem+json and the like). */
 export function isJsonType(contentType: string | null): boolean {
 	const t = mediaType(contentType);
@@ -242,7 +245,7 @@ export async function forwardToRegions(opts: {
 		if (ok && !(opts.stream ? mediaType(contentType) === "text/event-stream" : isJsonType(contentType))) {
 			a.done();
 			await upstream.body?.cancel().catch(() => {});
-			failed(route, `upstream ${upstream.status} with content-type '${mediaType(contentType)}', not ${opts.stream ? "text/event-stream" : "JSON"}`, "bad-response");
+			failed(route, `upstream ${upstream.status} with content-type '${quotedType(contentType)}', not ${opts.stream ? "text/event-stream" : "JSON"}`, "bad-response");
 			continue;
 		}
 		if (!opts.stream || !ok) {
@@ -287,7 +290,7 @@ export async function forwardToRegions(opts: {
 							upstream.status,
 							"invalid_request_error",
 							"upstream_rejected_request",
-							`The region rejected the request with status ${upstream.status} (${bytes === null ? `its answer was over ${cap} bytes` : `its answer was not a JSON error but '${mediaType(contentType)}'`}).`,
+							`The region rejected the request with status ${upstream.status} (${bytes === null ? `its answer was over ${cap} bytes` : `its answer was not a JSON error but '${quotedType(contentType)}'`}).`,
 						).toResponse();
 			return { response, attempts, log };
 		}
