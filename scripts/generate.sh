@@ -13,7 +13,11 @@ build_workspace --quiet
 "$bin_dir/backhaul-operator" crd >"$tmp"
 [ -s "$tmp" ] || { echo "generate: backhaul-operator crd printed nothing" >&2; exit 1; }
 mv "$tmp" crds/modeldeployment.yaml
+# The route's JSON Schema from the Rust type (docs/publication.md).
+"$bin_dir/backhaul-operator" route-schema >"$tmp"
+[ -s "$tmp" ] || { echo "generate: backhaul-operator route-schema printed nothing" >&2; exit 1; }
+mv "$tmp" docs/schemas/route.schema.json
 charts/test-chart.sh --update
 # The Worker's Env types from wrangler.jsonc.
 (source scripts/node-env.sh && cd worker && npm run --silent generate)
-git status --short crds charts worker/worker-configuration.d.ts
+git status --short crds charts docs/schemas worker/worker-configuration.d.ts

@@ -14,7 +14,7 @@ import { ApiError, badRequest } from "./errors";
 import { cooldownUntil, DEFAULT_MAX_UPSTREAM_BODY_BYTES, forwardToRegions } from "./proxy";
 import { locationFromCf, parseLocation, rankRegions, isLive, type LatLon } from "./rank";
 import { DEFAULT_MAX_TOKENS_LIMIT, parseChatRequest, readBodyCapped, type ChatRequest } from "./request";
-import { publishedAtMs, routeKey, type StoredRoute } from "./route";
+import { routeKey, type StoredRoute } from "./route";
 import { loadRoutes } from "./table";
 
 export { RouteTable } from "./table";
@@ -75,9 +75,10 @@ async function handle(request: Request, env: Env, ctx: ExecutionContext): Promis
 const methodNotAllowed = (allowed: string) =>
 	new ApiError(405, "invalid_request_error", "method_not_allowed", `Use ${allowed}.`, null, { allow: allowed });
 
-/** A model's reference route: thresholds and edge model come from the newest live route, else the newest route. */
+/** A model's reference route: thresholds and edge model come from the newest live route, else the newest route (by receive time). */
 export function referenceRoute(routes: readonly StoredRoute[], nowMs: number): StoredRoute | null {
-	const newest = (rs: readonly StoredRoute[]) => rs.reduce<StoredRoute | null>((best, r) => (!best || publishedAtMs(r) > publishedAtMs(best) ? r : best), null);
+	// Newest by the Worker's own receive time: publishedAt is the sender's claim.
+	const newest = (rs: readonly StoredRoute[]) => rs.reduce<StoredRoute | null>((best, r) => (!best || r.receivedAtMs > best.receivedAtMs ? r : best), null);
 	return newest(routes.filter((r) => isLive(r, nowMs, new Map()))) ?? newest(routes);
 }
 
