@@ -84,9 +84,27 @@ pub struct ServeArgs {
     /// gRPC listen address (Inference, Health, reflection).
     #[arg(long, env = "BACKHAUL_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
-    /// HTTP listen address (OpenAI API, /health, /ready, /metrics).
+    /// HTTP listen address (OpenAI API, /health, /ready).
     #[arg(long, env = "BACKHAUL_HTTP_ADDR", default_value = "0.0.0.0:8000")]
     pub http_addr: SocketAddr,
+    /// Metrics listen address: plain HTTP without a credential, serving
+    /// only /metrics (Prometheus) and /health. Do not expose it beside the
+    /// API.
+    #[arg(long, env = "BACKHAUL_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// File of the bearer tokens accepted on /v1/* and the
+    /// backhaul.inference.v1 gRPC service: one per line, blank lines and
+    /// `#` comments ignored; every line is accepted. Re-read when it
+    /// changes (a mounted Secret), so rotation needs no restart.
+    #[arg(long, env = "BACKHAUL_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Serve the API without any credential (local development). Without
+    /// this or --api-key-file the server refuses to start.
+    #[arg(long, env = "BACKHAUL_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// How often --api-key-file is checked for changes, e.g. `1s`, `500ms`.
+    #[arg(long, env = "BACKHAUL_API_KEY_RELOAD_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub api_key_reload_interval: Duration,
     /// Requests generating at once; more wait in the queue.
     #[arg(long, env = "BACKHAUL_MAX_IN_FLIGHT", default_value_t = 32)]
     pub max_in_flight: usize,
@@ -188,6 +206,10 @@ mod tests {
         let config = Config::try_parse_from(["backhaul-inference", "--model", "m.gguf"]).unwrap();
         assert_eq!(config.serve.grpc_addr.port(), 50051);
         assert_eq!(config.serve.http_addr.port(), 8000);
+        assert_eq!(config.serve.metrics_addr.port(), 9090);
         assert_eq!(config.serve.drain_timeout, Duration::from_secs(30));
+        assert_eq!(config.serve.api_key_file, None);
+        assert!(!config.serve.allow_unauthenticated);
+        assert_eq!(config.serve.api_key_reload_interval, Duration::from_secs(1));
     }
 }

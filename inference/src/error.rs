@@ -49,6 +49,12 @@ pub enum InferenceError {
     /// The engine failed while generating.
     #[error("engine error: {0}")]
     Engine(String),
+    /// No bearer token came with the request.
+    #[error("missing API key: send `Authorization: Bearer <token>`")]
+    MissingApiKey,
+    /// The bearer token is not one this server accepts (now).
+    #[error("invalid API key")]
+    InvalidApiKey,
 }
 
 /// OpenAI-style error payload parts: HTTP status, `type`, `code`, `param`.
@@ -73,6 +79,8 @@ impl InferenceError {
             Self::SlowConsumer => "slow_consumer",
             Self::DrainTimeout => "drain_timeout",
             Self::Engine(_) => "engine",
+            Self::MissingApiKey => "missing_api_key",
+            Self::InvalidApiKey => "invalid_api_key",
         }
     }
 
@@ -96,6 +104,7 @@ impl InferenceError {
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::SlowConsumer | Self::DrainTimeout => Code::Cancelled,
             Self::Engine(_) => Code::Internal,
+            Self::MissingApiKey | Self::InvalidApiKey => Code::Unauthenticated,
         };
         let mut status = tonic::Status::new(code, self.to_string());
         if let Some(after) = self.retry_after()
@@ -164,6 +173,18 @@ impl InferenceError {
                 "engine_error",
                 None,
             ),
+            Self::MissingApiKey => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "missing_api_key",
+                None,
+            ),
+            Self::InvalidApiKey => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_api_key",
+                None,
+            ),
         };
         HttpError {
             status,
@@ -186,6 +207,17 @@ impl InferenceError {
         })
     }
 
+    /// The `WWW-Authenticate` challenge of a 401 (RFC 6750), if this is one.
+    pub fn www_authenticate(&self) -> Option<&'static str> {
+        match self {
+            Self::MissingApiKey => Some("Bearer realm=\"backhaul-inference\""),
+            Self::InvalidApiKey => {
+                Some("Bearer realm=\"backhaul-inference\", error=\"invalid_token\"")
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::InvalidArgument {
             field,
@@ -197,6 +229,27 @@ impl InferenceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_refusals_are_401_authentication_errors_and_unauthenticated() {
+        for (err, code) in [
+            (InferenceError::MissingApiKey, "missing_api_key"),
+            (InferenceError::InvalidApiKey, "invalid_api_key"),
+        ] {
+            let body = err.to_openai_json();
+            assert_eq!(body["error"]["type"], "authentication_error");
+            assert_eq!(body["error"]["code"], code);
+            assert!(body["error"]["param"].is_null());
+            assert_eq!(err.to_http().status, StatusCode::UNAUTHORIZED);
+            assert_eq!(err.to_status().code(), tonic::Code::Unauthenticated);
+            assert!(
+                err.www_authenticate()
+                    .unwrap()
+                    .starts_with("Bearer realm=\"backhaul-inference\"")
+            );
+        }
+        assert_eq!(InferenceError::Loading.www_authenticate(), None);
+    }
 
     #[test]
     fn overload_maps_to_resource_exhausted_and_429_with_retry_after() {

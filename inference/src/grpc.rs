@@ -2,7 +2,9 @@
 //! path. Honours the caller's `grpc-timeout` for the whole generation,
 //! ending late calls with DEADLINE_EXCEEDED (the server does not use tonic's
 //! own timer, which bounds only the time to a stream's response headers and
-//! answers CANCELLED; see `server::serve_grpc`).
+//! answers CANCELLED; see `server::serve_grpc`). Every call needs
+//! `authorization: Bearer <token>` metadata ([`RequireCredential`]); health
+//! and reflection, served beside it, do not.
 
 use std::{pin::Pin, time::Duration};
 
@@ -11,6 +13,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
+    auth::Authenticator,
     error::InferenceError,
     metrics::Api,
     relay::{Completion, FinishReason, GenEvent, Usage},
@@ -26,6 +29,22 @@ pub struct GrpcApi {
 impl GrpcApi {
     pub fn new(service: InferenceService) -> Self {
         Self { service }
+    }
+}
+
+/// Refuses a call without an accepted bearer token with UNAUTHENTICATED,
+/// before its message is read.
+#[derive(Debug, Clone)]
+pub struct RequireCredential(pub Authenticator);
+
+impl tonic::service::Interceptor for RequireCredential {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        self.0.check(authorization).map_err(|e| e.to_status())?;
+        Ok(request)
     }
 }
 

@@ -1,16 +1,19 @@
 //! HTTP adapter: the OpenAI-compatible API (`/v1/chat/completions`,
-//! `/v1/completions`, `/v1/models`) plus `/health`, `/ready` and `/metrics`.
-//! Errors are OpenAI-shaped; an error after streaming began is sent as a
-//! final SSE `data: {"error": ...}` event (what the OpenAI clients raise on)
-//! with no `[DONE]` after it.
+//! `/v1/completions`, `/v1/models`) plus `/health` and `/ready`; and the
+//! metrics listener's `/metrics` and `/health` ([`metrics_router`]).
+//! Everything under `/v1` needs `Authorization: Bearer <token>`
+//! ([`crate::auth`]); the probes do not. Errors are OpenAI-shaped; an error
+//! after streaming began is sent as a final SSE `data: {"error": ...}` event
+//! (what the OpenAI clients raise on) with no `[DONE]` after it.
 
 use std::{convert::Infallible, time::SystemTime};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::State,
+    extract::{Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
     response::{
         IntoResponse, Response,
         sse::{Event, Sse},
@@ -22,8 +25,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
+    auth::Authenticator,
     error::InferenceError,
-    metrics::Api,
+    metrics::{Api, Metrics},
     relay::{Completion, GenEvent, Usage},
     service::{Generation, InferenceService},
     validate::{RawMessage, RawPrompt, RawRequest, RawSampling},
@@ -32,16 +36,48 @@ use crate::{
 /// OpenAI's default `max_tokens` for the legacy completions endpoint.
 const COMPLETIONS_DEFAULT_MAX_TOKENS: i64 = 16;
 
-pub fn router(service: InferenceService) -> Router {
+/// The API listener: `/v1/*` (with a credential), `/health`, `/ready`.
+pub fn router(service: InferenceService, auth: Authenticator) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(service)
+        // Outermost, so it sees unknown /v1 paths (and wrong methods) too,
+        // and refuses before a body is read.
+        .layer(middleware::from_fn_with_state(auth, require_credential))
+}
+
+/// The metrics listener: `/metrics` and `/health`, without a credential.
+pub fn metrics_router(metrics: Metrics) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .with_state(metrics)
+}
+
+/// Refuses `/v1` and everything under it without an accepted bearer token:
+/// 401, OpenAI-shaped, with a `WWW-Authenticate` challenge.
+async fn require_credential(
+    State(auth): State<Authenticator>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if path == "/v1" || path.starts_with("/v1/") {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        if let Err(error) = auth.check(authorization) {
+            return ApiError(error).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// An error as an OpenAI-shaped response (with Retry-After when useful).
@@ -62,6 +98,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        if let Some(challenge) = self.0.www_authenticate() {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
             );
         }
         response
@@ -495,13 +537,13 @@ async fn ready(State(service): State<InferenceService>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(service): State<InferenceService>) -> Response {
+async fn render_metrics(State(metrics): State<Metrics>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        service.metrics().render(),
+        metrics.render(),
     )
         .into_response()
 }

@@ -17,6 +17,8 @@
 //!   batch, stop sequences never leak, and deadlines are honoured;
 //! - [`error`] maps every failure to a gRPC status, an HTTP status and an
 //!   OpenAI error body, with one bounded category for metrics;
+//! - [`auth`] refuses API calls without a bearer token from
+//!   `--api-key-file`, re-read when the file changes;
 //! - [`server`] binds first, loads, serves, and drains on request.
 //!
 //! [`server::start`] returns a [`server::ServerHandle`] with the bound
@@ -26,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;

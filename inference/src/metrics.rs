@@ -1,6 +1,7 @@
 //! Prometheus metrics, all prefixed `backhaul_inference_`. Labels are
 //! bounded: `api` is an [`Api`], `outcome` is `ok`, `client_cancelled` or an
-//! [`crate::error::InferenceError::category`]. Histogram buckets follow
+//! [`crate::error::InferenceError::category`], `reason` is `missing` or
+//! `invalid`, `result` is `ok` or `error`. Histogram buckets follow
 //! vLLM's so dashboards built for it read these too. Each server owns its
 //! registry, so several servers in one process (tests) do not collide.
 
@@ -57,6 +58,9 @@ pub struct Metrics {
     pub queued: IntGauge,
     pub model_load_seconds: Gauge,
     pub engine_info: IntGaugeVec,
+    pub auth_refused: IntCounterVec,
+    pub api_keys_loaded: IntGauge,
+    pub api_key_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -111,6 +115,35 @@ impl Metrics {
             &["model", "device", "version"],
         )
         .expect("valid metric");
+        let auth_refused = IntCounterVec::new(
+            Opts::new(
+                "auth_refused_total",
+                "Requests refused for a missing or invalid bearer token, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let api_keys_loaded = IntGauge::new(
+            "api_keys_loaded",
+            "Bearer tokens accepted now (from --api-key-file).",
+        )
+        .expect("valid metric");
+        let api_key_reloads = IntCounterVec::new(
+            Opts::new(
+                "api_key_reloads_total",
+                "Looks at --api-key-file that loaded changed tokens (ok) or could not read it \
+                 (error; the tokens loaded last stay in force).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        // Every series exists from the start, so a rate() has a baseline.
+        for reason in ["missing", "invalid"] {
+            auth_refused.with_label_values(&[reason]);
+        }
+        for result in ["ok", "error"] {
+            api_key_reloads.with_label_values(&[result]);
+        }
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -122,6 +155,9 @@ impl Metrics {
             Box::new(queued.clone()),
             Box::new(model_load_seconds.clone()),
             Box::new(engine_info.clone()),
+            Box::new(auth_refused.clone()),
+            Box::new(api_keys_loaded.clone()),
+            Box::new(api_key_reloads.clone()),
         ] {
             registry
                 .register(collector)
@@ -139,6 +175,9 @@ impl Metrics {
             queued,
             model_load_seconds,
             engine_info,
+            auth_refused,
+            api_keys_loaded,
+            api_key_reloads,
         }
     }
 

@@ -1,11 +1,12 @@
-//! Process lifecycle: bind both listeners first (so health answers
+//! Process lifecycle: check the credential flags and read the key file,
+//! bind the listeners (gRPC, HTTP API, metrics) first (so health answers
 //! NOT_SERVING while the model loads), load, serve, and drain.
 //!
 //! Drain (SIGTERM/SIGINT in the binary, [`ServerHandle::drain`] in tests):
 //! readiness turns NOT_SERVING at once (gRPC health for "" and the service,
 //! and HTTP /ready), new and queued requests get UNAVAILABLE / 503, running
 //! generations get `--drain-timeout` to finish and are cancelled after it,
-//! then both servers stop.
+//! then the listeners stop.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -20,9 +21,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     admission::Admission,
+    auth::{AuthConfigError, AuthMode, Authenticator},
     config::{ModelArgs, ServeArgs},
     engine::{Engine, LoadError},
-    grpc::GrpcApi,
+    grpc::{GrpcApi, RequireCredential},
     http,
     metrics::Metrics,
     service::InferenceService,
@@ -34,6 +36,8 @@ const LISTENER_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -63,6 +67,8 @@ pub enum ModelSource {
 pub struct ServerHandle {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// `/metrics` (and `/health`), without a credential.
+    pub metrics_addr: SocketAddr,
     ready: watch::Receiver<Readiness>,
     drain: CancellationToken,
     task: Option<JoinHandle<Result<(), ServeError>>>,
@@ -128,10 +134,12 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Binds both listeners and starts serving; the model loads in the
-/// background (see [`ServerHandle::ready`]).
+/// Checks the credential flags (fail closed: a key file, or
+/// `--allow-unauthenticated`), binds the listeners and starts serving; the
+/// model loads in the background (see [`ServerHandle::ready`]).
 pub async fn start(serve: ServeArgs, model: ModelSource) -> Result<ServerHandle, ServeError> {
     let metrics = Metrics::new();
+    let auth = Authenticator::new(AuthMode::from_args(&serve)?, &metrics).await?;
     let admission = Admission::new(serve.max_in_flight, serve.max_queue, metrics.clone());
     let service = InferenceService::new(admission, metrics.clone(), serve.stream_buffer as usize);
 
@@ -149,8 +157,15 @@ pub async fn start(serve: ServeArgs, model: ModelSource) -> Result<ServerHandle,
                 addr: serve.http_addr,
                 source,
             })?;
+    let metrics_listener = TcpListener::bind(serve.metrics_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: serve.metrics_addr,
+            source,
+        })?;
     let grpc_addr = local_addr(&grpc_listener, serve.grpc_addr)?;
     let http_addr = local_addr(&http_listener, serve.http_addr)?;
+    let metrics_addr = local_addr(&metrics_listener, serve.metrics_addr)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     // tonic-health starts "" as SERVING; nothing is served until the model
@@ -172,20 +187,24 @@ pub async fn start(serve: ServeArgs, model: ModelSource) -> Result<ServerHandle,
     let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InferenceServer::new(GrpcApi::new(service.clone())))
+        .add_service(InferenceServer::with_interceptor(
+            GrpcApi::new(service.clone()),
+            RequireCredential(auth.clone()),
+        ))
         .prepare();
     let grpc_task = tokio::spawn(serve_grpc(grpc_listener, routes, stop_listeners.clone()));
-    let http_task = tokio::spawn({
-        let stop = stop_listeners.clone();
-        let app = http::router(service.clone());
-        async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .map_err(|e| ServeError::Http(e.to_string()))
-        }
-    });
-    tracing::info!(%grpc_addr, %http_addr, "listening");
+    let http_task = tokio::spawn(serve_http(
+        http_listener,
+        http::router(service.clone(), auth.clone()),
+        stop_listeners.clone(),
+    ));
+    let metrics_task = tokio::spawn(serve_http(
+        metrics_listener,
+        http::metrics_router(metrics.clone()),
+        stop_listeners.clone(),
+    ));
+    auth.spawn_reloader(stop_listeners.clone());
+    tracing::info!(%grpc_addr, %http_addr, %metrics_addr, "listening");
 
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
     let drain = CancellationToken::new();
@@ -198,15 +217,28 @@ pub async fn start(serve: ServeArgs, model: ModelSource) -> Result<ServerHandle,
         ready: ready_tx,
         stop_listeners,
     };
-    let task = tokio::spawn(lifecycle.run(model, grpc_task, http_task));
+    let task = tokio::spawn(lifecycle.run(model, [grpc_task, http_task, metrics_task]));
     Ok(ServerHandle {
         grpc_addr,
         http_addr,
+        metrics_addr,
         ready: ready_rx,
         drain,
         task: Some(task),
         service,
     })
+}
+
+/// Serves an HTTP router until `stop`, then lets open requests finish.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+) -> Result<(), ServeError> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+        .map_err(|e| ServeError::Http(e.to_string()))
 }
 
 /// Serves gRPC (HTTP/2 without TLS) until `stop`, then closes connections
@@ -288,8 +320,7 @@ impl Lifecycle {
     async fn run(
         self,
         model: ModelSource,
-        grpc_task: JoinHandle<Result<(), ServeError>>,
-        http_task: JoinHandle<Result<(), ServeError>>,
+        listeners: [JoinHandle<Result<(), ServeError>>; 3],
     ) -> Result<(), ServeError> {
         let loaded = tokio::select! {
             loaded = load(model) => Some(loaded),
@@ -310,7 +341,7 @@ impl Lifecycle {
             None => Ok(()),
         };
         self.stop_listeners.cancel();
-        for task in [grpc_task, http_task] {
+        for task in listeners {
             let abort = task.abort_handle();
             match tokio::time::timeout(LISTENER_SHUTDOWN_GRACE, task).await {
                 Ok(Ok(Err(error))) => tracing::warn!(%error, "listener ended with an error"),

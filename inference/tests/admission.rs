@@ -47,7 +47,7 @@ async fn a_full_queue_is_refused_at_once_while_admitted_requests_complete() {
     let status = client.chat(chat(LONG, 8)).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(status.metadata().get("retry-after").unwrap(), "1");
-    let response = reqwest::Client::new()
+    let response = http()
         .post(http_url(&handle, "/v1/chat/completions"))
         .json(&json!({"messages": [{"role": "user", "content": LONG}], "max_tokens": 8}))
         .send()
@@ -123,7 +123,7 @@ async fn a_slow_reader_is_cut_off_and_does_not_hold_up_a_fast_one() {
         .connect()
         .await
         .unwrap();
-    let mut slow_client = InferenceClient::new(slow_channel);
+    let mut slow_client = InferenceClient::with_interceptor(slow_channel, Bearer::token(TOKEN));
     let mut slow = slow_client
         .chat_stream(chat(LONG, 1000))
         .await
@@ -258,7 +258,7 @@ async fn draining_refuses_new_work_reports_not_serving_and_lets_in_flight_work_f
     );
     let status = client.chat(chat(LONG, 4)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let response = reqwest::Client::new()
+    let response = http()
         .post(http_url(&handle, "/v1/chat/completions"))
         .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
         .send()

@@ -16,7 +16,7 @@ async fn http_chat(
     handle: &backhaul_inference::ServerHandle,
     body: Value,
 ) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
-    let response = reqwest::Client::new()
+    let response = http()
         .post(http_url(handle, "/v1/chat/completions"))
         .json(&body)
         .send()
@@ -290,7 +290,7 @@ async fn bad_input_is_refused_with_the_right_code_and_the_server_keeps_serving()
             assert_eq!(error["error"]["param"], param, "{name}: {text}");
         }
     }
-    let response = reqwest::Client::new()
+    let response = http()
         .post(http_url(&handle, "/v1/chat/completions"))
         .header("content-type", "application/json")
         .body("{not json")
@@ -302,7 +302,7 @@ async fn bad_input_is_refused_with_the_right_code_and_the_server_keeps_serving()
     // Still serving.
     let (text, _) = grpc_stream_text(&mut client, chat("Say hi.", 4)).await;
     assert!(!text.is_empty());
-    let metrics = reqwest::get(http_url(&handle, "/metrics"))
+    let metrics = reqwest::get(metrics_url(&handle, "/metrics"))
         .await
         .unwrap()
         .text()
@@ -331,9 +331,8 @@ async fn models_health_readiness_and_metrics_are_reported() {
     assert_eq!(models[0].quantization, "gguf:Q4_1");
     assert!(models[0].context_length >= 2048);
 
-    let list: Value = reqwest::get(http_url(&handle, "/v1/models"))
+    let list: Value = get(http_url(&handle, "/v1/models"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -379,7 +378,7 @@ async fn models_health_readiness_and_metrics_are_reported() {
     let (_, last) =
         grpc_stream_text(&mut client, chat("Write a long story about a dragon.", 3)).await;
     assert_eq!(last.usage.unwrap().completion_tokens, 3);
-    let metrics = reqwest::get(http_url(&handle, "/metrics"))
+    let metrics = reqwest::get(metrics_url(&handle, "/metrics"))
         .await
         .unwrap()
         .text()

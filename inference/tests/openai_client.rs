@@ -1,6 +1,7 @@
 //! The official OpenAI Python client, unchanged, against a real server:
-//! streamed and whole chat completions, legacy completions, models, and an
-//! error it raises as the right exception.
+//! streamed and whole chat completions, legacy completions, models, errors
+//! it raises as the right exception, and its API key as the server's bearer
+//! token (a wrong one raises `AuthenticationError`).
 //!
 //! Needs `python3` (with `venv`). The first run creates
 //! `$BACKHAUL_CACHE/venv-openai` and installs the pinned `openai` package
@@ -15,7 +16,7 @@ use common::*;
 
 const SCRIPT: &str = r#"
 import os, sys, openai
-client = openai.OpenAI(base_url=os.environ["BASE_URL"], api_key="unused", max_retries=0)
+client = openai.OpenAI(base_url=os.environ["BASE_URL"], api_key=os.environ["API_KEY"], max_retries=0)
 messages = [{"role": "user", "content": "What is the capital of France?"}]
 
 stream = client.chat.completions.create(
@@ -51,6 +52,12 @@ try:
     sys.exit("empty messages accepted")
 except openai.BadRequestError as e:
     assert e.param == "messages", e
+wrong = openai.OpenAI(base_url=os.environ["BASE_URL"], api_key="not-the-token", max_retries=0)
+try:
+    wrong.chat.completions.create(model="smollm2", messages=messages, max_tokens=4)
+    sys.exit("wrong API key accepted")
+except openai.AuthenticationError as e:
+    assert e.status_code == 401 and e.code == "invalid_api_key", e
 print("openai client ok:", repr(streamed))
 "#;
 
@@ -119,6 +126,7 @@ async fn the_openai_python_client_works_unchanged() {
             .arg("-c")
             .arg(SCRIPT)
             .env("BASE_URL", base_url)
+            .env("API_KEY", TOKEN)
             .output()
             .expect("python runs")
     })

@@ -1,10 +1,13 @@
 //! Shared by the integration tests: finds the test model, loads it once per
-//! test binary, and starts real servers on free loopback ports.
+//! test binary, and starts real servers on free loopback ports. Servers
+//! accept [`TOKEN`] (from a key file) unless a test passes its own
+//! credential flags, and the HTTP and gRPC clients here send it.
 
 #![allow(dead_code)]
 
 use std::{
-    path::PathBuf,
+    io::Write,
+    path::{Path, PathBuf},
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
@@ -18,7 +21,38 @@ use backhaul_proto::inference::v1::{
     self as pb, ChatRequest, Message, Sampling, inference_client::InferenceClient,
 };
 use clap::Parser;
-use tonic::transport::Channel;
+use tonic::{
+    Request, Status,
+    metadata::{AsciiMetadataValue, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+/// The bearer token test servers accept by default.
+pub const TOKEN: &str = "backhaul-test-token-3Jx8q2LmZg0b7WcR";
+
+/// Writes a key file with these lines atomically (a temporary file in the
+/// same directory renamed over it), so a server polling it never sees a
+/// half-written file.
+pub fn write_key_file(path: &Path, lines: &[&str]) {
+    let dir = path.parent().expect("the key file has a directory");
+    let mut file = tempfile::NamedTempFile::new_in(dir).expect("a temporary key file");
+    for line in lines {
+        writeln!(file, "{line}").expect("writing the key file");
+    }
+    file.persist(path)
+        .expect("renaming the key file into place");
+}
+
+/// The key file holding [`TOKEN`] that servers start with by default.
+pub fn default_key_file() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("backhaul-inference-api-keys");
+        write_key_file(&path, &["# test servers' token", TOKEN]);
+        path
+    })
+}
 
 /// Where `make model` puts SmolLM2-135M-Instruct; BACKHAUL_MODEL overrides.
 pub fn model_path() -> PathBuf {
@@ -80,8 +114,25 @@ pub fn engine() -> Arc<Engine> {
 /// requests, and batching with another test's sequences could change them.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Serving flags for a test server on free loopback ports.
+/// Serving flags for a test server on free loopback ports, accepting
+/// [`TOKEN`] unless `extra` has `--api-key-file` or
+/// `--allow-unauthenticated`.
 pub fn serve_args(extra: &[&str]) -> ServeArgs {
+    let own_credential = extra
+        .iter()
+        .any(|a| matches!(*a, "--api-key-file" | "--allow-unauthenticated"));
+    let key_file = default_key_file().to_str().expect("utf-8 path");
+    let mut flags = Vec::new();
+    if !own_credential {
+        flags.extend(["--api-key-file", key_file]);
+    }
+    flags.extend_from_slice(extra);
+    serve_args_without_credential(&flags)
+}
+
+/// Serving flags on free loopback ports with only the credential flags in
+/// `extra`.
+pub fn serve_args_without_credential(extra: &[&str]) -> ServeArgs {
     let mut argv = vec![
         "backhaul-inference",
         "--model",
@@ -89,6 +140,8 @@ pub fn serve_args(extra: &[&str]) -> ServeArgs {
         "--grpc-addr",
         "127.0.0.1:0",
         "--http-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
         "127.0.0.1:0",
     ];
     argv.extend_from_slice(extra);
@@ -106,14 +159,83 @@ pub async fn server(extra: &[&str]) -> ServerHandle {
     handle
 }
 
-pub async fn grpc(handle: &ServerHandle) -> InferenceClient<Channel> {
-    InferenceClient::connect(format!("http://{}", handle.grpc_addr))
+/// Adds `authorization: Bearer <token>` to every call (nothing for
+/// [`Bearer::none`]).
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<AsciiMetadataValue>);
+
+impl Bearer {
+    pub fn token(token: &str) -> Self {
+        Self(Some(
+            MetadataValue::try_from(format!("Bearer {token}")).expect("an ASCII token"),
+        ))
+    }
+
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A gRPC client of the Inference service that sends a credential.
+pub type GrpcClient = InferenceClient<InterceptedService<Channel, Bearer>>;
+
+/// A client sending [`TOKEN`].
+pub async fn grpc(handle: &ServerHandle) -> GrpcClient {
+    grpc_with(handle, Bearer::token(TOKEN)).await
+}
+
+pub async fn grpc_with(handle: &ServerHandle, bearer: Bearer) -> GrpcClient {
+    let channel = Channel::from_shared(format!("http://{}", handle.grpc_addr))
+        .expect("a URI")
+        .connect()
         .await
-        .expect("gRPC connects")
+        .expect("gRPC connects");
+    InferenceClient::with_interceptor(channel, bearer)
 }
 
 pub fn http_url(handle: &ServerHandle, path: &str) -> String {
     format!("http://{}{}", handle.http_addr, path)
+}
+
+/// A URL on the metrics listener.
+pub fn metrics_url(handle: &ServerHandle, path: &str) -> String {
+    format!("http://{}{}", handle.metrics_addr, path)
+}
+
+/// An HTTP client sending `Authorization: Bearer` [`TOKEN`].
+pub fn http() -> reqwest::Client {
+    http_with(Some(TOKEN))
+}
+
+/// An HTTP client sending this bearer token, or none.
+pub fn http_with(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("a header value"),
+        );
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}
+
+/// `GET` with [`TOKEN`].
+pub async fn get(url: String) -> reqwest::Response {
+    http().get(url).send().await.expect("HTTP request")
 }
 
 pub fn chat(prompt: &str, max_tokens: u32) -> ChatRequest {
@@ -136,9 +258,12 @@ pub fn chat(prompt: &str, max_tokens: u32) -> ChatRequest {
 /// an expired `grpc-timeout` as CANCELLED on its own), so a test sees the
 /// status the server sends.
 pub type RawGrpcClient = InferenceClient<
-    hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        tonic::body::Body,
+    InterceptedService<
+        hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            tonic::body::Body,
+        >,
+        Bearer,
     >,
 >;
 
@@ -147,7 +272,7 @@ pub fn grpc_without_client_deadline(handle: &ServerHandle) -> RawGrpcClient {
         .http2_only(true)
         .build_http();
     InferenceClient::with_origin(
-        client,
+        InterceptedService::new(client, Bearer::token(TOKEN)),
         format!("http://{}", handle.grpc_addr)
             .parse()
             .expect("a URI"),
@@ -156,7 +281,7 @@ pub fn grpc_without_client_deadline(handle: &ServerHandle) -> RawGrpcClient {
 
 /// The text and last message of a gRPC chat stream read to its end.
 pub async fn grpc_stream_text(
-    client: &mut InferenceClient<Channel>,
+    client: &mut GrpcClient,
     request: ChatRequest,
 ) -> (String, pb::ChatStreamResponse) {
     let mut stream = client
@@ -211,10 +336,20 @@ where
     }
 }
 
+/// The metrics listener's /metrics text (no credential needed).
+pub async fn metrics_text(handle: &ServerHandle) -> String {
+    reqwest::get(metrics_url(handle, "/metrics"))
+        .await
+        .expect("metrics reachable")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 /// The value of one sample line in /metrics, e.g.
 /// `backhaul_inference_requests_queued`.
 pub async fn metric(handle: &ServerHandle, sample: &str) -> f64 {
-    let body = reqwest::get(http_url(handle, "/metrics"))
+    let body = reqwest::get(metrics_url(handle, "/metrics"))
         .await
         .expect("metrics reachable")
         .text()
