@@ -27,7 +27,7 @@ GPU_COMMANDS = [
     "cargo build -p backhaul-inference -p backhaul-bench --features backhaul-inference/cuda,backhaul-bench/cuda",
     "cargo install mistralrs-cli --version 0.8.1 --locked --features cuda --root $BACKHAUL_CACHE/mistralrs-cli-cuda",
     "$CARGO_TARGET_DIR/debug/backhaul-inference --model $BACKHAUL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf "
-    "--served-name smollm2 --device cuda --grpc-addr 127.0.0.1:50051 --http-addr 127.0.0.1:8000 &",
+    "--served-name smollm2 --device cuda --allow-unauthenticated --grpc-addr 127.0.0.1:50051 --http-addr 127.0.0.1:8000 --metrics-addr 127.0.0.1:9090 &",
     "$BACKHAUL_CACHE/mistralrs-cli-cuda/bin/mistralrs --token-source none serve --host 127.0.0.1 -p 1234 "
     "--format gguf -m $BACKHAUL_CACHE/models -f SmolLM2-135M-Instruct.Q4_1.gguf &",
     "$CARGO_TARGET_DIR/debug/backhaul-bench --device cuda --model $BACKHAUL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf "

@@ -116,9 +116,12 @@ start_inference() {
     step "build backhaul-inference (dev profile)" build_workspace
   fi
   step "build backhaul-bench (dev profile)" build_workspace
-  grpc_port=$(free_port) http_port=$(free_port)
-  "$inference_bin" --model "$model" --served-name smollm2 --device cpu \
-    --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" >"$out_dir/backhaul-inference.log" 2>&1 &
+  grpc_port=$(free_port) http_port=$(free_port) metrics_port=$(free_port)
+  # Loopback only, and mistral.rs's own server (the peer) has no credential
+  # either: both are measured without one.
+  "$inference_bin" --model "$model" --served-name smollm2 --device cpu --allow-unauthenticated \
+    --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" --metrics-addr "127.0.0.1:$metrics_port" \
+    >"$out_dir/backhaul-inference.log" 2>&1 &
   inference_pid=$!
   pids+=("$inference_pid")
   wait_http "http://127.0.0.1:$http_port/ready" 300

@@ -81,7 +81,7 @@ pub fn controlled_by(meta: &ObjectMeta, owner_uid: &str) -> bool {
 }
 
 /// Who controls an object that `owner` does not, in words.
-fn holder(meta: &ObjectMeta, owner: &OwnerReference) -> String {
+pub fn holder(meta: &ObjectMeta, owner: &OwnerReference) -> String {
     let refs = meta.owner_references.as_deref().unwrap_or_default();
     match refs.iter().find(|o| o.controller == Some(true)) {
         Some(o) if o.kind == owner.kind && o.name == owner.name => format!(

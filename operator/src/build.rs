@@ -29,6 +29,9 @@ pub const MANAGED_BY: &str = "backhaul-operator";
 pub const GRPC_PORT: i32 = 50051;
 /// HTTP port of the inference server (OpenAI API, /ready, /health).
 pub const HTTP_PORT: i32 = 8000;
+/// Port of the inference server's /metrics: its own, off the Service, so the
+/// API port carries nothing that answers without the Worker's credential.
+pub const METRICS_PORT: i32 = 9090;
 /// Where the cache volume (downloads, Hugging Face state) is mounted.
 pub const CACHE_DIR: &str = "/var/cache/backhaul";
 /// `--model-cache`: `hf://` downloads, on the cache volume.
@@ -177,6 +180,10 @@ pub fn inference_args(v: &ValidatedModelDeployment) -> Vec<String> {
         format!("0.0.0.0:{GRPC_PORT}"),
         "--http-addr".into(),
         format!("0.0.0.0:{HTTP_PORT}"),
+        "--metrics-addr".into(),
+        format!("0.0.0.0:{METRICS_PORT}"),
+        "--api-key-file".into(),
+        crate::upstream_auth::key_file(),
     ]);
     if let Some(n) = e.max_in_flight {
         args.extend(["--max-in-flight".into(), n.to_string()]);
@@ -236,11 +243,19 @@ pub fn deployment(v: &ValidatedModelDeployment, region: &RegionSpec) -> Deployme
         json!({"name": "dshm", "emptyDir": {"medium": "Memory"}}),
         json!({"name": "model-cache", "emptyDir": {}}),
         json!({"name": "tmp", "emptyDir": {}}),
+        // The Worker's credential; the kubelet updates the files in place
+        // when the Secret changes, and the server re-reads them.
+        json!({"name": "upstream-auth", "secret": {
+            "secretName": crate::upstream_auth::secret_name(&v.name),
+            "items": [{"key": crate::upstream_auth::SECRET_KEY, "path": crate::upstream_auth::SECRET_KEY}],
+            "defaultMode": 0o440,
+        }}),
     ];
     let mut mounts = vec![
         json!({"name": "dshm", "mountPath": "/dev/shm"}),
         json!({"name": "model-cache", "mountPath": CACHE_DIR}),
         json!({"name": "tmp", "mountPath": "/tmp"}),
+        json!({"name": "upstream-auth", "mountPath": crate::upstream_auth::MOUNT_DIR, "readOnly": true}),
     ];
     if let Some(vol) = &v.model.volume {
         volumes.push(json!({
@@ -304,6 +319,7 @@ pub fn deployment(v: &ValidatedModelDeployment, region: &RegionSpec) -> Deployme
                         "ports": [
                             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+                            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
                         ],
                         "resources": {"requests": requests, "limits": limits},
                         "startupProbe": grpc_probe(
@@ -499,14 +515,35 @@ ownerReferences:
             .iter()
             .map(|m| m["mountPath"].as_str().unwrap())
             .collect();
-        assert_eq!(mounts, ["/dev/shm", CACHE_DIR, "/tmp", "/models"]);
+        assert_eq!(
+            mounts,
+            [
+                "/dev/shm",
+                CACHE_DIR,
+                "/tmp",
+                crate::upstream_auth::MOUNT_DIR,
+                "/models"
+            ]
+        );
         assert_eq!(
             pod["volumes"][0],
             json!({"name": "dshm", "emptyDir": {"medium": "Memory"}})
         );
+        // The Worker's credential, read-only, readable by the pod's group only.
         assert_eq!(
-            pod["volumes"][3]["persistentVolumeClaim"],
+            pod["volumes"][3]["secret"],
+            json!({"secretName": "smollm2-upstream-auth", "defaultMode": 0o440,
+                   "items": [{"key": "tokens", "path": "tokens"}]})
+        );
+        assert_eq!(c["volumeMounts"][3]["readOnly"], true);
+        assert_eq!(
+            pod["volumes"][4]["persistentVolumeClaim"],
             json!({"claimName": "models", "readOnly": true})
+        );
+        // /metrics on its own port, not on the Service.
+        assert_eq!(
+            c["ports"][2],
+            json!({"name": "metrics", "containerPort": 9090, "protocol": "TCP"})
         );
     }
 
@@ -519,7 +556,8 @@ ownerReferences:
              --served-name smollm2-135m --chat-template /models/chat.jinja --isq Q8_0 \
              --model-cache /var/cache/backhaul/models --device cuda --dtype bf16 \
              --max-num-seqs 16 --max-seq-len 4096 --paged-attn --paged-attn-gpu-mem-util 0.8 \
-             --grpc-addr 0.0.0.0:50051 --http-addr 0.0.0.0:8000 --max-in-flight 32 --max-queue 64 \
+             --grpc-addr 0.0.0.0:50051 --http-addr 0.0.0.0:8000 --metrics-addr 0.0.0.0:9090 \
+             --api-key-file /var/run/backhaul/upstream-auth/tokens --max-in-flight 32 --max-queue 64 \
              --drain-timeout 30s --log-format json"
         );
     }
@@ -659,6 +697,13 @@ ownerReferences:
         let s = &full.serve;
         assert_eq!(s.grpc_addr.to_string(), format!("0.0.0.0:{GRPC_PORT}"));
         assert_eq!(s.http_addr.to_string(), format!("0.0.0.0:{HTTP_PORT}"));
+        assert_eq!(s.metrics_addr.port(), METRICS_PORT as u16);
+        // The pods refuse every request without the Worker's credential.
+        assert_eq!(
+            s.api_key_file.as_deref(),
+            Some(std::path::Path::new(&crate::upstream_auth::key_file()))
+        );
+        assert!(!s.allow_unauthenticated);
         assert_eq!((s.max_in_flight, s.max_queue), (32, 64));
         assert_eq!(s.drain_timeout, Duration::from_secs(30));
         assert_eq!(full.log_format, LogFormat::Json);

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ObjectMeta, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -52,6 +52,8 @@ pub struct ChildCache {
     deployments: Store<Deployment>,
     services: Store<PartialObjectMeta<Service>>,
     pdbs: Store<PartialObjectMeta<PodDisruptionBudget>>,
+    /// Whole objects: the upstream credential is read from them (few and small).
+    secrets: Store<Secret>,
     applied: Mutex<HashMap<ChildKey, Applied>>,
 }
 
@@ -60,6 +62,7 @@ pub struct ChildWriters {
     deployments: reflector::store::Writer<Deployment>,
     services: reflector::store::Writer<PartialObjectMeta<Service>>,
     pdbs: reflector::store::Writer<PartialObjectMeta<PodDisruptionBudget>>,
+    secrets: reflector::store::Writer<Secret>,
 }
 
 /// The watch streams of the children: each keeps its cache current and
@@ -71,6 +74,8 @@ pub struct ChildStreams {
     pub services: BoxStream<'static, Result<PartialObjectMeta<Service>, watcher::Error>>,
     /// PodDisruptionBudgets.
     pub pdbs: BoxStream<'static, Result<PartialObjectMeta<PodDisruptionBudget>, watcher::Error>>,
+    /// The upstream-credential Secrets.
+    pub secrets: BoxStream<'static, Result<Secret, watcher::Error>>,
 }
 
 impl std::fmt::Debug for ChildCache {
@@ -196,17 +201,20 @@ impl ChildCache {
         let (deployments, dw) = reflector::store();
         let (services, sw) = reflector::store();
         let (pdbs, pw) = reflector::store();
+        let (secrets, xw) = reflector::store();
         (
             Self {
                 deployments,
                 services,
                 pdbs,
+                secrets,
                 applied: Mutex::default(),
             },
             ChildWriters {
                 deployments: dw,
                 services: sw,
                 pdbs: pw,
+                secrets: xw,
             },
         )
     }
@@ -217,6 +225,12 @@ impl ChildCache {
         ready(self.deployments.wait_until_ready().now_or_never())
             && ready(self.services.wait_until_ready().now_or_never())
             && ready(self.pdbs.wait_until_ready().now_or_never())
+            && ready(self.secrets.wait_until_ready().now_or_never())
+    }
+
+    /// The cached Secret `namespace/name` (only the operator's own are watched).
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.secrets.get(&ObjectRef::new(name).within(namespace))
     }
 
     /// The cached Deployment `namespace/name`.
@@ -241,6 +255,7 @@ impl ChildCache {
                 .pdbs
                 .get(&ObjectRef::new(name).within(namespace))
                 .map(|p| p.metadata.clone()),
+            "Secret" => self.secret(namespace, name).map(|s| s.metadata.clone()),
             _ => None,
         }
     }
@@ -361,6 +376,7 @@ pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
         "Service" => "Service",
         "PodDisruptionBudget" => "PodDisruptionBudget",
         "Pod" => "Pod",
+        "Secret" => "Secret",
         _ => "object",
     }
 }
@@ -408,10 +424,17 @@ impl ChildWriters {
             .touched_objects();
         let services = metadata_stream(api(client, namespace), config, self.services);
         let pdbs = metadata_stream(api(client, namespace), config, self.pdbs);
+        let secrets = watcher(api::<Secret>(client, namespace), config.clone())
+            .default_backoff()
+            .modify(|s: &mut Secret| trim_meta(&mut s.metadata))
+            .reflect(self.secrets)
+            .touched_objects()
+            .boxed();
         ChildStreams {
             deployments: deployments.boxed(),
             services,
             pdbs,
+            secrets,
         }
     }
 
@@ -423,6 +446,7 @@ impl ChildWriters {
         deployments: Vec<Deployment>,
         services: Vec<ObjectMeta>,
         pdbs: Vec<ObjectMeta>,
+        secrets: Vec<Secret>,
     ) {
         use kube::runtime::watcher::Event;
         fn init<K: kube::runtime::reflector::Lookup + Clone>(
@@ -450,6 +474,7 @@ impl ChildWriters {
             services.into_iter().map(partial).collect(),
         );
         init(&mut self.pdbs, pdbs.into_iter().map(partial).collect());
+        init(&mut self.secrets, secrets);
     }
 }
 

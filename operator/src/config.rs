@@ -24,8 +24,23 @@ pub struct Cli {
 pub enum Command {
     /// Print the ModelDeployment CustomResourceDefinition as YAML.
     Crd,
+    /// Print the JSON Schema of a published route (docs/schemas/route.schema.json).
+    RouteSchema,
+    /// Make or inspect this cluster's Ed25519 publisher key.
+    #[command(subcommand)]
+    PublishKey(PublishKeyCommand),
     /// Run the operator (the default).
     Run,
+}
+
+/// `publish-key` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum PublishKeyCommand {
+    /// Print a new private key (PKCS#8 PEM) on stdout.
+    Generate,
+    /// Print the base64 public key of --publish-key-file: its `publicKey` in
+    /// the Worker's BACKHAUL_PUBLISHERS.
+    Public,
 }
 
 /// Log output format.
@@ -62,22 +77,14 @@ pub struct Args {
     /// Base URL of the routing Worker; publication is disabled when unset.
     #[arg(long, global = true, env = "BACKHAUL_WORKER_URL")]
     pub worker_url: Option<Url>,
-    /// Shared publication secret (prefer the environment variable or --publish-secret-file).
-    #[arg(
-        long,
-        global = true,
-        env = "BACKHAUL_PUBLISH_SECRET",
-        hide_env_values = true
-    )]
-    pub publish_secret: Option<String>,
-    /// File holding the shared publication secret (trailing newline ignored).
-    #[arg(
-        long,
-        global = true,
-        env = "BACKHAUL_PUBLISH_SECRET_FILE",
-        conflicts_with = "publish_secret"
-    )]
-    pub publish_secret_file: Option<PathBuf>,
+    /// This cluster's Ed25519 private key (PKCS#8 PEM, as `openssl genpkey
+    /// -algorithm ed25519` or `publish-key generate` writes it); signs every
+    /// request to the Worker.
+    #[arg(long, global = true, env = "BACKHAUL_PUBLISH_KEY_FILE")]
+    pub publish_key_file: Option<PathBuf>,
+    /// The key's id in the Worker's BACKHAUL_PUBLISHERS (sent as X-Backhaul-Key-Id).
+    #[arg(long, global = true, env = "BACKHAUL_PUBLISH_KEY_ID")]
+    pub publish_key_id: Option<String>,
     /// Seconds one request to the Worker may take.
     #[arg(
         long,
@@ -131,22 +138,50 @@ pub struct Args {
 /// Errors reading the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The secret file could not be read.
-    #[error("reading publish secret file {path}: {source}")]
-    SecretFile {
+    /// The key file could not be read.
+    #[error("reading publish key file {path}: {source}")]
+    KeyFile {
         /// The file.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
-    /// A Worker URL without a secret would send unsigned (rejected) requests.
+    /// The key file is not an Ed25519 PKCS#8 PEM private key.
+    #[error("publish key file {path} is not an Ed25519 private key in PKCS#8 PEM: {message}")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A Worker URL without a key would send unsigned (rejected) requests.
     #[error(
-        "--worker-url is set but no publish secret (BACKHAUL_PUBLISH_SECRET or --publish-secret-file)"
+        "--worker-url is set but --publish-key-file (BACKHAUL_PUBLISH_KEY_FILE) or --publish-key-id (BACKHAUL_PUBLISH_KEY_ID) is not"
     )]
-    MissingSecret,
-    /// The secret is empty.
-    #[error("the publish secret is empty")]
-    EmptySecret,
+    MissingKey,
+    /// The key id is not `[A-Za-z0-9_-]{1,64}`.
+    #[error("--publish-key-id {0:?} must be 1-64 characters of [A-Za-z0-9_-]")]
+    BadKeyId(String),
+}
+
+/// Reads an Ed25519 private key from a PKCS#8 PEM file.
+pub fn read_signing_key(path: &std::path::Path) -> Result<ed25519_dalek::SigningKey, ConfigError> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let pem = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    ed25519_dalek::SigningKey::from_pkcs8_pem(pem.trim()).map_err(|e| ConfigError::BadKey {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn valid_key_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Where and how to publish routes.
@@ -154,17 +189,20 @@ pub enum ConfigError {
 pub struct PublishConfig {
     /// Worker base URL.
     pub worker_url: Url,
-    /// Shared HMAC secret.
-    pub secret: Vec<u8>,
+    /// The key id (`X-Backhaul-Key-Id`).
+    pub key_id: String,
+    /// This cluster's Ed25519 signing key.
+    pub key: ed25519_dalek::SigningKey,
     /// Per-request timeout.
     pub timeout: Duration,
 }
 
 impl std::fmt::Debug for PublishConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the secret.
+        // Never print the private key.
         f.debug_struct("PublishConfig")
             .field("worker_url", &self.worker_url.as_str())
+            .field("key_id", &self.key_id)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -196,8 +234,8 @@ impl OperatorConfig {
             inference_image,
             inference_image_cuda,
             worker_url,
-            publish_secret,
-            publish_secret_file,
+            publish_key_file,
+            publish_key_id,
             publish_timeout_seconds,
             regions,
             watch_namespace,
@@ -209,29 +247,20 @@ impl OperatorConfig {
             max_concurrent_reconciles,
             log_format: _,
         } = args;
-        let secret = match (publish_secret, publish_secret_file) {
-            (Some(s), _) => Some(s.trim_end().as_bytes().to_vec()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::SecretFile {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .trim_end()
-                    .as_bytes()
-                    .to_vec(),
-            ),
-            (None, None) => None,
-        };
-        let publish = match (worker_url, secret) {
-            (None, _) => None,
-            (Some(_), None) => return Err(ConfigError::MissingSecret),
-            (Some(_), Some(s)) if s.is_empty() => return Err(ConfigError::EmptySecret),
-            (Some(url), Some(secret)) => Some(PublishConfig {
-                worker_url: url.clone(),
-                secret,
-                timeout: Duration::from_secs(*publish_timeout_seconds),
-            }),
+        let publish = match (worker_url, publish_key_file, publish_key_id) {
+            (None, _, _) => None,
+            (Some(url), Some(path), Some(id)) => {
+                if !valid_key_id(id) {
+                    return Err(ConfigError::BadKeyId(id.clone()));
+                }
+                Some(PublishConfig {
+                    worker_url: url.clone(),
+                    key_id: id.clone(),
+                    key: read_signing_key(path)?,
+                    timeout: Duration::from_secs(*publish_timeout_seconds),
+                })
+            }
+            (Some(_), _, _) => return Err(ConfigError::MissingKey),
         };
         let regions: BTreeSet<String> = regions
             .iter()
@@ -322,6 +351,10 @@ mod tests {
             assert_eq!(cli.args.watch_namespace.as_deref(), Some("ml"), "{argv:?}");
         }
         assert!(matches!(parse(&["crd"]).command, Some(Command::Crd)));
+        assert!(matches!(
+            parse(&["publish-key", "public", "--publish-key-file", "k.pem"]).command,
+            Some(Command::PublishKey(PublishKeyCommand::Public))
+        ));
         let err = Cli::try_parse_from(["backhaul-operator", "run", "--no-such-flag"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
     }
@@ -365,5 +398,84 @@ mod tests {
             config.default_image(0),
             "registry.example.com/inference:cpu"
         );
+    }
+
+    #[test]
+    fn publication_needs_a_readable_ed25519_key_and_a_key_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("key.pem");
+        let vectors: serde_json::Value = serde_json::from_str(include_str!(
+            "../../docs/schemas/publication-signature-vectors.json"
+        ))
+        .unwrap();
+        std::fs::write(
+            &pem,
+            vectors["keys"]["cluster-us-east"]["pkcs8Pem"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let pem = pem.to_str().unwrap();
+        let config = |argv: &[&str]| OperatorConfig::from_args(&parse(argv).args);
+        let url = ["--worker-url", "https://router.example.com"];
+        let ok = config(
+            &[
+                &url[..],
+                &["--publish-key-file", pem, "--publish-key-id", "us-east-1"],
+            ]
+            .concat(),
+        )
+        .unwrap()
+        .publish
+        .unwrap();
+        assert_eq!(ok.key_id, "us-east-1");
+        assert_eq!(
+            crate::publish::public_key_base64(&ok.key),
+            vectors["keys"]["cluster-us-east"]["publicKey"]
+                .as_str()
+                .unwrap()
+        );
+        // The private key never reaches a log line through Debug.
+        assert!(!format!("{ok:?}").contains("key: "), "{ok:?}");
+        assert!(matches!(
+            config(&[&url[..], &["--publish-key-file", pem]].concat()),
+            Err(ConfigError::MissingKey)
+        ));
+        assert!(matches!(
+            config(&[&url[..], &["--publish-key-id", "a"]].concat()),
+            Err(ConfigError::MissingKey)
+        ));
+        assert!(matches!(
+            config(
+                &[
+                    &url[..],
+                    &["--publish-key-file", pem, "--publish-key-id", "bad.id"]
+                ]
+                .concat()
+            ),
+            Err(ConfigError::BadKeyId(_))
+        ));
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = config(
+            &[
+                &url[..],
+                &[
+                    "--publish-key-file",
+                    garbage.to_str().unwrap(),
+                    "--publish-key-id",
+                    "a",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::BadKey { .. }), "{err}");
+        // No Worker URL: publication off, no key needed.
+        assert!(config(&[]).unwrap().publish.is_none());
     }
 }

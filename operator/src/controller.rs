@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::observe::{self, RegionObservation};
 use crate::publish::{self, Due, PublishError, Publisher, RouteKey, RouteTracker};
 use crate::status::{self, Publication};
+use crate::upstream_auth::{self, Credential};
 use crate::validate::{ValidationError, validate};
 
 /// Requeue while a region is not ready, to notice pods that stay Pending
@@ -253,6 +254,9 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     };
     let serves = ctx.serves();
 
+    // The Worker's credential first: the pods mount it.
+    let credential = upstream_auth::ensure(&ctx.client, &ctx.children, &v).await?;
+
     // Apply and observe each served region.
     // A region whose children's names are held by objects this one does not
     // control is Degraded (`ChildConflict`, with a Warning Event from the
@@ -260,7 +264,14 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     let mut observed: Vec<(usize, RegionObservation)> = Vec::new();
     let mut routable: Vec<bool> = Vec::new();
     for (i, region) in v.regions.iter().enumerate() {
-        let applied = apply::apply_region(&ctx.client, &ctx.children, &v, region).await?;
+        let applied = match &credential {
+            // Never let the pods mount someone else's Secret as their tokens.
+            Credential::Foreign(conflict) => apply::AppliedRegion {
+                deployment: None,
+                conflicts: vec![conflict.clone()],
+            },
+            _ => apply::apply_region(&ctx.client, &ctx.children, &v, region).await?,
+        };
         routable.push(applied.routable());
         let conflicts: Vec<String> = applied.conflicts.iter().map(ToString::to_string).collect();
         let observation = match &applied.deployment {
@@ -310,8 +321,25 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
         };
         let publication = match &ctx.publisher {
             None => Publication::Disabled,
+            Some(_)
+                if region.replicas > 0
+                    && obs.ready_replicas > 0
+                    && routable[*i]
+                    && matches!(credential, Credential::Unusable(_)) =>
+            {
+                let Credential::Unusable(message) = &credential else {
+                    unreachable!()
+                };
+                Publication::Failed {
+                    message: message.clone(),
+                    still_published: was_published,
+                }
+            }
             Some(publisher) if region.replicas > 0 && obs.ready_replicas > 0 && routable[*i] => {
-                let route = publish::route(&v, region, obs.ready_replicas, &now_s);
+                let Credential::Token(token) = &credential else {
+                    unreachable!("a foreign Secret makes every region unroutable")
+                };
+                let mut route = publish::route(&v, region, obs.ready_replicas, &now_s, token);
                 match ctx.tracker.put_due(&route_key, &route, now_i) {
                     Due::At(at) => {
                         soonest(at);
@@ -323,23 +351,27 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
                             None => Publication::Published,
                         }
                     }
-                    Due::Now => match publisher.put(&route).await {
-                        Ok(()) => {
-                            ctx.metrics.published("put", "success");
-                            ctx.tracker.put_ok(&route_key, &route, now_i);
-                            soonest(now_i + heartbeat(v.routing.ttl_seconds));
-                            Publication::Published
-                        }
-                        Err(e) => {
-                            ctx.metrics.published("put", e.category());
-                            soonest(ctx.tracker.failed(&route_key, now_i));
-                            tracing::warn!(region = %region.name, error = %e, "publishing a route failed");
-                            Publication::Failed {
-                                message: e.to_string(),
-                                still_published: was_published,
+                    Due::Now => {
+                        match publish::put_route(publisher, &ctx.tracker, &route_key, &mut route)
+                            .await
+                        {
+                            Ok(()) => {
+                                ctx.metrics.published("put", "success");
+                                ctx.tracker.put_ok(&route_key, &route, now_i);
+                                soonest(now_i + heartbeat(v.routing.ttl_seconds));
+                                Publication::Published
+                            }
+                            Err(e) => {
+                                ctx.metrics.published("put", e.category());
+                                soonest(ctx.tracker.failed(&route_key, now_i));
+                                tracing::warn!(region = %region.name, error = %e, "publishing a route failed");
+                                Publication::Failed {
+                                    message: e.to_string(),
+                                    still_published: was_published,
+                                }
                             }
                         }
-                    },
+                    }
                 }
             }
             Some(publisher) if was_published => match ctx.tracker.delete_due(&route_key, now_i) {
@@ -350,22 +382,24 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
                         still_published: true,
                     }
                 }
-                Due::Now => match publisher.delete(&namespace, &name, &region.name).await {
-                    Ok(()) => {
-                        ctx.metrics.published("delete", "success");
-                        ctx.tracker.delete_ok(&route_key);
-                        Publication::Unpublished
-                    }
-                    Err(e) => {
-                        ctx.metrics.published("delete", e.category());
-                        soonest(ctx.tracker.failed(&route_key, now_i));
-                        tracing::warn!(region = %region.name, error = %e, "withdrawing a route failed");
-                        Publication::Failed {
-                            message: e.to_string(),
-                            still_published: true,
+                Due::Now => {
+                    match publish::delete_route(publisher, &ctx.tracker, &route_key).await {
+                        Ok(()) => {
+                            ctx.metrics.published("delete", "success");
+                            ctx.tracker.delete_ok(&route_key);
+                            Publication::Unpublished
+                        }
+                        Err(e) => {
+                            ctx.metrics.published("delete", e.category());
+                            soonest(ctx.tracker.failed(&route_key, now_i));
+                            tracing::warn!(region = %region.name, error = %e, "withdrawing a route failed");
+                            Publication::Failed {
+                                message: e.to_string(),
+                                still_published: true,
+                            }
                         }
                     }
-                },
+                }
             },
             Some(_) => Publication::Unpublished,
         };
@@ -399,7 +433,7 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
                     mine.push(entry.clone());
                     continue;
                 }
-                Due::Now => publisher.delete(&namespace, &name, &entry.name).await,
+                Due::Now => publish::delete_route(publisher, &ctx.tracker, &route_key).await,
             };
             match result {
                 Ok(()) => {
@@ -570,7 +604,12 @@ async fn reconcile_cleanup(md: &ModelDeployment, ctx: &Context) -> Result<Action
             .filter(|r| serves(r))
             .collect();
         for region in &regions {
-            match publisher.delete(&namespace, &name, region).await {
+            let route_key = RouteKey {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                region: region.clone(),
+            };
+            match publish::delete_route(publisher, &ctx.tracker, &route_key).await {
                 Ok(()) => ctx.metrics.published("delete", "success"),
                 Err(source) => {
                     ctx.metrics.published("delete", source.category());
@@ -688,6 +727,7 @@ pub async fn run_controller(
         .owns_stream(children.deployments)
         .owns_stream(children.services)
         .owns_stream(children.pdbs)
+        .owns_stream(children.secrets)
         .watches_stream(pods, |pod: PartialObjectMeta<Pod>| {
             let model = pod.labels().get(build::MODEL_LABEL)?.clone();
             Some(ObjectRef::new(&model).within(&pod.namespace()?))

@@ -183,6 +183,25 @@ static PDB: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+static SECRET: LazyLock<String> =
+    LazyLock::new(|| "/api/v1/namespaces/ml/secrets/smollm2-upstream-auth".into());
+
+/// The upstream-credential Secret as the API server holds it.
+fn upstream_secret() -> Value {
+    let v = crate::validate::validate(&md(true, None, false), &context_config()).unwrap();
+    let mut s = serde_json::to_value(crate::upstream_auth::secret(
+        &v,
+        "fake-api-token-0123456789",
+    ))
+    .unwrap();
+    s["metadata"]["resourceVersion"] = json!("3");
+    s
+}
+
+fn upstream_secret_object() -> k8s_openapi::api::core::v1::Secret {
+    serde_json::from_value(upstream_secret()).unwrap()
+}
+
 fn deployment(ready: i32) -> Value {
     let v = crate::validate::validate(&md(true, None, false), &context_config()).unwrap();
     let mut d =
@@ -219,8 +238,10 @@ fn list(kind: &str, items: Vec<Value>) -> Value {
 fn apply_calls(ready: i32) -> Vec<Call> {
     let selector = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dbackhaul-operator%2Cbackhaul.dev%2Fmodel%3Dsmollm2";
     // A just-started operator whose caches are still listing reads each
-    // child first (to adopt it), here finding none.
+    // child first (to adopt it), here finding none; the credential Secret
+    // exists already.
     let mut calls = vec![
+        call("GET", &SECRET, upstream_secret()),
         not_found(&DEPLOY),
         call("PATCH", &DEPLOY, deployment(ready))
             .query("fieldManager=backhaul-operator")
@@ -230,6 +251,11 @@ fn apply_calls(ready: i32) -> Vec<Call> {
                 assert_eq!(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "1");
                 assert_eq!(pod["nodeSelector"]["topology.kubernetes.io/region"], "us-east");
                 assert_eq!(pod["containers"][0]["readinessProbe"]["grpc"]["port"], 50051);
+                // The pods mount the Worker's credential and refuse requests without it.
+                assert_eq!(pod["volumes"][3]["secret"]["secretName"], "smollm2-upstream-auth");
+                let args = pod["containers"][0]["args"].as_array().unwrap();
+                let key_file = args.iter().position(|a| a == "--api-key-file").unwrap();
+                assert_eq!(args[key_file + 1], "/var/run/backhaul/upstream-auth/tokens");
                 assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "ModelDeployment");
             }),
         not_found(&SVC),
@@ -281,8 +307,30 @@ async fn new_object_gets_the_finalizer_first() {
 
 #[tokio::test]
 async fn create_applies_children_then_writes_status_and_a_noop_writes_nothing() {
-    // First reconcile: children applied, pods not ready yet, status written.
+    // First reconcile: the credential Secret made (one random token, owned by
+    // the ModelDeployment), children applied, pods not ready yet, status written.
     let mut calls = apply_calls(0);
+    calls.splice(
+        0..1,
+        [
+            not_found(&SECRET),
+            call("POST", "/api/v1/namespaces/ml/secrets", Value::Null)
+                .query("fieldManager=backhaul-operator")
+                .body(|b| {
+                    assert_eq!(b["metadata"]["name"], "smollm2-upstream-auth");
+                    assert_eq!(
+                        b["metadata"]["ownerReferences"][0]["kind"],
+                        "ModelDeployment"
+                    );
+                    use base64::Engine as _;
+                    let tokens = base64::engine::general_purpose::STANDARD
+                        .decode(b["data"]["tokens"].as_str().unwrap())
+                        .unwrap();
+                    // 32 random bytes, base64url: 43 characters and a newline.
+                    assert_eq!(tokens.len(), 44, "{tokens:?}");
+                }),
+        ],
+    );
     calls.push(
         call(
             "PATCH",
@@ -359,6 +407,7 @@ async fn a_resync_of_an_unchanged_object_sends_no_request() {
         vec![applied.clone()],
         vec![meta(&CHILD)],
         vec![meta(&CHILD)],
+        vec![upstream_secret_object()],
     );
 
     // Resync with nothing changed: not one request (no apply, list or status).
@@ -369,14 +418,24 @@ async fn a_resync_of_an_unchanged_object_sends_no_request() {
     // applies that one child again, and nothing else.
     let mut edited = applied.clone();
     edited.metadata.generation = Some(2);
-    writers.fill(vec![edited], vec![meta(&CHILD)], vec![meta(&CHILD)]);
+    writers.fill(
+        vec![edited],
+        vec![meta(&CHILD)],
+        vec![meta(&CHILD)],
+        vec![upstream_secret_object()],
+    );
     let calls = vec![call("PATCH", &DEPLOY, deployment(2)).query("force=true")];
     let (_, handle) =
         scenario_on(&ctx, handle, md(true, Some(written.clone()), false), calls).await;
 
     // A deleted Service is recreated, after a read: the watches see only
     // children, so a name missing from them may still be someone else's.
-    writers.fill(vec![applied], vec![], vec![meta(&CHILD)]);
+    writers.fill(
+        vec![applied],
+        vec![],
+        vec![meta(&CHILD)],
+        vec![upstream_secret_object()],
+    );
     let calls = vec![
         not_found(&SVC),
         call(
@@ -414,6 +473,7 @@ async fn a_resync_of_an_unchanged_object_sends_no_request() {
             vec![serde_json::from_value(live_deployment).unwrap()],
             vec![live_service.metadata.clone()],
             vec![live_pdb.metadata.clone()],
+            vec![upstream_secret_object()],
         );
         (ctx, handle)
     };
@@ -512,7 +572,7 @@ async fn an_object_of_a_childs_name_that_is_not_ours_is_left_alone_and_reported(
     // The watches have listed and hold none of this object's children: they
     // select the operator's label, which someone's own Service lacks.
     let mut writers = ctx.take_writers().unwrap();
-    writers.fill(vec![], vec![], vec![]);
+    writers.fill(vec![], vec![], vec![], vec![upstream_secret_object()]);
     let foreign = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": *CHILD, "namespace": "ml", "resourceVersion": "42",
@@ -588,8 +648,10 @@ async fn an_object_of_a_childs_name_that_is_not_ours_is_left_alone_and_reported(
     };
     ctx.take_writers()
         .unwrap()
-        .fill(vec![deployment], vec![meta.clone()], vec![meta]);
+        .fill(vec![deployment], vec![meta.clone()], vec![meta], vec![]);
     let calls = vec![
+        // Not in the cache (the earlier one's went with it): read, ours.
+        call("GET", &SECRET, upstream_secret()),
         call(
             "PATCH",
             &format!("{MDS}/status"),
@@ -633,9 +695,12 @@ async fn children_under_the_names_of_an_older_operator_are_replaced_and_deleted(
     let mut old: Deployment = serde_json::from_value(deployment(2)).unwrap();
     old.metadata.name = Some("smollm2-us-east".into());
     let old_meta = old.metadata.clone();
-    ctx.take_writers()
-        .unwrap()
-        .fill(vec![old], vec![old_meta.clone()], vec![old_meta]);
+    ctx.take_writers().unwrap().fill(
+        vec![old],
+        vec![old_meta.clone()],
+        vec![old_meta],
+        vec![upstream_secret_object()],
+    );
     let deleted = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
     let calls = vec![
         not_found(&DEPLOY),

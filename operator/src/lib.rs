@@ -28,6 +28,7 @@ pub mod observe;
 pub mod publish;
 pub mod status;
 pub mod telemetry;
+pub mod upstream_auth;
 pub mod validate;
 
 use std::sync::Arc;

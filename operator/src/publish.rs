@@ -1,86 +1,145 @@
 //! Publish: routes on the Backhaul Worker, exactly per docs/publication.md.
 //!
-//! [`route`] builds the PUT body (pure), [`sign`] the HMAC-SHA256 signature,
-//! [`Publisher`] sends signed PUT/DELETE requests, and [`RouteTracker`] remembers
-//! what was sent when, so a reconcile republishes only when a route changed or its
-//! heartbeat (`ttlSeconds / 3`) is due, and backs off after failures.
+//! [`route`] builds the PUT body (pure; [`Route`] is the one definition of its
+//! shape, with the JSON Schema the Worker is tested against), [`sign`] the
+//! Ed25519 signature, [`Publisher`] sends signed PUT/DELETE/GET requests,
+//! [`put_route`]/[`delete_route`] give each write a sequence number and recover
+//! from `409 stale_sequence`, and [`RouteTracker`] remembers what was sent
+//! when, so a reconcile republishes only when a route changed or its heartbeat
+//! (`ttlSeconds / 3`) is due, and backs off after failures.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, Mac};
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, SigningKey};
+use schemars::JsonSchema;
 use serde::Serialize;
-use sha2::Sha256;
 use url::Url;
 
 use crate::config::PublishConfig;
 use crate::crd::RegionSpec;
 use crate::validate::ValidatedModelDeployment;
 
+/// Kubernetes names in the route's path and body.
+const K8S_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// The largest integer JSON numbers (and so the Worker) hold exactly.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+/// What an upstream token may look like (base64, base64url, hex and the like).
+pub const UPSTREAM_TOKEN_PATTERN: &str = r"^[A-Za-z0-9._~+/=-]{16,512}$";
+
+/// Whether `token` matches [`UPSTREAM_TOKEN_PATTERN`] (no regex engine in the
+/// operator for one character class).
+pub fn valid_upstream_token(token: &str) -> bool {
+    (16..=512).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~+/=-".contains(&b))
+}
+
 /// Location of a region, in degrees.
-#[derive(Serialize, Clone, Copy, Debug, PartialEq)]
+#[derive(Serialize, JsonSchema, Clone, Copy, Debug, PartialEq)]
 pub struct RouteLocation {
     /// Latitude.
+    #[schemars(range(min = -90.0, max = 90.0))]
     pub latitude: f64,
     /// Longitude.
+    #[schemars(range(min = -180.0, max = 180.0))]
     pub longitude: f64,
 }
 
-/// Routing settings as the Worker reads them.
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+/// Routing settings as the Worker reads them: the CRD's `routing`, in milliseconds.
+#[derive(Serialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteRouting {
-    /// Prompt tokens from which a request is heavy.
+    /// Estimated prompt tokens from which a request is heavy (0: every request is heavy).
+    #[schemars(range(min = 0, max = 4_294_967_295u32))]
     pub heavy_prompt_tokens: u32,
-    /// `max_tokens` from which a request is heavy.
+    /// `max_tokens` from which a request is heavy (0: every request is heavy).
+    #[schemars(range(min = 0, max = 4_294_967_295u32))]
     pub heavy_max_tokens: u32,
     /// Budget of one upstream attempt.
+    #[schemars(range(min = 1000, max = 3_600_000))]
     pub request_timeout_ms: u64,
     /// Time to response headers before failing over.
+    #[schemars(range(min = 1000, max = 3_600_000))]
     pub first_byte_timeout_ms: u64,
     /// Most regions one request tries.
+    #[schemars(range(min = 1, max = 32))]
     pub failover_attempts: u32,
 }
 
-/// The PUT body.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+/// The PUT body (docs/publication.md, "The route"). Its JSON Schema,
+/// [`route_schema`], is committed as docs/schemas/route.schema.json.
+#[derive(Serialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(
+    title = "Route",
+    description = "A region's route, as the operator publishes it to the routing Worker (docs/publication.md)."
+)]
 pub struct Route {
     /// Namespace of the ModelDeployment.
+    #[schemars(regex(pattern = K8S_NAME), length(min = 1, max = 63))]
     pub namespace: String,
     /// Name of the ModelDeployment.
+    #[schemars(regex(pattern = K8S_NAME), length(min = 1, max = 63))]
     pub name: String,
     /// Region name.
+    #[schemars(regex(pattern = K8S_NAME), length(min = 1, max = 63))]
     pub region: String,
-    /// Served model name.
+    /// Served model name: what clients put in `model`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._:/-]{1,128}$"))]
     pub model: String,
-    /// Base URL of the region's HTTP surface.
+    /// Base URL of the region's HTTP surface (https, or http for loopback hosts).
+    #[schemars(extend("format" = "uri"))]
     pub endpoint: String,
     /// Where the region is.
     pub location: RouteLocation,
     /// Desired replicas.
+    #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
     /// Ready replicas.
+    #[schemars(range(min = 0, max = 1000))]
     pub ready_replicas: i32,
     /// Routing settings.
     pub routing: RouteRouting,
-    /// Workers AI model for light requests, or `null`.
+    /// Workers AI model for light requests, or `null`: every request goes to a region.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9@._:/-]{1,128}$"))]
     pub edge_model: Option<String>,
     /// The ModelDeployment's `metadata.generation`.
+    #[schemars(range(min = 0, max = MAX_SAFE_INTEGER))]
     pub generation: i64,
-    /// When sent (RFC 3339, whole seconds).
+    /// Increases with every write of this route; the Worker refuses a write not above the stored one.
+    #[schemars(range(min = 1, max = MAX_SAFE_INTEGER))]
+    pub sequence: u64,
+    /// When sent (RFC 3339, whole seconds); within 300 s of the Worker's clock.
+    #[schemars(extend("format" = "date-time"))]
     pub published_at: String,
-    /// Seconds the route lives unless republished.
+    /// Seconds the route lives after the Worker received it, unless republished.
+    #[schemars(range(min = 10, max = 3600))]
     pub ttl_seconds: u32,
+    /// The credential the Worker sends the region (`Authorization: Bearer`); never returned by the Worker.
+    #[schemars(regex(pattern = UPSTREAM_TOKEN_PATTERN))]
+    pub upstream_token: String,
 }
 
-/// The route for `region` with `ready_replicas` ready, sent at `published_at`.
+/// The committed JSON Schema of [`Route`] (pretty JSON, trailing newline).
+pub fn route_schema() -> String {
+    let schema = schemars::schema_for!(Route);
+    let mut text = serde_json::to_string_pretty(&schema).expect("a schema serializes");
+    text.push('\n');
+    text
+}
+
+/// The route for `region` with `ready_replicas` ready, sent at `published_at`
+/// with `upstream_token`. Its `sequence` is set when it is sent ([`put_route`]).
 pub fn route(
     v: &ValidatedModelDeployment,
     region: &RegionSpec,
     ready_replicas: i32,
     published_at: &str,
+    upstream_token: &str,
 ) -> Route {
     let r = &v.routing;
     Route {
@@ -104,8 +163,10 @@ pub fn route(
         },
         edge_model: r.edge_model.clone(),
         generation: v.generation,
+        sequence: 0,
         published_at: published_at.to_owned(),
         ttl_seconds: r.ttl_seconds,
+        upstream_token: upstream_token.to_owned(),
     }
 }
 
@@ -117,12 +178,42 @@ pub fn rfc3339_seconds(now: SystemTime) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// `v1=<hex>` of `HMAC-SHA256(secret, "{timestamp}.{METHOD}.{path}.{body}")`.
-pub fn sign(secret: &[u8], timestamp: u64, method: &str, path: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(format!("{timestamp}.{}.{path}.", method.to_ascii_uppercase()).as_bytes());
-    mac.update(body);
-    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+/// The signed bytes: `backhaul-v2.{keyId}.{timestamp}.{METHOD}.{path}.` + body.
+pub fn signing_payload(
+    key_id: &str,
+    timestamp: u64,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut payload = format!(
+        "backhaul-v2.{key_id}.{timestamp}.{}.{path}.",
+        method.to_ascii_uppercase()
+    )
+    .into_bytes();
+    payload.extend_from_slice(body);
+    payload
+}
+
+/// The `X-Backhaul-Signature` value: `ed25519=<base64 signature>` of [`signing_payload`].
+pub fn sign(
+    key: &SigningKey,
+    key_id: &str,
+    timestamp: u64,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> String {
+    let signature = key.sign(&signing_payload(key_id, timestamp, method, path, body));
+    format!(
+        "ed25519={}",
+        base64::engine::general_purpose::STANDARD.encode(signature.to_bytes())
+    )
+}
+
+/// The base64 raw public key of `key`: its `publicKey` in the Worker's `BACKHAUL_PUBLISHERS`.
+pub fn public_key_base64(key: &SigningKey) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes())
 }
 
 /// `{worker}/admin/v1/routes/{namespace}/{name}/{region}`, keeping any base path.
@@ -150,7 +241,7 @@ pub enum PublishError {
         source: reqwest::Error,
     },
     /// The Worker answered with an error status.
-    #[error("{method} {url}: HTTP {status}: {message}")]
+    #[error("{method} {url}: HTTP {status} {code}: {message}")]
     Rejected {
         /// HTTP method.
         method: &'static str,
@@ -158,7 +249,17 @@ pub enum PublishError {
         url: String,
         /// Response status.
         status: u16,
+        /// The Worker's error code (`stale_sequence`, `model_owned`, ...); empty when it gave none.
+        code: String,
         /// The Worker's error message.
+        message: String,
+    },
+    /// The Worker's answer to a GET was not the documented JSON.
+    #[error("GET {url}: unreadable answer: {message}")]
+    Unreadable {
+        /// Target.
+        url: String,
+        /// What was wrong.
         message: String,
     },
 }
@@ -169,9 +270,15 @@ impl PublishError {
         match self {
             PublishError::Transport { .. } => "transport",
             PublishError::Rejected { status: 401, .. } => "unauthorized",
+            PublishError::Rejected { status: 403, .. } => "forbidden",
             PublishError::Rejected { status: 409, .. } => "conflict",
-            PublishError::Rejected { .. } => "rejected",
+            PublishError::Rejected { .. } | PublishError::Unreadable { .. } => "rejected",
         }
+    }
+
+    /// Whether the Worker holds a higher sequence for the route (recoverable: [`put_route`]).
+    pub fn is_stale_sequence(&self) -> bool {
+        matches!(self, PublishError::Rejected { status: 409, code, .. } if code == "stale_sequence")
     }
 }
 
@@ -188,11 +295,14 @@ impl Publisher {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .user_agent(concat!("backhaul-operator/", env!("CARGO_PKG_VERSION")))
+            // The admin API never redirects; a redirect would carry a signed
+            // request somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self { http, config })
     }
 
-    /// PUT the route.
+    /// PUT the route (its `sequence` set by the caller).
     pub async fn put(&self, route: &Route) -> Result<(), PublishError> {
         let url = route_url(
             &self.config.worker_url,
@@ -201,18 +311,48 @@ impl Publisher {
             &route.region,
         );
         let body = serde_json::to_vec(route).expect("a route serializes");
-        self.send(reqwest::Method::PUT, url, body).await
+        self.send(reqwest::Method::PUT, url, body).await.map(drop)
     }
 
-    /// DELETE the route (absent routes are fine: deletes are idempotent).
-    pub async fn delete(
-        &self,
-        namespace: &str,
-        name: &str,
-        region: &str,
-    ) -> Result<(), PublishError> {
-        let url = route_url(&self.config.worker_url, namespace, name, region);
-        self.send(reqwest::Method::DELETE, url, Vec::new()).await
+    /// DELETE the route with `sequence` (absent routes are fine: deletes are
+    /// idempotent and leave a tombstone).
+    pub async fn delete(&self, key: &RouteKey, sequence: u64) -> Result<(), PublishError> {
+        let url = route_url(
+            &self.config.worker_url,
+            &key.namespace,
+            &key.name,
+            &key.region,
+        );
+        let body = serde_json::to_vec(&serde_json::json!({ "sequence": sequence }))
+            .expect("a sequence serializes");
+        self.send(reqwest::Method::DELETE, url, body)
+            .await
+            .map(drop)
+    }
+
+    /// The highest sequence the Worker holds for the route (its stored route's or
+    /// tombstone's), 0 when it holds neither.
+    pub async fn stored_sequence(&self, key: &RouteKey) -> Result<u64, PublishError> {
+        let url = route_url(
+            &self.config.worker_url,
+            &key.namespace,
+            &key.name,
+            &key.region,
+        );
+        let text = self
+            .send(reqwest::Method::GET, url.clone(), Vec::new())
+            .await?;
+        let unreadable = |message: String| PublishError::Unreadable {
+            url: url.to_string(),
+            message,
+        };
+        let answer: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| unreadable(e.to_string()))?;
+        let sequence = |field: &str| answer[field]["sequence"].as_u64().unwrap_or(0);
+        if answer.get("route").is_none() || answer.get("tombstone").is_none() {
+            return Err(unreadable("expected {\"route\", \"tombstone\"}".into()));
+        }
+        Ok(sequence("route").max(sequence("tombstone")))
     }
 
     async fn send(
@@ -220,18 +360,19 @@ impl Publisher {
         method: reqwest::Method,
         url: Url,
         body: Vec<u8>,
-    ) -> Result<(), PublishError> {
-        let method_name: &'static str = if method == reqwest::Method::PUT {
-            "PUT"
-        } else {
-            "DELETE"
+    ) -> Result<String, PublishError> {
+        let method_name: &'static str = match method {
+            reqwest::Method::PUT => "PUT",
+            reqwest::Method::DELETE => "DELETE",
+            _ => "GET",
         };
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
         let signature = sign(
-            &self.config.secret,
+            &self.config.key,
+            &self.config.key_id,
             timestamp,
             method_name,
             url.path(),
@@ -240,6 +381,7 @@ impl Publisher {
         let mut request = self
             .http
             .request(method, url.clone())
+            .header("X-Backhaul-Key-Id", &self.config.key_id)
             .header("X-Backhaul-Timestamp", timestamp.to_string())
             .header("X-Backhaul-Signature", signature);
         if !body.is_empty() {
@@ -256,22 +398,77 @@ impl Publisher {
                 source,
             })?;
         let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
         let text = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            return Ok(text);
+        }
         // Prefer the Worker's OpenAI-shaped message; keep it short and stable
         // because it lands in status.
-        let message = serde_json::from_str::<serde_json::Value>(&text)
+        let error = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or(text);
+            .map(|v| v["error"].clone());
+        let field = |name: &str| {
+            error
+                .as_ref()
+                .and_then(|e| e[name].as_str().map(str::to_owned))
+        };
         Err(PublishError::Rejected {
             method: method_name,
             url: url.to_string(),
             status: status.as_u16(),
-            message: message.chars().take(200).collect(),
+            code: field("code").unwrap_or_default(),
+            message: field("message").unwrap_or(text).chars().take(200).collect(),
         })
+    }
+}
+
+/// Unix time in milliseconds: the floor of a route's next sequence, so a
+/// restarted operator (whose tracker is empty) still writes above its previous self.
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// PUTs `route` with the next sequence. On `409 stale_sequence` (the Worker
+/// holds a higher one: another operator, or this one's clock went back) it
+/// reads the stored sequence and retries once above it.
+pub async fn put_route(
+    publisher: &Publisher,
+    tracker: &RouteTracker,
+    key: &RouteKey,
+    route: &mut Route,
+) -> Result<(), PublishError> {
+    route.sequence = tracker.next_sequence(key, unix_millis());
+    match publisher.put(route).await {
+        Err(e) if e.is_stale_sequence() => {
+            let stored = publisher.stored_sequence(key).await?;
+            tracing::info!(route = %key, stored, sent = route.sequence, "the Worker holds a higher sequence; publishing above it");
+            tracker.observe_sequence(key, stored);
+            route.sequence = tracker.next_sequence(key, unix_millis());
+            publisher.put(route).await
+        }
+        result => result,
+    }
+}
+
+/// DELETEs the route with the next sequence, recovering from `409
+/// stale_sequence` as [`put_route`] does.
+pub async fn delete_route(
+    publisher: &Publisher,
+    tracker: &RouteTracker,
+    key: &RouteKey,
+) -> Result<(), PublishError> {
+    let sequence = tracker.next_sequence(key, unix_millis());
+    match publisher.delete(key, sequence).await {
+        Err(e) if e.is_stale_sequence() => {
+            let stored = publisher.stored_sequence(key).await?;
+            tracker.observe_sequence(key, stored);
+            publisher
+                .delete(key, tracker.next_sequence(key, unix_millis()))
+                .await
+        }
+        result => result,
     }
 }
 
@@ -284,6 +481,12 @@ pub struct RouteKey {
     pub name: String,
     /// Region.
     pub region: String,
+}
+
+impl std::fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.name, self.region)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -305,6 +508,8 @@ struct Failures {
 pub struct RouteTracker {
     sent: Mutex<HashMap<RouteKey, Sent>>,
     failures: Mutex<HashMap<RouteKey, Failures>>,
+    /// The last sequence sent (or seen stored on the Worker) per route.
+    sequences: Mutex<HashMap<RouteKey, u64>>,
 }
 
 /// What a reconcile should do about one route.
@@ -319,11 +524,28 @@ pub enum Due {
 fn blank(route: &Route) -> Route {
     Route {
         published_at: String::new(),
+        sequence: 0,
         ..route.clone()
     }
 }
 
 impl RouteTracker {
+    /// The sequence of the next write of `key`: above every one sent or seen,
+    /// and at least `floor` (Unix milliseconds). Every attempt takes a new one.
+    pub fn next_sequence(&self, key: &RouteKey, floor: u64) -> u64 {
+        let mut sequences = self.sequences.lock().expect("not poisoned");
+        let last = sequences.entry(key.clone()).or_default();
+        *last = (*last + 1).max(floor);
+        *last
+    }
+
+    /// Records that the Worker holds `stored` for `key`.
+    pub fn observe_sequence(&self, key: &RouteKey, stored: u64) {
+        let mut sequences = self.sequences.lock().expect("not poisoned");
+        let last = sequences.entry(key.clone()).or_default();
+        *last = (*last).max(stored);
+    }
+
     /// Whether `route` must be sent: it changed, its heartbeat is due, or it was
     /// never sent; but not before a failure's backoff ends.
     pub fn put_due(&self, key: &RouteKey, route: &Route, now: Instant) -> Due {
@@ -403,6 +625,10 @@ impl RouteTracker {
             .lock()
             .expect("not poisoned")
             .retain(|k, _| keep(k));
+        self.sequences
+            .lock()
+            .expect("not poisoned")
+            .retain(|k, _| keep(k));
     }
 }
 
@@ -417,7 +643,13 @@ mod tests {
             "  regions:",
             "  routing: {edgeModel: \"@cf/meta/llama-3.2-1b-instruct\"}\n  regions:",
         ));
-        let r = route(&v, &v.regions[0], 2, "2026-11-23T07:00:00Z");
+        let r = route(
+            &v,
+            &v.regions[0],
+            2,
+            "2026-11-23T07:00:00Z",
+            "tok-0123456789abcdef",
+        );
         let expected: serde_json::Value = serde_json::from_str(
             r#"{
   "namespace": "ml", "name": "smollm2", "region": "us-east", "model": "smollm2-135m",
@@ -427,41 +659,110 @@ mod tests {
   "routing": { "heavyPromptTokens": 1024, "heavyMaxTokens": 512, "requestTimeoutMs": 120000,
                "firstByteTimeoutMs": 15000, "failoverAttempts": 3 },
   "edgeModel": "@cf/meta/llama-3.2-1b-instruct",
-  "generation": 2, "publishedAt": "2026-11-23T07:00:00Z", "ttlSeconds": 60
+  "generation": 2, "sequence": 0, "publishedAt": "2026-11-23T07:00:00Z", "ttlSeconds": 60,
+  "upstreamToken": "tok-0123456789abcdef"
 }"#,
         )
         .unwrap();
         assert_eq!(serde_json::to_value(&r).unwrap(), expected);
         // No edge model: an explicit null, not a missing field.
         let v = validated(FIXTURE);
-        let r = serde_json::to_value(route(&v, &v.regions[0], 2, "x")).unwrap();
+        let r = serde_json::to_value(route(&v, &v.regions[0], 2, "x", "t")).unwrap();
         assert!(r.as_object().unwrap()["edgeModel"].is_null());
     }
 
+    /// docs/schemas/publication-signature-vectors.json, made with Python's
+    /// `cryptography`; the Worker's verifier checks the same file.
     #[test]
-    fn signature_is_hmac_of_timestamp_method_path_body() {
-        // Computed independently:
-        // printf '1700000000.PUT./admin/v1/routes/a/b/c.{}' | openssl dgst -sha256 -hmac secret
+    fn signatures_match_the_shared_vectors() {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let vectors: serde_json::Value = serde_json::from_str(include_str!(
+            "../../docs/schemas/publication-signature-vectors.json"
+        ))
+        .unwrap();
+        // The primitive itself: RFC 8032, TEST 1.
+        let rfc = &vectors["rfc8032Test1"];
+        let seed: [u8; 32] = hex::decode(rfc["secretKey"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let key = SigningKey::from_bytes(&seed);
         assert_eq!(
-            sign(
-                b"secret",
-                1_700_000_000,
-                "put",
-                "/admin/v1/routes/a/b/c",
-                b"{}"
-            ),
-            "v1=64d5c85d2bbf408f43a6c1f087ece39ea6b9c86cd68ecb8b5e2b358a5aeef3bd"
+            hex::encode(key.sign(b"").to_bytes()),
+            rfc["signature"].as_str().unwrap()
         );
-        assert_eq!(
-            sign(
-                b"secret",
-                1_700_000_000,
-                "DELETE",
-                "/admin/v1/routes/a/b/c",
-                b""
-            ),
-            "v1=0af6ad37dc0dfd75047f8e0cc4b52fd62dcfa415df7df0fc7afdc41c8aed8969"
+        let cases = vectors["cases"].as_array().unwrap();
+        assert!(cases.len() >= 4);
+        for case in cases {
+            let id = case["keyId"].as_str().unwrap();
+            let k = &vectors["keys"][id];
+            let key = SigningKey::from_pkcs8_pem(k["pkcs8Pem"].as_str().unwrap()).unwrap();
+            assert_eq!(public_key_base64(&key), k["publicKey"].as_str().unwrap());
+            let ts: u64 = case["timestamp"].as_str().unwrap().parse().unwrap();
+            let (method, path, body) = (
+                case["method"].as_str().unwrap(),
+                case["path"].as_str().unwrap(),
+                case["body"].as_str().unwrap().as_bytes(),
+            );
+            assert_eq!(
+                signing_payload(id, ts, method, path, body),
+                case["signedBytes"].as_str().unwrap().as_bytes(),
+                "{case}"
+            );
+            assert_eq!(
+                sign(&key, id, ts, &method.to_lowercase(), path, body),
+                case["signature"].as_str().unwrap(),
+                "{case}"
+            );
+        }
+    }
+
+    /// The committed schema is the type's: `make generate` rewrites it.
+    #[test]
+    fn committed_route_schema_matches_the_type() {
+        let committed = include_str!("../../docs/schemas/route.schema.json");
+        assert!(
+            committed == route_schema(),
+            "docs/schemas/route.schema.json is stale: run `make generate`"
         );
+    }
+
+    #[test]
+    fn upstream_tokens_are_checked_against_the_pattern() {
+        assert!(valid_upstream_token("abcdefghijklmnop"));
+        assert!(valid_upstream_token(&"A-_.~+/=9".repeat(56)));
+        assert!(!valid_upstream_token("short-token-15ch"[..15].as_ref()));
+        assert!(!valid_upstream_token(&"a".repeat(513)));
+        assert!(!valid_upstream_token("has space in the token"));
+        assert!(!valid_upstream_token("newline\nin-the-token"));
+        // The pattern in the schema says the same.
+        assert_eq!(UPSTREAM_TOKEN_PATTERN, r"^[A-Za-z0-9._~+/=-]{16,512}$");
+    }
+
+    #[test]
+    fn sequences_increase_per_route_and_jump_above_what_the_worker_holds() {
+        let t = RouteTracker::default();
+        let key = RouteKey {
+            namespace: "ml".into(),
+            name: "m".into(),
+            region: "r".into(),
+        };
+        let other = RouteKey {
+            region: "s".into(),
+            ..key.clone()
+        };
+        assert_eq!(t.next_sequence(&key, 1000), 1000);
+        // Same millisecond, or a clock that went back: still increasing.
+        assert_eq!(t.next_sequence(&key, 1000), 1001);
+        assert_eq!(t.next_sequence(&key, 5), 1002);
+        assert_eq!(t.next_sequence(&other, 7), 7);
+        t.observe_sequence(&key, 9_000);
+        assert_eq!(t.next_sequence(&key, 1003), 9_001);
+        // A lower stored sequence never lowers ours.
+        t.observe_sequence(&key, 10);
+        assert_eq!(t.next_sequence(&key, 0), 9_002);
+        t.forget("ml", "m");
+        assert_eq!(t.next_sequence(&key, 3), 3);
     }
 
     #[test]
@@ -488,11 +789,11 @@ mod tests {
             region: "us-east".into(),
         };
         let now = Instant::now();
-        let r = route(&v, &v.regions[0], 1, "t0");
+        let r = route(&v, &v.regions[0], 1, "t0", "tok");
         assert_eq!(t.put_due(&key, &r, now), Due::Now);
         t.put_ok(&key, &r, now);
         // Same content, different timestamp: not due until ttl/3 = 20 s.
-        let r2 = route(&v, &v.regions[0], 1, "t1");
+        let r2 = route(&v, &v.regions[0], 1, "t1", "tok");
         assert_eq!(
             t.put_due(&key, &r2, now + Duration::from_secs(5)),
             Due::At(now + Duration::from_secs(20))
@@ -502,7 +803,7 @@ mod tests {
             Due::Now
         );
         // Changed content: due at once.
-        let r3 = route(&v, &v.regions[0], 2, "t1");
+        let r3 = route(&v, &v.regions[0], 2, "t1", "tok");
         assert_eq!(t.put_due(&key, &r3, now + Duration::from_secs(1)), Due::Now);
     }
 

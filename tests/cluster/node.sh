@@ -263,6 +263,9 @@ registerWithTaints:
   value: "true"
   effect: NoSchedule
 serializeImagePulls: false
+# Mounted Secrets are refreshed at each pod sync: every 10 s here (1 min by
+# default), so the rotation tests of the Worker's credential take seconds.
+syncFrequency: 10s
 failSwapOn: false
 resolvConf: /etc/resolv.conf
 maxPods: 64

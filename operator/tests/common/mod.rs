@@ -18,15 +18,18 @@ use backhaul_operator::controller::{Context, run_controller};
 use backhaul_operator::crd::{ModelDeployment, RegionStatus};
 use backhaul_operator::metrics::Metrics;
 use backhaul_testkit::wait_for;
-use hmac::{Hmac, Mac};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, CustomResourceExt};
 use serde_json::Value;
-use sha2::Sha256;
 
-/// The shared secret between the test operators and the receiver.
-pub const SECRET: &[u8] = b"test-publish-secret";
+/// The test operators' publisher key id.
+pub const KEY_ID: &str = "test-cluster";
+
+/// The test operators' publisher key; the receiver holds its public half.
+pub fn signing_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
+}
 
 /// Installs (server-side applies) the CRD and waits until it is served.
 pub async fn install_crd(client: &Client) {
@@ -106,11 +109,28 @@ fn verify(headers: &HeaderMap, method: &Method, path: &str, body: &[u8]) -> bool
     if now.abs_diff(ts_num) > 300 {
         return false;
     }
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
-    mac.update(format!("{ts}.{method}.{path}.").as_bytes());
-    mac.update(body);
-    let expected = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
-    expected == sig
+    // The operator's own payload builder, and the library's verification:
+    // nothing of the scheme is written out again here.
+    use base64::Engine as _;
+    let key_id = headers
+        .get("x-backhaul-key-id")
+        .and_then(|v| v.to_str().ok());
+    let Some(encoded) = sig.strip_prefix("ed25519=") else {
+        return false;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+        return false;
+    };
+    let Ok(signature) = ed25519_dalek::Signature::from_slice(&bytes) else {
+        return false;
+    };
+    let payload =
+        backhaul_operator::publish::signing_payload(KEY_ID, ts_num, method.as_str(), path, body);
+    key_id == Some(KEY_ID)
+        && signing_key()
+            .verifying_key()
+            .verify_strict(&payload, &signature)
+            .is_ok()
 }
 
 async fn handle(
@@ -231,7 +251,8 @@ pub fn config(
         regions: regions.map(|r| r.iter().map(|s| (*s).to_owned()).collect()),
         publish: receiver.map(|r| PublishConfig {
             worker_url: r.url.clone(),
-            secret: SECRET.to_vec(),
+            key_id: KEY_ID.into(),
+            key: signing_key(),
             timeout: Duration::from_secs(5),
         }),
         watch_namespace: Some(namespace.to_owned()),

@@ -24,9 +24,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
 use futures::StreamExt;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 pub use backhaul_testkit::{cache_dir, repo_root, wait_for};
 
@@ -194,11 +194,45 @@ async fn wait_http(proc: &mut Proc, url: &str, timeout: Duration) -> Result<()> 
     }
 }
 
+/// The id of the publisher key the tests' operators sign with.
+pub const PUBLISHER_KEY_ID: &str = "e2e";
+
+/// A new Ed25519 key.
+pub fn new_signing_key() -> SigningKey {
+    let mut seed = [0u8; 32];
+    seed[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    seed[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    SigningKey::from_bytes(&seed)
+}
+
+/// One `BACKHAUL_PUBLISHERS` entry (docs/publication.md).
+pub fn publisher_entry(
+    id: &str,
+    key: &SigningKey,
+    group: &str,
+    namespaces: &[&str],
+    regions: &[&str],
+) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "publicKey": backhaul_operator::publish::public_key_base64(key),
+        "group": group,
+        "namespaces": namespaces,
+        "regions": regions,
+    })
+}
+
 /// The routing Worker under `wrangler dev --env local`.
 #[derive(Debug)]
 pub struct Worker {
     pub port: u16,
-    pub secret: String,
+    /// The operators' publisher key (id [`PUBLISHER_KEY_ID`], any namespace and region).
+    pub key: SigningKey,
+    /// `key` as a PKCS#8 PEM file, for `--publish-key-file`.
+    pub key_file: PathBuf,
+    /// More publishers in `BACKHAUL_PUBLISHERS` (tests of scopes and key
+    /// rotation): id, key, and the key as a PEM file.
+    pub extra_keys: Vec<(String, SigningKey, PathBuf)>,
     pub state: PathBuf,
     env_file: PathBuf,
     proc: Option<Proc>,
@@ -207,18 +241,44 @@ pub struct Worker {
 
 impl Worker {
     /// Starts a Worker with a fresh persisted route table under `state`.
-    pub async fn start(state: &Path) -> Result<Self> {
-        let secret = hex::encode(uuid::Uuid::new_v4().as_bytes());
+    ///
+    /// Publishers: the operators' key (any namespace, region and host), and
+    /// `extra` (id, group, namespaces, regions) for the tests of scopes.
+    pub async fn start(state: &Path, extra: &[(&str, &str, &[&str], &[&str])]) -> Result<Self> {
+        let key = new_signing_key();
+        let key_file = state.join("publish-key.pem");
+        std::fs::write(&key_file, key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
+        let mut extra_keys = Vec::new();
+        for (id, ..) in extra {
+            let k = new_signing_key();
+            let file = state.join(format!("publish-key-{id}.pem"));
+            std::fs::write(&file, k.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
+            extra_keys.push(((*id).to_owned(), k, file));
+        }
+        let mut publishers = vec![publisher_entry(
+            PUBLISHER_KEY_ID,
+            &key,
+            "e2e",
+            &["*"],
+            &["*"],
+        )];
+        for ((id, group, namespaces, regions), (_, k, _)) in extra.iter().zip(&extra_keys) {
+            publishers.push(publisher_entry(id, k, group, namespaces, regions));
+        }
         let env_file = state.join(".dev.vars");
+        // dotenv: a single-quoted value is taken literally (the JSON has double quotes).
         std::fs::write(
             &env_file,
             format!(
-                "BACKHAUL_PUBLISH_SECRET=\"{secret}\"\nBACKHAUL_API_KEYS=\"\"\nTRUST_LOCATION_HEADER=\"true\"\n"
+                "BACKHAUL_PUBLISHERS='{}'\nBACKHAUL_API_KEYS=\"\"\nALLOW_ANONYMOUS=\"true\"\nALLOW_ANONYMOUS_ROUTE_HINT=\"true\"\nTRUST_LOCATION_HEADER=\"true\"\n",
+                serde_json::Value::Array(publishers)
             ),
         )?;
         let mut worker = Self {
             port: free_port(),
-            secret,
+            key,
+            key_file,
+            extra_keys,
             state: state.join("wrangler"),
             env_file,
             proc: None,
@@ -281,12 +341,12 @@ impl Worker {
         logs_dir().join("worker.log")
     }
 
-    /// `v1=<hex>` for `{ts}.{METHOD}.{path}.{body}` (docs/publication.md).
+    /// The operators' signature of an admin request (docs/publication.md).
     pub fn sign(&self, ts: u64, method: &str, path: &str, body: &[u8]) -> String {
-        sign(self.secret.as_bytes(), ts, method, path, body)
+        backhaul_operator::publish::sign(&self.key, PUBLISHER_KEY_ID, ts, method, path, body)
     }
 
-    /// A signed admin request; returns status and body.
+    /// An admin request signed with the operators' key; returns status and body.
     pub async fn admin(
         &self,
         method: &str,
@@ -295,10 +355,42 @@ impl Worker {
         ts: u64,
         signature: Option<&str>,
     ) -> Result<(u16, String)> {
-        let client = reqwest::Client::new();
         let signature = signature.map_or_else(|| self.sign(ts, method, path, body), str::to_owned);
+        self.admin_as(PUBLISHER_KEY_ID, method, path, body, ts, &signature)
+            .await
+    }
+
+    /// An admin request signed by the extra publisher `id`.
+    pub async fn admin_with(
+        &self,
+        id: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, String)> {
+        let (_, key, _) = self
+            .extra_keys
+            .iter()
+            .find(|(k, ..)| k == id)
+            .ok_or_else(|| anyhow!("no publisher {id}"))?;
+        let ts = now();
+        let signature = backhaul_operator::publish::sign(key, id, ts, method, path, body);
+        self.admin_as(id, method, path, body, ts, &signature).await
+    }
+
+    async fn admin_as(
+        &self,
+        key_id: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        ts: u64,
+        signature: &str,
+    ) -> Result<(u16, String)> {
+        let client = reqwest::Client::new();
         let response = client
             .request(method.parse()?, format!("{}{path}", self.url()))
+            .header("x-backhaul-key-id", key_id)
             .header("x-backhaul-timestamp", ts.to_string())
             .header("x-backhaul-signature", signature)
             .header("content-type", "application/json")
@@ -346,14 +438,6 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `v1=hex(HMAC-SHA256(secret, "{ts}.{METHOD}.{path}.{body}"))`.
-pub fn sign(secret: &[u8], ts: u64, method: &str, path: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key");
-    mac.update(format!("{ts}.{method}.{path}.").as_bytes());
-    mac.update(body);
-    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 /// The `backhaul-operator` binary watching one namespace.
 #[derive(Debug)]
 pub struct Operator {
@@ -371,12 +455,44 @@ impl Operator {
         regions: Option<&str>,
         log_name: &str,
     ) -> Result<Self> {
+        Self::start_signing_as(
+            kubeconfig,
+            namespace,
+            worker,
+            regions,
+            log_name,
+            PUBLISHER_KEY_ID,
+        )
+        .await
+    }
+
+    /// [`Operator::start`], signing with the Worker's publisher `key_id`
+    /// (the operators' key, or one of its extra keys).
+    pub async fn start_signing_as(
+        kubeconfig: &Path,
+        namespace: &str,
+        worker: &Worker,
+        regions: Option<&str>,
+        log_name: &str,
+        key_id: &str,
+    ) -> Result<Self> {
+        let key_file = if key_id == PUBLISHER_KEY_ID {
+            worker.key_file.clone()
+        } else {
+            worker
+                .extra_keys
+                .iter()
+                .find(|(id, ..)| id == key_id)
+                .map(|(.., file)| file.clone())
+                .ok_or_else(|| anyhow!("the Worker has no publisher {key_id}"))?
+        };
         let metrics_port = free_port();
         let mut command = Command::new(binary("backhaul-operator"));
         command
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,backhaul_operator=debug")
-            .env("BACKHAUL_PUBLISH_SECRET", &worker.secret)
+            .env("BACKHAUL_PUBLISH_KEY_FILE", &key_file)
+            .env("BACKHAUL_PUBLISH_KEY_ID", key_id)
             .args(["--watch-namespace", namespace])
             .args(["--worker-url", &worker.url()])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])

@@ -171,6 +171,55 @@ impl PodRegion {
         })
     }
 
+    /// The tokens the region's pods accept (the ModelDeployment's
+    /// `{name}-upstream-auth` Secret, made by the operator), first the one
+    /// the Worker is given.
+    pub async fn upstream_tokens(
+        client: &Client,
+        namespace: &str,
+        md: &str,
+    ) -> Result<Vec<String>> {
+        let secrets =
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace);
+        let name = format!("{md}-upstream-auth");
+        let secret = secrets
+            .get(&name)
+            .await
+            .with_context(|| format!("read the Secret {namespace}/{name}"))?;
+        let tokens = secret
+            .data
+            .and_then(|d| d.get("tokens").cloned())
+            .with_context(|| format!("the Secret {namespace}/{name} has no tokens"))?;
+        Ok(String::from_utf8(tokens.0)?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Replaces the tokens of the ModelDeployment's credential Secret.
+    pub async fn set_upstream_tokens(
+        client: &Client,
+        namespace: &str,
+        md: &str,
+        tokens: &[&str],
+    ) -> Result<()> {
+        let secrets =
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace);
+        let name = format!("{md}-upstream-auth");
+        let text = format!("{}\n", tokens.join("\n"));
+        secrets
+            .patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"stringData": {"tokens": text}})),
+            )
+            .await
+            .with_context(|| format!("patch the Secret {namespace}/{name}"))?;
+        Ok(())
+    }
+
     /// The endpoint the ModelDeployment publishes.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.node_port)

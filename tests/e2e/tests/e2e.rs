@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use backhaul_e2e::pods::{self, ModelVolume, PodRegion};
-use backhaul_e2e::{Operator, Worker, chat, check, now, sign, wait_for};
+use backhaul_e2e::{Operator, Worker, chat, check, now, wait_for};
 use backhaul_testkit::TestNamespace;
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -86,6 +86,13 @@ fn main() -> ExitCode {
         }),
         ("silent_operator_region_leaves_after_ttl", |c| {
             Box::pin(silent_operator(c))
+        }),
+        (
+            "region_refuses_requests_without_the_workers_credential_and_rotates_it",
+            |c| Box::pin(region_credential(c)),
+        ),
+        ("operator_recovers_from_a_higher_stored_sequence", |c| {
+            Box::pin(stale_sequence(c))
         }),
     ];
     let selected: Vec<_> = tests
@@ -186,7 +193,18 @@ async fn setup() -> Result<Ctx> {
     let state = backhaul_e2e::cache_dir().join("e2e/worker-state");
     let _ = std::fs::remove_dir_all(&state);
     std::fs::create_dir_all(&state)?;
-    let worker = Worker::start(&state).await?;
+    // Besides the operators' key: one scoped to eu-west (same group), and
+    // another publisher group, for the scope and ownership tests.
+    let worker = Worker::start(
+        &state,
+        &[
+            ("e2e-eu-only", "e2e", &["*"], &["eu-west"]),
+            ("e2e-other", "other", &["*"], &["*"]),
+            // The operators' next key, for the publisher-key rotation.
+            ("e2e-next", "e2e", &["*"], &["*"]),
+        ],
+    )
+    .await?;
     Ok(Ctx {
         kubeconfig: cluster.kubeconfig.clone(),
         client: cluster.client(),
@@ -816,9 +834,14 @@ async fn saturated_region(ctx: &mut Ctx) -> Result<()> {
         .await?;
     let us = &regions[0];
 
-    // Hold us-east's only slot with a long request straight to it.
+    // Hold us-east's only slot with a long request straight to it (with the
+    // credential the Worker has: the region refuses requests without it).
+    let token = PodRegion::upstream_tokens(&ctx.client, &model.namespace, &model.name)
+        .await?
+        .remove(0);
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let us_url = us.endpoint();
+    let holder_token = token.clone();
     let served = model.served.clone();
     let mut first_tx = Some(first_tx);
     let holder = tokio::spawn(async move {
@@ -826,6 +849,7 @@ async fn saturated_region(ctx: &mut Ctx) -> Result<()> {
             "messages": [{"role": "user", "content": "Count from one to two hundred in words, one number per line."}]});
         let response = reqwest::Client::new()
             .post(format!("{us_url}/v1/chat/completions"))
+            .bearer_auth(&holder_token)
             .json(&body)
             .send()
             .await?;
@@ -845,6 +869,7 @@ async fn saturated_region(ctx: &mut Ctx) -> Result<()> {
     // us-east is full now: it answers 429 at once.
     let direct = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", us.endpoint()))
+        .bearer_auth(&token)
         .json(&serde_json::json!({"model": model.served, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}))
         .send()
         .await?;
@@ -1384,6 +1409,9 @@ async fn silent_operator(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Every attack on the admin API of docs/publication.md, against the real
+/// Worker under wrangler dev: each is refused with its status and leaves the
+/// table as it was.
 async fn bad_publications(ctx: &mut Ctx) -> Result<()> {
     let worker = &ctx.worker;
     let snapshot = |routes: Vec<serde_json::Value>| {
@@ -1391,41 +1419,44 @@ async fn bad_publications(ctx: &mut Ctx) -> Result<()> {
             .iter()
             .map(|r| {
                 format!(
-                    "{}/{}/{}@{}",
-                    r["namespace"], r["name"], r["region"], r["publishedAt"]
+                    "{}/{}/{}@{}:{}",
+                    r["namespace"], r["name"], r["region"], r["sequence"], r["endpoint"]
                 )
             })
             .collect();
         v.sort();
         v
     };
-    let namespace = format!(
-        "e2e-bad-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let path = format!("/admin/v1/routes/{namespace}/smollm2/us-east");
-    let route = |published_at: &str| {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let namespace = format!("e2e-bad-{suffix}");
+    let model = format!("smollm2-bad-{suffix}");
+    let path_of = |ns: &str, region: &str| format!("/admin/v1/routes/{ns}/smollm2/{region}");
+    let path = path_of(&namespace, "us-east");
+    let route = |ns: &str, region: &str, model: &str, sequence: u64, published_at: &str| {
         serde_json::json!({
-            "namespace": namespace, "name": "smollm2", "region": "us-east", "model": "smollm2-bad",
+            "namespace": ns, "name": "smollm2", "region": region, "model": model,
             "endpoint": "http://127.0.0.1:9", "location": {"latitude": 39.04, "longitude": -77.49},
             "replicas": 1, "readyReplicas": 1,
             "routing": {"heavyPromptTokens": 0, "heavyMaxTokens": 0, "requestTimeoutMs": 1000, "firstByteTimeoutMs": 1000, "failoverAttempts": 1},
-            "edgeModel": null, "generation": 1, "publishedAt": published_at, "ttlSeconds": 60,
+            "edgeModel": null, "generation": 1, "sequence": sequence, "publishedAt": published_at,
+            "ttlSeconds": 60, "upstreamToken": "e2e-bad-publication-token",
         })
         .to_string()
     };
     let before = snapshot(worker.routes().await?);
-    let body = route("2026-11-23T07:00:00Z");
+    let body = route(&namespace, "us-east", &model, 10, &rfc3339(now()));
+    let stranger = backhaul_e2e::new_signing_key();
     // (what, expected status, (timestamp, signature or None to sign properly, path, body))
     type Case = (&'static str, u16, (u64, Option<String>, String, String));
     let bad_cases: Vec<Case> = vec![
         (
-            "wrong signature",
+            "a key the Worker does not list",
             401,
             (
                 now(),
-                Some(sign(
-                    b"not-the-secret",
+                Some(backhaul_operator::publish::sign(
+                    &stranger,
+                    backhaul_e2e::PUBLISHER_KEY_ID,
                     now(),
                     "PUT",
                     &path,
@@ -1436,7 +1467,7 @@ async fn bad_publications(ctx: &mut Ctx) -> Result<()> {
             ),
         ),
         (
-            "no v1= prefix",
+            "no ed25519= prefix",
             401,
             (now(), Some("deadbeef".into()), path.clone(), body.clone()),
         ),
@@ -1461,6 +1492,16 @@ async fn bad_publications(ctx: &mut Ctx) -> Result<()> {
             (now(), None, path.clone(), body.replace("39.04", "200.0")),
         ),
         (
+            "failoverAttempts over the CRD's bound",
+            400,
+            (
+                now(),
+                None,
+                path.clone(),
+                body.replace("\"failoverAttempts\":1", "\"failoverAttempts\":33"),
+            ),
+        ),
+        (
             "path and body disagree",
             400,
             (
@@ -1468,6 +1509,16 @@ async fn bad_publications(ctx: &mut Ctx) -> Result<()> {
                 None,
                 path.replace("us-east", "eu-west"),
                 body.clone(),
+            ),
+        ),
+        (
+            "publishedAt far in the future (a route that would never expire)",
+            400,
+            (
+                now(),
+                None,
+                path.clone(),
+                route(&namespace, "us-east", &model, 10, "9999-12-31T00:00:00Z"),
             ),
         ),
     ];
@@ -1483,30 +1534,367 @@ async fn bad_publications(ctx: &mut Ctx) -> Result<()> {
             format!("PUT with {what} changed the table: {before:?} -> {now_table:?}")
         })?;
     }
-    // A good write, then an older one replayed: 409 and the newer route stays.
-    let newer = route(&rfc3339(now()));
+    // A key scoped to eu-west writing us-east: 403, nothing changes.
     let (status, text) = worker
-        .admin("PUT", &path, newer.as_bytes(), now(), None)
+        .admin_with("e2e-eu-only", "PUT", &path, body.as_bytes())
+        .await?;
+    check(
+        status == 403 && text.contains("out_of_scope"),
+        "the Worker",
+        || {
+            format!(
+                "an eu-west key writing us-east answered {status} ({text}), expected 403 out_of_scope"
+            )
+        },
+    )?;
+    check(
+        snapshot(worker.routes().await?) == before,
+        "the Worker",
+        || "an out-of-scope write changed the table".into(),
+    )?;
+    // A good write; then a replay of it, and an older one: 409, the route stays.
+    let (status, text) = worker
+        .admin("PUT", &path, body.as_bytes(), now(), None)
         .await?;
     check(status == 200, "the Worker", || {
         format!("a valid signed PUT answered {status}: {text}")
     })?;
-    let with_newer = snapshot(worker.routes().await?);
-    let older = route(&rfc3339(now() - 120));
+    check(
+        !text.contains("e2e-bad-publication-token"),
+        "the Worker",
+        || format!("the PUT's answer carries the upstream token: {text}"),
+    )?;
+    let with_route = snapshot(worker.routes().await?);
+    for (what, sequence) in [("a replay of the same write", 10), ("an older write", 9)] {
+        let replay = route(&namespace, "us-east", &model, sequence, &rfc3339(now()));
+        let (status, text) = worker
+            .admin("PUT", &path, replay.as_bytes(), now(), None)
+            .await?;
+        check(
+            status == 409 && text.contains("stale_sequence"),
+            "the Worker",
+            || format!("{what} answered {status} ({text}), expected 409 stale_sequence"),
+        )?;
+        check(
+            snapshot(worker.routes().await?) == with_route,
+            "the Worker",
+            || format!("{what} changed the table"),
+        )?;
+    }
+    // Another publisher group (its own namespace) taking this model: 409 naming the owner.
+    let other_ns = format!("e2e-other-{suffix}");
+    let squat = route(&other_ns, "us-east", &model, 1, &rfc3339(now()));
     let (status, text) = worker
-        .admin("PUT", &path, older.as_bytes(), now(), None)
+        .admin_with(
+            "e2e-other",
+            "PUT",
+            &path_of(&other_ns, "us-east"),
+            squat.as_bytes(),
+        )
+        .await?;
+    check(
+        status == 409 && text.contains("model_owned") && text.contains(&namespace),
+        "the Worker",
+        || {
+            format!(
+                "another namespace publishing {model} answered {status} ({text}), expected 409 model_owned naming {namespace}"
+            )
+        },
+    )?;
+    check(
+        snapshot(worker.routes().await?) == with_route,
+        "the Worker",
+        || "a squatting write changed the table".into(),
+    )?;
+    // DELETE, then the earlier PUT replayed (inside the signature window): refused, the route stays gone.
+    let (status, text) = worker
+        .admin("DELETE", &path, br#"{"sequence": 11}"#, now(), None)
+        .await?;
+    check(status == 204, "the Worker", || {
+        format!("signed DELETE answered {status} ({text})")
+    })?;
+    let (status, text) = worker
+        .admin("PUT", &path, body.as_bytes(), now(), None)
         .await?;
     check(status == 409, "the Worker", || {
-        format!("an older publishedAt answered {status} ({text}), expected 409")
+        format!("a PUT replayed after the DELETE answered {status} ({text}), expected 409")
     })?;
     let after = snapshot(worker.routes().await?);
-    check(after == with_newer, "the Worker", || {
-        format!("a replayed older route changed the table: {with_newer:?} -> {after:?}")
+    check(after == before, "the Worker", || {
+        format!("a replayed PUT resurrected a deleted route: {before:?} -> {after:?}")
     })?;
-    let (status, _) = worker.admin("DELETE", &path, b"", now(), None).await?;
-    check(status == 204, "the Worker", || {
-        format!("signed DELETE answered {status}")
+    Ok(())
+}
+
+/// First 16 hex digits of SHA-256: the fingerprint the Worker shows of a token.
+fn fingerprint(token: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))[..16].to_owned()
+}
+
+/// A region's pods refuse every API request without the Worker's credential
+/// (the operator made and mounted it), and it rotates, in the three steps of
+/// docs/publication.md, while requests flow through the Worker: none fails.
+async fn region_credential(ctx: &mut Ctx) -> Result<()> {
+    let model = Model::new(ctx, "cred").await?;
+    let op = start_operator(ctx, &model).await?;
+    let regions = model
+        .apply_pods(&[("us-east", US_EAST)], serde_json::json!({}), 60)
+        .await?;
+    model
+        .wait_serving(&ctx.worker, &regions, &operator_log(&op))
+        .await?;
+    let us = &regions[0];
+    let tokens = PodRegion::upstream_tokens(&ctx.client, &model.namespace, &model.name).await?;
+    check(
+        tokens.len() == 1 && tokens[0].len() == 43,
+        "backhaul-operator",
+        || {
+            format!(
+                "the credential Secret should hold one 43-character token, holds {}",
+                tokens.len()
+            )
+        },
+    )?;
+    let old = tokens[0].clone();
+    let http = reqwest::Client::new();
+    let direct = |token: Option<String>| {
+        let request = http
+            .post(format!("{}/v1/chat/completions", us.endpoint()))
+            .json(&serde_json::json!({"model": model.served, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}))
+            .timeout(Duration::from_secs(30));
+        let request = match token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        async move {
+            let response = request.send().await?;
+            anyhow::Ok((response.status().as_u16(), response.text().await?))
+        }
+    };
+    // Straight at the region, as someone who found its address would call it.
+    for (what, token, want, code) in [
+        ("no credential", None, 401, Some("missing_api_key")),
+        (
+            "a wrong credential",
+            Some("not-the-workers-token-0123".to_owned()),
+            401,
+            Some("invalid_api_key"),
+        ),
+        ("the Worker's credential", Some(old.clone()), 200, None),
+    ] {
+        let (status, text) = direct(token).await?;
+        check(
+            status == want && code.is_none_or(|c| text.contains(c)),
+            "backhaul-inference",
+            || {
+                format!(
+                    "a direct request with {what} answered {status} ({text}), expected {want} {code:?}"
+                )
+            },
+        )?;
+    }
+    // The kubelet's probes stay open.
+    let ready = http
+        .get(format!("{}/ready", us.endpoint()))
+        .send()
+        .await?
+        .status();
+    check(ready == 200, "backhaul-inference", || {
+        format!("/ready without a credential answered {ready}")
     })?;
+    // The Worker has the token, and never shows it: only its fingerprint.
+    let routes = ctx.worker.routes_of(&model.namespace, &model.name).await?;
+    let shown = serde_json::to_string(&routes)?;
+    check(
+        !shown.contains(&old) && routes[0]["upstreamTokenSha256"] == fingerprint(&old),
+        "the Worker",
+        || {
+            format!(
+                "the route should show the token's fingerprint {} and never the token: {shown}",
+                fingerprint(&old)
+            )
+        },
+    )?;
+
+    // Rotation, with a client sending requests through the Worker all along.
+    let new = format!("rotated-{}", uuid::Uuid::new_v4().simple());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (url, served) = (ctx.worker.url(), model.served.clone());
+    let flow = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match chat(&url, &served, NEW_YORK, 2, || {}).await {
+                    Ok(c) if complete(&c) => ok += 1,
+                    Ok(c) => failed.push(format!("{} {}{:?}", c.status, c.body, c.error_event)),
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let started = Instant::now();
+    let accepted = |token: String, want: u16| {
+        let direct = &direct;
+        async move {
+            wait_for(Duration::from_secs(120), || async {
+                let (status, _) = direct(Some(token.clone())).await.ok()?;
+                (status == want).then_some(())
+            })
+            .await
+        }
+    };
+    // 1. The new token as a second line: the pods accept both.
+    PodRegion::set_upstream_tokens(&ctx.client, &model.namespace, &model.name, &[&old, &new])
+        .await?;
+    accepted(new.clone(), 200)
+        .await
+        .context("the pods did not accept a token added as the second line within 120 s")?;
+    let step1 = started.elapsed();
+    // 2. Swapped: the operator publishes the new one, the Worker sends it.
+    PodRegion::set_upstream_tokens(&ctx.client, &model.namespace, &model.name, &[&new, &old])
+        .await?;
+    wait_for(Duration::from_secs(60), || async {
+        let routes = ctx
+            .worker
+            .routes_of(&model.namespace, &model.name)
+            .await
+            .ok()?;
+        (routes.first()?["upstreamTokenSha256"] == fingerprint(&new)).then_some(())
+    })
+    .await
+    .context("the Worker's route did not take the new token within 60 s")?;
+    let step2 = started.elapsed();
+    // 3. The old one removed: the pods refuse it.
+    PodRegion::set_upstream_tokens(&ctx.client, &model.namespace, &model.name, &[&new]).await?;
+    accepted(old.clone(), 401)
+        .await
+        .context("the pods still accepted the removed token after 120 s")?;
+    let step3 = started.elapsed();
+    // The publisher key rotates too, requests still flowing: the operator
+    // restarts signing with the next key of its group (both are listed), and
+    // its heartbeats keep the route.
+    let mut op = op;
+    op.proc.stop_with("TERM", Duration::from_secs(10));
+    let op = Operator::start_signing_as(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        None,
+        &format!("operator-{}-next", model.namespace),
+        "e2e-next",
+    )
+    .await?;
+    wait_for(Duration::from_secs(60), || async {
+        let routes = ctx
+            .worker
+            .routes_of(&model.namespace, &model.name)
+            .await
+            .ok()?;
+        (routes.first()?["keyId"] == "e2e-next").then_some(())
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "the route was not rewritten with the next publisher key within 60 s; log {}",
+            operator_log(&op)
+        )
+    })?;
+    let step4 = started.elapsed();
+    // A last request through the Worker after the rotations.
+    let after = chat(&ctx.worker.url(), &model.served, NEW_YORK, 2, || {}).await?;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = flow.await?;
+    check(
+        failed.is_empty() && ok >= 2 && complete(&after),
+        "the Worker",
+        || {
+            format!(
+                "during the rotation {ok} requests succeeded and {} failed: {failed:?}; after it: {}",
+                failed.len(),
+                after.status
+            )
+        },
+    )?;
+    eprintln!(
+        "  credential rotation: added accepted after {:.1} s, published after {:.1} s, old refused after {:.1} s; publisher key rotated after {:.1} s; {ok} requests meanwhile, 0 failed",
+        step1.as_secs_f64(),
+        step2.as_secs_f64(),
+        step3.as_secs_f64(),
+        step4.as_secs_f64()
+    );
+    model.teardown().await;
+    drop(op);
+    Ok(())
+}
+
+/// A route the Worker holds with a sequence above what this operator's clock
+/// gives (written by an operator whose clock ran an hour ahead): the
+/// operator's PUT gets 409 stale_sequence, it reads the stored route and
+/// publishes above it.
+async fn stale_sequence(ctx: &mut Ctx) -> Result<()> {
+    let model = Model::new(ctx, "seq").await?;
+    let path = format!(
+        "/admin/v1/routes/{}/{}/us-east",
+        model.namespace, model.name
+    );
+    let ahead = (now() + 3600) * 1000;
+    let body = serde_json::json!({
+        "namespace": model.namespace, "name": model.name, "region": "us-east", "model": model.served,
+        "endpoint": "http://127.0.0.1:9", "location": {"latitude": 39.04, "longitude": -77.49},
+        "replicas": 1, "readyReplicas": 1,
+        "routing": {"heavyPromptTokens": 0, "heavyMaxTokens": 0, "requestTimeoutMs": 1000, "firstByteTimeoutMs": 1000, "failoverAttempts": 1},
+        "edgeModel": null, "generation": 1, "sequence": ahead, "publishedAt": rfc3339(now()),
+        "ttlSeconds": 60, "upstreamToken": "an-operator-from-the-future",
+    })
+    .to_string();
+    let (status, text) = ctx
+        .worker
+        .admin("PUT", &path, body.as_bytes(), now(), None)
+        .await?;
+    check(status == 200, "the Worker", || {
+        format!("seeding the route answered {status}: {text}")
+    })?;
+    let op = start_operator(ctx, &model).await?;
+    let endpoint = "http://127.0.0.1:19".to_owned();
+    model
+        .apply_kwok(&[("us-east", US_EAST, endpoint.clone())], 60)
+        .await?;
+    let route = wait_for(Duration::from_secs(60), || async {
+        let routes = ctx
+            .worker
+            .routes_of(&model.namespace, &model.name)
+            .await
+            .ok()?;
+        let r = routes.into_iter().find(|r| r["region"] == "us-east")?;
+        (r["endpoint"] == endpoint.as_str() && r["sequence"].as_u64()? > ahead).then_some(r)
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "the operator did not publish above sequence {ahead} within 60 s; log {}",
+            operator_log(&op)
+        )
+    })?;
+    let log = std::fs::read_to_string(&op.proc.log).unwrap_or_default();
+    check(
+        log.contains("holds a higher sequence"),
+        "backhaul-operator",
+        || {
+            format!(
+                "the operator's log does not say it recovered from 409 stale_sequence ({})",
+                operator_log(&op)
+            )
+        },
+    )?;
+    eprintln!(
+        "  stored sequence {ahead}, the operator published {}",
+        route["sequence"]
+    );
+    model.teardown().await;
+    drop(op);
     Ok(())
 }
 
