@@ -1736,12 +1736,14 @@ async fn region_credential(ctx: &mut Ctx) -> Result<()> {
         })
     };
     let started = Instant::now();
+    // Polled with GET /v1/models: checked like every /v1 request, and it
+    // generates nothing, so the polling does not slow the flow's requests.
     let accepted = |token: String, want: u16| {
-        let direct = &direct;
+        let (http, url) = (http.clone(), format!("{}/v1/models", us.endpoint()));
         async move {
             wait_for(Duration::from_secs(120), || async {
-                let (status, _) = direct(Some(token.clone())).await.ok()?;
-                (status == want).then_some(())
+                let response = http.get(&url).bearer_auth(&token).send().await.ok()?;
+                (response.status().as_u16() == want).then_some(())
             })
             .await
         }
