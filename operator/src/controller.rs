@@ -319,26 +319,16 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
                 .and_then(|e| e.publish_error.clone())
                 .unwrap_or_else(|| "retrying".into())
         };
-        let publication = match &ctx.publisher {
-            None => Publication::Disabled,
-            Some(_)
-                if region.replicas > 0
-                    && obs.ready_replicas > 0
-                    && routable[*i]
-                    && matches!(credential, Credential::Unusable(_)) =>
-            {
-                let Credential::Unusable(message) = &credential else {
-                    unreachable!()
-                };
-                Publication::Failed {
-                    message: message.clone(),
-                    still_published: was_published,
-                }
-            }
-            Some(publisher) if region.replicas > 0 && obs.ready_replicas > 0 && routable[*i] => {
-                let Credential::Token(token) = &credential else {
-                    unreachable!("a foreign Secret makes every region unroutable")
-                };
+        // A foreign Secret makes every region unroutable, so a ready region
+        // has this ModelDeployment's own credential.
+        let ready = region.replicas > 0 && obs.ready_replicas > 0 && routable[*i];
+        let publication = match (&ctx.publisher, &credential) {
+            (None, _) => Publication::Disabled,
+            (Some(_), Credential::Unusable(message)) if ready => Publication::Failed {
+                message: message.clone(),
+                still_published: was_published,
+            },
+            (Some(publisher), Credential::Token(token)) if ready => {
                 let mut route = publish::route(&v, region, obs.ready_replicas, &now_s, token);
                 match ctx.tracker.put_due(&route_key, &route, now_i) {
                     Due::At(at) => {
@@ -374,34 +364,36 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
                     }
                 }
             }
-            Some(publisher) if was_published => match ctx.tracker.delete_due(&route_key, now_i) {
-                Due::At(at) => {
-                    soonest(at);
-                    Publication::Failed {
-                        message: prev_error(),
-                        still_published: true,
-                    }
-                }
-                Due::Now => {
-                    match publish::delete_route(publisher, &ctx.tracker, &route_key).await {
-                        Ok(()) => {
-                            ctx.metrics.published("delete", "success");
-                            ctx.tracker.delete_ok(&route_key);
-                            Publication::Unpublished
+            (Some(publisher), _) if was_published => {
+                match ctx.tracker.delete_due(&route_key, now_i) {
+                    Due::At(at) => {
+                        soonest(at);
+                        Publication::Failed {
+                            message: prev_error(),
+                            still_published: true,
                         }
-                        Err(e) => {
-                            ctx.metrics.published("delete", e.category());
-                            soonest(ctx.tracker.failed(&route_key, now_i));
-                            tracing::warn!(region = %region.name, error = %e, "withdrawing a route failed");
-                            Publication::Failed {
-                                message: e.to_string(),
-                                still_published: true,
+                    }
+                    Due::Now => {
+                        match publish::delete_route(publisher, &ctx.tracker, &route_key).await {
+                            Ok(()) => {
+                                ctx.metrics.published("delete", "success");
+                                ctx.tracker.delete_ok(&route_key);
+                                Publication::Unpublished
+                            }
+                            Err(e) => {
+                                ctx.metrics.published("delete", e.category());
+                                soonest(ctx.tracker.failed(&route_key, now_i));
+                                tracing::warn!(region = %region.name, error = %e, "withdrawing a route failed");
+                                Publication::Failed {
+                                    message: e.to_string(),
+                                    still_published: true,
+                                }
                             }
                         }
                     }
                 }
-            },
-            Some(_) => Publication::Unpublished,
+            }
+            (Some(_), _) => Publication::Unpublished,
         };
         mine.push(status::region_status(
             prev_entry,

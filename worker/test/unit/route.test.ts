@@ -1,24 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { validateRoute, ValidationError } from "../../src/route";
+import { ROUTE_EXAMPLE } from "../route-schema";
 
 // The example route of docs/publication.md (its token written out).
-const example = {
-	namespace: "default",
-	name: "smollm2",
-	region: "us-east",
-	model: "smollm2-135m",
-	endpoint: "https://us-east.gpu.example.com",
-	location: { latitude: 39.04, longitude: -77.49 },
-	replicas: 2,
-	readyReplicas: 2,
-	routing: { heavyPromptTokens: 1024, heavyMaxTokens: 512, requestTimeoutMs: 120000, firstByteTimeoutMs: 15000, failoverAttempts: 3 },
-	edgeModel: "@cf/meta/llama-3.2-1b-instruct",
-	generation: 4,
-	sequence: 1796112000123,
-	publishedAt: "2026-12-01T07:00:00Z",
-	ttlSeconds: 60,
-	upstreamToken: "q3Jx8mZ0c2VjcmV0LXRva2VuLWZvci10ZXN0cy0wMQZg",
-};
+const example = ROUTE_EXAMPLE;
 
 const field = (mutate: (r: any) => void): string => {
 	const r = structuredClone(example) as any;
