@@ -3,17 +3,35 @@
 
 cache=${BACKHAUL_CACHE:-$HOME/.cache/backhaul}
 bin=$cache/bin
-state=$cache/cluster
+
+# Which control plane: `cluster` (the default) is the main one, the only one
+# that may get the real node; any other name is a separate peer control plane
+# (its own etcd, kube-apiserver, controller-manager, scheduler and kwok, never
+# a real node), for tests of one cluster per region. The name is the state
+# directory under $cache and the lock's name; a peer's ports default to the
+# main ones plus BACKHAUL_CLUSTER_PORT_OFFSET (100 for a peer, 0 for the main
+# cluster), so the two never collide.
+cluster_name=${BACKHAUL_CLUSTER_NAME:-cluster}
+if ! [[ $cluster_name =~ ^[a-z][a-z0-9-]{0,30}$ ]] || [[ $cluster_name == bin || $cluster_name == node ]]; then
+  echo "cluster: BACKHAUL_CLUSTER_NAME=$cluster_name must be a lower-case name (letters, digits, -) other than bin or node" >&2
+  exit 1
+fi
+if [ "$cluster_name" = cluster ]; then
+  port_offset=${BACKHAUL_CLUSTER_PORT_OFFSET:-0}
+else
+  port_offset=${BACKHAUL_CLUSTER_PORT_OFFSET:-100}
+fi
+state=$cache/$cluster_name
 pids=$state/pids
 logs=$state/logs
 pki=$state/pki
 kubeconfig=$state/kubeconfig
 
-apiserver_port=${BACKHAUL_APISERVER_PORT:-16443}
-etcd_port=${BACKHAUL_ETCD_PORT:-16379}
+apiserver_port=${BACKHAUL_APISERVER_PORT:-$((16443 + port_offset))}
+etcd_port=${BACKHAUL_ETCD_PORT:-$((16379 + port_offset))}
 etcd_peer_port=$((etcd_port + 1))
-controller_manager_port=${BACKHAUL_CONTROLLER_MANAGER_PORT:-16457}
-scheduler_port=${BACKHAUL_SCHEDULER_PORT:-16459}
+controller_manager_port=${BACKHAUL_CONTROLLER_MANAGER_PORT:-$((16457 + port_offset))}
+scheduler_port=${BACKHAUL_SCHEDULER_PORT:-$((16459 + port_offset))}
 
 # The real node (node.sh). Its bridge address is also where the API server
 # listens when the node runs: pods reach it there, through the `kubernetes`
@@ -38,14 +56,16 @@ kube_proxy_metrics_port=${BACKHAUL_KUBE_PROXY_METRICS_PORT:-10249}
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 node_components=(containerd kubelet kube-proxy)
 
-log() { echo "cluster: $*" >&2; }
+log() { echo "$cluster_name: $*" >&2; }
 
-# Holds $cache/.cluster.lock on fd 9 until the script exits, so that two
-# callers (parallel test binaries, say) never start or stop at once.
+# Holds $cache/.$cluster_name.lock (.cluster.lock for the main cluster) on
+# fd 9 until the script exits, so that two callers (parallel test binaries,
+# say) never start or stop the same control plane at once; a peer's lock is
+# its own, so starting or stopping it never waits on the main cluster.
 # Processes we start must not inherit fd 9 (see start_component).
 take_lock() {
   mkdir -p "$cache"
-  exec 9>"$cache/.cluster.lock"
+  exec 9>"$cache/.$cluster_name.lock"
   flock 9
 }
 

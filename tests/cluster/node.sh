@@ -53,9 +53,12 @@ node_ctr() { ctr --address "$node_run/containerd.sock" --namespace k8s.io "$@"; 
 node_ctr_answers() { node_ctr version >/dev/null 2>&1; }
 
 # node_enabled: whether this cluster gets the real node (root only: it makes
-# network devices, cgroups and mounts). BACKHAUL_NODE=0 turns it off.
+# network devices, cgroups and mounts). BACKHAUL_NODE=0 turns it off. Only
+# the main cluster (BACKHAUL_CLUSTER_NAME unset or `cluster`) ever gets it:
+# the node's bridge, containerd, CNI state and ports are the machine's, and
+# two kubelets on one machine would share one containerd and CNI.
 node_enabled() {
-  [ "${BACKHAUL_NODE:-1}" != 0 ] && [ "$(id -u)" = 0 ]
+  [ "${cluster_name:-cluster}" = cluster ] && [ "${BACKHAUL_NODE:-1}" != 0 ] && [ "$(id -u)" = 0 ]
 }
 
 # --- saving and restoring the machine's state --------------------------------

@@ -33,10 +33,27 @@
 # Idempotent: when the cluster is already up it only prints that line; when
 # part of it died, it is stopped and started afresh.
 #
-# Environment: BACKHAUL_CACHE, BACKHAUL_NODE (1), BACKHAUL_APISERVER_PORT (16443),
-# BACKHAUL_ETCD_PORT (16379, and the next one for peers),
-# BACKHAUL_CONTROLLER_MANAGER_PORT (16457), BACKHAUL_SCHEDULER_PORT (16459),
-# BACKHAUL_CLUSTER_TIMEOUT (seconds to wait for readiness, 90).
+# A second, separate control plane (one cluster per region, as a fleet runs):
+#
+#   BACKHAUL_CLUSTER_NAME=peer tests/cluster/up.sh     # prints export KUBECONFIG=.../peer/kubeconfig
+#   BACKHAUL_CLUSTER_NAME=peer tests/cluster/down.sh
+#
+# Any name but `cluster` is a peer: its own etcd, kube-apiserver,
+# controller-manager, scheduler and kwok with the same fake GPU nodes, its
+# state (and kubeconfig) under $BACKHAUL_CACHE/<name>, its own lock, every port
+# moved up by BACKHAUL_CLUSTER_PORT_OFFSET (default 100: API server 16543,
+# etcd 16479/16480, controller-manager 16557, scheduler 16559), listening on
+# 127.0.0.1 only, and never the real node: the node's bridge, containerd and
+# CNI state are the machine's, and two kubelets on one machine would share one
+# containerd and CNI. Starting or stopping a peer never touches the main
+# cluster (another state directory, lock and set of PIDs).
+#
+# Environment: BACKHAUL_CACHE, BACKHAUL_NODE (1), BACKHAUL_CLUSTER_NAME
+# (cluster), BACKHAUL_CLUSTER_PORT_OFFSET (0 for `cluster`, 100 for a peer),
+# BACKHAUL_APISERVER_PORT (16443 + offset), BACKHAUL_ETCD_PORT (16379 + offset,
+# and the next one for etcd's peers), BACKHAUL_CONTROLLER_MANAGER_PORT (16457 +
+# offset), BACKHAUL_SCHEDULER_PORT (16459 + offset), BACKHAUL_CLUSTER_TIMEOUT
+# (seconds to wait for readiness, 90).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -107,7 +124,10 @@ mkdir -p "$pids" "$logs" "$pki" "$state/kwok"
 mkdir -m 700 "$state/etcd"
 
 # Refuse ports someone else holds rather than fail obscurely later.
+# (The API server's own port too when it binds 127.0.0.1: a peer given the
+# main cluster's ports must fail here, before it starts anything.)
 for port in "$etcd_port" "$etcd_peer_port" "$controller_manager_port" "$scheduler_port" \
+  $([ "$apiserver_host" = 127.0.0.1 ] && echo "$apiserver_port") \
   $(node_enabled && echo "$kubelet_healthz_port $kube_proxy_healthz_port $kube_proxy_metrics_port"); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     log "port $port on 127.0.0.1 is in use by another process; set BACKHAUL_*_PORT (see $0)"
