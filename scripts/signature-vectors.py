@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
-"""Writes docs/schemas/publication-signature-vectors.json: admin-request
-signatures (docs/publication.md, "Publisher keys and signatures") made with
-Python's `cryptography` (OpenSSL), an implementation independent of both
-the operator's signer (ed25519-dalek) and the Worker's verifier (WebCrypto
-in workerd). Both sides' tests check these exact bytes. Ed25519 is
-deterministic, so rerunning this rewrites the same file.
+"""Writes the cross-language test vectors of docs/publication.md, made with
+implementations independent of both the operator (Rust) and the Worker
+(WebCrypto in workerd); both sides' tests check these exact bytes:
+
+- docs/schemas/publication-signature-vectors.json: admin-request signatures
+  ("Publisher keys and signatures") made with Python's `cryptography`
+  (OpenSSL). Ed25519 is deterministic, so rerunning rewrites the same file.
+- docs/schemas/lease-digest-vectors.json: lease digests ("Leases": SHA-256 of
+  the sorted "{namespace}/{name}/{region} {sequence}\n" lines) made with
+  Python's hashlib.
 
     python3 -m pip install cryptography && python3 scripts/signature-vectors.py
 """
 import base64
+import hashlib
 import json
 import pathlib
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+SCHEMAS = pathlib.Path(__file__).resolve().parent.parent / "docs/schemas"
 
 # RFC 8032, section 7.1, TEST 1: checks the primitive itself on each side.
 RFC8032 = {
@@ -76,8 +83,56 @@ def main():
         "keys": keys,
         "cases": out,
     }
-    target = pathlib.Path(__file__).resolve().parent.parent / "docs/schemas/publication-signature-vectors.json"
-    target.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    (SCHEMAS / "publication-signature-vectors.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    lease_digest_vectors()
+
+
+def lease_digest(held):
+    """held: (route key, sequence) pairs. Bytewise sort of the UTF-8 lines, then SHA-256."""
+    lines = sorted(f"{key} {sequence}\n".encode() for key, sequence in held)
+    return hashlib.sha256(b"".join(lines)).hexdigest()
+
+
+def lease_digest_vectors():
+    cases = [
+        ("the empty set: SHA-256 of the empty string", []),
+        ("one route", [("ml/smollm2/us-east", 1796112000123)]),
+        # Given out of order. Bytewise: "ml/llama-70b/..." < "ml/llama/..." ("-" 0x2d < "/" 0x2f), and
+        # "ml/llama/us-east " < "ml/llama/us-east-2 " (" " 0x20 sorts below every key character).
+        ("sorted bytewise, whatever order they are held in", [
+            ("search/ranker/us-east", 7),
+            ("ml/llama/us-east-2", 3),
+            ("ml/llama-70b/us-east", 1796112000200),
+            ("ml/llama/us-east", 1796112000100),
+            ("ml/llama/eu-west", 2),
+        ]),
+        # The same keys with one sequence changed give another digest.
+        ("one sequence changed", [
+            ("search/ranker/us-east", 8),
+            ("ml/llama/us-east-2", 3),
+            ("ml/llama-70b/us-east", 1796112000200),
+            ("ml/llama/us-east", 1796112000100),
+            ("ml/llama/eu-west", 2),
+        ]),
+        ("the largest sequence", [("a/b/c", 2**53 - 1)]),
+    ]
+    out = []
+    for description, held in cases:
+        lines = sorted(f"{key} {sequence}\n" for key, sequence in held)
+        out.append({
+            "description": description,
+            "routes": [{"key": key, "sequence": sequence} for key, sequence in held],
+            "lines": "".join(lines),
+            "count": len(held),
+            "digest": lease_digest(held),
+        })
+    assert out[0]["digest"] == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    doc = {
+        "description": "Lease digests of docs/publication.md (\"Leases\"), made by scripts/signature-vectors.py (Python hashlib): "
+        "lower-case hex SHA-256 of the lines \"{namespace}/{name}/{region} {sequence}\\n\", sorted bytewise.",
+        "cases": out,
+    }
+    (SCHEMAS / "lease-digest-vectors.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ export default defineConfig({
 					DEFAULT_LOCATION: "",
 					TRUST_LOCATION_HEADER: "false",
 					ROUTE_CACHE_TTL_MS: "5000",
+					// The suite's keys publish hundreds of routes; the cap's edges are tested with their own key and a cap of 3.
+					MAX_ROUTES_PER_PUBLISHER: "5000",
 					MAX_BODY_BYTES: "1048576",
 					TEST_UPSTREAM: `http://127.0.0.1:${inject<number>("upstreamPort")}`,
 					TEST_REFUSED: `http://127.0.0.1:${inject<number>("refusedPort")}`,

@@ -1,6 +1,7 @@
 /**
  * The admin API of docs/publication.md: signed PUT, DELETE and GET of one
- * route and a signed GET of the table. The checks run in the contract's
+ * route, a signed GET of the table (a page at a time), the publisher key's
+ * lease renewal and the fleet view of its group. The checks run in the contract's
  * order ("Checks, in order"), and a rejected write changes nothing: the
  * signature, body, clock and scope checks run here before the Durable Object
  * is asked; the ownership and sequence checks run in the Durable Object, in
@@ -24,17 +25,25 @@ import {
 	type StoredRoute,
 } from "./route";
 import { readSignatureHeaders, SIGNATURE_WINDOW_SECONDS, verifySignature } from "./signature";
-import { invalidateRoutes, routeTable, type Refusal, type Tombstone } from "./table";
+import { parseIfNoneMatch } from "./fleet";
+import { validateLease, type LeaseRequest } from "./lease";
+import { invalidateModels } from "./route-cache";
+import { LIST_PAGE_MAX, routeTable, type Refusal, type Tombstone } from "./table";
+import { maxRoutesPerPublisher } from "./vars";
 
-export const ADMIN_PREFIX = "/admin/v1/routes";
+/** Everything under it is the admin API: the routes, the leases and the fleet view. */
+export const ADMIN_ROOT = "/admin/v1";
+export const ADMIN_PREFIX = `${ADMIN_ROOT}/routes`;
+export const LEASE_PREFIX = `${ADMIN_ROOT}/leases`;
+export const FLEET_PATH = `${ADMIN_ROOT}/fleet`;
 export const ADMIN_BODY_LIMIT = 64 * 1024;
 /** `publishedAt` may be this far from the Worker's clock. */
 export const CLOCK_SKEW_MS = 300 * 1000;
 
 const unauthorized = (code: "invalid_signature" | "unknown_key", message: string) => new ApiError(401, "authentication_error", code, message);
-const forbidden = (code: "out_of_scope" | "endpoint_not_allowed", message: string, param: string | null) =>
+const forbidden = (code: "out_of_scope" | "endpoint_not_allowed" | "route_limit_exceeded", message: string, param: string | null) =>
 	new ApiError(403, "invalid_request_error", code, message, param);
-const conflict = (code: Refusal["code"], message: string, param: string | null) => new ApiError(409, "invalid_request_error", code, message, param);
+const conflict = (code: Exclude<Refusal["code"], "route_limit_exceeded">, message: string, param: string | null) => new ApiError(409, "invalid_request_error", code, message, param);
 
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
 
@@ -77,24 +86,72 @@ function refusal(r: Refusal, what: string): ApiError {
 			return conflict("model_owned", `The model ${what} is owned by ${r.owner}; only that owner may publish it.`, "model");
 		case "route_owned":
 			return conflict("route_owned", `The ${r.kind} at this key was written by publisher group "${r.group}".`, null);
+		case "route_limit_exceeded":
+			return forbidden(
+				"route_limit_exceeded",
+				`This key already holds ${r.cap} live routes, the most MAX_ROUTES_PER_PUBLISHER allows; updates to them are accepted, a new route is not.`,
+				null,
+			);
 		case "stale_sequence":
 			return conflict("stale_sequence", `sequence must be above the stored ${r.kind}'s ${r.stored}.`, "sequence");
 	}
 }
 
+type Endpoint = { kind: "table" } | { kind: "route"; segments: string[] } | { kind: "lease"; keyId: string } | { kind: "fleet" };
+
+const METHODS: Record<Endpoint["kind"], string[]> = { table: ["GET"], route: ["GET", "PUT", "DELETE"], lease: ["PUT"], fleet: ["GET"] };
+
+function endpointOf(path: string): Endpoint | null {
+	if (path === ADMIN_PREFIX) return { kind: "table" };
+	if (path === FLEET_PATH) return { kind: "fleet" };
+	if (path.startsWith(`${ADMIN_PREFIX}/`)) {
+		const segments = path.slice(ADMIN_PREFIX.length + 1).split("/");
+		return segments.length === 3 ? { kind: "route", segments } : null;
+	}
+	if (path.startsWith(`${LEASE_PREFIX}/`)) {
+		const segments = path.slice(LEASE_PREFIX.length + 1).split("/");
+		if (segments.length !== 1) return null;
+		try {
+			return { kind: "lease", keyId: decodeURIComponent(segments[0]!) };
+		} catch {
+			return { kind: "lease", keyId: segments[0]! };
+		}
+	}
+	return null;
+}
+
+/** A signed request that passed the configuration, signature and body-size checks. */
+interface Signed {
+	publisher: Publisher;
+	modelOwners: ReadonlyMap<string, string>;
+	body: Uint8Array;
+}
+
 export async function handleAdmin(request: Request, env: Env, url: URL, nowMs = Date.now()): Promise<Response> {
 	const path = url.pathname;
-	const rest = path === ADMIN_PREFIX ? [] : path.slice(ADMIN_PREFIX.length + 1).split("/");
-	const isTable = rest.length === 0;
-	const isRoute = rest.length === 3 && path.startsWith(`${ADMIN_PREFIX}/`);
-	if (!isTable && !isRoute) throw new ApiError(404, "not_found_error", "not_found", `No admin endpoint at ${path}.`);
-	const allowed = isTable ? ["GET"] : ["GET", "PUT", "DELETE"];
+	const endpoint = endpointOf(path);
+	if (!endpoint) throw new ApiError(404, "not_found_error", "not_found", `No admin endpoint at ${path}.`);
+	const allowed = METHODS[endpoint.kind];
 	if (!allowed.includes(request.method)) {
 		throw new ApiError(405, "invalid_request_error", "method_not_allowed", `${request.method} is not allowed on ${path}; use ${allowed.join(", ")}.`, null, {
 			allow: allowed.join(", "),
 		});
 	}
+	const signed = await verified(request, env, path, nowMs);
+	switch (endpoint.kind) {
+		case "table":
+			return listTable(env, url, signed.publisher);
+		case "lease":
+			return renewLease(env, endpoint.keyId, signed, nowMs);
+		case "fleet":
+			return fleetView(request, env, signed, nowMs);
+		case "route":
+			return routeRequest(request, env, endpoint.segments, signed, nowMs);
+	}
+}
 
+/** The checks every admin request passes first, in the contract's order: configuration (503), signature (401), key (401), body size (413). */
+async function verified(request: Request, env: Env, path: string, nowMs: number): Promise<Signed> {
 	// 503 until the publishers are configured, and whenever their (or the model owners') configuration is malformed.
 	const publishers = await loadPublishers(env);
 	const modelOwners = loadModelOwners(env);
@@ -116,14 +173,68 @@ export async function handleAdmin(request: Request, env: Env, url: URL, nowMs = 
 	}
 	const good = await verifySignature({ ...headers, publicKey: publisher.publicKey, method: request.method, path, body });
 	if (!good) throw unauthorized("invalid_signature", "X-Backhaul-Signature is not this key's signature of the request");
+	return { publisher, modelOwners, body };
+}
 
-	const table = routeTable(env);
-	if (isTable) {
-		const routes = (await table.list()) as StoredRoute[];
-		const visible = routes.filter((r) => inScope(publisher.namespaces, r.namespace) && inScope(publisher.regions, r.region));
-		return Response.json({ routes: visible.map((r) => storedView(r, nowMs)) });
+/**
+ * `GET /admin/v1/routes[?after=<namespace/name/region>&limit=<n>]`: the
+ * routes inside the caller's scope, a page at a time in key order (at most
+ * LIST_PAGE_MAX, the default), `next` the `after` of the next page or null.
+ * The query is not signed: it only moves a cursor inside what the signed
+ * caller may read.
+ */
+async function listTable(env: Env, url: URL, publisher: Publisher): Promise<Response> {
+	const after = url.searchParams.get("after") ?? "";
+	if (after !== "" && !(after.split("/").length === 3 && after.split("/").every(isK8sName))) {
+		throw badRequest("after: must be a route key, {namespace}/{name}/{region}", "after");
 	}
+	const limitParam = url.searchParams.get("limit");
+	const limit = limitParam === null ? LIST_PAGE_MAX : Number(limitParam);
+	if (!Number.isInteger(limit) || limit < 1 || limit > LIST_PAGE_MAX) throw badRequest(`limit: must be an integer in [1, ${LIST_PAGE_MAX}]`, "limit");
+	const scope = (s: Publisher["namespaces"]) => (s === "*" ? null : [...s]);
+	const page = (await routeTable(env).list({ after, limit, namespaces: scope(publisher.namespaces), regions: scope(publisher.regions) })) as {
+		routes: StoredRoute[];
+		next: string | null;
+	};
+	const nowMs = Date.now();
+	return Response.json({ routes: page.routes.map((r) => storedView(r, nowMs)), next: page.next });
+}
 
+/** `PUT /admin/v1/leases/{keyId}` (docs/publication.md, "Leases"): only the key itself renews its lease. */
+async function renewLease(env: Env, keyId: string, signed: Signed, nowMs: number): Promise<Response> {
+	let lease: LeaseRequest;
+	try {
+		lease = validateLease(parseJson(signed.body));
+	} catch (e) {
+		if (e instanceof ValidationError) throw badRequest(e.message, e.field, "invalid_lease");
+		throw e;
+	}
+	const { publisher } = signed;
+	if (keyId !== publisher.id) throw forbidden("out_of_scope", `Key "${publisher.id}" may renew only its own lease, not "${keyId}"'s.`, "keyId");
+	const result = await routeTable(env).renew({ keyId, group: publisher.group, sequence: lease.sequence, nowMs });
+	if (!result.ok) throw refusal(result, "");
+	const l = result.lease;
+	return Response.json({ lease: { keyId: l.keyId, sequence: l.sequence, renewedAt: new Date(l.renewedAtMs).toISOString(), routes: l.routes, digest: l.digest } });
+}
+
+/** `GET /admin/v1/fleet` (docs/publication.md, "The fleet view"): the caller's group's models, with an ETag. */
+async function fleetView(request: Request, env: Env, signed: Signed, nowMs: number): Promise<Response> {
+	const result = await routeTable(env).fleet({
+		group: signed.publisher.group,
+		configuredOwners: Object.fromEntries(signed.modelOwners),
+		ifNoneMatch: parseIfNoneMatch(request.headers.get("if-none-match")),
+		nowMs,
+	});
+	const headers = { etag: `"${result.version}"`, "cache-control": "private, no-cache" };
+	if (result.notModified) return new Response(null, { status: 304, headers });
+	const { notModified: _, ...view } = result;
+	return Response.json(view, { headers });
+}
+
+/** PUT, DELETE and GET of one route. */
+async function routeRequest(request: Request, env: Env, rest: string[], signed: Signed, nowMs: number): Promise<Response> {
+	const { publisher, modelOwners, body } = signed;
+	const table = routeTable(env);
 	const key = pathKey(rest);
 	if (request.method === "GET") {
 		checkScope(publisher, key);
@@ -141,7 +252,7 @@ export async function handleAdmin(request: Request, env: Env, url: URL, nowMs = 
 		checkScope(publisher, key);
 		const result = await table.delete({ key, sequence, group: publisher.group, keyId: publisher.id, nowMs });
 		if (!result.ok) throw refusal(result, "");
-		invalidateRoutes();
+		invalidateModels(result.touched);
 		return new Response(null, { status: 204 });
 	}
 
@@ -179,9 +290,9 @@ export async function handleAdmin(request: Request, env: Env, url: URL, nowMs = 
 		upstreamTokenSha256: await tokenFingerprint(route.upstreamToken),
 	};
 	const configuredOwner = modelOwners.get(route.model) ?? null;
-	const result = await table.put({ route: stored, configuredOwner, nowMs });
+	const result = await table.put({ route: stored, configuredOwner, maxRoutesPerKey: maxRoutesPerPublisher(env), nowMs });
 	if (!result.ok) throw refusal(result, `"${route.model}"`);
-	invalidateRoutes();
+	invalidateModels(result.touched);
 	return Response.json({ route: storedView(stored) });
 }
 

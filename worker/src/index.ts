@@ -6,7 +6,7 @@
  * (docs/publication.md). Decisions live in pure modules (classify, rank,
  * failover, route, signature); this file wires them to I/O.
  */
-import { handleAdmin, ADMIN_PREFIX } from "./admin";
+import { handleAdmin, ADMIN_ROOT } from "./admin";
 import { authenticate, checkRouteHint, type Caller } from "./auth";
 import { classify, parseRouteHint, type Classification } from "./classify";
 import { edgeInputs, toChatCompletion, toOpenAiStream, withFirstChunk, type AiRunner } from "./edge";
@@ -15,7 +15,8 @@ import { cooldownUntil, DEFAULT_MAX_UPSTREAM_BODY_BYTES, forwardToRegions } from
 import { locationFromCf, parseLocation, rankRegions, isLive, type LatLon } from "./rank";
 import { DEFAULT_MAX_TOKENS_LIMIT, parseChatRequest, readBodyCapped, type ChatRequest } from "./request";
 import { routeKey, type StoredRoute } from "./route";
-import { loadRoutes } from "./table";
+import { loadCatalog, loadModel } from "./route-cache";
+import { positiveIntVar } from "./vars";
 
 export { RouteTable } from "./table";
 
@@ -51,7 +52,7 @@ async function handle(request: Request, env: Env, ctx: ExecutionContext): Promis
 			if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed("GET");
 			return Response.json({ status: "ok" });
 		}
-		if (url.pathname === ADMIN_PREFIX || url.pathname.startsWith(`${ADMIN_PREFIX}/`)) {
+		if (url.pathname === ADMIN_ROOT || url.pathname.startsWith(`${ADMIN_ROOT}/`)) {
 			return await handleAdmin(request, env, url);
 		}
 		if (url.pathname === "/v1/models") {
@@ -84,7 +85,7 @@ export function referenceRoute(routes: readonly StoredRoute[], nowMs: number): S
 
 async function listModels(env: Env): Promise<Response> {
 	const now = Date.now();
-	const routes = await loadRoutes(env);
+	const routes = await loadCatalog(env, now);
 	const models = new Map<string, string>();
 	for (const r of routes) {
 		if (isLive(r, now, cooldownUntil) || r.edgeModel !== null) models.set(r.model, "backhaul");
@@ -106,12 +107,6 @@ function clientLocation(request: Request, env: Env): LatLon | null {
 	return locationFromCf(request.cf as { latitude?: unknown; longitude?: unknown } | undefined);
 }
 
-/** A var that must be a positive integer; `fallback` when unset or anything else. */
-function positiveIntVar(value: string | undefined, fallback: number): number {
-	const v = Number(value);
-	return value !== undefined && value.trim() !== "" && Number.isInteger(v) && v > 0 ? v : fallback;
-}
-
 /** The Cloudflare Access service token headers, when both secrets are set (docs/publication.md). */
 function accessHeaders(env: Env): Record<string, string> {
 	const { CF_ACCESS_CLIENT_ID: id, CF_ACCESS_CLIENT_SECRET: secret } = env as { CF_ACCESS_CLIENT_ID?: string; CF_ACCESS_CLIENT_SECRET?: string };
@@ -126,11 +121,10 @@ async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext
 	checkRouteHint(caller, hint !== null);
 
 	const nowMs = Date.now();
-	const routes = await loadRoutes(env, nowMs);
-	const modelRoutes = routes.filter((r) => r.model === chat.model);
+	const { routes: modelRoutes, edgeServed } = await loadModel(env, chat.model, nowMs);
 	const ref = referenceRoute(modelRoutes, nowMs);
 	// A client may also name an edge model itself: it runs only at the edge.
-	const edgeOnly = !ref && routes.some((r) => r.edgeModel === chat.model);
+	const edgeOnly = !ref && edgeServed;
 	if (!ref && !edgeOnly) {
 		throw new ApiError(404, "not_found_error", "model_not_found", `The model '${chat.model}' does not exist or is not published.`, "model");
 	}

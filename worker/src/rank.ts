@@ -1,14 +1,15 @@
 /**
  * Which regions may serve a request, best first. Pure.
  *
- * Live: `ttlSeconds` since the Worker received the route not passed, `readyReplicas > 0`, and not
+ * Live: not expired (route.ts `expiresAtMs`: `ttlSeconds` after the Worker received
+ * the route or last renewed its writer's lease), `readyReplicas > 0`, and not
  * cooling down after a 429. Order: great-circle distance from the client
  * (haversine over a spherical Earth), ties (within 1 km) broken by more ready
  * replicas, then by region name so the order is stable. Without a client
  * location the configured default location is used; without that, regions
  * are ordered by ready replicas.
  */
-import { isExpired, routeKey, type StoredRoute } from "./route";
+import { isExpired, routeKey, type Expiry, type RouteKey, type StoredRoute } from "./route";
 
 export interface LatLon {
 	latitude: number;
@@ -49,7 +50,10 @@ export function locationFromCf(cf: { latitude?: unknown; longitude?: unknown } |
 	return validLatLon(latitude, longitude) ? { latitude, longitude } : null;
 }
 
-export function isLive(r: StoredRoute, nowMs: number, cooldownUntil: ReadonlyMap<string, number>): boolean {
+/** What liveness needs of a route: a stored route, or the table's summary of one (table.ts `RouteSummary`). */
+export type Liveness = RouteKey & Expiry & { readyReplicas: number };
+
+export function isLive(r: Liveness, nowMs: number, cooldownUntil: ReadonlyMap<string, number>): boolean {
 	if (isExpired(r, nowMs) || r.readyReplicas <= 0) return false;
 	if (cooldownUntil.size === 0) return true;
 	const until = cooldownUntil.get(routeKey(r));

@@ -47,6 +47,23 @@ export interface StoredRoute extends Route {
 	owner: string;
 	/** The first 16 hex digits of SHA-256 of `upstreamToken`. */
 	upstreamTokenSha256: string;
+	/**
+	 * Not stored with the route: the table adds them when it reads it
+	 * (table.ts), from the lease of `keyId` and the route's own row. Absent:
+	 * no lease, not lapsed.
+	 */
+	leaseRenewedAtMs?: number | null;
+	lapsedAtMs?: number | null;
+}
+
+/** What judges a route's liveness: its receive time and TTL, its writer's lease, and whether a renewal found it dead. */
+export interface Expiry {
+	receivedAtMs: number;
+	ttlSeconds: number;
+	/** The `renewedAt` of the lease of the key that last wrote the route (docs/publication.md, "Leases"). */
+	leaseRenewedAtMs?: number | null;
+	/** Set when a renewal found the route already expired: its expiry then, fixed, so no later renewal revives it. */
+	lapsedAtMs?: number | null;
 }
 
 export interface RouteKey {
@@ -196,9 +213,19 @@ function record(v: unknown, field: string): Record<string, unknown> {
 }
 
 export const publishedAtMs = (r: Route): number => Date.parse(r.publishedAt);
-/** When the route dies: `ttlSeconds` after the Worker received it, never the sender's claim. */
-export const expiresAtMs = (r: Pick<StoredRoute, "receivedAtMs" | "ttlSeconds">): number => r.receivedAtMs + r.ttlSeconds * 1000;
-export const isExpired = (r: Pick<StoredRoute, "receivedAtMs" | "ttlSeconds">, nowMs: number): boolean => nowMs >= expiresAtMs(r);
+/**
+ * When the route dies, the one definition every liveness judgement uses
+ * (ranking, the stored view, the admin list, the fleet view, the lease
+ * digest; table.ts's EXPIRY_SQL is the same expression for its queries):
+ * `max(receivedAt, renewedAt of its writer's lease) + ttlSeconds`, all on the
+ * Worker's clock and never the sender's claim, unless a renewal found it
+ * already dead (`lapsedAtMs`).
+ */
+export function expiresAtMs(r: Expiry): number {
+	if (r.lapsedAtMs !== undefined && r.lapsedAtMs !== null) return r.lapsedAtMs;
+	return Math.max(r.receivedAtMs, r.leaseRenewedAtMs ?? 0) + r.ttlSeconds * 1000;
+}
+export const isExpired = (r: Expiry, nowMs: number): boolean => nowMs >= expiresAtMs(r);
 
 /** The stored view (docs/publication.md): the route as received without `upstreamToken`, plus what the Worker added. */
 export interface StoredView extends Omit<Route, "upstreamToken"> {

@@ -4,7 +4,7 @@ import { ApiError } from "../src/errors";
 import type { Route, Routing, StoredRoute, StoredView } from "../src/route";
 import { encodeBase64, signingPayload } from "../src/signature";
 import { routeTable } from "../src/table";
-import { KEYS, type TestKey } from "./keys";
+import { KEYS, TEST_PUBLISHERS, type TestKey } from "./keys";
 
 export const testEnv = env as Env & { TEST_UPSTREAM: string; TEST_REFUSED: string };
 export { KEYS, type TestKey };
@@ -89,6 +89,8 @@ export interface SignOptions {
 	signedKeyId?: string;
 	/** A DELETE without a body (by default a DELETE sends {"sequence": nextSequence()}). */
 	emptyBody?: boolean;
+	/** More request headers (not signed: If-None-Match, say). */
+	headers?: Record<string, string>;
 	/**
 	 * Calls the admin handler directly, inside this isolate, with this env
 	 * merged over the suite's (another BACKHAUL_PUBLISHERS, say) and/or the
@@ -110,7 +112,13 @@ export async function signedRequest(method: string, path: string, body = "", opt
 		(await sign(privateKey, signedKeyId, ts, opts.signedMethod ?? method, opts.signedPath ?? path, new TextEncoder().encode(opts.signedBody ?? body)));
 	const request = new Request(`https://router.test${path}`, {
 		method,
-		headers: { "x-backhaul-key-id": opts.keyId ?? key.id, "x-backhaul-timestamp": ts, "x-backhaul-signature": signature, "content-type": "application/json" },
+		headers: {
+			"x-backhaul-key-id": opts.keyId ?? key.id,
+			"x-backhaul-timestamp": ts,
+			"x-backhaul-signature": signature,
+			"content-type": "application/json",
+			...opts.headers,
+		},
 		body: method === "GET" ? undefined : body,
 	});
 	if (opts.env === undefined && opts.nowMs === undefined) return SELF.fetch(request);
@@ -126,18 +134,28 @@ export const routePath = (r: Pick<Route, "namespace" | "name" | "region">) => `/
 
 /**
  * PUTs a route and expects 200. A route whose publishedAt is more than 300 s
- * from now (tests of expired routes say `publishedAt: "2026-01-01T00:00:00Z"`)
- * is published with the Worker's clock at publishedAt: the Worker refuses a
- * publishedAt that far from its clock, and expiry counts from when it
- * received the route, so the route is then as old as its publishedAt says.
+ * from now, or which says it has already expired (publishedAt more than
+ * ttlSeconds ago: `justExpired()`), is published with the Worker's clock at
+ * publishedAt: the Worker refuses a publishedAt that far from its clock, and
+ * expiry counts from when it received the route, so the route is then as old
+ * as its publishedAt says.
  */
 export async function publish(route: Route, opts: SignOptions = {}): Promise<Response> {
 	const claimed = Date.parse(route.publishedAt);
-	const clock = opts.nowMs === undefined && Math.abs(claimed - Date.now()) > 300_000 ? { nowMs: claimed } : {};
+	const inPast = Math.abs(claimed - Date.now()) > 300_000 || Date.now() - claimed > route.ttlSeconds * 1000;
+	const clock = opts.nowMs === undefined && inPast ? { nowMs: claimed } : {};
 	const res = await signedRequest("PUT", routePath(route), JSON.stringify(route), { ...clock, ...opts });
 	if (res.status !== 200) throw new Error(`publish failed: ${res.status} ${await res.text()}`);
 	return res;
 }
+
+/**
+ * Route fields of a route that expired a second ago: received 11 s ago with
+ * ttlSeconds 10 (`publish` uses the Worker's clock at publishedAt). Recent,
+ * so the table's alarm keeps it (expired, EXPIRED_ROUTE_RETENTION_MS) for
+ * the whole test.
+ */
+export const justExpired = () => ({ publishedAt: new Date(Date.now() - 11_000).toISOString(), ttlSeconds: 10 });
 
 /** The table GET's routes (stored views), as the admin key (any scope) sees them. */
 export async function listRoutes(opts: SignOptions = {}): Promise<StoredView[]> {
@@ -169,7 +187,7 @@ export function storedRoute(route: Route, receivedAtMs = Date.parse(route.publis
 
 /** Writes a route straight into the Durable Object, as another isolate's write would land (this isolate's copy is not refreshed). */
 export async function putDirect(route: Route): Promise<void> {
-	const result = await routeTable(env).put({ route: storedRoute(route, Date.now()), configuredOwner: null, nowMs: Date.now() });
+	const result = await routeTable(env).put({ route: storedRoute(route, Date.now()), configuredOwner: null, maxRoutesPerKey: 1_000_000, nowMs: Date.now() });
 	if (!result.ok) throw new Error(`putDirect failed: ${JSON.stringify(result)}`);
 }
 
@@ -199,3 +217,44 @@ export function sseContent(text: string): string {
 		.map((p) => (JSON.parse(p) as { choices?: { delta?: { content?: string } }[] }).choices?.[0]?.delta?.content ?? "")
 		.join("");
 }
+
+/** A key made for one test (its leases and routes are its own): its signing key and the SignOptions that use it. */
+export interface FreshPublisher {
+	id: string;
+	group: string;
+	key: { id: string; privateKey: CryptoKey };
+	/** Sign with this key, under BACKHAUL_PUBLISHERS = the suite's keys plus this one (and `extraEnv`). */
+	opts: SignOptions & { env: Record<string, unknown> };
+}
+
+/**
+ * New Ed25519 publisher keys, each with a scope, added to the suite's
+ * BACKHAUL_PUBLISHERS for the requests that pass their `opts` (the admin
+ * handler runs in this isolate with that env).
+ */
+export async function freshPublishers(
+	entries: { prefix: string; group?: string; namespaces?: string[]; regions?: string[] }[],
+	extraEnv: Record<string, unknown> = {},
+): Promise<FreshPublisher[]> {
+	const made = await Promise.all(
+		entries.map(async (e) => {
+			const pair = (await crypto.subtle.generateKey({ name: "Ed25519" }, true, ["sign", "verify"])) as CryptoKeyPair;
+			const raw = new Uint8Array((await crypto.subtle.exportKey("raw", pair.publicKey)) as ArrayBuffer);
+			const id = uid(e.prefix);
+			const group = e.group ?? id;
+			return { id, group, privateKey: pair.privateKey, entry: { id, publicKey: encodeBase64(raw), group, namespaces: e.namespaces ?? ["*"], regions: e.regions ?? ["*"] } };
+		}),
+	);
+	const env = { BACKHAUL_PUBLISHERS: JSON.stringify([...TEST_PUBLISHERS, ...made.map((m) => m.entry)]), ...extraEnv };
+	return made.map((m) => ({ id: m.id, group: m.group, key: { id: m.id, privateKey: m.privateKey }, opts: { key: { id: m.id, privateKey: m.privateKey }, env } }));
+}
+
+export const leasePath = (keyId: string) => `/admin/v1/leases/${keyId}`;
+
+export interface LeaseAnswer {
+	lease: { keyId: string; sequence: number; renewedAt: string; routes: number; digest: string };
+}
+
+/** PUT /admin/v1/leases/{keyId} with `body` as JSON (or as given, when a string). */
+export const renewLease = (keyId: string, body: unknown, opts: SignOptions = {}) =>
+	signedRequest("PUT", leasePath(keyId), typeof body === "string" ? body : JSON.stringify(body), opts);

@@ -6,7 +6,7 @@
  */
 import { env, SELF } from "cloudflare:test";
 import { describe, expect, it, vi } from "vitest";
-import { loadRoutes } from "../../src/table";
+import { loadModel } from "../../src/route-cache";
 import { getRoute, KEYS, listRoutes, makeRoute, nextSequence, publish, routePath, signedRequest, TEST_UPSTREAM_TOKEN, uid } from "../helpers";
 import { TEST_PUBLISHERS } from "../keys";
 
@@ -66,7 +66,7 @@ describe("admin API: the stored view", () => {
 		const text = await put.text();
 		expect(text).not.toContain(token);
 		expect((JSON.parse(text) as { route: { upstreamTokenSha256: string } }).route.upstreamTokenSha256).toBe(await sha256Prefix(token));
-		const served = (await loadRoutes(env)).find((r) => r.name === route.name)!;
+		const served = (await loadModel(env, route.model)).routes.find((r) => r.name === route.name)!;
 		expect(served.upstreamToken).toBe(token);
 		expect(served.receivedAtMs).toEqual(expect.any(Number));
 	});

@@ -1,52 +1,84 @@
 /**
- * The route table cache: a warm isolate reads the Durable Object at most once
- * per ROUTE_CACHE_TTL_MS, and a change written elsewhere shows within it.
+ * The isolate's per-model copies of the route table (src/route-cache.ts): a
+ * warm isolate reads one model's routes from the Durable Object at most once
+ * per ROUTE_CACHE_TTL_MS, a change written elsewhere shows within it, and a
+ * cache miss reads that model's rows only, never the fleet's.
  */
 import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
-import { cacheTtlMs, invalidateRoutes, loadRoutes } from "../../src/table";
+import { cacheTtlMs, invalidateAll, loadModel } from "../../src/route-cache";
+import type { ModelRoutes } from "../../src/table";
 import { makeRoute, putDirect, uid } from "../helpers";
 
-/** The real ROUTES namespace, counting list() calls on its stubs. */
+/** The real ROUTES namespace, recording each modelRoutes() call (its model and the rows it read) and each catalog() call. */
 function countingEnv() {
-	const reads = { n: 0 };
+	const reads: { model: string; rowsRead: number; routes: number }[] = [];
+	const catalogs = { n: 0 };
 	const ROUTES = {
 		idFromName: (name: string) => env.ROUTES.idFromName(name),
 		get: (id: DurableObjectId) => {
 			const stub = env.ROUTES.get(id);
 			return {
-				list: () => {
-					reads.n++;
-					return stub.list();
+				modelRoutes: async (model: string) => {
+					const result = (await stub.modelRoutes(model)) as ModelRoutes;
+					reads.push({ model, rowsRead: result.rowsRead, routes: result.routes.length });
+					return result;
+				},
+				catalog: () => {
+					catalogs.n++;
+					return stub.catalog();
 				},
 			};
 		},
 	};
-	return { env: { ...env, ROUTES } as unknown as Env, reads };
+	return { env: { ...env, ROUTES } as unknown as Env, reads, catalogs };
 }
 
 describe("route cache", () => {
-	it("reads storage once per TTL and sees another isolate's write after it", async () => {
+	it("reads a model once per TTL and sees another isolate's write after it", async () => {
 		const { env: counted, reads } = countingEnv();
 		const ttl = cacheTtlMs(counted);
 		expect(ttl).toBe(5000);
-		invalidateRoutes();
+		invalidateAll();
+		const model = uid("cache-model-");
 		const t0 = Date.now();
-		await loadRoutes(counted, t0);
-		expect(reads.n).toBe(1);
+		await loadModel(counted, model, t0);
+		expect(reads.length).toBe(1);
 
 		// A write that does not go through this isolate (as from another one).
-		const route = makeRoute({ name: uid("cache"), model: uid("cache-model-") });
+		const route = makeRoute({ name: uid("cache"), model });
 		await putDirect(route);
 
 		for (let i = 0; i < 20; i++) {
-			const routes = await loadRoutes(counted, t0 + i * 100);
-			expect(routes.some((r) => r.name === route.name)).toBe(false);
+			const copy = await loadModel(counted, model, t0 + i * 100);
+			expect(copy.routes.some((r) => r.name === route.name)).toBe(false);
 		}
-		expect(reads.n).toBe(1);
-		const later = await loadRoutes(counted, t0 + ttl);
-		expect(later.some((r) => r.name === route.name)).toBe(true);
-		expect(reads.n).toBe(2);
+		expect(reads.length).toBe(1);
+		const later = await loadModel(counted, model, t0 + ttl);
+		expect(later.routes.some((r) => r.name === route.name)).toBe(true);
+		expect(reads.length).toBe(2);
+	});
+
+	it("reads only the requested model's rows on a miss, however many other models the table holds", async () => {
+		const { env: counted, reads, catalogs } = countingEnv();
+		invalidateAll();
+		const model = uid("cache-model-");
+		const others = Array.from({ length: 60 }, () => makeRoute({ name: uid("cache-other"), model: uid("cache-other-model-") }));
+		for (const r of others) await putDirect(r);
+		for (const region of ["us-east", "eu-west"]) await putDirect(makeRoute({ name: uid("cache"), model, region }));
+
+		const copy = await loadModel(counted, model);
+		expect(copy.routes.map((r) => r.model)).toEqual([model, model]);
+		expect(reads).toEqual([{ model, rowsRead: expect.any(Number), routes: 2 }]);
+		// SQLite's own count of the rows the read touched: the model's two
+		// routes through the index (and their leases), not the 60 others.
+		expect(reads[0]!.rowsRead).toBeGreaterThanOrEqual(2);
+		expect(reads[0]!.rowsRead).toBeLessThanOrEqual(4);
+		expect(catalogs.n).toBe(0);
+		// Another model is another read of its own rows.
+		await loadModel(counted, others[0]!.model);
+		expect(reads.map((r) => r.model)).toEqual([model, others[0]!.model]);
+		expect(reads[1]!.rowsRead).toBeLessThanOrEqual(2);
 	});
 
 	it("caps the TTL at 10 s so changes show within the contract's 10 s", () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { chat, makeRoute, publish, routePath, signedRequest, sseContent, ssePayloads, testEnv, uid, upstream, upstreamControl, upstreamCount, userMessage } from "../helpers";
+import { chat, justExpired, makeRoute, publish, routePath, signedRequest, sseContent, ssePayloads, testEnv, uid, upstream, upstreamControl, upstreamCount, userMessage } from "../helpers";
 import { deploy, errorOf, LONDON } from "../client-helpers";
 
 const body = (model: string, extra = {}) => ({ model, messages: userMessage("Hello"), ...extra });
@@ -200,7 +200,7 @@ describe("routing to regions", () => {
 	});
 
 	it("stops routing to a region once its route expires or is withdrawn", async () => {
-		const { model, name } = await deploy([{ scenario: "ok", latitude: 0, longitude: 0, extra: { publishedAt: "2026-01-01T00:00:00Z", ttlSeconds: 10 } }]);
+		const { model, name } = await deploy([{ scenario: "ok", latitude: 0, longitude: 0, extra: { ...justExpired() } }]);
 		const expired = await chat(body(model));
 		expect(expired.status).toBe(503);
 		expect((await errorOf(expired)).message).toContain(`No live region serves '${model}'`);
@@ -243,7 +243,7 @@ describe("client input", () => {
 		const { SELF } = await import("cloudflare:test");
 		expect(await (await SELF.fetch("https://router.test/health")).json()).toEqual({ status: "ok" });
 		const { model } = await deploy([{ scenario: "ok", latitude: 0, longitude: 0 }]);
-		const expiredModel = (await deploy([{ scenario: "ok", latitude: 0, longitude: 0, extra: { publishedAt: "2026-01-01T00:00:00Z", ttlSeconds: 10 } }])).model;
+		const expiredModel = (await deploy([{ scenario: "ok", latitude: 0, longitude: 0, extra: { ...justExpired() } }])).model;
 		const list = (await (await SELF.fetch("https://router.test/v1/models")).json()) as { object: string; data: { id: string }[] };
 		expect(list.object).toBe("list");
 		expect(list.data.map((m) => m.id)).toContain(model);

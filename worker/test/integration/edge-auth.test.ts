@@ -6,7 +6,7 @@
 import { describe, expect, it } from "vitest";
 import type { AiRunner } from "../../src/edge";
 import { callWorker as call, chatWith as chat } from "../client-helpers";
-import { makeRoute, publish, sseContent, ssePayloads, uid, upstream, userMessage } from "../helpers";
+import { justExpired, makeRoute, publish, sseContent, ssePayloads, uid, upstream, userMessage } from "../helpers";
 
 const EDGE = "@cf/meta/llama-3.2-1b-instruct";
 /** The suite is anonymous; route hints need ALLOW_ANONYMOUS_ROUTE_HINT (client-access.test.ts tests who may send them). */
@@ -109,7 +109,7 @@ describe("edge tier (Workers AI)", () => {
 
 	it("says so when neither the edge nor a region can answer", async () => {
 		const model = uid("edge-");
-		await publish(makeRoute({ name: uid("md"), model, edgeModel: EDGE, publishedAt: "2026-01-01T00:00:00Z", ttlSeconds: 10 }));
+		await publish(makeRoute({ name: uid("md"), model, edgeModel: EDGE, ...justExpired() }));
 		const res = await chat({ model, messages: userMessage("Hi") }, { AI: aiFailing("boom") });
 		expect(res.status).toBe(503);
 		const err = ((await res.json()) as { error: { message: string } }).error;
@@ -119,7 +119,7 @@ describe("edge tier (Workers AI)", () => {
 
 	it("lists the edge model and models that only the edge can serve now", async () => {
 		const model = uid("edge-");
-		await publish(makeRoute({ name: uid("md"), model, edgeModel: EDGE, publishedAt: "2026-01-01T00:00:00Z", ttlSeconds: 10 }));
+		await publish(makeRoute({ name: uid("md"), model, edgeModel: EDGE, ...justExpired() }));
 		const list = (await (await call("/v1/models", {}, {})).json()) as { data: { id: string; owned_by: string }[] };
 		expect(list.data).toContainEqual(expect.objectContaining({ id: model }));
 		expect(list.data).toContainEqual(expect.objectContaining({ id: EDGE, owned_by: "backhaul-edge" }));
