@@ -7,17 +7,29 @@
 For each N, in its own namespace `bench-cp-N`, with an operator of its own
 (--watch-namespace) publishing to a local signed-route receiver (a Python
 server here that verifies every Ed25519 signature and orders writes by their
-sequence numbers as docs/publication.md says; the operator signs with a key
-made for the run, BACKHAUL_PUBLISH_KEY_FILE / BACKHAUL_PUBLISH_KEY_ID):
+sequence numbers as docs/publication.md says, and answers its lease renewal
+and fleet view too, so an operator that renews one lease per interval and
+one that PUTs every route as its heartbeat are measured by the same script;
+the operator signs with a key made for the run, BACKHAUL_PUBLISH_KEY_FILE /
+BACKHAUL_PUBLISH_KEY_ID):
 
 - apply_to_published_s: from `kubectl create` of the N objects until every
   object has Published=True (and until the receiver holds all 3N routes);
 - reconcile duration p50/p99, from the operator's own histogram
   (backhaul_operator_reconcile_duration_seconds, interpolated in buckets);
 - operator VmRSS/VmHWM once all are Published;
-- a steady window: settled objects are reconciled again by their route
-  heartbeats (every ttl/3); the operator's own API requests over the window
-  (backhaul_operator_kube_requests_total, by method; target: no write);
+- a steady window (CONTROL_PLANE_STEADY_S, 120 s: three heartbeat or lease
+  intervals at ttl 120): the operator's own API requests over it
+  (backhaul_operator_kube_requests_total, by method; target: no write), and
+  every admin request it sent the receiver, by kind (route PUT, DELETE and
+  GET, lease PUT, fleet GET) and status, as requests per minute (issue 15's
+  target: at most 10 at 1,000 objects × 3 regions), its CPU time and memory;
+- apply → Published of one new object while the N are settled: 20 probes
+  (CONTROL_PLANE_PROBES) created one at a time, 3 s apart
+  (CONTROL_PLANE_PROBE_GAP_S), each timed from starting `kubectl create` to
+  the watch event that shows its Published condition True, with the
+  receiver's first PUT of its routes; p50/p99 (target p99 ≤ 5 s at 1,000);
+  then deleted again (the operator withdraws them);
 - a forced no-op resync: the operator is restarted (it reconciles every
   object again) and we count (a) objects whose resourceVersion changed, (b)
   the restarted operator's own API requests by method, (c) API write
@@ -33,12 +45,16 @@ GET /admin/v1/routes marks the route expired.
 
 Extra kwok nodes (one per region, room for 1,100 pods each) are added for
 the run and removed after it. Prints one JSON document on stdout.
+BACKHAUL_OPERATOR_BIN names the operator binary (default: the workspace's dev
+build) and BACKHAUL_OPERATOR_COMMIT, if set, the commit it was built from
+(recorded in the output; issue 15's before/after runs set both).
 """
 
 import atexit
 import base64
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -80,7 +96,14 @@ REGIONS = {"us-east": (39.04, -77.49), "eu-west": (53.35, -6.26), "ap-south": (1
 # Route TTL of the scale runs: the operator re-PUTs each route every TTL/3,
 # reconciling its object with nothing to change (the steady window sees it).
 TTL_S = 120
-STEADY_WINDOW_S = 45
+# Three lease intervals (ttl/3 each) and as many heartbeat rounds: the rate
+# per minute over it is a whole number of intervals, whichever kind runs.
+STEADY_WINDOW_S = int(os.environ.get("CONTROL_PLANE_STEADY_S", "120"))
+# apply → Published of one object while the others are settled: this many,
+# one at a time, this many seconds apart.
+PROBES = int(os.environ.get("CONTROL_PLANE_PROBES", "20"))
+PROBE_GAP_S = float(os.environ.get("CONTROL_PLANE_PROBE_GAP_S", "3"))
+PROBE_LABEL = "backhaul.dev/bench-probe"
 WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
 TOUCHED = {"modeldeployments", "deployments", "services", "poddisruptionbudgets", "events", "secrets"}
 
@@ -144,23 +167,64 @@ def error(code, message):
     return json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code, "param": None}}).encode()
 
 
+ROUTES_PATH = "/admin/v1/routes"
+LEASES_PREFIX = "/admin/v1/leases/"
+FLEET_PATH = "/admin/v1/fleet"
+# What the receiver counts, one name per kind of admin request.
+REQUEST_KINDS = ("route_put", "route_delete", "route_get", "route_list", "lease_put", "fleet_get", "other")
+
+
+def rfc3339(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+def routes_digest(pairs):
+    """(count, digest) of routes held, as docs/publication.md's lease defines it:
+    lower-case hex SHA-256 of the lines "{namespace}/{name}/{region} {sequence}\\n",
+    sorted bytewise."""
+    lines = sorted(f"{key} {sequence}\n".encode() for key, sequence in pairs)
+    return len(lines), hashlib.sha256(b"".join(lines)).hexdigest()
+
+
 class Receiver:
-    """The Worker's admin API, reduced to what the operator calls: signed
-    PUT/DELETE of routes and the single-route GET (after a 409), counted.
-    Rejects a bad signature with 401, a route without its sequence or
-    upstreamToken with 400, and a write whose sequence is not above the
-    stored route's or tombstone's with 409 stale_sequence."""
+    """The Worker's admin API, reduced to what an operator calls
+    (docs/publication.md), every request counted by kind and status:
+
+    - signed PUT/DELETE of a route, the single-route GET (after a 409) and
+      the table GET; a bad signature is 401, a route without its sequence or
+      upstreamToken 400, a write whose sequence is not above the stored
+      route's or tombstone's 409 stale_sequence;
+    - the lease, `PUT /admin/v1/leases/{keyId}`: the path's key must be the
+      signer (else 403 out_of_scope), its sequence above the stored lease's
+      (else 409), and it renews the expiry of every live route that key last
+      wrote (never reviving an expired one), then answers the count and
+      digest of those routes; a digest unlike the operator's is counted;
+    - the fleet view, `GET /admin/v1/fleet`: every route (one group here),
+      with an ETag that changes when a route's sequence, ready replicas or
+      expiry state changes, and 304 to a matching If-None-Match.
+
+    A route's expiry is max(its receive time, its key's last renewal) +
+    ttlSeconds, on this machine's clock. Serves today's operator (per-route
+    PUT heartbeats, no lease) and a leasing one alike, so one script
+    measures both."""
 
     def __init__(self):
-        self.lock = threading.Lock()
+        # Reentrant: a reply counts its status while a write holds the lock.
+        self.lock = threading.RLock()
         self.routes = {}
+        self.expires = {}
+        self.received = {}
         self.tombstones = {}
+        self.leases = {}
         self.first_put = {}
+        self.requests = {k: 0 for k in REQUEST_KINDS}
+        self.statuses = {}
         self.puts = 0
         self.deletes = 0
         self.gets = 0
         self.rejected = 0
         self.stale = 0
+        self.lease_mismatches = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -169,28 +233,58 @@ class Receiver:
             def log_message(self, *a):
                 pass
 
-            def reply(self, code, body=b""):
+            def reply(self, code, body=b"", headers=()):
+                with receiver.lock:
+                    key = f"{self.kind} {code}"
+                    receiver.statuses[key] = receiver.statuses.get(key, 0) + 1
                 self.send_response(code)
-                self.send_header("content-length", str(len(body)))
-                self.send_header("content-type", "application/json")
+                for k, v in headers:
+                    self.send_header(k, v)
+                if code != 304:
+                    self.send_header("content-length", str(len(body)))
+                    self.send_header("content-type", "application/json")
                 self.end_headers()
-                self.wfile.write(body)
+                if code != 304:
+                    self.wfile.write(body)
 
             def handle_admin(self, method):
                 n = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(n) if n else b""
                 path = self.path.split("?")[0]
+                segments = path.removeprefix(ROUTES_PATH + "/").split("/")
+                if path.startswith(ROUTES_PATH + "/") and len(segments) == 3:
+                    self.kind = {"PUT": "route_put", "DELETE": "route_delete", "GET": "route_get"}.get(method, "other")
+                elif path == ROUTES_PATH and method == "GET":
+                    self.kind = "route_list"
+                elif path.startswith(LEASES_PREFIX) and method == "PUT":
+                    self.kind = "lease_put"
+                elif path == FLEET_PATH and method == "GET":
+                    self.kind = "fleet_get"
+                else:
+                    self.kind = "other"
+                with receiver.lock:
+                    receiver.requests[self.kind] += 1
+                if self.kind == "other":
+                    return self.reply(404, error("not_found", f"no route for {method} {path}"))
                 if not verify(self.headers, method, path, body):
                     with receiver.lock:
                         receiver.rejected += 1
                     return self.reply(401, error("invalid_signature", "bad signature"))
-                key = path.removeprefix("/admin/v1/routes/")
+                if self.kind == "route_list":
+                    with receiver.lock:
+                        views = [receiver.view(k) for k in sorted(receiver.routes)]
+                    return self.reply(200, json.dumps({"routes": views}).encode())
+                if self.kind == "fleet_get":
+                    return self.fleet()
+                if self.kind == "lease_put":
+                    return self.lease(path.removeprefix(LEASES_PREFIX), body)
+                key = "/".join(segments)
                 with receiver.lock:
                     if method == "GET":
                         receiver.gets += 1
                         tomb = receiver.tombstones.get(key)
                         return self.reply(200, json.dumps({
-                            "route": receiver.view(receiver.routes.get(key)),
+                            "route": receiver.view(key),
                             "tombstone": {"sequence": tomb} if tomb is not None else None}).encode())
                     try:
                         doc = json.loads(body)
@@ -209,14 +303,75 @@ class Receiver:
                         return self.reply(409, error("stale_sequence", f"sequence {sequence} is not above {stored}"))
                     if method == "PUT":
                         receiver.puts += 1
+                        now = time.time()
                         receiver.routes[key] = doc
+                        receiver.received[key] = now
+                        receiver.expires[key] = now + int(doc.get("ttlSeconds") or TTL_S)
                         receiver.tombstones.pop(key, None)
                         receiver.first_put.setdefault(key, time.monotonic())
-                        return self.reply(200, json.dumps({"route": receiver.view(doc)}).encode())
+                        return self.reply(200, json.dumps({"route": receiver.view(key)}).encode())
                     receiver.deletes += 1
                     receiver.routes.pop(key, None)
+                    receiver.expires.pop(key, None)
+                    receiver.received.pop(key, None)
                     receiver.tombstones[key] = sequence
                 return self.reply(204)
+
+            def lease(self, key_id, body):
+                if key_id != self.headers.get("x-backhaul-key-id"):
+                    return self.reply(403, error("out_of_scope", f"a key renews only its own lease, not {key_id!r}"))
+                try:
+                    doc = json.loads(body)
+                    sequence, count, digest = doc["sequence"], doc["routes"], doc["digest"]
+                    if not isinstance(sequence, int) or not isinstance(count, int) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                        raise ValueError("sequence, routes or digest")
+                except (ValueError, KeyError, TypeError) as e:
+                    with receiver.lock:
+                        receiver.rejected += 1
+                    return self.reply(400, error("invalid_route", f"bad lease: {e}"))
+                with receiver.lock:
+                    stored = receiver.leases.get(key_id, {}).get("sequence", 0)
+                    if sequence <= stored:
+                        receiver.stale += 1
+                        return self.reply(409, error("stale_sequence", f"sequence {sequence} is not above {stored}"))
+                    now = time.time()
+                    receiver.leases[key_id] = {"sequence": sequence, "renewedAt": now}
+                    # Every route here was written by the run's one key.
+                    held = []
+                    for key, doc in receiver.routes.items():
+                        if receiver.expires[key] > now:
+                            receiver.expires[key] = max(receiver.expires[key], now + int(doc.get("ttlSeconds") or TTL_S))
+                            held.append((key, doc["sequence"]))
+                    ours, our_digest = routes_digest(held)
+                    if (ours, our_digest) != (count, digest):
+                        receiver.lease_mismatches += 1
+                answer = {"lease": {"keyId": key_id, "sequence": sequence, "renewedAt": rfc3339(now),
+                                    "routes": ours, "digest": our_digest}}
+                return self.reply(200, json.dumps(answer).encode())
+
+            def fleet(self):
+                now = time.time()
+                models = {}
+                with receiver.lock:
+                    for key in sorted(receiver.routes):
+                        doc = receiver.routes[key]
+                        models.setdefault(doc.get("model", ""), []).append({
+                            "namespace": doc.get("namespace"), "name": doc.get("name"), "region": doc.get("region"),
+                            "keyId": KEY_ID, "readyReplicas": doc.get("readyReplicas"),
+                            "receivedAt": rfc3339(receiver.received[key]), "expiresAt": rfc3339(receiver.expires[key]),
+                            "expired": receiver.expires[key] <= now, "_sequence": doc["sequence"]})
+                # The version leaves out the times a renewal moves, so a
+                # settled fleet keeps its version and a poll gets 304.
+                version = hashlib.sha256(json.dumps(
+                    [(e["namespace"], e["name"], e["region"], e["_sequence"], e["readyReplicas"], e["expired"])
+                     for entries in models.values() for e in entries]).encode()).hexdigest()[:16]
+                etag = f'"{version}"'
+                if self.headers.get("if-none-match") in (etag, version):
+                    return self.reply(304, headers=[("etag", etag)])
+                for entries in models.values():
+                    for e in entries:
+                        del e["_sequence"]
+                return self.reply(200, json.dumps({"version": version, "models": models}).encode(), headers=[("etag", etag)])
 
             def do_PUT(self):
                 self.handle_admin("PUT")
@@ -232,20 +387,31 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    @staticmethod
-    def view(route):
-        """The stored view: the route less its upstreamToken, with its fingerprint."""
+    def view(self, key):
+        """The stored view: the route less its upstreamToken, with its fingerprint. Caller holds the lock."""
+        route = self.routes.get(key)
         if route is None:
             return None
         out = {k: v for k, v in route.items() if k != "upstreamToken"}
         out["upstreamTokenSha256"] = hashlib.sha256(route["upstreamToken"].encode()).hexdigest()[:16]
         out["keyId"] = KEY_ID
+        out["receivedAt"] = rfc3339(self.received[key])
+        out["expiresAt"] = rfc3339(self.expires[key])
+        out["expired"] = self.expires[key] <= time.time()
         return out
 
     def counts(self):
         with self.lock:
-            return {"routes": len(self.routes), "puts": self.puts, "deletes": self.deletes, "gets": self.gets,
-                    "rejected": self.rejected, "stale_sequence": self.stale}
+            now = time.time()
+            return {"routes": len(self.routes), "expired": sum(1 for t in self.expires.values() if t <= now),
+                    "puts": self.puts, "deletes": self.deletes, "gets": self.gets,
+                    "rejected": self.rejected, "stale_sequence": self.stale,
+                    "leases": len(self.leases), "lease_digest_mismatches": self.lease_mismatches}
+
+    def request_counts(self):
+        """Admin requests so far, by kind, and by kind and status."""
+        with self.lock:
+            return dict(self.requests), dict(self.statuses)
 
     def heartbeat_puts(self, heartbeat_s):
         """The PUTs heartbeats alone account for so far: each route's first
@@ -254,6 +420,11 @@ class Receiver:
         now = time.monotonic()
         with self.lock:
             return sum(1 + int((now - first) // heartbeat_s) for first in self.first_put.values())
+
+    def first_puts(self, prefix):
+        """Monotonic time of the first PUT of each route whose key starts with `prefix`."""
+        with self.lock:
+            return {k: t for k, t in self.first_put.items() if k.startswith(prefix)}
 
     def stop(self):
         self.server.shutdown()
@@ -534,6 +705,138 @@ def delete_namespace(namespace, timeout):
         return False
 
 
+def nearest_rank(xs, q):
+    """The q-quantile by nearest rank (with 20 samples p99 is the largest)."""
+    s = sorted(xs)
+    return round(s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))], 3) if s else None
+
+
+def cpu_seconds(pid):
+    """A process's user + system CPU time so far, in seconds."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PublishedWatch:
+    """`kubectl get --watch-only -o json` on the probe objects: the moment
+    each one is first seen with Published=True (a watch event, not a poll)."""
+
+    def __init__(self, namespace):
+        self.seen = {}
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            ["kubectl", "get", "modeldeployments.backhaul.dev", "-n", namespace, "-l", f"{PROBE_LABEL}=true",
+             "--watch-only", "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def read(self):
+        decoder, buf = json.JSONDecoder(), ""
+        for line in self.proc.stdout:
+            buf += line
+            while True:
+                buf = buf.lstrip()
+                try:
+                    obj, end = decoder.raw_decode(buf)
+                except ValueError:
+                    break
+                buf = buf[end:]
+                now = time.monotonic()
+                conditions = (obj.get("status") or {}).get("conditions") or []
+                if any(c.get("type") == "Published" and c.get("status") == "True" for c in conditions):
+                    with self.lock:
+                        self.seen.setdefault(obj["metadata"]["name"], now)
+
+    def published_at(self, name):
+        with self.lock:
+            return self.seen.get(name)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def probe_latency(namespace, receiver, probes, gap_s):
+    """apply → Published for one new object at a time while the others are
+    settled: `probes` objects, each created alone once the one before is
+    Published and `gap_s` has passed, timed from starting `kubectl create`
+    to the watch event showing Published=True; also from there to the
+    receiver's first PUT of the object's routes (first region, and the last
+    region's first). A probe the watch missed is found by polling (marked)."""
+    watch = PublishedWatch(namespace)
+    samples = []
+    try:
+        # The watch lists before it watches; a probe created before then
+        # would still show its Published transition as an event, but wait
+        # for kubectl to be running its watch anyway.
+        time.sleep(3)
+        for i in range(probes):
+            name = f"probe{i}"
+            md = model_deployment(namespace, name, TTL_S)
+            md["metadata"]["labels"] = {PROBE_LABEL: "true"}
+            started = time.monotonic()
+            kubectl("create", "-f", "-", input=json.dumps(md))
+            created = time.monotonic()
+            how, deadline, next_poll = "watch", started + 120, started + 10
+            while (at := watch.published_at(name)) is None:
+                now = time.monotonic()
+                if now > deadline:
+                    raise TimeoutError(f"probe {name} not Published after 120 s")
+                if now > next_poll:
+                    # The watch may have missed it (or ended): ask once a second from here.
+                    next_poll = now + 1
+                    item = json.loads(kubectl("get", "modeldeployments.backhaul.dev", name, "-n", namespace, "-o", "json"))
+                    if any(c["type"] == "Published" and c["status"] == "True"
+                           for c in (item.get("status") or {}).get("conditions") or []):
+                        at, how = now, "poll (1 s)"
+                        break
+                time.sleep(0.01)
+            puts = sorted(receiver.first_puts(f"{namespace}/{name}/").values())
+            sample = {"name": name, "published_s": round(at - started, 3), "create_returned_s": round(created - started, 3),
+                      "first_put_s": round(puts[0] - started, 3) if puts else None, "seen_by": how, "_started": started}
+            samples.append(sample)
+            log(f"probe {name}: {sample}")
+            time.sleep(gap_s)
+    finally:
+        watch.stop()
+    # Every region's first PUT, by now (Published turns True with the first).
+    for s in samples:
+        puts = sorted(receiver.first_puts(f"{namespace}/{s['name']}/").values())
+        started = s.pop("_started")
+        s["all_regions_put_s"] = round(puts[-1] - started, 3) if len(puts) == len(REGIONS) else None
+    # When the pods turned Ready, by the API server's whole-second clock.
+    from datetime import datetime
+    ts = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+    created_at = {item["metadata"]["name"]: ts(item["metadata"]["creationTimestamp"]) for item in json.loads(kubectl(
+        "get", "modeldeployments.backhaul.dev", "-n", namespace, "-l", f"{PROBE_LABEL}=true", "-o", "json"))["items"]}
+    pods = json.loads(kubectl("get", "pods", "-n", namespace, "-l",
+                              f"backhaul.dev/model in ({','.join(s['name'] for s in samples)})", "-o", "json"))["items"]
+    ready = {}
+    for pod in pods:
+        model = pod["metadata"]["labels"]["backhaul.dev/model"]
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c["type"] == "Ready" and c["status"] == "True" and model in created_at:
+                ready[model] = max(ready.get(model, 0), ts(c["lastTransitionTime"]) - created_at[model])
+    for s in samples:
+        s["pods_ready_s"] = ready.get(s["name"])
+    published = [s["published_s"] for s in samples]
+    first_put = [s["first_put_s"] for s in samples if s["first_put_s"] is not None]
+    return {"probes": probes, "gap_s": gap_s,
+            "published_s": {"p50": nearest_rank(published, 0.5), "p99": nearest_rank(published, 0.99),
+                            "max": max(published), "min": min(published)},
+            "first_put_s": {"p50": nearest_rank(first_put, 0.5), "p99": nearest_rank(first_put, 0.99)},
+            "pods_ready_s_note": "last pod Ready minus the object's creationTimestamp, whole seconds (Kubernetes timestamps)",
+            "samples": samples}
+
+
+def delete_probes(namespace):
+    """Deletes the probes while the operator runs (it withdraws their routes) and waits until they are gone."""
+    kubectl("delete", "modeldeployments.backhaul.dev", "-n", namespace, "-l", f"{PROBE_LABEL}=true", "--wait=false")
+    started = time.monotonic()
+    wait("probes deleted", lambda: not kubectl("get", "modeldeployments.backhaul.dev", "-n", namespace, "-l",
+                                               f"{PROBE_LABEL}=true", "-o", "name").strip(), 300, 0.5)
+    return round(time.monotonic() - started, 3)
+
+
 def scale_run(count, logs):
     namespace = f"bench-cp-{count}"
     delete_namespace(namespace, 600)
@@ -597,15 +900,37 @@ def scale_run(count, logs):
         text = operator.metrics()
         before, reconciles_before = kube_requests(text), counter(text, "backhaul_operator_reconciles_total")
         puts_before = receiver.counts()["puts"]
+        kinds_before, statuses_before = receiver.request_counts()
+        cpu_before, window_started = cpu_seconds(operator.pid()), time.monotonic()
         time.sleep(STEADY_WINDOW_S)
+        window = time.monotonic() - window_started
+        cpu = cpu_seconds(operator.pid()) - cpu_before
         text = operator.metrics()
+        kinds, statuses = receiver.request_counts()
+        by_kind = delta(kinds, kinds_before)
         result["steady"] = {
             "window_s": STEADY_WINDOW_S,
             "reconciles": int(counter(text, "backhaul_operator_reconciles_total") - reconciles_before),
             "operator_requests": delta(kube_requests(text), before),
             "worker_puts": receiver.counts()["puts"] - puts_before,
+            # Every admin request the operator sent the receiver in the window, by kind and status.
+            "publication_requests": by_kind,
+            "publication_statuses": delta(statuses, statuses_before),
+            "publication_requests_per_min": round(sum(by_kind.values()) * 60 / window, 2),
+            "publication_requests_per_min_by_kind": {k: round(v * 60 / window, 2) for k, v in by_kind.items()},
+            "operator_cpu_s": round(cpu, 2),
+            "operator_cpu_pct": round(100 * cpu / window, 1),
+            "operator_memory_mib": operator.memory_mib(),
+            "receiver": receiver.counts(),
         }
         log(f"{count}: steady {STEADY_WINDOW_S} s: {result['steady']}")
+
+        # One new object at a time while the others are settled.
+        if PROBES:
+            result["probe"] = probe_latency(namespace, receiver, PROBES, PROBE_GAP_S)
+            log(f"{count}: apply → Published of one object: {result['probe']['published_s']}")
+            result["probe"]["delete_s"] = delete_probes(namespace)
+            result["operator_memory_mib_after_probes"] = operator.memory_mib()
 
         # A forced no-op resync: restart the operator; it reconciles every
         # object once more with nothing to change.
@@ -771,6 +1096,11 @@ def main():
     os.environ["KUBECONFIG"] = kubeconfig
     install_crd()
     out = {"counts": counts, "runs": {}, "operator_binary": OPERATOR, "ttl_seconds": TTL_S,
+           "operator_commit": os.environ.get("BACKHAUL_OPERATOR_COMMIT"),
+           # The knobs this run was given, to repeat it.
+           "env": {k: v for k, v in sorted(os.environ.items())
+                   if k.startswith("CONTROL_PLANE_") or k in ("BACKHAUL_OPERATOR_BIN", "BACKHAUL_OPERATOR_COMMIT")},
+           "steady_window_s": STEADY_WINDOW_S, "probes": PROBES, "probe_gap_s": PROBE_GAP_S,
            "operator_binary_mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(OPERATOR))),
            "cluster": {"nodes": len(kubectl("get", "nodes", "-o", "name").split())}}
     extra_nodes("apply")

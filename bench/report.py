@@ -86,6 +86,12 @@ def section_from_raw(name, raw):
                "noop_resync_api_write_requests": {c: sum(run["noop_resync"]["api_writes_during_resync"].values())
                                                   for c, run in ok.items()},
                "operator_rss_mib": {c: run["operator_memory_mib"]["VmRSS"] for c, run in ok.items()},
+               # Issue 15: every admin request per minute in the steady window
+               # (route PUT/DELETE/GET, lease PUT, fleet GET), and apply →
+               # Published of one new object while the others are settled.
+               "publication_requests_per_min": {c: run["steady"]["publication_requests_per_min"] for c, run in ok.items()
+                                                if "publication_requests_per_min" in (run.get("steady") or {})},
+               "apply_to_published_one_s": {c: run["probe"]["published_s"] for c, run in ok.items() if run.get("probe")},
                "errors": {c: run["error"] for c, run in runs.items() if "error" in run},
                "raw": r}
         if "1000" in ok:
@@ -97,6 +103,8 @@ def section_from_raw(name, raw):
         if "seconds_from_operator_kill_to_expired" in expiry:
             out["region_failure_to_expired_s"] = expiry["seconds_from_operator_kill_to_expired"]
         return out
+    if name == "worker-table":
+        return {**base, "raw": r}
     raise ValueError(name)
 
 
@@ -269,6 +277,38 @@ def plots(results):
     return made
 
 
+def fleet_figures(cp):
+    """Issue 15's figures at 1,000 ModelDeployments × 3 regions from one
+    control-plane section (None where that run did not measure them)."""
+    run = (((cp or {}).get("raw") or {}).get("runs") or {}).get("1000") or {}
+    st = run.get("steady") or {}
+    if "error" in run or "publication_requests_per_min" not in st:
+        return None
+    probe = run.get("probe") or {}
+    return {"commit": cp["raw"].get("operator_commit") or cp["machine"]["commit"], "date": cp["date"],
+            "rpm": st["publication_requests_per_min"], "rpm_by_kind": st.get("publication_requests_per_min_by_kind") or {},
+            "window_s": st["window_s"], "probe": probe.get("published_s"), "first_put": probe.get("first_put_s"),
+            "probes": probe.get("probes"), "rss": run["operator_memory_mib"], "rss_steady": st.get("operator_memory_mib"),
+            "rss_restart": run.get("operator_memory_mib_after_restart"), "cpu_pct": st.get("operator_cpu_pct"),
+            "apply_all_s": run["apply_to_published_s"], "expired": (st.get("receiver") or {}).get("expired"),
+            "lease_mismatches": (st.get("receiver") or {}).get("lease_digest_mismatches"),
+            "steady_api_writes": writes_of(st.get("operator_requests"))}
+
+
+def table_figures(wt, label="current"):
+    """The worker-table section's figures for one checkout (None if not measured)."""
+    c = (((wt or {}).get("raw") or {}).get("checkouts") or {}).get(label)
+    if not c:
+        return None
+    return {"commit": c.get("commit"), "dirty": bool(c.get("uncommittedFiles")), "routes": wt["raw"]["routes"],
+            "big": c["big"], "small": c["small"], "ratio": c["ratio"], "miss": c["missCostMs"]}
+
+
+def rpm_cell(f):
+    kinds = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in sorted(f["rpm_by_kind"].items()))
+    return f"{f['rpm']:,.1f}/min ({kinds or 'none'})"
+
+
 def summary(results):
     """Each target of issue 7, what was measured and whether it was met."""
     rows = []
@@ -324,10 +364,15 @@ def summary(results):
             run = cp["raw"]["runs"]["1000"]
             restart = run.get("operator_memory_mib_after_restart") or {}
             worst = max(cp["operator_rss_mib_1000"], restart.get("VmHWM", 0))
+            was = fleet_figures((results.get("issue15_before") or {}).get("control_plane"))
+            prior = ""
+            if was and fleet_figures(cp):
+                prior = (f"; before issue 15 (operator `{was['commit']}`): {was['rss']['VmRSS']} MiB (peak "
+                         f"{was['rss']['VmHWM']}), restarted {(was['rss_restart'] or {}).get('VmRSS')} MiB")
             rows.append({"target": "operator RSS < 64 MiB at 1,000 ModelDeployments",
                          "measured": f"{cp['operator_rss_mib_1000']} MiB once all are Published (peak "
                                      f"{run['operator_memory_mib']['VmHWM']}); restarted over them: {restart.get('VmRSS')} "
-                                     f"MiB (peak {restart.get('VmHWM')})", "met": worst < 64})
+                                     f"MiB (peak {restart.get('VmHWM')})" + prior, "met": worst < 64})
         elif (cp["raw"]["runs"].get("1000") or {}).get("timed_out"):
             t = cp["raw"]["runs"]["1000"]["timed_out"]
             rows.append({"target": "operator RSS < 64 MiB at 1,000 ModelDeployments",
@@ -343,7 +388,104 @@ def summary(results):
             rows.append({"target": "operator RSS < 64 MiB at 1,000 ModelDeployments",
                          "measured": "not measured at 1,000" + (f": {cp['errors'].get('1000')}" if cp.get("errors", {}).get("1000") else ""),
                          "met": None})
+    rows += fleet_rows(results)
     return rows
+
+
+def fleet_rows(results):
+    """Issue 15's targets at 1,000 × 3: the latest measurement, with the
+    figure before issue 15 beside it where it was measured."""
+    before = results.get("issue15_before") or {}
+    now, was = fleet_figures(results.get("control_plane")), fleet_figures(before.get("control_plane"))
+    latest = now or was
+    rows = []
+    if not latest:
+        return rows
+    tag = (lambda f: f"operator `{f['commit']}`")
+    prior = lambda text: f"; before issue 15 ({tag(was)}): {text}" if now and was else ""
+    which = f" ({tag(latest)}{', before issue 15; not yet measured after' if not now else ''})"
+    rows.append({"target": "publication requests/min per operator ≤ 10 at 1,000 × 3 settled",
+                 "measured": f"{rpm_cell(latest)} over {latest['window_s']} s{which}" + prior(rpm_cell(was) if was else ""),
+                 "met": latest["rpm"] <= 10})
+    if latest["probe"]:
+        p = lambda f: f"p50 {f['probe']['p50']:.2f} s, p99 {f['probe']['p99']:.2f} s ({f['probes']} objects)"
+        rows.append({"target": "apply → Published p99 ≤ 5 s for one new object with 1,000 settled",
+                     "measured": p(latest) + which + prior(p(was) if was and was["probe"] else "–"),
+                     "met": latest["probe"]["p99"] <= 5})
+    t_now, t_was = table_figures(results.get("worker_table")), table_figures(before.get("worker_table"))
+    t = t_now or t_was
+    if t:
+        c = lambda f: (f"TTFB p50 {f['big']['chat']['ttfbMs']['p50']:.2f} ms at {f['routes']:,} routes vs "
+                       f"{f['small']['chat']['ttfbMs']['p50']:.2f} ms at 3 (×{f['ratio']['chatTtfbP50']:.2f}), runtime CPU "
+                       f"{f['big']['chat']['runtimeCpuMsPerRequest']:.2f} vs {f['small']['chat']['runtimeCpuMsPerRequest']:.2f} "
+                       f"ms/request (×{f['ratio']['chatCpu']:.2f})")
+        w = f" (Worker `{t['commit']}`{', before issue 15; not yet measured after' if not t_now else ''})"
+        rows.append({"target": "a chat completion's isolate cache miss at 10,000 routes costs what it costs at 3 (no target figure)",
+                     "measured": c(t) + w + (f"; before issue 15 (Worker `{t_was['commit']}`): {c(t_was)}" if t_now and t_was else ""),
+                     "met": None})
+    return rows
+
+
+def issue15_section(results):
+    """Issue 15's figures before its code and after, side by side."""
+    before = results.get("issue15_before") or {}
+    if not before:
+        return []
+    cp_b, cp_a = fleet_figures(before.get("control_plane")), fleet_figures(results.get("control_plane"))
+    wt_b, wt_a = table_figures(before.get("worker_table")), table_figures(results.get("worker_table"))
+    # The same run's baseline checkout, where the after run measured both Workers interleaved.
+    wt_same = table_figures(results.get("worker_table"), "baseline")
+    L = ["## 5. Issue 15: the operator and the table at fleet size, before and after", "",
+         "The same scripts with the same parameters, once on the code before issue 15 (operator and Worker at "
+         f"`{(cp_b or wt_b or {}).get('commit')}`) and once after. Control plane: `bench/control_plane.py` at 1,000 "
+         "ModelDeployments × 3 regions, ttl 120 s, against its Python receiver (it verifies every signature, orders "
+         "sequences, answers the lease renewal with the count and digest of the routes it holds, and the fleet view "
+         "with an ETag); requests are counted at the receiver. Worker: `bench/worker_table.mjs`, "
+         "`ROUTE_CACHE_TTL_MS=0` so every request misses the isolate's copy.", ""]
+    cell = lambda f, fn: fn(f) if f else "not measured"
+    mem = lambda m: f"{m['VmRSS']} ({m['VmHWM']})" if m else "–"
+    q = lambda d: f"{d['p50']:.2f} / {d['p99']:.2f} s" if d else "–"
+    rows = [
+        ("publication requests/min per operator, steady (by kind)", rpm_cell, "≤ 10"),
+        ("apply → Published of one new object, p50 / p99", lambda f: q(f["probe"]), "p99 ≤ 5 s"),
+        ("… to the receiver's first PUT of its routes, p50 / p99", lambda f: q(f["first_put"]), "–"),
+        ("operator VmRSS (peak), MiB: all Published", lambda f: mem(f["rss"]), "< 64"),
+        ("… end of the steady window", lambda f: mem(f["rss_steady"]), "< 64"),
+        ("… restarted over the 1,000", lambda f: mem(f["rss_restart"]), "< 64"),
+        ("operator CPU in the steady window", lambda f: f"{f['cpu_pct']} % of one core", "–"),
+        ("operator API writes in the steady window", lambda f: str(f["steady_api_writes"]), "0"),
+        ("routes expired at the receiver at the window's end; lease digest mismatches",
+         lambda f: f"{f['expired']}; {f['lease_mismatches']}", "0; 0"),
+        ("apply → all 1,000 Published", lambda f: f"{f['apply_all_s']:.1f} s", "–"),
+    ]
+    L += [f"| at 1,000 × 3 | before (operator `{cp_b['commit'] if cp_b else '–'}`) | "
+          f"after (operator `{cp_a['commit'] if cp_a else '–'}`) | target |", "|---|---|---|---|"]
+    for label, fn, target in rows:
+        L.append(f"| {label} | {cell(cp_b, fn)} | {cell(cp_a, fn)} | {target} |")
+    chat = lambda f, size, k: f[size]["chat"][k]
+    wrows = [
+        ("chat TTFB p50 / p99, ms: 10,000 routes", lambda f: f"{chat(f, 'big', 'ttfbMs')['p50']:.2f} / {chat(f, 'big', 'ttfbMs')['p99']:.2f}"),
+        ("… 3 routes", lambda f: f"{chat(f, 'small', 'ttfbMs')['p50']:.2f} / {chat(f, 'small', 'ttfbMs')['p99']:.2f}"),
+        ("… 10,000 over 3 (p50)", lambda f: f"×{f['ratio']['chatTtfbP50']:.2f} (+{f['miss']['chatTtfbP50']:.2f} ms)"),
+        ("runtime CPU per chat request, ms: 10,000 / 3 routes",
+         lambda f: f"{chat(f, 'big', 'runtimeCpuMsPerRequest'):.2f} / {chat(f, 'small', 'runtimeCpuMsPerRequest'):.2f} (×{f['ratio']['chatCpu']:.2f})"),
+        ("`GET /v1/models` p50, ms: 10,000 / 3 routes (lists every model by design)",
+         lambda f: f"{f['big']['models']['totalMs']['p50']:.2f} / {f['small']['models']['totalMs']['p50']:.2f} (×{f['ratio']['modelsTotalP50']:.2f})"),
+    ]
+    heads = [("before", wt_b), ("after", wt_a)] + ([("before, same run as after", wt_same)] if wt_same else [])
+    L += ["", "| Worker, one miss per request | " + " | ".join(f"{h} (Worker `{f['commit'] if f else '–'}`{' + uncommitted' if f and f['dirty'] else ''})"
+                                                        for h, f in heads) + " |",
+          "|---|" + "---|" * len(heads)]
+    for label, fn in wrows:
+        L.append(f"| {label} | " + " | ".join(cell(f, fn) for _, f in heads) + " |")
+    L += ["", "Run conditions and commands:", ""]
+    for when, sec in [("before", before.get("control_plane")), ("before", before.get("worker_table")),
+                      ("after", results.get("control_plane") if cp_a else None), ("after", results.get("worker_table") if wt_a else None)]:
+        if sec:
+            env = " ".join(f"{k}={v}" for k, v in (sec["raw"].get("env") or {}).items())
+            L += [f"- {when}: {machine_line(sec)}: `{(env + ' ') if env else ''}{sec['command']}`"]
+    L.append("")
+    return L
 
 
 def readme(results, made):
@@ -606,6 +748,7 @@ def readme(results, made):
     L += ["## 4. GPU", "", "Not measured: no GPU device was lent to the session that produced these results. "
           "On a machine with one, the same comparison runs with CUDA builds (the bench crate's `cuda` feature "
           "turns on mistral.rs's):", "", "```sh", *GPU_COMMANDS, "```", ""]
+    L += issue15_section(results)
     return "\n".join(L)
 
 
@@ -767,7 +910,17 @@ def routing_profile(sec):
 
 def main():
     results = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
-    for path in sys.argv[1:]:
+    args = sys.argv[1:]
+    if args[:1] == ["--before"]:
+        # Issue 15's "before" figures: kept apart from the current sections,
+        # their raw files together in docs/benchmarks/fleet-before.json.
+        raws = {os.path.basename(p).removesuffix(".json"): json.load(open(p)) for p in args[1:]}
+        with open(os.path.join(DOCS, "fleet-before.json"), "w") as f:
+            json.dump(raws, f, indent=2)
+            f.write("\n")
+        results["issue15_before"] = {n.replace("-", "_"): section_from_raw(n, raw) for n, raw in raws.items()}
+        args = []
+    for path in args:
         name = os.path.basename(path).removesuffix(".json")
         raw = json.load(open(path))
         if name == "control-plane-1000-attempt":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: Backhaul's benchmarks, written to docs/benchmarks/.
 #
-#   BENCH=inference,inference-interleaved,routing,control-plane scripts/bench.sh   (default: all four)
+#   BENCH=inference,inference-interleaved,routing,control-plane,worker-table scripts/bench.sh   (default: all five)
 #
 # Each section measures on this machine, writes its raw JSON under
 # $BACKHAUL_CACHE/bench/, and bench/report.py merges it into
@@ -15,12 +15,16 @@
 # INFERENCE_PROFILE (1: `perf record` the servers through the main
 # inference run, when perf is installed),
 # ROUTING_REQUESTS (300, also the profile's),
-# CONTROL_PLANE_COUNTS (1,100,1000).
+# CONTROL_PLANE_COUNTS (1,100,1000), and bench/control_plane.py's own
+# CONTROL_PLANE_* (its docstring),
+# WORKER_TABLE_ROUTES (10000), WORKER_TABLE_REQUESTS (300),
+# WORKER_TABLE_DIR (the worker/ checkout measured; default this repo's),
+# WORKER_TABLE_BASELINE (another checkout's worker/ measured in the same run).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$repo_root"
 
-sections=${BENCH:-inference,inference-interleaved,routing,control-plane}
+sections=${BENCH:-inference,inference-interleaved,routing,control-plane,worker-table}
 out_dir=$BACKHAUL_CACHE/bench
 mkdir -p "$out_dir"
 model=$BACKHAUL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -226,6 +230,17 @@ bench_control_plane() {
     "python3 bench/control_plane.py $counts" python3 bench/control_plane.py "$counts"
 }
 
+# The route table at fleet size (issue 15): an isolate cache miss at
+# WORKER_TABLE_ROUTES routes against 3 (bench/worker_table.mjs).
+bench_worker_table() {
+  source scripts/node-env.sh
+  local args=(--routes "${WORKER_TABLE_ROUTES:-10000}" --requests "${WORKER_TABLE_REQUESTS:-300}")
+  if [ -n "${WORKER_TABLE_DIR:-}" ]; then args+=(--worker-dir "$WORKER_TABLE_DIR"); fi
+  if [ -n "${WORKER_TABLE_BASELINE:-}" ]; then args+=(--baseline "$WORKER_TABLE_BASELINE"); fi
+  step "worker table benchmark" wrap worker-table "$out_dir/worker-table.json" \
+    "node bench/worker_table.mjs ${args[*]}" node bench/worker_table.mjs "${args[@]}"
+}
+
 ensure_venv() {
   if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
     python3 -m venv "$venv"
@@ -240,7 +255,7 @@ if [ "${1:-}" = --section ]; then
   exit
 fi
 ran=() failed=()
-for section in inference inference-interleaved routing control-plane; do
+for section in inference inference-interleaved routing control-plane worker-table; do
   has "$section" || continue
   if "$0" --section "$section"; then
     ran+=("$out_dir/$section.json")
