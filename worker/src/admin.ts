@@ -140,7 +140,7 @@ export async function handleAdmin(request: Request, env: Env, url: URL, nowMs = 
 	const signed = await verified(request, env, path, nowMs);
 	switch (endpoint.kind) {
 		case "table":
-			return listTable(env, url, signed.publisher);
+			return listTable(env, url, signed.publisher, nowMs);
 		case "lease":
 			return renewLease(env, endpoint.keyId, signed, nowMs);
 		case "fleet":
@@ -183,7 +183,7 @@ async function verified(request: Request, env: Env, path: string, nowMs: number)
  * The query is not signed: it only moves a cursor inside what the signed
  * caller may read.
  */
-async function listTable(env: Env, url: URL, publisher: Publisher): Promise<Response> {
+async function listTable(env: Env, url: URL, publisher: Publisher, nowMs: number): Promise<Response> {
 	const after = url.searchParams.get("after") ?? "";
 	if (after !== "" && !(after.split("/").length === 3 && after.split("/").every(isK8sName))) {
 		throw badRequest("after: must be a route key, {namespace}/{name}/{region}", "after");
@@ -196,7 +196,6 @@ async function listTable(env: Env, url: URL, publisher: Publisher): Promise<Resp
 		routes: StoredRoute[];
 		next: string | null;
 	};
-	const nowMs = Date.now();
 	return Response.json({ routes: page.routes.map((r) => storedView(r, nowMs)), next: page.next });
 }
 

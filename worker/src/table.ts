@@ -551,8 +551,8 @@ export class RouteTable extends DurableObject<Env> {
 		const held = (v: string) => req.ifNoneMatch.includes(v) || req.ifNoneMatch.includes("*");
 		if (fresh && held(cached.version)) return { notModified: true, version: cached.version };
 
-		const rows = this.fleetRows(group, include, exclude);
-		const truncated = rows.length > FLEET_MAX_ROUTES;
+		const { rows, more } = this.fleetRows(group, include, exclude);
+		const truncated = more || rows.length > FLEET_MAX_ROUTES;
 		const shown = truncated ? rows.slice(0, FLEET_MAX_ROUTES) : rows;
 		const { version, validUntilMs } = await fleetVersion(shown, truncated, nowMs);
 		if (this.fleetVersions.size >= 64) this.fleetVersions.clear();
@@ -561,7 +561,8 @@ export class RouteTable extends DurableObject<Env> {
 		return { notModified: false, version, models: fleetModels(shown, nowMs), ...(truncated ? { truncated: true as const } : {}) };
 	}
 
-	private fleetRows(group: string, include: string[], exclude: ReadonlySet<string>): FleetRow[] {
+	/** The group's rows, sorted; `more`: the claimed models hold more than FLEET_MAX_ROUTES. */
+	private fleetRows(group: string, include: string[], exclude: ReadonlySet<string>): { rows: FleetRow[]; more: boolean } {
 		const toRow = (r: SummaryRow): FleetRow => ({
 			model: r.model,
 			namespace: r.namespace,
@@ -593,7 +594,7 @@ export class RouteTable extends DurableObject<Env> {
 				rows.push(toRow(r));
 			}
 		}
-		return sortRows(rows);
+		return { rows: sortRows(rows), more: claimed.length > FLEET_MAX_ROUTES };
 	}
 
 	/**

@@ -8,6 +8,7 @@
  */
 import { env, evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
+import type { FleetView } from "../../src/fleet";
 import type { StoredView } from "../../src/route";
 import { EXPIRED_ROUTE_RETENTION_MS, LEASE_RETENTION_MS, routeTable, SWEEP_BATCH, TOMBSTONE_TTL_MS, type RouteTable } from "../../src/table";
 import { freshPublishers, getRoute, makeRoute, nextSequence, publish, renewLease, routePath, signedRequest, storedRoute, uid, type SignOptions } from "../helpers";
@@ -211,5 +212,49 @@ describe("the admin list's pages", () => {
 			const res = await signedRequest("GET", `/admin/v1/routes${bad}`, "", { ...k!.opts, signedPath: "/admin/v1/routes" });
 			expect(res.status, bad).toBe(400);
 		}
+	});
+});
+
+describe("at fleet size", () => {
+	it("reads one model's rows out of 10,000 routes, and answers one group's 1,000 models × 3 regions in one bounded view", async () => {
+		const stub = env.ROUTES.get(env.ROUTES.idFromName(uid("fleet-size")));
+		const regions = ["us-east", "eu-west", "ap-south"];
+		const models = 3334;
+		const result = await runInDurableObject(stub, async (instance: RouteTable, state) => {
+			const sql = state.storage.sql;
+			const now = Date.now();
+			for (let m = 0; m < models; m++) {
+				const model = `m${String(m).padStart(5, "0")}`;
+				// The first 1,000 models are group "big"'s, the rest another group's.
+				const group = m < 1000 ? "big" : "other";
+				sql.exec("INSERT INTO model_owners (model, owner, claimed_at_ms) VALUES (?, ?, ?)", model, `${group}/ml`, now);
+				for (const region of regions) {
+					const r = { ...storedRoute(makeRoute({ namespace: "ml", name: model, region, model }), now), keyId: `${group}-${region}`, group };
+					sql.exec(
+						`INSERT INTO route_entries (key, namespace, name, region, model, edge_model, key_id, grp, sequence, ready_replicas, received_at_ms, ttl_seconds, lapsed_at_ms, route)
+						 VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, NULL, ?)`,
+						`ml/${model}/${region}`, "ml", model, region, model, r.keyId, group, r.sequence, r.readyReplicas, now, r.ttlSeconds, JSON.stringify(r),
+					);
+				}
+			}
+			const total = sql.exec("SELECT COUNT(*) AS n FROM route_entries").one().n as number;
+			const miss = instance.modelRoutes("m01234");
+			const fleet = await instance.fleet({ group: "big", configuredOwners: {}, ifNoneMatch: [], nowMs: now });
+			const again = await instance.fleet({ group: "big", configuredOwners: {}, ifNoneMatch: [fleet.version], nowMs: now + 1 });
+			return { total, miss: { routes: miss.routes.length, rowsRead: miss.rowsRead }, fleet, again };
+		});
+		expect(result.total).toBe(models * regions.length);
+		// SQLite's count: the model's 3 rows through its index (and one index step past them), not the 10,002 a whole-table read touches.
+		expect(result.miss.routes).toBe(3);
+		expect(result.miss.rowsRead).toBeGreaterThanOrEqual(3);
+		expect(result.miss.rowsRead).toBeLessThanOrEqual(6);
+		expect(result.fleet.notModified).toBe(false);
+		const view = result.fleet as FleetView & { notModified: false };
+		expect(Object.keys(view.models)).toHaveLength(1000);
+		expect(Object.values(view.models).every((rs) => rs.length === 3)).toBe(true);
+		expect(view).not.toHaveProperty("truncated");
+		const { notModified: _, ...body } = view;
+		expect(JSON.stringify(body).length).toBeLessThan(1_000_000);
+		expect(result.again).toEqual({ notModified: true, version: view.version });
 	});
 });
