@@ -37,11 +37,24 @@ export const SWEEP_BATCH = 500;
 export const LIST_PAGE_MAX = 1000;
 
 /**
- * route.ts `expiresAtMs` for queries over `route_entries r LEFT JOIN leases l`:
- * the same expression (the alarm test and the lease tests check they agree).
+ * route.ts `expiresAtMs` as SQL over `route_entries r LEFT JOIN leases l`, for
+ * the alarm's scans only: they select candidates with it, and each candidate
+ * is judged again with `expiresAtMs` before anything is deleted. Every other
+ * judgement reads the columns and calls `expiresAtMs`.
  */
 const EXPIRY_SQL = "COALESCE(r.lapsed_at_ms, MAX(r.received_at_ms, COALESCE(l.renewed_at_ms, 0)) + r.ttl_seconds * 1000)";
 const FROM_ROUTES = "route_entries r LEFT JOIN leases l ON l.key_id = r.key_id";
+/** The columns `expiresAtMs` needs, from FROM_ROUTES. */
+const EXPIRY_COLUMNS = "r.received_at_ms, r.ttl_seconds, r.lapsed_at_ms, l.renewed_at_ms";
+
+interface ExpiryRow extends Record<string, SqlStorageValue> {
+	received_at_ms: number;
+	ttl_seconds: number;
+	lapsed_at_ms: number | null;
+	renewed_at_ms: number | null;
+}
+const rowExpiresAtMs = (r: ExpiryRow): number =>
+	expiresAtMs({ receivedAtMs: r.received_at_ms, ttlSeconds: r.ttl_seconds, lapsedAtMs: r.lapsed_at_ms, leaseRenewedAtMs: r.renewed_at_ms });
 
 export interface Tombstone {
 	sequence: number;
@@ -304,9 +317,13 @@ export class RouteTable extends DurableObject<Env> {
 		);
 	}
 
-	/** The live routes `keyId` last wrote. */
-	private liveCount(keyId: string, nowMs: number): number {
-		return this.sql.exec<{ n: number }>(`SELECT COUNT(*) AS n FROM ${FROM_ROUTES} WHERE r.key_id = ? AND ${EXPIRY_SQL} > ?`, keyId, nowMs).one().n;
+	/** The routes `keyId` last wrote that are live at `nowMs` (by its key id index). */
+	private liveRoutes(keyId: string, nowMs: number): HeldRoute[] {
+		return this.sql
+			.exec<ExpiryRow & HeldRoute>(`SELECT r.key, r.sequence, ${EXPIRY_COLUMNS} FROM ${FROM_ROUTES} WHERE r.key_id = ?`, keyId)
+			.toArray()
+			.filter((r) => rowExpiresAtMs(r) > nowMs)
+			.map((r) => ({ key: r.key, sequence: r.sequence }));
 	}
 
 	/** Makes sure the alarm fires by `atMs` (an earlier one stays: it re-arms itself). */
@@ -336,7 +353,7 @@ export class RouteTable extends DurableObject<Env> {
 			const prior = stored ? { kind: "route" as const, ...stored } : tomb ? { kind: "tombstone" as const, ...tomb } : null;
 			if (prior && prior.grp !== route.group) return { ok: false, code: "route_owned", group: prior.grp, kind: prior.kind };
 			// A route this key already holds is an update and always passes; any other is new to this key.
-			if (stored?.key_id !== route.keyId && this.liveCount(route.keyId, nowMs) >= req.maxRoutesPerKey) {
+			if (stored?.key_id !== route.keyId && this.liveRoutes(route.keyId, nowMs).length >= req.maxRoutesPerKey) {
 				return { ok: false, code: "route_limit_exceeded", cap: req.maxRoutesPerKey };
 			}
 			if (prior && route.sequence <= prior.sequence) return { ok: false, code: "stale_sequence", stored: prior.sequence, kind: prior.kind };
@@ -449,10 +466,7 @@ export class RouteTable extends DurableObject<Env> {
 				req.sequence,
 				renewedAtMs,
 			);
-			const held = this.sql
-				.exec<{ key: string; sequence: number }>(`SELECT r.key, r.sequence FROM ${FROM_ROUTES} WHERE r.key_id = ? AND ${EXPIRY_SQL} > ?`, keyId, nowMs)
-				.toArray() as HeldRoute[];
-			return { ok: true as const, renewedAtMs, held };
+			return { ok: true as const, renewedAtMs, held: this.liveRoutes(keyId, nowMs) };
 		});
 		if (!result.ok) return result;
 		await this.armBy(result.renewedAtMs + LEASE_RETENTION_MS);
@@ -610,19 +624,23 @@ export class RouteTable extends DurableObject<Env> {
 		this.alarmAtMs = null;
 		const { more, deleted } = this.ctx.storage.transactionSync(() => this.sweep(nowMs));
 		if (deleted > 0) this.mutations++;
+		// More due: again at once. Otherwise at the next deletion, and never
+		// in a tight loop (a next time already past would mean the SQL and
+		// expiresAtMs disagree about a row; it is retried each second).
 		const next = more ? nowMs : this.nextSweepAtMs();
-		if (next !== null) await this.armBy(next);
+		if (next !== null) await this.armBy(more ? nowMs : Math.max(next, nowMs + 1000));
 	}
 
 	private sweep(nowMs: number): { more: boolean; deleted: number } {
 		const routes = this.sql
-			.exec<{ key: string; sequence: number; grp: string; key_id: string }>(
-				`SELECT r.key, r.sequence, r.grp, r.key_id FROM ${FROM_ROUTES} WHERE ${EXPIRY_SQL} + ? <= ? LIMIT ?`,
+			.exec<ExpiryRow & { key: string; sequence: number; grp: string; key_id: string }>(
+				`SELECT r.key, r.sequence, r.grp, r.key_id, ${EXPIRY_COLUMNS} FROM ${FROM_ROUTES} WHERE ${EXPIRY_SQL} + ? <= ? LIMIT ?`,
 				EXPIRED_ROUTE_RETENTION_MS,
 				nowMs,
 				SWEEP_BATCH,
 			)
-			.toArray();
+			.toArray()
+			.filter((r) => rowExpiresAtMs(r) + EXPIRED_ROUTE_RETENTION_MS <= nowMs);
 		for (const r of routes) {
 			this.sql.exec("DELETE FROM route_entries WHERE key = ?", r.key);
 			this.writeTombstone(r.key, { sequence: r.sequence, grp: r.grp, key_id: r.key_id, deleted_at_ms: nowMs });
