@@ -290,6 +290,14 @@ export class RouteTable extends DurableObject<Env> {
 		super(ctx, env);
 		this.sql = ctx.storage.sql;
 		ctx.storage.transactionSync(() => migrate(this.sql));
+		// A table with rows and no alarm (migrated from a Worker without one,
+		// say) gets one, at its earliest pending deletion.
+		void ctx.blockConcurrencyWhile(async () => {
+			this.alarmAtMs = await ctx.storage.getAlarm();
+			if (this.alarmAtMs !== null) return;
+			const next = this.nextSweepAtMs();
+			if (next !== null) await this.armBy(next);
+		});
 	}
 
 	private storedRoute(key: string): RouteRow | undefined {

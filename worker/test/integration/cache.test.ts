@@ -8,7 +8,7 @@ import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { cacheTtlMs, invalidateAll, loadModel } from "../../src/route-cache";
 import type { ModelRoutes } from "../../src/table";
-import { makeRoute, putDirect, uid } from "../helpers";
+import { makeRoute, nextSequence, publish, putDirect, routePath, signedRequest, uid } from "../helpers";
 
 /** The real ROUTES namespace, recording each modelRoutes() call (its model and the rows it read) and each catalog() call. */
 function countingEnv() {
@@ -79,6 +79,30 @@ describe("route cache", () => {
 		await loadModel(counted, others[0]!.model);
 		expect(reads.map((r) => r.model)).toEqual([model, others[0]!.model]);
 		expect(reads[1]!.rowsRead).toBeLessThanOrEqual(2);
+	});
+
+	it("drops, after a write through this isolate, the copies of the models it touched and no others", async () => {
+		const { env: counted, reads } = countingEnv();
+		invalidateAll();
+		const model = uid("cache-model-");
+		const untouched = uid("cache-model-");
+		const t0 = Date.now();
+		await loadModel(counted, model, t0);
+		await loadModel(counted, untouched, t0);
+		expect(reads.map((r) => r.model)).toEqual([model, untouched]);
+		// Published through the admin API, in this isolate: the model's copy goes at once.
+		const route = makeRoute({ name: uid("cache"), model });
+		await publish(route);
+		expect((await loadModel(counted, model, t0 + 100)).routes.map((r) => r.name)).toEqual([route.name]);
+		await loadModel(counted, untouched, t0 + 100);
+		expect(reads.map((r) => r.model)).toEqual([model, untouched, model]);
+		// So does a withdrawal's, and a model moved away from (its old model's copy goes too).
+		const moved = { ...route, sequence: nextSequence(), model: uid("cache-model-") };
+		await publish(moved);
+		expect((await loadModel(counted, model, t0 + 200)).routes).toEqual([]);
+		expect(reads.at(-1)).toMatchObject({ model, routes: 0 });
+		await signedRequest("DELETE", routePath(moved));
+		expect((await loadModel(counted, moved.model, t0 + 300)).routes).toEqual([]);
 	});
 
 	it("caps the TTL at 10 s so changes show within the contract's 10 s", () => {

@@ -128,6 +128,7 @@ describe("upgrading from the previous schema", () => {
 			for (const r of [a, b, c]) sql.exec("INSERT INTO published_routes VALUES (?, ?, ?, ?)", `${r.namespace}/${r.name}/${r.region}`, r.sequence, r.group, JSON.stringify(r));
 		});
 		// The redeploy: a new instance, whose constructor migrates.
+		await runInDurableObject(stub, (_: RouteTable, state) => state.storage.deleteAlarm());
 		await evictDurableObject(stub);
 
 		const tables = await runInDurableObject(stub, (_: RouteTable, state) =>
@@ -135,6 +136,9 @@ describe("upgrading from the previous schema", () => {
 		);
 		expect(tables).toContain("route_entries");
 		expect(tables).not.toContain("published_routes");
+		// The previous Worker set no alarm; the new instance arms one for the migrated rows.
+		const alarm = await runInDurableObject(stub, (_: RouteTable, state) => state.storage.getAlarm());
+		expect(alarm).toBe(Math.min(...[a, b, c].map((r) => r.receivedAtMs + r.ttlSeconds * 1000)) + EXPIRED_ROUTE_RETENTION_MS);
 		const one = await stub.get(a, now);
 		expect(one.route).toMatchObject({ sequence: a.sequence, receivedAtMs: a.receivedAtMs, upstreamToken: a.upstreamToken, keyId: a.keyId });
 		const model = await stub.modelRoutes(a.model);
