@@ -455,17 +455,14 @@ export class RouteTable extends DurableObject<Env> {
 		const result = this.ctx.storage.transactionSync(() => {
 			const stored = this.sql.exec<{ sequence: number; renewed_at_ms: number }>("SELECT sequence, renewed_at_ms FROM leases WHERE key_id = ?", keyId).toArray()[0];
 			if (stored && req.sequence <= stored.sequence) return { ok: false as const, code: "stale_sequence" as const, stored: stored.sequence, kind: "lease" as const };
-			const previous = stored?.renewed_at_ms ?? 0;
 			// Never backwards: isolates' clocks may differ by a little.
-			const renewedAtMs = Math.max(previous, nowMs);
-			this.sql.exec(
-				`UPDATE route_entries SET lapsed_at_ms = MAX(received_at_ms, ?) + ttl_seconds * 1000
-				 WHERE key_id = ? AND lapsed_at_ms IS NULL AND MAX(received_at_ms, ?) + ttl_seconds * 1000 <= ?`,
-				previous,
-				keyId,
-				previous,
-				nowMs,
-			);
+			const renewedAtMs = Math.max(stored?.renewed_at_ms ?? 0, nowMs);
+			// Routes already dead under the stored lease keep the expiry they died at.
+			const rows = this.sql.exec<ExpiryRow & { key: string }>(`SELECT r.key, ${EXPIRY_COLUMNS} FROM ${FROM_ROUTES} WHERE r.key_id = ? AND r.lapsed_at_ms IS NULL`, keyId);
+			for (const row of rows.toArray()) {
+				const diedAtMs = rowExpiresAtMs(row);
+				if (diedAtMs <= nowMs) this.sql.exec("UPDATE route_entries SET lapsed_at_ms = ? WHERE key = ?", diedAtMs, row.key);
+			}
 			this.sql.exec(
 				`INSERT INTO leases (key_id, grp, sequence, renewed_at_ms) VALUES (?, ?, ?, ?)
 				 ON CONFLICT(key_id) DO UPDATE SET grp = excluded.grp, sequence = excluded.sequence, renewed_at_ms = excluded.renewed_at_ms`,
