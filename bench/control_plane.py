@@ -328,7 +328,7 @@ class Receiver:
                 except (ValueError, KeyError, TypeError) as e:
                     with receiver.lock:
                         receiver.rejected += 1
-                    return self.reply(400, error("invalid_route", f"bad lease: {e}"))
+                    return self.reply(400, error("invalid_lease", f"bad lease: {e}"))
                 with receiver.lock:
                     stored = receiver.leases.get(key_id, {}).get("sequence", 0)
                     if sequence <= stored:

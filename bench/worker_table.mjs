@@ -90,14 +90,15 @@ function routeOf(model, [region, latitude, longitude], endpoint) {
 async function put(base, route) {
 	const key = keys.find((k) => k.region === route.region);
 	const path = `/admin/v1/routes/${route.namespace}/${route.name}/${route.region}`;
-	const body = JSON.stringify(route);
 	for (let attempt = 0; ; attempt++) {
+		// publishedAt must be within 300 s of the Worker's clock when it arrives, and publishing takes minutes.
+		const body = JSON.stringify({ ...route, publishedAt: new Date().toISOString().replace(/\.\d+Z$/, "Z") });
 		const res = await fetch(base + path, { method: "PUT", body, headers: { "content-type": "application/json", ...signed(key, "PUT", path, body) } });
 		const text = await res.text();
 		if (res.status === 200) return;
 		// A write that lost a race to a newer timestamp-based sequence (none expected): retry with a fresh one.
 		if (res.status === 409 && attempt < 2 && text.includes("stale_sequence")) {
-			route.sequence = nextSequence();
+			route = { ...route, sequence: nextSequence() };
 			continue;
 		}
 		throw new Error(`PUT ${path}: ${res.status} ${text.slice(0, 300)}`);
@@ -116,14 +117,19 @@ async function publishAll(base, routes) {
 	return Math.round(performance.now() - started);
 }
 
-/** Routes the Worker holds, by the admin list of each key (its scope: its region). */
+/** Live routes the Worker holds, by the admin list of each key (its scope: its region), page by page where it pages. */
 async function heldRoutes(base) {
 	let n = 0;
+	const path = "/admin/v1/routes";
 	for (const key of keys) {
-		const path = "/admin/v1/routes";
-		const res = await fetch(base + path, { headers: signed(key, "GET", path, "") });
-		if (res.status !== 200) throw new Error(`GET ${path}: ${res.status} ${await res.text()}`);
-		n += (await res.json()).routes.filter((r) => !r.expired).length;
+		for (let after = ""; ; ) {
+			const res = await fetch(base + path + (after ? `?after=${encodeURIComponent(after)}` : ""), { headers: signed(key, "GET", path, "") });
+			if (res.status !== 200) throw new Error(`GET ${path}: ${res.status} ${await res.text()}`);
+			const page = await res.json();
+			n += page.routes.filter((r) => !r.expired).length;
+			if (!page.next) break;
+			after = page.next;
+		}
 	}
 	return n;
 }
@@ -152,26 +158,32 @@ const smallRoutes = REGIONS.map((region) => routeOf(MEASURED, region, endpoint))
 const checkouts = [{ label: "current", dir: resolve(strArg("worker-dir") ?? defaultWorkerDir) }];
 if (strArg("baseline")) checkouts.push({ label: "baseline", dir: resolve(strArg("baseline")) });
 
-// Each Worker: its own wrangler dev on its own ports (entry, inspector).
-const workers = [];
+// Each Worker: its own wrangler dev on its own ports (entry, inspector),
+// started one after another, then all published to at once (the Durable
+// Object's writes are the slow part, and each Worker has its own).
+const started = [];
 let p = port;
 for (const c of checkouts) {
 	for (const [size, routes] of [["big", bigRoutes], ["small", smallRoutes]]) {
-		const w = await startWrangler({
+		started.push({ c, size, routes, w: await startWrangler({
 			label: `${c.label} ${size}`, port: p, log, cwd: c.dir, probe: healthOk,
 			extra: [
 				"--inspector-port", String(p + 1), "--env", "local", "--var", `BACKHAUL_PUBLISHERS:${PUBLISHERS}`, "--var", "ROUTE_CACHE_TTL_MS:0",
 				"--var", "DEFAULT_LOCATION:51.5,-0.1", "--var", "BACKHAUL_API_KEYS:", "--var", "ALLOW_ANONYMOUS:true",
 			],
-		});
+		}) });
 		p += 2;
+	}
+}
+const workers = await Promise.all(
+	started.map(async ({ c, size, routes, w }) => {
 		const publishMs = await publishAll(w.base, routes);
 		const held = await heldRoutes(w.base);
 		if (held !== routes.length) throw new Error(`${c.label} ${size}: holds ${held} live routes, published ${routes.length}`);
 		log(`${c.label} ${size}: ${routes.length} routes published in ${publishMs} ms`);
-		workers.push({ checkout: c, size, w, url: w.runtimeBase ?? w.base, publishMs, routes: routes.length, chat: { ttfb: [], total: [], ticks: 0 }, models: { total: [], ticks: 0 } });
-	}
-}
+		return { checkout: c, size, w, url: w.runtimeBase ?? w.base, publishMs, routes: routes.length, chat: { ttfb: [], total: [], ticks: 0 }, models: { total: [], ticks: 0 } };
+	}),
+);
 
 async function modelsOnce(url) {
 	const started = performance.now();
