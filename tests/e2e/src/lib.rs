@@ -11,6 +11,8 @@
 //! - [`Operator`]: the `backhaul-operator` binary against the local control plane,
 //!   watching one test namespace.
 //! - [`chat`]: one streamed chat completion through the Worker, parsed.
+//! - [`clusters`]: a second, separate control plane (one cluster per region)
+//!   and a region served by `backhaul-inference` on 127.0.0.1.
 //!
 //! Binaries come from `$CARGO_TARGET_DIR/debug` (`scripts/e2e.sh` builds them);
 //! Node from `scripts/node-env.sh`'s location. Every failure names the component
@@ -30,6 +32,7 @@ use futures::StreamExt;
 
 pub use backhaul_testkit::{cache_dir, repo_root, wait_for};
 
+pub mod clusters;
 pub mod pods;
 
 /// A free TCP port on 127.0.0.1.
@@ -476,6 +479,20 @@ impl Operator {
         log_name: &str,
         key_id: &str,
     ) -> Result<Self> {
+        Self::start_with_args(kubeconfig, namespace, worker, regions, log_name, key_id, &[]).await
+    }
+
+    /// [`Operator::start_signing_as`] with more flags (`extra`, e.g. a short
+    /// `--fleet-poll-interval`).
+    pub async fn start_with_args(
+        kubeconfig: &Path,
+        namespace: &str,
+        worker: &Worker,
+        regions: Option<&str>,
+        log_name: &str,
+        key_id: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let key_file = if key_id == PUBLISHER_KEY_ID {
             worker.key_file.clone()
         } else {
@@ -500,6 +517,7 @@ impl Operator {
         if let Some(regions) = regions {
             command.args(["--regions", regions]);
         }
+        command.args(extra);
         let mut proc = Proc::spawn(
             &format!("backhaul-operator ({log_name})"),
             log_name,
