@@ -479,7 +479,8 @@ impl Operator {
         log_name: &str,
         key_id: &str,
     ) -> Result<Self> {
-        Self::start_with_args(kubeconfig, namespace, worker, regions, log_name, key_id, &[]).await
+        Self::start_with_args(kubeconfig, namespace, worker, regions, log_name, key_id, &[])
+            .await
     }
 
     /// [`Operator::start_signing_as`] with more flags (`extra`, e.g. a short
