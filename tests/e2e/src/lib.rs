@@ -479,8 +479,16 @@ impl Operator {
         log_name: &str,
         key_id: &str,
     ) -> Result<Self> {
-        Self::start_with_args(kubeconfig, namespace, worker, regions, log_name, key_id, &[])
-            .await
+        Self::start_with_args(
+            kubeconfig,
+            namespace,
+            worker,
+            regions,
+            log_name,
+            key_id,
+            &[],
+        )
+        .await
     }
 
     /// [`Operator::start_signing_as`] with more flags (`extra`, e.g. a short
