@@ -55,6 +55,8 @@ pub struct ChildCache {
     /// Whole objects: the upstream credential is read from them (few and small).
     secrets: Store<Secret>,
     applied: Mutex<HashMap<ChildKey, Applied>>,
+    /// Measurement only: behave as if there were no cache (see [`ChildCache::bypass`]).
+    bypassed: std::sync::atomic::AtomicBool,
 }
 
 /// Write side: the watches that fill the caches (see [`ChildWriters::streams`]).
@@ -156,22 +158,50 @@ pub fn first_difference(desired: &serde_json::Value, actual: &serde_json::Value)
     }
 }
 
+/// Kept on cached copies only (never written to the API server): the
+/// [`meta_digest`] of the child's metadata before [`trim_meta`] dropped its
+/// annotations.
+const CACHED_META_DIGEST: &str = "backhaul.dev/cached-meta-digest";
+
+/// Digest of what a generation does not cover: labels, annotations and
+/// owner references (an edit to any of them leaves `metadata.generation`
+/// alone, and the operator must still put its own values back).
+fn meta_digest(meta: &ObjectMeta) -> String {
+    if let Some(d) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CACHED_META_DIGEST))
+    {
+        return d.clone();
+    }
+    let mut annotations = meta.annotations.clone().unwrap_or_default();
+    annotations.remove(LAST_APPLIED_ANNOTATION);
+    digest(&(&meta.labels, &annotations, &meta.owner_references))
+}
+
 /// What changes when anyone changes a child: its generation where the kind
-/// has one (status updates leave it alone), else its resourceVersion.
+/// has one (status updates leave it alone), else its resourceVersion; and
+/// its labels, annotations and owner references.
 fn marker(meta: &ObjectMeta) -> String {
-    match meta.generation {
+    let version = match meta.generation {
         Some(g) => format!("g{g}"),
         None => format!("rv{}", meta.resource_version.as_deref().unwrap_or_default()),
-    }
+    };
+    format!("{version}/{}", meta_digest(meta))
 }
 
 fn trim_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
+    let digest = meta_digest(meta);
     let hash = meta
         .annotations
         .as_mut()
         .and_then(|a| a.remove(APPLIED_HASH_ANNOTATION));
-    meta.annotations = hash.map(|h| [(APPLIED_HASH_ANNOTATION.to_owned(), h)].into());
+    let mut kept: std::collections::BTreeMap<String, String> =
+        hash.map(|h| [(APPLIED_HASH_ANNOTATION.to_owned(), h)].into())
+            .unwrap_or_default();
+    kept.insert(CACHED_META_DIGEST.to_owned(), digest);
+    meta.annotations = Some(kept);
 }
 
 /// The annotation `kubectl apply` stores the whole last-applied object in.
@@ -209,6 +239,7 @@ impl ChildCache {
                 pdbs,
                 secrets,
                 applied: Mutex::default(),
+                bypassed: Default::default(),
             },
             ChildWriters {
                 deployments: dw,
@@ -217,6 +248,18 @@ impl ChildCache {
                 secrets: xw,
             },
         )
+    }
+
+    /// For measuring what this cache saves: with `on`, every reconcile
+    /// applies every child and prune lists them, as an operator without it
+    /// would (the watches still run; they trigger reconciles).
+    pub fn bypass(&self, on: bool) {
+        self.bypassed
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_bypassed(&self) -> bool {
+        self.bypassed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether every cache has seen its initial list.
@@ -267,7 +310,7 @@ impl ChildCache {
         namespace: &str,
         labels: &[(&str, &str)],
     ) -> Option<(Vec<ObjectMeta>, Vec<ObjectMeta>)> {
-        if !self.ready() {
+        if !self.ready() || self.is_bypassed() {
             return None;
         }
         let matches = |meta: &ObjectMeta| {
@@ -299,6 +342,9 @@ impl ChildCache {
     /// Whether nothing was applied to the child of `desired` since this
     /// process started (then [`first_difference`] may adopt it).
     pub fn first_sight<K: Resource<DynamicType = ()>>(&self, desired: &K, namespace: &str) -> bool {
+        if self.is_bypassed() {
+            return false;
+        }
         let key = (kind_of::<K>(), namespace.to_owned(), desired.name_any());
         !self
             .applied
@@ -318,6 +364,9 @@ impl ChildCache {
         cached: Option<&ObjectMeta>,
     ) -> bool {
         let Some(cached) = cached else { return false };
+        if self.is_bypassed() {
+            return false;
+        }
         let key = (kind_of::<K>(), namespace.to_owned(), desired.name_any());
         let applied = self.applied.lock().expect("not poisoned");
         applied.get(&key).is_some_and(|a| {
@@ -561,5 +610,46 @@ mod tests {
         assert_eq!(Some(hash), applied_digest(&twice.metadata));
         svc.metadata.name = Some("b".into());
         assert_ne!(Some(hash), applied_digest(&with_digest(svc).metadata));
+    }
+
+    /// An edit to a child's labels, annotations or owner references (none
+    /// moves its generation) reads as a change, so the next reconcile puts
+    /// the operator's values back; a status update does not.
+    #[test]
+    fn marker_sees_metadata_edits_that_leave_the_generation() {
+        let meta: ObjectMeta = serde_json::from_value(json!({
+            "name": "c", "namespace": "ns", "generation": 4, "resourceVersion": "10",
+            "labels": {"backhaul.dev/model": "m"},
+            "annotations": {APPLIED_HASH_ANNOTATION: "abc", LAST_APPLIED_ANNOTATION: "{}"},
+            "ownerReferences": [{"apiVersion": "backhaul.dev/v1alpha1", "kind": "ModelDeployment",
+                "name": "m", "uid": "u1", "controller": true}],
+        }))
+        .unwrap();
+        let mut trimmed = meta.clone();
+        trim_meta(&mut trimmed);
+        // The cache's trimmed copy and the apply's full answer agree.
+        assert_eq!(marker(&trimmed), marker(&meta));
+        let mut status_update = meta.clone();
+        status_update.resource_version = Some("11".into());
+        assert_eq!(marker(&status_update), marker(&meta));
+        let mut relabelled = meta.clone();
+        relabelled
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("backhaul.dev/model".into(), "other".into());
+        let mut annotated = meta.clone();
+        annotated
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("someone".into(), "else".into());
+        let mut orphaned = meta.clone();
+        orphaned.owner_references = None;
+        for edited in [relabelled, annotated, orphaned] {
+            let mut cached = edited.clone();
+            trim_meta(&mut cached);
+            assert_ne!(marker(&cached), marker(&meta), "{edited:?}");
+        }
     }
 }

@@ -93,6 +93,20 @@ pub struct Args {
         default_value_t = 5
     )]
     pub publish_timeout_seconds: u64,
+    /// Requests to the Worker in flight at once (route PUTs and DELETEs and the
+    /// lease). Reconciles never wait for them; a burst (a restart with
+    /// thousands of routes to send) drains at this many at a time.
+    #[arg(long, global = true, env = "BACKHAUL_PUBLISH_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub publish_concurrency: u16,
+    /// Seconds between reads of the Worker's fleet view (`GET /admin/v1/fleet`,
+    /// with If-None-Match, so an unchanged one costs a 304), which each
+    /// ModelDeployment's `status.fleet` shows: other clusters' regions appear,
+    /// or show as expired, within this plus their routes' TTL.
+    #[arg(long, global = true, env = "BACKHAUL_FLEET_POLL_INTERVAL",
+          default_value_t = crate::fleet::DEFAULT_POLL_INTERVAL_SECONDS,
+          value_parser = clap::value_parser!(u64).range(1..=crate::fleet::MAX_POLL_INTERVAL_SECONDS))]
+    pub fleet_poll_interval: u64,
     /// Regions this operator's cluster serves (comma separated); all when empty.
     #[arg(long, global = true, env = "BACKHAUL_REGIONS", value_delimiter = ',')]
     pub regions: Vec<String>,
@@ -195,6 +209,10 @@ pub struct PublishConfig {
     pub key: ed25519_dalek::SigningKey,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// How often the fleet view is read (`--fleet-poll-interval`).
+    pub fleet_poll_interval: Duration,
+    /// Requests in flight at once (`--publish-concurrency`).
+    pub concurrency: usize,
 }
 
 impl std::fmt::Debug for PublishConfig {
@@ -204,6 +222,8 @@ impl std::fmt::Debug for PublishConfig {
             .field("worker_url", &self.worker_url.as_str())
             .field("key_id", &self.key_id)
             .field("timeout", &self.timeout)
+            .field("fleet_poll_interval", &self.fleet_poll_interval)
+            .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -237,6 +257,8 @@ impl OperatorConfig {
             publish_key_file,
             publish_key_id,
             publish_timeout_seconds,
+            fleet_poll_interval,
+            publish_concurrency,
             regions,
             watch_namespace,
             metrics_addr: _,
@@ -258,6 +280,8 @@ impl OperatorConfig {
                     key_id: id.clone(),
                     key: read_signing_key(path)?,
                     timeout: Duration::from_secs(*publish_timeout_seconds),
+                    fleet_poll_interval: Duration::from_secs(*fleet_poll_interval),
+                    concurrency: usize::from(*publish_concurrency),
                 })
             }
             (Some(_), _, _) => return Err(ConfigError::MissingKey),
@@ -475,7 +499,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ConfigError::BadKey { .. }), "{err}");
+        assert_eq!(ok.concurrency, 8, "the documented default");
+        let bound = |n: &str| {
+            Cli::try_parse_from(["backhaul-operator", "--publish-concurrency", n])
+                .map(|c| c.args.publish_concurrency)
+        };
+        assert_eq!(bound("1").unwrap(), 1);
+        assert_eq!(bound("256").unwrap(), 256);
+        assert!(bound("0").is_err() && bound("257").is_err());
         // No Worker URL: publication off, no key needed.
         assert!(config(&[]).unwrap().publish.is_none());
+    }
+
+    #[test]
+    fn the_fleet_view_is_read_every_30_s_by_default_and_1_to_3600_s_when_set() {
+        let interval = |argv: &[&str]| {
+            Cli::try_parse_from(std::iter::once("backhaul-operator").chain(argv.iter().copied()))
+                .map(|c| c.args.fleet_poll_interval)
+        };
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == "fleet_poll_interval")
+            .expect("--fleet-poll-interval");
+        // Read from the declaration: the environment may set the flag.
+        assert_eq!(arg.get_default_values()[0].to_string_lossy(), "30");
+        assert_eq!(interval(&["--fleet-poll-interval", "1"]).unwrap(), 1);
+        assert_eq!(interval(&["--fleet-poll-interval", "3600"]).unwrap(), 3600);
+        assert!(interval(&["--fleet-poll-interval", "0"]).is_err());
+        assert!(interval(&["--fleet-poll-interval", "3601"]).is_err());
     }
 }

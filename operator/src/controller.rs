@@ -1,15 +1,23 @@
-//! The reconciler: wires look up → validate → build/apply → observe → publish
-//! → status for one `ModelDeployment`, and runs it under kube's `Controller`.
+//! The reconciler: look up → validate → build/apply → observe → desired
+//! routes → status for one `ModelDeployment`, run under kube's `Controller`.
+//!
+//! Publication is not done here: [`reconcile_apply`] hands each object's
+//! desired routes to [`RouteSync`] and reads back what it holds, so a
+//! reconcile never waits for the Worker. Route sync wakes the object's next
+//! reconcile (`reconcile_on`) when its publication changes; otherwise objects
+//! reconcile on change and on a slow resync.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use futures::stream::BoxStream;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PartialObjectMeta};
+use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as Finalizer};
@@ -26,16 +34,18 @@ use crate::crd::{
 };
 use crate::metrics::Metrics;
 use crate::observe::{self, RegionObservation};
-use crate::publish::{self, Due, PublishError, Publisher, RouteKey, RouteTracker};
+use crate::publish::{self, Publisher};
+use crate::route_sync::{DesiredRoutes, ObjectKey, RouteState, RouteSync, SyncConfig};
 use crate::status::{self, Publication};
 use crate::upstream_auth::{self, Credential};
-use crate::validate::{ValidationError, validate};
+use crate::validate::{ValidatedModelDeployment, ValidationError, validate};
 
 /// Requeue while a region is not ready, to notice pods that stay Pending
 /// (their changes do not touch the Deployment).
 const NOT_READY_REQUEUE: Duration = Duration::from_secs(10);
-/// Requeue of a steady object with nothing published (drift correction).
-const STEADY_REQUEUE: Duration = Duration::from_secs(300);
+/// The slow resync of a steady object (drift correction). Routes are renewed
+/// by route sync's lease, not by reconciles.
+const RESYNC: Duration = Duration::from_secs(300);
 /// Objects per page of the watches' initial lists. A page is held whole,
 /// untrimmed (managedFields and all), until its objects reach the stores: at
 /// kube's default of 500, the lists of a restart over 1,000 objects (3,000
@@ -59,16 +69,17 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Withdrawing routes of a deleted object failed; the finalizer stays.
-    #[error("withdrawing routes of {namespace}/{name}: {source}")]
-    Unpublish {
+    /// The routes of a deleted object are not withdrawn yet; the finalizer stays.
+    #[error("waiting for the Worker to confirm withdrawal of {namespace}/{name} in {regions}")]
+    Unpublishing {
         /// Namespace.
         namespace: String,
         /// Name.
         name: String,
-        /// Cause.
-        #[source]
-        source: PublishError,
+        /// Regions still held, with their last error.
+        regions: String,
+        /// When the wait ends regardless (the routes' TTL since deletion).
+        gives_up_in: Duration,
     },
     /// Another operator still holds routes of a deleted object.
     #[error("waiting for the operators of regions {regions} to withdraw their routes")]
@@ -87,7 +98,7 @@ impl Error {
         match self {
             Error::Apply(_) => "apply",
             Error::Status { .. } => "status",
-            Error::Unpublish { .. } => "unpublish",
+            Error::Unpublishing { .. } => "unpublish",
             Error::WaitingForPeers { .. } => "waiting_for_peers",
             Error::Finalizer(e) => match e.as_ref() {
                 finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
@@ -97,7 +108,25 @@ impl Error {
             },
         }
     }
+
+    /// The latest retry this error allows (the finalizer's deadline).
+    fn retry_within(&self) -> Option<Duration> {
+        match self {
+            Error::Unpublishing { gives_up_in, .. } => Some(*gives_up_in),
+            Error::Finalizer(e) => match e.as_ref() {
+                finalizer::Error::CleanupFailed(inner) => inner.retry_within(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
+
+/// The fleet poller's hook (operator/src/fleet.rs): given an object and the
+/// status this operator is about to write, fills in what the Worker's fleet
+/// view says of the regions other operators serve (`status.fleet`). Called
+/// on every status computation, before the changed-or-not comparison.
+pub type FleetHook = Arc<dyn Fn(&ModelDeployment, &mut ModelDeploymentStatus) + Send + Sync>;
 
 /// What every reconcile shares.
 pub struct Context {
@@ -105,18 +134,21 @@ pub struct Context {
     pub client: Client,
     /// Operator settings.
     pub config: OperatorConfig,
-    /// Worker client, `None` when publication is disabled.
-    pub publisher: Option<Publisher>,
-    /// What was published when.
-    pub tracker: RouteTracker,
+    /// The owner of publication, `None` when publication is disabled.
+    pub sync: Option<RouteSync>,
     /// Metrics.
     pub metrics: Metrics,
     /// The operator's children as the API server holds them.
     pub children: ChildCache,
+    /// Fills `status.fleet` (see [`FleetHook`]); `None` until the fleet poller exists.
+    pub fleet: Option<FleetHook>,
+    triggers: Mutex<Vec<BoxStream<'static, ObjectKey>>>,
     writers: Mutex<Option<ChildWriters>>,
     recorder: Recorder,
     failures: Mutex<HashMap<(String, String), u32>>,
     managed: Mutex<BTreeSet<(String, String)>>,
+    /// Undecodable objects already reported, by (uid, resourceVersion).
+    undecodable: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -127,14 +159,44 @@ impl std::fmt::Debug for Context {
     }
 }
 
+impl Drop for Context {
+    fn drop(&mut self) {
+        if let Some(sync) = &self.sync {
+            sync.stop();
+        }
+    }
+}
+
+/// A stream of `rx`'s keys.
+fn key_stream(
+    rx: tokio::sync::mpsc::UnboundedReceiver<ObjectKey>,
+) -> BoxStream<'static, ObjectKey> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|k| (k, rx)) }).boxed()
+}
+
 impl Context {
-    /// A context for `config`.
+    /// A context for `config`; starts route sync when publication is on.
     pub fn new(
         client: Client,
         config: OperatorConfig,
         metrics: Metrics,
     ) -> Result<Self, reqwest::Error> {
-        let publisher = config.publish.clone().map(Publisher::new).transpose()?;
+        let mut triggers = Vec::new();
+        let sync = match &config.publish {
+            Some(publish) => {
+                let publisher = Publisher::new(publish.clone())?;
+                let (sync, changes) = RouteSync::start(
+                    publisher,
+                    SyncConfig {
+                        concurrency: publish.concurrency,
+                    },
+                    metrics.clone(),
+                );
+                triggers.push(key_stream(changes));
+                Some(sync)
+            }
+            None => None,
+        };
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -146,15 +208,32 @@ impl Context {
         Ok(Self {
             client,
             config,
-            publisher,
+            sync,
             children,
+            fleet: None,
+            triggers: Mutex::new(triggers),
             writers: Mutex::new(Some(writers)),
-            tracker: RouteTracker::default(),
             metrics,
             recorder,
             failures: Mutex::default(),
             managed: Mutex::default(),
+            undecodable: Mutex::default(),
         })
+    }
+
+    /// Installs the fleet poller's hook and the keys of objects whose fleet
+    /// view changed (each is reconciled).
+    pub fn with_fleet(
+        mut self,
+        hook: FleetHook,
+        changed: tokio::sync::mpsc::UnboundedReceiver<ObjectKey>,
+    ) -> Self {
+        self.fleet = Some(hook);
+        self.triggers
+            .get_mut()
+            .expect("not poisoned")
+            .push(key_stream(changed));
+        self
     }
 
     /// The writers of [`Context::children`], once (the controller's watches
@@ -175,6 +254,18 @@ impl Context {
         action: &str,
         note: String,
     ) {
+        self.event_on(&md.object_ref(&()), type_, reason, action, note)
+            .await;
+    }
+
+    async fn event_on(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let ev = KubeEvent {
             type_,
             reason: reason.to_owned(),
@@ -182,7 +273,7 @@ impl Context {
             action: action.to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &md.object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(&ev, reference).await {
             tracing::warn!(error = %e, reason, "recording an event failed");
         }
     }
@@ -198,17 +289,33 @@ impl Context {
     }
 }
 
-fn key(md: &ModelDeployment) -> (String, String) {
-    (md.namespace().unwrap_or_default(), md.name_any())
+fn key(md: &impl Resource) -> (String, String) {
+    (
+        md.meta().namespace.clone().unwrap_or_default(),
+        md.meta().name.clone().unwrap_or_default(),
+    )
 }
 
-/// Reconciles one object (the `Controller`'s reconciler).
-#[tracing::instrument(skip_all, fields(namespace = md.namespace(), name = md.name_any()))]
-pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// Reconciles one object (the `Controller`'s reconciler). An object that
+/// does not deserialize (stored under another schema) is reported once with
+/// a Warning Event and skipped; the others carry on.
+#[tracing::instrument(skip_all, fields(namespace = object.meta().namespace.as_deref(), name = object.meta().name.as_deref()))]
+pub async fn reconcile(
+    object: Arc<DeserializeGuard<ModelDeployment>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let started = Instant::now();
+    let md = match &object.0 {
+        Ok(md) => Arc::new(md.clone()),
+        Err(invalid) => {
+            report_undecodable(invalid, &ctx).await;
+            ctx.metrics.reconciled("undecodable", started.elapsed());
+            return Ok(Action::await_change());
+        }
+    };
     let api: Api<ModelDeployment> =
         Api::namespaced(ctx.client.clone(), &md.namespace().unwrap_or_default());
-    let k = key(&md);
+    let k = key(md.as_ref());
     let result = finalizer::finalizer(&api, FINALIZER, md, |event| async {
         match event {
             Finalizer::Apply(md) => reconcile_apply(&md, &ctx).await,
@@ -228,57 +335,153 @@ pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
-/// Requeues failed reconciles with exponential backoff (1 s doubling to 5 min).
-pub fn error_policy(md: Arc<ModelDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
+/// Requeues failed reconciles with exponential backoff (1 s doubling to
+/// 5 min), never past the deadline the error carries.
+pub fn error_policy(
+    object: Arc<DeserializeGuard<ModelDeployment>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     let mut failures = ctx.failures.lock().expect("not poisoned");
-    let n = failures.entry(key(&md)).or_insert(0);
+    let n = failures.entry(key(object.as_ref())).or_insert(0);
     *n = n.saturating_add(1);
-    let delay = Duration::from_secs(1u64 << (*n - 1).min(9)).min(Duration::from_secs(300));
+    let mut delay = Duration::from_secs(1u64 << (*n - 1).min(9)).min(Duration::from_secs(300));
+    if let Some(within) = error.retry_within() {
+        delay = delay.min(within.max(Duration::from_millis(100)));
+    }
     tracing::warn!(
-        namespace = md.namespace(), name = md.name_any(), error = %error,
-        category = error.category(), retry_in_s = delay.as_secs(), "reconcile failed"
+        namespace = object.meta().namespace.as_deref(), name = object.meta().name.as_deref(), error = %error,
+        category = error.category(), retry_in_ms = delay.as_millis() as u64, "reconcile failed"
     );
     Action::requeue(delay)
 }
 
+/// A stored object that does not deserialize: one Warning Event per
+/// resourceVersion, on the object (through its metadata alone).
+async fn report_undecodable(invalid: &InvalidObject, ctx: &Context) {
+    let meta = &invalid.metadata;
+    let marker = (
+        meta.uid.clone().unwrap_or_default(),
+        meta.resource_version.clone().unwrap_or_default(),
+    );
+    if !ctx.undecodable.lock().expect("not poisoned").insert(marker) {
+        return;
+    }
+    tracing::warn!(
+        namespace = meta.namespace.as_deref(), name = meta.name.as_deref(), error = %invalid.error,
+        "skipping an object that does not match the ModelDeployment schema"
+    );
+    let reference = ObjectReference {
+        api_version: Some(ModelDeployment::api_version(&()).into_owned()),
+        kind: Some(ModelDeployment::kind(&()).into_owned()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..Default::default()
+    };
+    ctx.event_on(
+        &reference,
+        EventType::Warning,
+        "InvalidObject",
+        "Decode",
+        format!(
+            "the stored object does not match this operator's ModelDeployment schema and is skipped until it is fixed: {}",
+            invalid.error
+        ),
+    )
+    .await;
+}
+
+/// One region of the spec after apply and observe.
+#[derive(Debug, Clone)]
+pub struct ObservedRegion {
+    /// Index in [`ValidatedModelDeployment::regions`].
+    pub index: usize,
+    /// What its pods say.
+    pub observation: RegionObservation,
+    /// Whether its traffic reaches this object's pods (its Deployment and
+    /// Service are its own).
+    pub routable: bool,
+}
+
+impl ObservedRegion {
+    /// Whether the region should have a route.
+    pub fn ready(&self, v: &ValidatedModelDeployment) -> bool {
+        v.regions[self.index].replicas > 0 && self.observation.ready_replicas > 0 && self.routable
+    }
+}
+
 async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> {
-    let (namespace, name) = key(md);
-    ctx.set_managed((namespace.clone(), name.clone()), true);
+    let object = key(md);
+    ctx.set_managed(object.clone(), true);
     let v = match validate(md, &ctx.config) {
         Ok(v) => v,
         Err(invalid) => {
+            // Routes stay as they are (the pods of the last valid spec run on).
             reconcile_invalid(md, ctx, &invalid).await?;
-            // Nothing to do until the spec changes.
             return Ok(Action::await_change());
         }
     };
-    let serves = ctx.serves();
-
     // The Worker's credential first: the pods mount it.
     let credential = upstream_auth::ensure(&ctx.client, &ctx.children, &v).await?;
+    let observed = apply_and_observe(ctx, &v, &credential).await?;
+    apply::prune(&ctx.client, &ctx.children, &v, ctx.serves()).await?;
+    let prev = md.status.clone().unwrap_or_default();
+    let now = SystemTime::now();
+    let routes = desired_routes(
+        &v,
+        &observed,
+        &credential,
+        &prev,
+        ctx.serves(),
+        &publish::rfc3339_seconds(now),
+    );
+    let held = match &ctx.sync {
+        Some(sync) => {
+            sync.desire(&object, routes);
+            Some(sync.states(&object))
+        }
+        None => None,
+    };
+    let mine = region_entries(
+        &v,
+        &observed,
+        &credential,
+        &prev,
+        held.as_ref(),
+        ctx.serves(),
+        &publish::rfc3339_seconds(now),
+    );
+    write_status(md, ctx, &prev, mine).await?;
+    Ok(Action::requeue(requeue_after(&observed)))
+}
 
-    // Apply and observe each served region.
-    // A region whose children's names are held by objects this one does not
-    // control is Degraded (`ChildConflict`, with a Warning Event from the
-    // status transition) and not published; the other regions carry on.
-    let mut observed: Vec<(usize, RegionObservation)> = Vec::new();
-    let mut routable: Vec<bool> = Vec::new();
-    for (i, region) in v.regions.iter().enumerate() {
-        let applied = match &credential {
+/// Applies and observes each served region. A region whose children's names
+/// are held by objects this one does not control is Degraded
+/// (`ChildConflict`, with a Warning Event from the status transition) and
+/// not routable; the other regions carry on.
+async fn apply_and_observe(
+    ctx: &Context,
+    v: &ValidatedModelDeployment,
+    credential: &Credential,
+) -> Result<Vec<ObservedRegion>, Error> {
+    let mut observed = Vec::new();
+    for (index, region) in v.regions.iter().enumerate() {
+        let applied = match credential {
             // Never let the pods mount someone else's Secret as their tokens.
             Credential::Foreign(conflict) => apply::AppliedRegion {
                 deployment: None,
                 conflicts: vec![conflict.clone()],
             },
-            _ => apply::apply_region(&ctx.client, &ctx.children, &v, region).await?,
+            _ => apply::apply_region(&ctx.client, &ctx.children, v, region).await?,
         };
-        routable.push(applied.routable());
         let conflicts: Vec<String> = applied.conflicts.iter().map(ToString::to_string).collect();
         let observation = match &applied.deployment {
             Some(deployment) if conflicts.is_empty() => {
                 let (_, complete) = observe::deployment_readiness(deployment);
                 let pods = if region.replicas > 0 && !complete {
-                    apply::region_pods(&ctx.client, &v, &region.name).await?
+                    apply::region_pods(&ctx.client, v, &region.name).await?
                 } else {
                     Vec::new()
                 };
@@ -292,192 +495,177 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
                 observe::child_conflict(&region.name, region.replicas, ready, &conflicts)
             }
         };
-        observed.push((i, observation));
+        observed.push(ObservedRegion {
+            index,
+            observation,
+            routable: applied.routable(),
+        });
     }
-    apply::prune(&ctx.client, &ctx.children, &v, &serves).await?;
+    Ok(observed)
+}
 
-    // Publish: never blocks the children above; failures land in status.
-    let prev = md.status.clone().unwrap_or_default();
-    let now = SystemTime::now();
-    let now_s = publish::rfc3339_seconds(now);
-    let now_i = Instant::now();
-    let mut next: Option<Instant> = None;
-    let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-    let mut mine: Vec<RegionStatus> = Vec::new();
-    for (i, obs) in &observed {
-        let region = &v.regions[*i];
-        let route_key = RouteKey {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            region: region.name.clone(),
-        };
-        let prev_entry = prev.regions.iter().find(|e| e.name == region.name);
-        let was_published =
-            prev_entry.is_some_and(|e| e.published) || ctx.tracker.is_sent(&route_key);
-        let prev_error = || {
-            prev_entry
-                .and_then(|e| e.publish_error.clone())
-                .unwrap_or_else(|| "retrying".into())
-        };
-        // A foreign Secret makes every region unroutable, so a ready region
-        // has this ModelDeployment's own credential.
-        let ready = region.replicas > 0 && obs.ready_replicas > 0 && routable[*i];
-        let publication = match (&ctx.publisher, &credential) {
-            (None, _) => Publication::Disabled,
-            (Some(_), Credential::Unusable(message)) if ready => Publication::Failed {
-                message: message.clone(),
-                still_published: was_published,
-            },
-            (Some(publisher), Credential::Token(token)) if ready => {
-                let mut route = publish::route(&v, region, obs.ready_replicas, &now_s, token);
-                match ctx.tracker.put_due(&route_key, &route, now_i) {
-                    Due::At(at) => {
-                        soonest(at);
-                        match prev_entry.and_then(|e| e.publish_error.clone()) {
-                            Some(message) => Publication::Failed {
-                                message,
-                                still_published: was_published,
-                            },
-                            None => Publication::Published,
-                        }
-                    }
-                    Due::Now => {
-                        match publish::put_route(publisher, &ctx.tracker, &route_key, &mut route)
-                            .await
-                        {
-                            Ok(()) => {
-                                ctx.metrics.published("put", "success");
-                                ctx.tracker.put_ok(&route_key, &route, now_i);
-                                soonest(now_i + heartbeat(v.routing.ttl_seconds));
-                                Publication::Published
-                            }
-                            Err(e) => {
-                                ctx.metrics.published("put", e.category());
-                                soonest(ctx.tracker.failed(&route_key, now_i));
-                                tracing::warn!(region = %region.name, error = %e, "publishing a route failed");
-                                Publication::Failed {
-                                    message: e.to_string(),
-                                    still_published: was_published,
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            (Some(publisher), _) if was_published => {
-                match ctx.tracker.delete_due(&route_key, now_i) {
-                    Due::At(at) => {
-                        soonest(at);
-                        Publication::Failed {
-                            message: prev_error(),
-                            still_published: true,
-                        }
-                    }
-                    Due::Now => {
-                        match publish::delete_route(publisher, &ctx.tracker, &route_key).await {
-                            Ok(()) => {
-                                ctx.metrics.published("delete", "success");
-                                ctx.tracker.delete_ok(&route_key);
-                                Publication::Unpublished
-                            }
-                            Err(e) => {
-                                ctx.metrics.published("delete", e.category());
-                                soonest(ctx.tracker.failed(&route_key, now_i));
-                                tracing::warn!(region = %region.name, error = %e, "withdrawing a route failed");
-                                Publication::Failed {
-                                    message: e.to_string(),
-                                    still_published: true,
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            (Some(_), _) => Publication::Unpublished,
-        };
-        mine.push(status::region_status(
-            prev_entry,
-            obs,
-            &region.endpoint,
-            v.generation,
-            &publication,
-            &now_s,
-        ));
-    }
-
-    // Regions this operator served that left the spec: withdraw their routes.
-    let gone: Vec<&RegionStatus> = prev
+/// The object's whole desired publication: a route for every ready,
+/// routable region while the credential is usable; every served region
+/// status says is published may hold a route to withdraw.
+pub fn desired_routes(
+    v: &ValidatedModelDeployment,
+    observed: &[ObservedRegion],
+    credential: &Credential,
+    prev: &ModelDeploymentStatus,
+    serves: impl Fn(&str) -> bool,
+    published_at: &str,
+) -> DesiredRoutes {
+    let live = match credential {
+        Credential::Token(token) => observed
+            .iter()
+            .filter(|o| o.ready(v))
+            .map(|o| {
+                let region = &v.regions[o.index];
+                let route =
+                    publish::route(v, region, o.observation.ready_replicas, published_at, token);
+                (region.name.clone(), route)
+            })
+            .collect(),
+        Credential::Unusable(_) | Credential::Foreign(_) => BTreeMap::new(),
+    };
+    let maybe_held = prev
         .regions
         .iter()
-        .filter(|e| e.published && serves(&e.name) && !v.spec_regions.contains(&e.name))
+        .filter(|e| e.published && serves(&e.name))
+        .map(|e| e.name.clone())
         .collect();
-    if let Some(publisher) = &ctx.publisher {
-        for entry in gone {
-            let route_key = RouteKey {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                region: entry.name.clone(),
-            };
-            let result = match ctx.tracker.delete_due(&route_key, now_i) {
-                Due::At(at) => {
-                    soonest(at);
-                    // Still published: keep the entry until the withdrawal succeeds.
-                    mine.push(entry.clone());
-                    continue;
-                }
-                Due::Now => publish::delete_route(publisher, &ctx.tracker, &route_key).await,
-            };
-            match result {
-                Ok(()) => {
-                    ctx.metrics.published("delete", "success");
-                    ctx.tracker.delete_ok(&route_key);
-                }
-                Err(e) => {
-                    ctx.metrics.published("delete", e.category());
-                    soonest(ctx.tracker.failed(&route_key, now_i));
-                    mine.push(RegionStatus {
-                        publish_error: Some(e.to_string()),
-                        ..entry.clone()
-                    });
-                }
-            }
+    DesiredRoutes { live, maybe_held }
+}
+
+/// A region's publication in status, from what route sync holds (`None`:
+/// publication is disabled).
+pub fn publication(
+    held: Option<&BTreeMap<String, RouteState>>,
+    region: &str,
+    ready: bool,
+    credential: &Credential,
+) -> Publication {
+    let Some(held) = held else {
+        return Publication::Disabled;
+    };
+    let state = held.get(region);
+    let published = state.is_some_and(|s| s.published);
+    match (credential, state) {
+        (Credential::Unusable(message), _) if ready => Publication::Failed {
+            message: message.clone(),
+            still_published: published,
+        },
+        (
+            _,
+            Some(RouteState {
+                error: Some(message),
+                ..
+            }),
+        ) => Publication::Failed {
+            message: message.clone(),
+            still_published: published,
+        },
+        _ if published => Publication::Published,
+        _ => Publication::Unpublished,
+    }
+}
+
+/// This operator's status entries: one per observed region, and one per
+/// served region that left the spec while its withdrawal is outstanding.
+pub fn region_entries(
+    v: &ValidatedModelDeployment,
+    observed: &[ObservedRegion],
+    credential: &Credential,
+    prev: &ModelDeploymentStatus,
+    held: Option<&BTreeMap<String, RouteState>>,
+    serves: impl Fn(&str) -> bool,
+    now: &str,
+) -> Vec<RegionStatus> {
+    let mut mine: Vec<RegionStatus> = observed
+        .iter()
+        .map(|o| {
+            let region = &v.regions[o.index];
+            let prev_entry = prev.regions.iter().find(|e| e.name == region.name);
+            status::region_status(
+                prev_entry,
+                &o.observation,
+                &region.endpoint,
+                v.generation,
+                &publication(held, &region.name, o.ready(v), credential),
+                now,
+            )
+        })
+        .collect();
+    let gone = prev
+        .regions
+        .iter()
+        .filter(|e| serves(&e.name) && !v.spec_regions.contains(&e.name));
+    for entry in gone {
+        if let Some(state) = held.and_then(|h| h.get(&entry.name))
+            && (state.published || state.error.is_some())
+        {
+            mine.push(RegionStatus {
+                published: state.published,
+                publish_error: state.error.clone(),
+                ..entry.clone()
+            });
         }
     }
+    mine
+}
 
-    // Status, only when it changed.
+/// When to look again: soon while a region is not ready (Pending pods do
+/// not touch the Deployment), else at the slow resync.
+pub fn requeue_after(observed: &[ObservedRegion]) -> Duration {
+    let settled = observed.iter().all(|o| {
+        o.observation.phase == observe::phase::READY
+            || o.observation.phase == observe::phase::SCALED_TO_ZERO
+    });
+    if settled { RESYNC } else { NOT_READY_REQUEUE }
+}
+
+/// Writes the status `mine` implies, only when it changed, and records the
+/// transitions as Events.
+async fn write_status(
+    md: &ModelDeployment,
+    ctx: &Context,
+    prev: &ModelDeploymentStatus,
+    mine: Vec<RegionStatus>,
+) -> Result<(), Error> {
+    let (namespace, name) = key(md);
+    let serves = ctx.serves();
     let spec_order: Vec<String> = md.spec.regions.iter().map(|r| r.name.clone()).collect();
-    let desired = status::desired_status(md, &spec_order, mine, &serves, Timestamp::now());
+    let mut desired = status::desired_status(md, &spec_order, mine, &serves, Timestamp::now());
+    if let Some(fleet) = &ctx.fleet {
+        fleet(md, &mut desired);
+    }
     if status::status_changed(md, &desired, &serves) {
         let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
         status::write(&api, md, &desired, &ctx.config.status_field_manager())
             .await
             .map_err(|source| Error::Status {
-                namespace: namespace.clone(),
-                name: name.clone(),
+                namespace,
+                name,
                 source,
             })?;
-        record_transitions(md, &prev, &desired, ctx).await;
+        record_transitions(md, prev, &desired, ctx).await;
     }
-
-    let all_ready = observed.iter().all(|(_, o)| {
-        o.phase == observe::phase::READY || o.phase == observe::phase::SCALED_TO_ZERO
-    });
-    let mut requeue = if all_ready {
-        STEADY_REQUEUE
-    } else {
-        NOT_READY_REQUEUE
-    };
-    if let Some(at) = next {
-        requeue = requeue.min(
-            at.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100)),
-        );
-    }
-    Ok(Action::requeue(requeue))
+    Ok(())
 }
 
-fn heartbeat(ttl_seconds: u32) -> Duration {
-    Duration::from_secs(u64::from(ttl_seconds / 3).max(1))
+/// How long a deleted object still waits for its withdrawal: until its
+/// routes' TTL has passed since `deleted_at` (by then they have expired on
+/// the Worker by themselves). `None`: the wait is over.
+pub fn unpublish_wait(
+    deleted_at: Option<Timestamp>,
+    ttl_seconds: u32,
+    now: Timestamp,
+) -> Option<Duration> {
+    let deleted_at = deleted_at.unwrap_or(now);
+    let elapsed = now.duration_since(deleted_at);
+    let left = std::time::Duration::from_secs(u64::from(ttl_seconds))
+        .checked_sub(elapsed.try_into().unwrap_or_default())?;
+    (!left.is_zero()).then_some(left)
 }
 
 /// Events for changes worth a human's attention, emitted once per transition.
@@ -561,6 +749,8 @@ async fn reconcile_invalid(
             .filter(|e| serves(&e.name))
             .cloned()
             .collect(),
+        fleet: prev.fleet.clone(),
+        fleet_regions: prev.fleet_regions.clone(),
     };
     if status::status_changed(md, &desired, &serves) {
         let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -578,7 +768,8 @@ async fn reconcile_invalid(
 }
 
 async fn reconcile_cleanup(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> {
-    let (namespace, name) = key(md);
+    let object = key(md);
+    let (namespace, name) = object.clone();
     let serves = ctx.serves();
     let skip = md
         .annotations()
@@ -586,7 +777,9 @@ async fn reconcile_cleanup(md: &ModelDeployment, ctx: &Context) -> Result<Action
         .map(String::as_str)
         == Some("true");
     let prev = md.status.clone().unwrap_or_default();
-    if let (Some(publisher), false) = (&ctx.publisher, skip) {
+    if let (Some(sync), false) = (&ctx.sync, skip) {
+        // Every served region may hold a route (after a restart this process
+        // has sent nothing yet); DELETEs of absent routes are harmless.
         let regions: BTreeSet<String> = md
             .spec
             .regions
@@ -595,29 +788,70 @@ async fn reconcile_cleanup(md: &ModelDeployment, ctx: &Context) -> Result<Action
             .chain(prev.regions.iter().map(|e| e.name.clone()))
             .filter(|r| serves(r))
             .collect();
-        for region in &regions {
-            let route_key = RouteKey {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                region: region.clone(),
-            };
-            match publish::delete_route(publisher, &ctx.tracker, &route_key).await {
-                Ok(()) => ctx.metrics.published("delete", "success"),
-                Err(source) => {
-                    ctx.metrics.published("delete", source.category());
+        sync.desire(
+            &object,
+            DesiredRoutes {
+                live: BTreeMap::new(),
+                maybe_held: regions,
+            },
+        );
+        let outstanding: Vec<(String, RouteState)> = sync
+            .states(&object)
+            .into_iter()
+            .filter(|(_, s)| s.published)
+            .collect();
+        if !outstanding.is_empty() {
+            let described = outstanding
+                .iter()
+                .map(|(region, s)| match &s.error {
+                    Some(e) => format!("{region} ({e})"),
+                    None => region.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let deleted_at = md.meta().deletion_timestamp.as_ref().map(|t| t.0);
+            let ttl = md.spec.routing.ttl_seconds;
+            let wait = unpublish_wait(deleted_at, ttl, Timestamp::now()).or_else(|| {
+                // Past the TTL, but the Worker still renews the routes (it
+                // accepts the lease and refuses only the DELETE): they are
+                // alive, so keep waiting.
+                sync.renewed_within(&object, Duration::from_secs(u64::from(ttl)))
+                    .then_some(Duration::from_secs(u64::from(ttl)))
+            });
+            match wait {
+                Some(gives_up_in) => {
+                    for (region, s) in &outstanding {
+                        if let Some(e) = &s.error {
+                            ctx.event(
+                                md,
+                                EventType::Warning,
+                                "UnpublishFailed",
+                                "Cleanup",
+                                format!("region {region}: {e}"),
+                            )
+                            .await;
+                        }
+                    }
+                    return Err(Error::Unpublishing {
+                        namespace,
+                        name,
+                        regions: described,
+                        gives_up_in,
+                    });
+                }
+                None => {
+                    tracing::warn!(regions = %described, ttl, "withdrawal not confirmed within the routes' TTL since deletion; letting the object go");
                     ctx.event(
                         md,
                         EventType::Warning,
-                        "UnpublishFailed",
+                        "UnpublishTimedOut",
                         "Cleanup",
-                        format!("region {region}: {source}"),
+                        format!(
+                            "the Worker did not confirm the withdrawal of {described} within ttlSeconds ({ttl} s) of the deletion: those routes have expired by themselves; letting the object go"
+                        ),
                     )
                     .await;
-                    return Err(Error::Unpublish {
-                        namespace,
-                        name,
-                        source,
-                    });
+                    sync.forget(&object);
                 }
             }
         }
@@ -660,7 +894,9 @@ async fn reconcile_cleanup(md: &ModelDeployment, ctx: &Context) -> Result<Action
             });
         }
     }
-    ctx.tracker.forget(&namespace, &name);
+    if let Some(sync) = &ctx.sync {
+        sync.forget(&object);
+    }
     for region in md.spec.regions.iter().map(|r| &r.name) {
         ctx.children
             .forget_all(&namespace, &build::child_name(&name, region));
@@ -670,14 +906,17 @@ async fn reconcile_cleanup(md: &ModelDeployment, ctx: &Context) -> Result<Action
     Ok(Action::await_change())
 }
 
-/// Runs the controller until `shutdown` completes.
+/// Runs the controller until `shutdown` completes, then stops publishing.
 ///
 /// Reconciles are triggered by the object, by its children (Deployments,
 /// Services, PodDisruptionBudgets, through owner references; their watches
-/// also fill [`Context::children`]) and by its pods (through the model label),
+/// also fill [`Context::children`]), by its pods (through the model label),
 /// so a pod that cannot be scheduled is reported as soon as the scheduler
-/// says so rather than at the next requeue.
+/// says so rather than at the next requeue, and by route sync when the
+/// object's publication changed.
 ///
+/// The objects are watched through [`DeserializeGuard`]: one that does not
+/// deserialize is reported and skipped instead of failing the whole list.
 /// The objects' store holds trimmed copies ([`cache::trim_owner`]) and pods
 /// are watched as metadata only (a trigger needs the labels): together they
 /// were most of the operator's memory at 1,000 objects.
@@ -687,7 +926,8 @@ pub async fn run_controller(
 ) -> Result<(), kube::Error> {
     let client = ctx.client.clone();
     let namespace = ctx.config.watch_namespace.clone();
-    let (mds, pods): (Api<ModelDeployment>, Api<PartialObjectMeta<Pod>>) = match &namespace {
+    type Guarded = DeserializeGuard<ModelDeployment>;
+    let (mds, pods): (Api<Guarded>, Api<PartialObjectMeta<Pod>>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -706,7 +946,7 @@ pub async fn run_controller(
         .take_writers()
         .expect("run_controller runs once per context")
         .streams(&client, namespace.as_deref(), &owned);
-    let (store, writer) = reflector::store();
+    let (store, writer) = reflector::store::<Guarded>();
     let objects = watcher(mds, watcher::Config::default().page_size(LIST_PAGE_SIZE))
         .default_backoff()
         .modify(cache::trim_owner)
@@ -714,7 +954,8 @@ pub async fn run_controller(
         .applied_objects();
     let pods = watcher(pods, owned).default_backoff().touched_objects();
     let concurrency = ctx.config.max_concurrent_reconciles;
-    Controller::for_stream(objects, store)
+    let triggers: Vec<_> = std::mem::take(&mut *ctx.triggers.lock().expect("not poisoned"));
+    let mut controller = Controller::for_stream(objects, store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .owns_stream(children.deployments)
         .owns_stream(children.services)
@@ -723,9 +964,14 @@ pub async fn run_controller(
         .watches_stream(pods, |pod: PartialObjectMeta<Pod>| {
             let model = pod.labels().get(build::MODEL_LABEL)?.clone();
             Some(ObjectRef::new(&model).within(&pod.namespace()?))
-        })
+        });
+    for trigger in triggers {
+        controller = controller
+            .reconcile_on(trigger.map(|(ns, name)| ObjectRef::<Guarded>::new(&name).within(&ns)));
+    }
+    controller
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(%object, "reconciled"),
@@ -733,5 +979,201 @@ pub async fn run_controller(
             }
         })
         .await;
+    if let Some(sync) = &ctx.sync {
+        sync.stop();
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::tests::{FIXTURE, validated};
+    use crate::observe::phase;
+
+    fn observed(index: usize, ready: i32, phase: &'static str) -> ObservedRegion {
+        ObservedRegion {
+            index,
+            observation: RegionObservation {
+                name: ["us-east", "eu-west"][index].into(),
+                replicas: [3, 1][index],
+                ready_replicas: ready,
+                phase,
+                reason: None,
+                message: None,
+            },
+            routable: true,
+        }
+    }
+
+    fn entry(name: &str, published: bool) -> RegionStatus {
+        RegionStatus {
+            name: name.into(),
+            published,
+            ..Default::default()
+        }
+    }
+
+    const TOKEN: &str = "tok-0123456789abcdef";
+
+    #[test]
+    fn desired_routes_are_the_ready_routable_regions() {
+        let v = validated(FIXTURE);
+        let token = Credential::Token(TOKEN.into());
+        let mut unroutable = observed(1, 1, phase::READY);
+        unroutable.routable = false;
+        let regions = [observed(0, 2, phase::PROGRESSING), unroutable];
+        // Status from an earlier process says both (and a gone region) are published.
+        let prev = ModelDeploymentStatus {
+            regions: vec![
+                entry("us-east", true),
+                entry("eu-west", true),
+                entry("ap-south", true),
+                entry("elsewhere", false),
+            ],
+            ..Default::default()
+        };
+        let serves = |r: &str| r != "ap-south";
+        let d = desired_routes(&v, &regions, &token, &prev, serves, "t");
+        assert_eq!(d.live.keys().collect::<Vec<_>>(), ["us-east"]);
+        let route = &d.live["us-east"];
+        assert_eq!(
+            (route.ready_replicas, route.upstream_token.as_str()),
+            (2, TOKEN)
+        );
+        // What may still be held, among the served regions only.
+        assert_eq!(
+            d.maybe_held.iter().collect::<Vec<_>>(),
+            ["eu-west", "us-east"]
+        );
+        // No usable credential: nothing live.
+        let unusable = Credential::Unusable("no token".into());
+        assert!(
+            desired_routes(&v, &regions, &unusable, &prev, serves, "t")
+                .live
+                .is_empty()
+        );
+        // Not ready: withdrawn.
+        let down = [observed(0, 0, phase::PROGRESSING)];
+        assert!(
+            desired_routes(&v, &down, &token, &prev, serves, "t")
+                .live
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn publication_comes_from_what_route_sync_holds() {
+        let token = Credential::Token(TOKEN.into());
+        let state = |published, error: Option<&str>| RouteState {
+            published,
+            pending: false,
+            error: error.map(str::to_owned),
+        };
+        let held: BTreeMap<String, RouteState> = [
+            ("a".to_owned(), state(true, None)),
+            ("b".to_owned(), state(true, Some("lease: HTTP 401 unknown_key"))),
+            ("c".to_owned(), state(false, None)),
+        ]
+        .into();
+        assert_eq!(
+            publication(None, "a", true, &token),
+            Publication::Disabled
+        );
+        assert_eq!(
+            publication(Some(&held), "a", true, &token),
+            Publication::Published
+        );
+        assert_eq!(
+            publication(Some(&held), "b", true, &token),
+            Publication::Failed {
+                message: "lease: HTTP 401 unknown_key".into(),
+                still_published: true
+            }
+        );
+        assert_eq!(
+            publication(Some(&held), "c", true, &token),
+            Publication::Unpublished
+        );
+        assert_eq!(
+            publication(Some(&held), "missing", false, &token),
+            Publication::Unpublished
+        );
+        assert_eq!(
+            publication(Some(&held), "a", true, &Credential::Unusable("bad".into())),
+            Publication::Failed {
+                message: "bad".into(),
+                still_published: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_region_that_left_the_spec_stays_in_status_until_withdrawn() {
+        let v = validated(FIXTURE);
+        let token = Credential::Token(TOKEN.into());
+        let regions = [observed(0, 3, phase::READY), observed(1, 1, phase::READY)];
+        let prev = ModelDeploymentStatus {
+            regions: vec![entry("us-east", true), entry("ap-south", true)],
+            ..Default::default()
+        };
+        let pending = RouteState {
+            published: true,
+            pending: true,
+            error: Some("DELETE x: HTTP 503".into()),
+        };
+        let held: BTreeMap<String, RouteState> = [("ap-south".to_owned(), pending)].into();
+        let mine = region_entries(&v, &regions, &token, &prev, Some(&held), |_| true, "t");
+        let names: Vec<&str> = mine.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["us-east", "eu-west", "ap-south"]);
+        assert_eq!(
+            mine[2].publish_error.as_deref(),
+            Some("DELETE x: HTTP 503")
+        );
+        // Withdrawn: the entry goes.
+        let done: BTreeMap<String, RouteState> = [(
+            "ap-south".to_owned(),
+            RouteState {
+                published: false,
+                pending: false,
+                error: None,
+            },
+        )]
+        .into();
+        let mine = region_entries(&v, &regions, &token, &prev, Some(&done), |_| true, "t");
+        assert_eq!(mine.len(), 2);
+    }
+
+    #[test]
+    fn settled_objects_wait_for_the_slow_resync() {
+        assert_eq!(
+            requeue_after(&[observed(0, 3, phase::READY), observed(1, 0, phase::SCALED_TO_ZERO)]),
+            RESYNC
+        );
+        assert_eq!(
+            requeue_after(&[observed(0, 1, phase::PROGRESSING)]),
+            NOT_READY_REQUEUE
+        );
+    }
+
+    #[test]
+    fn the_finalizer_waits_at_most_the_ttl_since_deletion() {
+        let deleted = Timestamp::from_second(1_000_000).unwrap();
+        let at = |s: i64| Timestamp::from_second(1_000_000 + s).unwrap();
+        assert_eq!(
+            unpublish_wait(Some(deleted), 120, at(0)),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            unpublish_wait(Some(deleted), 120, at(119)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(unpublish_wait(Some(deleted), 120, at(120)), None);
+        assert_eq!(unpublish_wait(Some(deleted), 120, at(4_000)), None);
+        // A deletion time ahead of our clock: the whole TTL still.
+        assert_eq!(
+            unpublish_wait(Some(deleted), 120, at(-30)),
+            Some(Duration::from_secs(120))
+        );
+    }
 }

@@ -161,7 +161,10 @@ async fn scenario_on(
     // the deadline turns that into a failure.
     let result = tokio::time::timeout(
         Duration::from_secs(10),
-        reconcile(Arc::new(object), ctx.clone()),
+        reconcile(
+            Arc::new(kube::core::DeserializeGuard(Ok(object))),
+            ctx.clone(),
+        ),
     )
     .await
     .expect("reconcile finished (no unexpected API calls)");
@@ -259,11 +262,13 @@ fn apply_calls(ready: i32) -> Vec<Call> {
                 assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "ModelDeployment");
             }),
         not_found(&SVC),
-        call("PATCH", &SVC, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": *CHILD}}))
+        // Answered as the API server would: the child carries its owner
+        // reference (the cache compares it with what the watch reports).
+        call("PATCH", &SVC, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": *CHILD, "ownerReferences": [owner()]}}))
             .query("fieldManager=backhaul-operator")
             .body(|b| assert_eq!(b["spec"]["ports"][0]["port"], 50051)),
         not_found(&PDB),
-        call("PATCH", &PDB, json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": *CHILD}}))
+        call("PATCH", &PDB, json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": *CHILD, "ownerReferences": [owner()]}}))
             .query("fieldManager=backhaul-operator")
             .body(|b| assert_eq!(b["spec"]["maxUnavailable"], 1)),
     ];

@@ -8,9 +8,10 @@
 //! A reconcile is a pipeline, one module per step:
 //! look up (the controller's watch) → [`validate`] into a [`validate::ValidatedModelDeployment`]
 //! → [`build`] (pure functions of the validated value) → [`apply`] (server-side apply,
-//! field manager `backhaul-operator`) → [`observe`] (what the pods say) → [`publish`]
-//! (signed PUT/DELETE to the Worker) → [`status`] (computed from what was applied and
-//! observed, written only when it changed). [`controller`] wires the steps together;
+//! field manager `backhaul-operator`) → [`observe`] (what the pods say) → desired routes,
+//! handed to [`route_sync`] (the one owner of publication: signed PUT/DELETE and the
+//! lease through [`publish`], on its own clock) → [`status`] (computed from what was
+//! applied, observed and held, written only when it changed). [`controller`] wires the steps together;
 //! [`leader`] keeps two replicas from reconciling at once.
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod publish;
+pub mod route_sync;
 pub mod status;
 pub mod telemetry;
 pub mod upstream_auth;

@@ -20,6 +20,7 @@ pub struct Metrics {
     publishes: IntCounterVec,
     kube_requests: IntCounterVec,
     managed_models: IntGauge,
+    routes_held: IntGauge,
 }
 
 impl Default for Metrics {
@@ -54,7 +55,7 @@ impl Metrics {
         let publishes = IntCounterVec::new(
             Opts::new(
                 "backhaul_operator_publishes_total",
-                "Requests to the Worker by operation (put, delete) and result (success or an error category)",
+                "Requests to the Worker by operation (put, delete, lease) and result (success, unsupported for a lease to a Worker without leases, or an error category)",
             ),
             &["operation", "result"],
         )
@@ -72,12 +73,18 @@ impl Metrics {
             "ModelDeployments this operator currently manages",
         )
         .expect("valid metric");
+        let routes_held = IntGauge::new(
+            "backhaul_operator_routes_held",
+            "Routes the Worker holds from this operator (renewed by its lease)",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_duration.clone()),
             Box::new(publishes.clone()),
             Box::new(kube_requests.clone()),
             Box::new(managed_models.clone()),
+            Box::new(routes_held.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -88,6 +95,7 @@ impl Metrics {
             publishes,
             kube_requests,
             managed_models,
+            routes_held,
         }
     }
 
@@ -122,6 +130,11 @@ impl Metrics {
     pub fn set_managed_models(&self, n: usize) {
         self.managed_models
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the number of routes held on the Worker.
+    pub fn set_routes_held(&self, n: usize) {
+        self.routes_held.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The text exposition of every metric.

@@ -4,13 +4,14 @@
 //! shape, with the JSON Schema the Worker is tested against), [`sign`] the
 //! Ed25519 signature, [`Publisher`] sends signed PUT/DELETE/GET requests,
 //! [`put_route`]/[`delete_route`] give each write a sequence number and recover
-//! from `409 stale_sequence`, and [`RouteTracker`] remembers what was sent
-//! when, so a reconcile republishes only when a route changed or its heartbeat
-//! (`ttlSeconds / 3`) is due, and backs off after failures.
+//! from `409 stale_sequence` ([`Sequences`] remembers the last one per route),
+//! and [`Publisher::renew`] renews the key's lease. What to send when is
+//! decided by [`crate::route_sync`], the one owner of publication.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
@@ -423,30 +424,149 @@ impl Publisher {
 }
 
 /// Unix time in milliseconds: the floor of a route's next sequence, so a
-/// restarted operator (whose tracker is empty) still writes above its previous self.
-fn unix_millis() -> u64 {
+/// restarted operator (whose memory is gone) still writes above its previous self.
+pub fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The Worker's admin API as route sync uses it: [`Publisher`] in production,
+/// a fake in tests.
+pub trait WorkerApi: Send + Sync + 'static {
+    /// PUT `route` (its `sequence` set by the caller).
+    fn put(&self, route: &Route) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// DELETE the route with `sequence`.
+    fn delete(
+        &self,
+        key: &RouteKey,
+        sequence: u64,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// The highest sequence the Worker holds for the route (0: none).
+    fn stored_sequence(
+        &self,
+        key: &RouteKey,
+    ) -> impl Future<Output = Result<u64, PublishError>> + Send;
+    /// Renews this key's lease (`PUT /admin/v1/leases/{keyId}`).
+    fn renew(
+        &self,
+        lease: &LeaseRequest,
+    ) -> impl Future<Output = Result<LeaseAnswer, PublishError>> + Send;
+}
+
+impl WorkerApi for Publisher {
+    fn put(&self, route: &Route) -> impl Future<Output = Result<(), PublishError>> + Send {
+        Publisher::put(self, route)
+    }
+    fn delete(
+        &self,
+        key: &RouteKey,
+        sequence: u64,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send {
+        Publisher::delete(self, key, sequence)
+    }
+    fn stored_sequence(
+        &self,
+        key: &RouteKey,
+    ) -> impl Future<Output = Result<u64, PublishError>> + Send {
+        Publisher::stored_sequence(self, key)
+    }
+    fn renew(
+        &self,
+        lease: &LeaseRequest,
+    ) -> impl Future<Output = Result<LeaseAnswer, PublishError>> + Send {
+        Publisher::renew(self, lease)
+    }
+}
+
+/// The lease renewal's body (docs/publication.md, "Leases").
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// Above the stored lease's.
+    pub sequence: u64,
+    /// Number of routes held.
+    pub routes: usize,
+    /// [`lease_digest`] of the routes held.
+    pub digest: String,
+}
+
+/// What the Worker holds for the key: its count and digest of the live
+/// routes that key last wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseAnswer {
+    /// Count.
+    pub routes: usize,
+    /// Digest.
+    pub digest: String,
+}
+
+/// The lease digest: lower-case hex SHA-256 of the lines
+/// `"{namespace}/{name}/{region} {sequence}\n"`, sorted bytewise.
+pub fn lease_digest<'a>(held: impl IntoIterator<Item = (&'a RouteKey, u64)>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut lines: Vec<String> = held
+        .into_iter()
+        .map(|(key, sequence)| format!("{key} {sequence}\n"))
+        .collect();
+    lines.sort_unstable();
+    let mut hasher = Sha256::new();
+    for line in &lines {
+        hasher.update(line.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// `{worker}/admin/v1/leases/{keyId}`, keeping any base path.
+pub fn lease_url(worker: &Url, key_id: &str) -> Url {
+    let mut url = worker.clone();
+    let base = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&format!("{base}/admin/v1/leases/{key_id}"));
+    url.set_query(None);
+    url
+}
+
+impl Publisher {
+    /// PUTs this key's lease; the answer carries the Worker's count and digest.
+    pub async fn renew(&self, lease: &LeaseRequest) -> Result<LeaseAnswer, PublishError> {
+        let url = lease_url(&self.config.worker_url, &self.config.key_id);
+        let body = serde_json::to_vec(lease).expect("a lease serializes");
+        let text = self.send(reqwest::Method::PUT, url.clone(), body).await?;
+        let answer: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| PublishError::Unreadable {
+                url: url.to_string(),
+                message: e.to_string(),
+            })?;
+        let lease = &answer["lease"];
+        match (lease["routes"].as_u64(), lease["digest"].as_str()) {
+            (Some(routes), Some(digest)) => Ok(LeaseAnswer {
+                routes: usize::try_from(routes).unwrap_or(usize::MAX),
+                digest: digest.to_owned(),
+            }),
+            _ => Err(PublishError::Unreadable {
+                url: url.to_string(),
+                message: "expected {\"lease\": {\"routes\", \"digest\"}}".into(),
+            }),
+        }
+    }
+}
+
 /// PUTs `route` with the next sequence. On `409 stale_sequence` (the Worker
 /// holds a higher one: another operator, or this one's clock went back) it
 /// reads the stored sequence and retries once above it.
-pub async fn put_route(
-    publisher: &Publisher,
-    tracker: &RouteTracker,
+pub async fn put_route<W: WorkerApi>(
+    worker: &W,
+    sequences: &Sequences,
     key: &RouteKey,
     route: &mut Route,
 ) -> Result<(), PublishError> {
-    route.sequence = tracker.next_sequence(key, unix_millis());
-    match publisher.put(route).await {
+    route.sequence = sequences.next(key, unix_millis());
+    match worker.put(route).await {
         Err(e) if e.is_stale_sequence() => {
-            let stored = publisher.stored_sequence(key).await?;
+            let stored = worker.stored_sequence(key).await?;
             tracing::info!(route = %key, stored, sent = route.sequence, "the Worker holds a higher sequence; publishing above it");
-            tracker.observe_sequence(key, stored);
-            route.sequence = tracker.next_sequence(key, unix_millis());
-            publisher.put(route).await
+            sequences.observe(key, stored);
+            route.sequence = sequences.next(key, unix_millis());
+            worker.put(route).await
         }
         result => result,
     }
@@ -454,19 +574,17 @@ pub async fn put_route(
 
 /// DELETEs the route with the next sequence, recovering from `409
 /// stale_sequence` as [`put_route`] does.
-pub async fn delete_route(
-    publisher: &Publisher,
-    tracker: &RouteTracker,
+pub async fn delete_route<W: WorkerApi>(
+    worker: &W,
+    sequences: &Sequences,
     key: &RouteKey,
 ) -> Result<(), PublishError> {
-    let sequence = tracker.next_sequence(key, unix_millis());
-    match publisher.delete(key, sequence).await {
+    let sequence = sequences.next(key, unix_millis());
+    match worker.delete(key, sequence).await {
         Err(e) if e.is_stale_sequence() => {
-            let stored = publisher.stored_sequence(key).await?;
-            tracker.observe_sequence(key, stored);
-            publisher
-                .delete(key, tracker.next_sequence(key, unix_millis()))
-                .await
+            let stored = worker.stored_sequence(key).await?;
+            sequences.observe(key, stored);
+            worker.delete(key, sequences.next(key, unix_millis())).await
         }
         result => result,
     }
@@ -489,146 +607,44 @@ impl std::fmt::Display for RouteKey {
     }
 }
 
-#[derive(Clone, Debug)]
-struct Sent {
-    /// The route with `publishedAt` blanked, to detect content changes.
-    content: Route,
-    at: Instant,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Failures {
-    count: u32,
-    retry_at: Option<Instant>,
-}
-
-/// In-memory memory of publications, per route. Lost on restart, which only
-/// costs one early heartbeat.
+/// The last sequence sent (or seen stored on the Worker), per route. Lost on
+/// restart: the Unix-millisecond floor keeps a new process above its previous self.
 #[derive(Debug, Default)]
-pub struct RouteTracker {
-    sent: Mutex<HashMap<RouteKey, Sent>>,
-    failures: Mutex<HashMap<RouteKey, Failures>>,
-    /// The last sequence sent (or seen stored on the Worker) per route.
-    sequences: Mutex<HashMap<RouteKey, u64>>,
-}
+pub struct Sequences(Mutex<HashMap<RouteKey, u64>>);
 
-/// What a reconcile should do about one route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
-    /// Send now.
-    Now,
-    /// Nothing to send until then.
-    At(Instant),
-}
-
-fn blank(route: &Route) -> Route {
-    Route {
-        published_at: String::new(),
-        sequence: 0,
-        ..route.clone()
-    }
-}
-
-impl RouteTracker {
+impl Sequences {
     /// The sequence of the next write of `key`: above every one sent or seen,
     /// and at least `floor` (Unix milliseconds). Every attempt takes a new one.
-    pub fn next_sequence(&self, key: &RouteKey, floor: u64) -> u64 {
-        let mut sequences = self.sequences.lock().expect("not poisoned");
+    pub fn next(&self, key: &RouteKey, floor: u64) -> u64 {
+        let mut sequences = self.0.lock().expect("not poisoned");
         let last = sequences.entry(key.clone()).or_default();
         *last = (*last + 1).max(floor);
         *last
     }
 
     /// Records that the Worker holds `stored` for `key`.
-    pub fn observe_sequence(&self, key: &RouteKey, stored: u64) {
-        let mut sequences = self.sequences.lock().expect("not poisoned");
+    pub fn observe(&self, key: &RouteKey, stored: u64) {
+        let mut sequences = self.0.lock().expect("not poisoned");
         let last = sequences.entry(key.clone()).or_default();
         *last = (*last).max(stored);
     }
 
-    /// Whether `route` must be sent: it changed, its heartbeat is due, or it was
-    /// never sent; but not before a failure's backoff ends.
-    pub fn put_due(&self, key: &RouteKey, route: &Route, now: Instant) -> Due {
-        if let Some(at) = self.retry_at(key)
-            && at > now
-        {
-            return Due::At(at);
-        }
-        let heartbeat = Duration::from_secs(u64::from(route.ttl_seconds / 3).max(1));
-        match self.sent.lock().expect("not poisoned").get(key) {
-            Some(sent) if sent.content == blank(route) && sent.at + heartbeat > now => {
-                Due::At(sent.at + heartbeat)
-            }
-            _ => Due::Now,
-        }
-    }
-
-    /// Whether a DELETE may be sent now (not inside a failure backoff).
-    pub fn delete_due(&self, key: &RouteKey, now: Instant) -> Due {
-        match self.retry_at(key) {
-            Some(at) if at > now => Due::At(at),
-            _ => Due::Now,
-        }
-    }
-
-    fn retry_at(&self, key: &RouteKey) -> Option<Instant> {
-        self.failures
-            .lock()
-            .expect("not poisoned")
-            .get(key)
-            .and_then(|f| f.retry_at)
-    }
-
-    /// Whether this process has sent `key` and not withdrawn it.
-    pub fn is_sent(&self, key: &RouteKey) -> bool {
-        self.sent.lock().expect("not poisoned").contains_key(key)
-    }
-
-    /// Records a successful PUT.
-    pub fn put_ok(&self, key: &RouteKey, route: &Route, now: Instant) {
-        self.failures.lock().expect("not poisoned").remove(key);
-        self.sent.lock().expect("not poisoned").insert(
-            key.clone(),
-            Sent {
-                content: blank(route),
-                at: now,
-            },
-        );
-    }
-
-    /// Records a successful DELETE.
-    pub fn delete_ok(&self, key: &RouteKey) {
-        self.failures.lock().expect("not poisoned").remove(key);
-        self.sent.lock().expect("not poisoned").remove(key);
-    }
-
-    /// Records a failure; returns when to retry (1 s doubling to 60 s).
-    pub fn failed(&self, key: &RouteKey, now: Instant) -> Instant {
-        let mut failures = self.failures.lock().expect("not poisoned");
-        let f = failures.entry(key.clone()).or_default();
-        f.count = f.count.saturating_add(1);
-        let backoff = Duration::from_secs(1u64 << f.count.saturating_sub(1).min(6))
-            .min(Duration::from_secs(60));
-        let at = now + backoff;
-        f.retry_at = Some(at);
-        at
-    }
-
     /// Forgets every route of one object (after cleanup).
     pub fn forget(&self, namespace: &str, name: &str) {
-        let keep = |k: &RouteKey| !(k.namespace == namespace && k.name == name);
-        self.sent
+        self.0
             .lock()
             .expect("not poisoned")
-            .retain(|k, _| keep(k));
-        self.failures
-            .lock()
-            .expect("not poisoned")
-            .retain(|k, _| keep(k));
-        self.sequences
-            .lock()
-            .expect("not poisoned")
-            .retain(|k, _| keep(k));
+            .retain(|k, _| !(k.namespace == namespace && k.name == name));
+    }
+}
+
+/// `route` without what changes on every send (`publishedAt`, `sequence`):
+/// two routes with equal fingerprints need no new PUT.
+pub fn fingerprint(route: &Route) -> Route {
+    Route {
+        published_at: String::new(),
+        sequence: 0,
+        ..route.clone()
     }
 }
 
@@ -741,7 +757,7 @@ mod tests {
 
     #[test]
     fn sequences_increase_per_route_and_jump_above_what_the_worker_holds() {
-        let t = RouteTracker::default();
+        let t = Sequences::default();
         let key = RouteKey {
             namespace: "ml".into(),
             name: "m".into(),
@@ -751,18 +767,18 @@ mod tests {
             region: "s".into(),
             ..key.clone()
         };
-        assert_eq!(t.next_sequence(&key, 1000), 1000);
+        assert_eq!(t.next(&key, 1000), 1000);
         // Same millisecond, or a clock that went back: still increasing.
-        assert_eq!(t.next_sequence(&key, 1000), 1001);
-        assert_eq!(t.next_sequence(&key, 5), 1002);
-        assert_eq!(t.next_sequence(&other, 7), 7);
-        t.observe_sequence(&key, 9_000);
-        assert_eq!(t.next_sequence(&key, 1003), 9_001);
+        assert_eq!(t.next(&key, 1000), 1001);
+        assert_eq!(t.next(&key, 5), 1002);
+        assert_eq!(t.next(&other, 7), 7);
+        t.observe(&key, 9_000);
+        assert_eq!(t.next(&key, 1003), 9_001);
         // A lower stored sequence never lowers ours.
-        t.observe_sequence(&key, 10);
-        assert_eq!(t.next_sequence(&key, 0), 9_002);
+        t.observe(&key, 10);
+        assert_eq!(t.next(&key, 0), 9_002);
         t.forget("ml", "m");
-        assert_eq!(t.next_sequence(&key, 3), 3);
+        assert_eq!(t.next(&key, 3), 3);
     }
 
     #[test]
@@ -779,55 +795,59 @@ mod tests {
         );
     }
 
+    /// A value from `printf ... | sha256sum`, and the shared vectors of
+    /// docs/schemas/lease-digest-vectors.json (the Worker checks the same file).
     #[test]
-    fn heartbeat_every_third_of_ttl_and_on_change() {
-        let t = RouteTracker::default();
-        let v = validated(FIXTURE);
-        let key = RouteKey {
-            namespace: "ml".into(),
-            name: "smollm2".into(),
-            region: "us-east".into(),
+    fn lease_digest_is_sha256_of_sorted_lines() {
+        let key = |ns: &str, name: &str, region: &str| RouteKey {
+            namespace: ns.into(),
+            name: name.into(),
+            region: region.into(),
         };
-        let now = Instant::now();
-        let r = route(&v, &v.regions[0], 1, "t0", "tok");
-        assert_eq!(t.put_due(&key, &r, now), Due::Now);
-        t.put_ok(&key, &r, now);
-        // Same content, different timestamp: not due until ttl/3 = 20 s.
-        let r2 = route(&v, &v.regions[0], 1, "t1", "tok");
+        // printf '' | sha256sum
         assert_eq!(
-            t.put_due(&key, &r2, now + Duration::from_secs(5)),
-            Due::At(now + Duration::from_secs(20))
+            lease_digest(std::iter::empty()),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-        assert_eq!(
-            t.put_due(&key, &r2, now + Duration::from_secs(20)),
-            Due::Now
-        );
-        // Changed content: due at once.
-        let r3 = route(&v, &v.regions[0], 2, "t1", "tok");
-        assert_eq!(t.put_due(&key, &r3, now + Duration::from_secs(1)), Due::Now);
+        let (a, b) = (key("ml", "llama", "us-east"), key("ml", "llama", "eu-west"));
+        // printf 'ml/llama/eu-west 7\nml/llama/us-east 1796112000123\n' | sha256sum
+        let expected = "dac6ce40aab0ff429137c29f3f93d85847e24fc898339400d13455440c2b76ba";
+        assert_eq!(lease_digest([(&a, 1_796_112_000_123), (&b, 7)]), expected);
+        assert_eq!(lease_digest([(&b, 7), (&a, 1_796_112_000_123)]), expected);
+        // The shared vectors (scripts/signature-vectors.py, Python hashlib).
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/schemas/lease-digest-vectors.json"))
+                .unwrap();
+        let cases = vectors["cases"].as_array().expect("cases");
+        assert!(cases.len() >= 3);
+        for case in cases {
+            let routes: Vec<(RouteKey, u64)> = case["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let parts: Vec<&str> = r["key"].as_str().unwrap().split('/').collect();
+                    (
+                        key(parts[0], parts[1], parts[2]),
+                        r["sequence"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(routes.len() as u64, case["count"].as_u64().unwrap());
+            assert_eq!(
+                lease_digest(routes.iter().map(|(k, s)| (k, *s))),
+                case["digest"].as_str().unwrap(),
+                "{case}"
+            );
+        }
     }
 
     #[test]
-    fn failures_back_off_exponentially() {
-        let t = RouteTracker::default();
-        let key = RouteKey {
-            namespace: "ml".into(),
-            name: "m".into(),
-            region: "r".into(),
-        };
-        let now = Instant::now();
-        assert_eq!(t.failed(&key, now), now + Duration::from_secs(1));
-        assert_eq!(t.failed(&key, now), now + Duration::from_secs(2));
-        assert_eq!(t.failed(&key, now), now + Duration::from_secs(4));
+    fn lease_url_keeps_base_path() {
+        let base = Url::parse("https://worker.example.com/edge/").unwrap();
         assert_eq!(
-            t.delete_due(&key, now),
-            Due::At(now + Duration::from_secs(4))
+            lease_url(&base, "us-east-1").as_str(),
+            "https://worker.example.com/edge/admin/v1/leases/us-east-1"
         );
-        for _ in 0..10 {
-            t.failed(&key, now);
-        }
-        assert_eq!(t.failed(&key, now), now + Duration::from_secs(60));
-        t.delete_ok(&key);
-        assert_eq!(t.delete_due(&key, now), Due::Now);
     }
 }

@@ -1,12 +1,18 @@
 //! Status: computed from what was applied and observed, and written with
 //! server-side apply only when it differs from what the object already says.
 //!
-//! Operators serving different regions share one object. Each writes only its
-//! own `status.regions` entries (a list-map keyed by `name`, field manager per
-//! region set, see [`crate::config::OperatorConfig::status_field_manager`]);
-//! the top-level conditions are an aggregate of *all* entries, so every
-//! operator computes the same conditions from the same object and their
-//! writes converge instead of fighting.
+//! Operators serving different regions may share one object (one cluster,
+//! several operators). Each writes only its own `status.regions` entries (a
+//! list-map keyed by `name`, field manager per region set, see
+//! [`crate::config::OperatorConfig::status_field_manager`]); the top-level
+//! conditions aggregate the regions this operator serves *and* those whose
+//! entries another operator wrote on the same object ([`counted_regions`]),
+//! so operators sharing an object compute the same conditions and their
+//! writes converge instead of fighting. With one cluster per region the
+//! object in each cluster has only its own operator's entries, so its
+//! conditions are about the regions that cluster serves; the rest of the
+//! fleet is shown from the Worker's fleet view (`status.fleet`), never as
+//! "not observed yet".
 
 use std::collections::BTreeSet;
 
@@ -308,6 +314,27 @@ pub fn ready_regions(spec_regions: &[String], entries: &[RegionStatus]) -> Strin
     format!("{ready}/{}", spec_regions.len())
 }
 
+/// The spec's regions the conditions speak for: those `served`, and those
+/// with an entry in `entries` (written by another operator on this object).
+/// When that leaves nothing (an operator serving none of the regions, before
+/// any peer wrote), every region of the spec.
+pub fn counted_regions(
+    spec_order: &[String],
+    entries: &[RegionStatus],
+    served: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let counted: Vec<String> = spec_order
+        .iter()
+        .filter(|r| served(r) || entries.iter().any(|e| &e.name == *r))
+        .cloned()
+        .collect();
+    if counted.is_empty() {
+        spec_order.to_vec()
+    } else {
+        counted
+    }
+}
+
 /// The status this operator wants, given its own fresh `mine` entries.
 pub fn desired_status(
     md: &ModelDeployment,
@@ -327,16 +354,20 @@ pub fn desired_status(
         .cloned()
         .collect();
     all.extend(mine.iter().cloned());
+    let counted = counted_regions(spec_order, &all, &served);
     let conditions = carry_transition_times(
-        aggregate_conditions(spec_order, &all, generation),
+        aggregate_conditions(&counted, &all, generation),
         &prev.conditions,
         now,
     );
     ModelDeploymentStatus {
         observed_generation: Some(generation),
         conditions,
-        ready_regions: Some(ready_regions(spec_order, &all)),
+        ready_regions: Some(ready_regions(&counted, &all)),
         regions: mine,
+        // The fleet hook (crate::fleet) fills these from the Worker's view.
+        fleet: Vec::new(),
+        fleet_regions: None,
     }
 }
 
@@ -357,6 +388,8 @@ pub fn status_changed(
         || prev.conditions != desired.conditions
         || prev.ready_regions != desired.ready_regions
         || prev_mine != want_mine
+        || prev.fleet != desired.fleet
+        || prev.fleet_regions != desired.fleet_regions
 }
 
 /// Server-side applies `status` as `field_manager`.
@@ -524,5 +557,59 @@ mod tests {
         );
         let second = carry_transition_times(aggregate_conditions(&regions, &[e], 1), &first, t1);
         assert_eq!(first, second);
+    }
+
+    /// One cluster per region: each operator serves its own region, the
+    /// object in its cluster holds only its own entry. Ready is about that
+    /// region, not "not observed yet" for the others.
+    #[test]
+    fn conditions_count_the_served_regions_and_peers_entries() {
+        let spec = vec!["us-east".to_owned(), "eu-west".to_owned()];
+        let east = region_status(
+            None,
+            &obs("us-east", 1, 1, phase::READY),
+            "https://u",
+            1,
+            &Publication::Published,
+            "t",
+        );
+        let md: ModelDeployment = serde_json::from_value(json!({
+            "apiVersion": "backhaul.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "m", "namespace": "ns", "generation": 1},
+            "spec": {"model": {"source": "/models/m", "format": "gguf", "ggufFiles": ["m.gguf"], "servedName": "m"},
+                "regions": [
+                    {"name": "us-east", "replicas": 1, "endpoint": "https://u", "location": {"latitude": 1.0, "longitude": 2.0}},
+                    {"name": "eu-west", "replicas": 1, "endpoint": "https://e", "location": {"latitude": 1.0, "longitude": 2.0}}]},
+        }))
+        .unwrap();
+        let only_east = |r: &str| r == "us-east";
+        let s = desired_status(&md, &spec, vec![east.clone()], only_east, Timestamp::UNIX_EPOCH);
+        let by = |s: &ModelDeploymentStatus, t: &str| {
+            s.conditions.iter().find(|c| c.type_ == t).unwrap().clone()
+        };
+        assert_eq!(by(&s, "Ready").status, "True", "{:?}", by(&s, "Ready"));
+        assert_eq!(by(&s, "Progressing").status, "False");
+        assert_eq!(s.ready_regions.as_deref(), Some("1/1"));
+        // Sharing the object with eu-west's operator, whose entry is there:
+        // counted, so both operators compute the same conditions.
+        let mut shared = md.clone();
+        let west = region_status(
+            None,
+            &obs("eu-west", 1, 0, phase::PROGRESSING),
+            "https://e",
+            1,
+            &Publication::Unpublished,
+            "t",
+        );
+        shared.status = Some(ModelDeploymentStatus {
+            regions: vec![west.clone()],
+            ..Default::default()
+        });
+        let s = desired_status(&shared, &spec, vec![east.clone()], only_east, Timestamp::UNIX_EPOCH);
+        assert_eq!(by(&s, "Ready").status, "False");
+        assert_eq!(by(&s, "Ready").message, "eu-west: 0/1 ready");
+        assert_eq!(s.ready_regions.as_deref(), Some("1/2"));
+        // An operator that serves none of the regions speaks for all of them.
+        assert_eq!(counted_regions(&spec, &[], |_| false), spec);
     }
 }

@@ -734,3 +734,357 @@ async fn only_one_candidate_leads() {
     assert!(a.try_acquire_or_renew().await.unwrap());
     ns.cleanup().await;
 }
+
+/// A ModelDeployment with `ttlSeconds` of `ttl`.
+fn with_ttl(mut md: ModelDeployment, ttl: u32) -> ModelDeployment {
+    md.spec.routing.ttl_seconds = ttl;
+    md
+}
+
+#[tokio::test]
+async fn edits_to_a_childs_labels_and_owner_reference_are_restored() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-drift").await;
+    let operator = Operator::start(config(ns.name(), None, None));
+    let mds: Api<ModelDeployment> = ns.api();
+    mds.create(
+        &PostParams::default(),
+        &model_deployment("m", &[("us-east", 1)], 1),
+    )
+    .await
+    .unwrap();
+    wait_condition(&mds, "m", "Ready", "True").await;
+    let services: Api<Service> = ns.api();
+    let name = child_name("m", "us-east");
+    let label = "app.kubernetes.io/name";
+    let ours = services.get(&name).await.unwrap();
+    let want_label = ours.labels()[label].clone();
+    let owner = ours.owner_references()[0].clone();
+    assert_eq!(owner.block_owner_deletion, Some(true));
+
+    // Someone else edits a label (no new generation: Services have none,
+    // and a Deployment's would not move either).
+    services
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {label: "tampered"}}})),
+        )
+        .await
+        .unwrap();
+    wait_for(CONVERGE, || async {
+        let s = services.get(&name).await.ok()?;
+        (s.labels().get(label) == Some(&want_label)).then_some(())
+    })
+    .await
+    .expect("the operator restores its label");
+
+    // And the owner reference (kept, so it is still ours, but loosened).
+    let mut loosened = owner.clone();
+    loosened.block_owner_deletion = Some(false);
+    let deployments: Api<Deployment> = ns.api();
+    deployments
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"ownerReferences": [loosened]}})),
+        )
+        .await
+        .unwrap();
+    wait_for(CONVERGE, || async {
+        let d = deployments.get(&name).await.ok()?;
+        (d.owner_references() == std::slice::from_ref(&owner)).then_some(())
+    })
+    .await
+    .expect("the operator restores its owner reference");
+
+    delete_all(&mds).await;
+    operator.stop().await;
+    ns.cleanup().await;
+}
+
+/// The CRD with `spec.routing.edgeModel` an integer: an older (or someone's
+/// hand-edited) schema under which stored objects no longer deserialize.
+fn edited_crd() -> serde_json::Value {
+    use kube::CustomResourceExt;
+    let mut crd = serde_json::to_value(ModelDeployment::crd()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["routing"]["properties"]["edgeModel"] = json!({"type": "integer", "nullable": true});
+    crd
+}
+
+#[tokio::test]
+async fn an_object_that_does_not_deserialize_is_reported_and_the_others_carry_on() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-undecodable").await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let ar = ApiResource::erase::<ModelDeployment>(&());
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    let mut bad = serde_json::to_value(model_deployment("bad", &[("us-east", 1)], 1)).unwrap();
+    bad["spec"]["routing"]["edgeModel"] = json!(5);
+    let bad: DynamicObject = serde_json::from_value(bad).unwrap();
+    // Store it under the edited schema (the API server takes a moment to
+    // serve a new one; another suite may reinstall the CRD meanwhile).
+    wait_for(CONVERGE, || async {
+        crds.patch(
+            "modeldeployments.backhaul.dev",
+            &PatchParams::apply("backhaul-operator-tests").force(),
+            &Patch::Apply(edited_crd()),
+        )
+        .await
+        .ok()?;
+        dynamic.create(&PostParams::default(), &bad).await.ok()
+    })
+    .await
+    .expect("the object stored under the edited schema");
+    // The current schema again; the stored object stays as it is.
+    install_crd(&client).await;
+
+    let receiver = Receiver::start_with_leases().await;
+    let operator = Operator::start(config(ns.name(), Some(&receiver), None));
+    let mds: Api<ModelDeployment> = ns.api();
+    mds.create(
+        &PostParams::default(),
+        &model_deployment("good", &[("us-east", 1)], 1),
+    )
+    .await
+    .unwrap();
+    wait_condition(&mds, "good", "Published", "True").await;
+    assert!(
+        receiver
+            .routes()
+            .contains_key(&format!("{}/good/us-east", ns.name()))
+    );
+    let event = wait_event(&ns, "InvalidObject").await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("bad")
+    );
+    assert!(event.note.unwrap().contains("edgeModel"));
+    // Nothing was published or applied for it.
+    assert!(
+        !receiver
+            .routes()
+            .keys()
+            .any(|k| k.contains("/bad/"))
+    );
+    assert!(
+        ns.api::<Deployment>()
+            .get_opt(&child_name("bad", "us-east"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The typed list would fail on it: delete it as what it is.
+    dynamic.delete("bad", &DeleteParams::default()).await.unwrap();
+    delete_all(&mds).await;
+    operator.stop().await;
+    receiver.stop();
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_settled_operator_renews_its_routes_with_one_lease_per_interval() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-lease-renew").await;
+    let receiver = Receiver::start_with_leases().await;
+    let operator = Operator::start(config(ns.name(), Some(&receiver), None));
+    let mds: Api<ModelDeployment> = ns.api();
+    for name in ["a", "b", "c"] {
+        mds.create(
+            &PostParams::default(),
+            // ttlSeconds 12: a lease every 4 s.
+            &with_ttl(
+                model_deployment(name, &[("us-east", 1), ("eu-west", 1)], 1),
+                12,
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    for name in ["a", "b", "c"] {
+        wait_condition(&mds, name, "Ready", "True").await;
+        wait_condition(&mds, name, "Published", "True").await;
+    }
+    assert_eq!(receiver.routes().len(), 6);
+    let puts = |r: &Receiver| r.log().iter().filter(|l| l.method == "PUT").count();
+    // Settled: the next 20 s renew all six routes with leases alone.
+    let (puts0, leases0, requests0) = (puts(&receiver), receiver.leases(), operator.requests());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let leases = receiver.leases() - leases0;
+    assert!((3..=7).contains(&leases), "{leases} leases in 20 s");
+    assert_eq!(puts(&receiver), puts0, "no route body re-sent: {:?}", receiver.log());
+    // Nor any reconcile traffic: no heartbeat requeues any more.
+    let requests = operator.requests();
+    let writes = |r: &BTreeMap<String, u64>| {
+        r.iter()
+            .filter(|(m, _)| m.as_str() != "GET")
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    assert_eq!(writes(&requests), writes(&requests0), "{requests:?} vs {requests0:?}");
+    assert_eq!(receiver.rejected(), 0);
+
+    delete_all(&mds).await;
+    assert!(receiver.routes().is_empty());
+    operator.stop().await;
+    receiver.stop();
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn deletion_stops_waiting_for_an_unreachable_worker_after_the_ttl() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-unreachable").await;
+    let receiver = Receiver::start_with_leases().await;
+    let operator = Operator::start(config(ns.name(), Some(&receiver), None));
+    let mds: Api<ModelDeployment> = ns.api();
+    mds.create(
+        &PostParams::default(),
+        &with_ttl(model_deployment("m", &[("us-east", 1)], 1), 10),
+    )
+    .await
+    .unwrap();
+    wait_condition(&mds, "m", "Published", "True").await;
+    // The Worker goes away: its port refuses connections.
+    receiver.stop();
+    let deleted = Instant::now();
+    mds.delete("m", &DeleteParams::default()).await.unwrap();
+    let event = wait_event(&ns, "UnpublishTimedOut").await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(event.note.unwrap().contains("us-east"));
+    wait_for(CONVERGE, || async {
+        mds.get_opt("m").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .expect("the object goes once its routes have expired");
+    let waited = deleted.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9),
+        "let go after {waited:?}, before the route's 10 s TTL"
+    );
+    operator.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_skip_annotation_lets_deletion_proceed_without_the_worker() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-skip").await;
+    let receiver = Receiver::start_with_leases().await;
+    let operator = Operator::start(config(ns.name(), Some(&receiver), None));
+    let mds: Api<ModelDeployment> = ns.api();
+    mds.create(
+        &PostParams::default(),
+        &with_ttl(model_deployment("m", &[("us-east", 1)], 1), 600),
+    )
+    .await
+    .unwrap();
+    wait_condition(&mds, "m", "Published", "True").await;
+    receiver.stop();
+    mds.patch(
+        "m",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"backhaul.dev/skip-unpublish": "true"}}})),
+    )
+    .await
+    .unwrap();
+    let deleted = Instant::now();
+    mds.delete("m", &DeleteParams::default()).await.unwrap();
+    wait_for(CONVERGE, || async {
+        mds.get_opt("m").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .expect("the object goes without its withdrawal");
+    // Long before the 600 s TTL would have let it go.
+    assert!(deleted.elapsed() < Duration::from_secs(120), "{:?}", deleted.elapsed());
+    assert!(
+        !receiver.log().iter().any(|l| l.method == "DELETE"),
+        "{:?}",
+        receiver.log()
+    );
+    operator.stop().await;
+    ns.cleanup().await;
+}
+
+/// What the children cache saves: API requests of one no-op resync of 10
+/// settled objects, with the cache and with it bypassed.
+#[tokio::test]
+async fn the_children_cache_makes_a_no_op_resync_free() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-cache").await;
+    let mds: Api<ModelDeployment> = ns.api();
+    let names: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    for name in &names {
+        mds.create(
+            &PostParams::default(),
+            &model_deployment(name, &[("us-east", 2), ("eu-west", 1)], 1),
+        )
+        .await
+        .unwrap();
+    }
+    let mut measured = Vec::new();
+    for bypass in [false, true] {
+        let operator = Operator::start_with(config(ns.name(), None, None), |ctx| {
+            ctx.children.bypass(bypass)
+        });
+        for name in &names {
+            wait_condition(&mds, name, "Ready", "True").await;
+        }
+        // Settle: the reconciles the start caused are over.
+        let mut last = operator.requests();
+        loop {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let now = operator.requests();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let before = (operator.successes(), operator.requests());
+        // A resync: every object reconciled once more, nothing changed.
+        for name in &names {
+            mds.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"resync": format!("{bypass}")}}})),
+            )
+            .await
+            .unwrap();
+        }
+        wait_for(CONVERGE, || async {
+            (operator.successes() >= before.0 + names.len() as u64).then_some(())
+        })
+        .await
+        .expect("every object reconciled");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = operator.requests();
+        let delta: BTreeMap<String, u64> = after
+            .iter()
+            .map(|(m, n)| (m.clone(), n - before.1.get(m).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        println!(
+            "no-op resync of {} objects × 2 regions, cache {}: {delta:?}",
+            names.len(),
+            if bypass { "bypassed" } else { "on" }
+        );
+        measured.push(delta.values().sum::<u64>());
+        operator.stop().await;
+    }
+    assert_eq!(measured[0], 0, "with the cache a no-op resync sends nothing");
+    // Without: a PATCH per child (2 Deployments, 2 Services, 1 PDB) and the
+    // prune's lists, per object.
+    assert!(measured[1] >= 5 * names.len() as u64, "{measured:?}");
+    delete_all(&mds).await;
+    ns.cleanup().await;
+}

@@ -77,6 +77,9 @@ struct ReceiverState {
     log: Vec<Logged>,
     rejected: usize,
     first_put: BTreeMap<String, std::time::Instant>,
+    /// The last lease sequence accepted, and how many renewals.
+    lease_sequence: u64,
+    leases: usize,
 }
 
 /// A local stand-in for the Worker's admin API that verifies signatures.
@@ -175,16 +178,87 @@ async fn handle(
     }
 }
 
-impl Receiver {
-    /// Starts on 127.0.0.1 on a free port.
-    pub async fn start() -> Self {
-        let state = Arc::new(Mutex::new(ReceiverState::default()));
-        let app = Router::new()
-            .route(
-                "/admin/v1/routes/{ns}/{name}/{region}",
-                put(handle).delete(handle),
+/// `PUT /admin/v1/leases/{keyId}` as docs/publication.md says: answers with
+/// the count and digest of the routes held.
+async fn handle_lease(
+    State(state): State<Arc<Mutex<ReceiverState>>>,
+    Path(key_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let mut s = state.lock().unwrap();
+    if key_id != KEY_ID || !verify(&headers, &Method::PUT, uri.path(), &body) {
+        s.rejected += 1;
+        return (
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":{"message":"bad signature","code":"invalid_signature"}}"#.into(),
+        );
+    }
+    let Ok(lease) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "{}".into());
+    };
+    let sequence = lease["sequence"].as_u64().unwrap_or(0);
+    if sequence <= s.lease_sequence {
+        return (
+            StatusCode::CONFLICT,
+            r#"{"error":{"message":"stale","code":"stale_sequence"}}"#.into(),
+        );
+    }
+    s.lease_sequence = sequence;
+    s.leases += 1;
+    s.log.push(Logged {
+        method: "LEASE".into(),
+        route: key_id.clone(),
+    });
+    let keys: Vec<(backhaul_operator::publish::RouteKey, u64)> = s
+        .routes
+        .values()
+        .map(|r| {
+            let field = |f: &str| r[f].as_str().unwrap_or_default().to_owned();
+            (
+                backhaul_operator::publish::RouteKey {
+                    namespace: field("namespace"),
+                    name: field("name"),
+                    region: field("region"),
+                },
+                r["sequence"].as_u64().unwrap_or(0),
             )
-            .with_state(state.clone());
+        })
+        .collect();
+    let digest = backhaul_operator::publish::lease_digest(keys.iter().map(|(k, q)| (k, *q)));
+    let answer = serde_json::json!({"lease": {"keyId": key_id, "sequence": sequence,
+        "renewedAt": "2026-12-01T00:00:00Z", "routes": keys.len(), "digest": digest}});
+    (StatusCode::OK, answer.to_string())
+}
+
+impl Receiver {
+    /// Starts on 127.0.0.1 on a free port, as a Worker that predates leases
+    /// (the lease answers 404: the operator renews each route with a PUT).
+    pub async fn start() -> Self {
+        Self::start_inner(false).await
+    }
+
+    /// Starts a receiver that also accepts leases.
+    pub async fn start_with_leases() -> Self {
+        Self::start_inner(true).await
+    }
+
+    /// Lease renewals accepted.
+    pub fn leases(&self) -> usize {
+        self.state.lock().unwrap().leases
+    }
+
+    async fn start_inner(leases: bool) -> Self {
+        let state = Arc::new(Mutex::new(ReceiverState::default()));
+        let mut app = Router::new().route(
+            "/admin/v1/routes/{ns}/{name}/{region}",
+            put(handle).delete(handle),
+        );
+        if leases {
+            app = app.route("/admin/v1/leases/{key}", put(handle_lease));
+        }
+        let app = app.with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -254,6 +328,8 @@ pub fn config(
             key_id: KEY_ID.into(),
             key: signing_key(),
             timeout: Duration::from_secs(5),
+            concurrency: 8,
+            fleet_poll_interval: Duration::from_secs(30),
         }),
         watch_namespace: Some(namespace.to_owned()),
         identity: format!(
@@ -409,4 +485,27 @@ pub fn region_status(md: &ModelDeployment, name: &str) -> Option<RegionStatus> {
         .iter()
         .find(|r| r.name == name)
         .cloned()
+}
+
+impl Operator {
+    /// Starts the controller after `adjust` has seen its context.
+    pub fn start_with(config: OperatorConfig, adjust: impl FnOnce(&Context)) -> Self {
+        backhaul_operator::telemetry::init(backhaul_operator::config::LogFormat::Text);
+        let metrics = Metrics::new();
+        let client =
+            backhaul_operator::counted_client(backhaul_testkit::cluster_config(), &metrics)
+                .unwrap();
+        let ctx = Context::new(client, config, metrics.clone()).unwrap();
+        adjust(&ctx);
+        let ctx = Arc::new(ctx);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run_controller(ctx, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            metrics,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
 }
