@@ -7,7 +7,8 @@
 # PID (process group) when it ends, and every namespace it makes is deleted,
 # whatever happened.
 #
-#   scripts/e2e.sh                 every test
+#   scripts/e2e.sh                 every test (tests/e2e.rs, then tests/fleet.rs:
+#                                  two clusters, the second a peer control plane)
 #   scripts/e2e.sh saturated ttl   tests whose names contain these words
 #
 # The cluster is started here and stopped on exit unless it was already
@@ -38,3 +39,7 @@ node=$(bash -c 'source tests/cluster/lib.sh && echo "$node_name"')
 kubectl get node "$node" >/dev/null 2>&1 || { echo "e2e: the cluster has no real node ($node); it needs root and BACKHAUL_NODE=1" >&2; exit 1; }
 step "inference image (make images), loaded into $node" scripts/images.sh --load inference >/dev/null
 step "e2e tests" cargo test --workspace --locked --test e2e -- "$@"
+# One cluster per region: starts (and stops) a second control plane of its own.
+# Its logs apart from the suite's (which clears its directory at setup).
+step "e2e fleet test (two clusters)" env BACKHAUL_E2E_LOGS="$BACKHAUL_CACHE/e2e/fleet-logs" \
+  cargo test --workspace --locked --test fleet -- "$@"

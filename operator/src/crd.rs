@@ -55,6 +55,12 @@ pub const GGUF_QUANTIZATION_MESSAGE: &str = "quantization (in-situ, --isq) appli
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Published\")].status"
     ),
+    printcolumn(
+        name = "Fleet",
+        type_ = "string",
+        description = "regions in the Worker's table for this model, from every cluster",
+        json_path = ".status.fleetRegions"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     // Child names start with the name (`<name>-<region>-<hash>`, see
     // build::child_name) and Services need a DNS-1035 label; the route path
@@ -428,6 +434,16 @@ pub struct ModelDeploymentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub regions: Vec<RegionStatus>,
+    /// Every region of this model's fleet as the routing Worker's table shows
+    /// it, this cluster's and other clusters' (the Worker's `GET
+    /// /admin/v1/fleet`, read every `--fleet-poll-interval`); at most 64.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub fleet: Vec<FleetRegionStatus>,
+    /// The regions of `fleet` with a live route, then those expired, marked:
+    /// e.g. `eu-west,us-east(expired)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_regions: Option<String>,
 }
 
 /// Observed state of one region.
@@ -469,6 +485,34 @@ pub struct RegionStatus {
     /// The operator serving this region has no Worker to publish to.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub publication_disabled: bool,
+}
+
+/// One region of this model's fleet as the routing Worker's table shows it
+/// (`GET /admin/v1/fleet`, docs/publication.md "The fleet view"): this
+/// cluster's regions and those other clusters' operators publish.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetRegionStatus {
+    /// Region name.
+    pub region: String,
+    /// Namespace of the ModelDeployment that publishes it, in its own cluster.
+    pub namespace: String,
+    /// Name of that ModelDeployment.
+    pub name: String,
+    /// The publisher key that last wrote the route: which cluster's operator.
+    pub key_id: String,
+    /// Ready replicas the route reports.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// The route has expired: its operator stopped renewing it (the operator
+    /// or its cluster is gone), and the Worker no longer routes there.
+    #[serde(default)]
+    pub expired: bool,
+    /// When the route expired (RFC 3339, the Worker's clock); set only on
+    /// expired entries, because a live route's expiry moves with every lease
+    /// renewal and would rewrite status that often.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<String>,
 }
 
 /// The CRD as YAML, exactly as committed in `crds/modeldeployment.yaml`.

@@ -23,6 +23,7 @@ pub mod controller;
 pub mod crd;
 #[cfg(test)]
 mod fake_api;
+pub mod fleet;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
@@ -148,9 +149,17 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         let _ = signal_tx.send(true);
     });
 
-    let ctx = Arc::new(
-        Context::new(client.clone(), config.clone(), metrics).map_err(RunError::Publisher)?,
-    );
+    let mut ctx =
+        Context::new(client.clone(), config.clone(), metrics).map_err(RunError::Publisher)?;
+    // The Worker's fleet view for status.fleet, read only while this replica
+    // reconciles (a standby does not poll).
+    let mut fleet_poller = None;
+    if let Some(publish) = &config.publish {
+        let (hook, keys, poller) = fleet::start(publish).map_err(RunError::Publisher)?;
+        ctx = ctx.with_fleet(hook, keys);
+        fleet_poller = Some(poller);
+    }
+    let ctx = Arc::new(ctx);
     let mut lost = None;
     if args.leader_election {
         let elector = Arc::new(LeaderElector::new(
@@ -174,7 +183,9 @@ pub async fn run(args: Args) -> Result<(), RunError> {
             let _ = lost_tx.send(());
             let _ = hold_tx.send(true);
         });
+        let polling = fleet_poller.map(fleet::FleetPoller::spawn);
         let result = controller::run_controller(ctx, stopped(stop_rx.clone())).await;
+        drop(polling);
         hold.abort();
         if lost_rx.try_recv().is_ok() {
             lost = Some(args.lease_name.clone());
@@ -184,6 +195,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         result.map_err(RunError::Controller)?;
     } else {
         readiness.set(true);
+        let _polling = fleet_poller.map(fleet::FleetPoller::spawn);
         controller::run_controller(ctx, stopped(stop_rx.clone()))
             .await
             .map_err(RunError::Controller)?;
