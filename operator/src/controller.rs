@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PartialObjectMeta};
@@ -113,6 +113,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// The operator's children as the API server holds them.
     pub children: ChildCache,
+    /// The controller's store of ModelDeployments, once [`run_controller`] made it.
+    objects: std::sync::OnceLock<reflector::Store<ModelDeployment>>,
     writers: Mutex<Option<ChildWriters>>,
     recorder: Recorder,
     failures: Mutex<HashMap<(String, String), u32>>,
@@ -148,6 +150,7 @@ impl Context {
             config,
             publisher,
             children,
+            objects: std::sync::OnceLock::new(),
             writers: Mutex::new(Some(writers)),
             tracker: RouteTracker::default(),
             metrics,
@@ -161,6 +164,17 @@ impl Context {
     /// own them).
     pub fn take_writers(&self) -> Option<ChildWriters> {
         self.writers.lock().expect("not poisoned").take()
+    }
+
+    /// Whether every watch with a cache (the ModelDeployments and the
+    /// children) has seen its initial list: until then a reconcile may act
+    /// on a partial view. Readiness waits for this.
+    pub fn synced(&self) -> bool {
+        self.objects.get().is_some_and(|s| {
+            s.wait_until_ready()
+                .now_or_never()
+                .is_some_and(|r| r.is_ok())
+        }) && self.children.ready()
     }
 
     fn serves(&self) -> impl Fn(&str) -> bool + '_ {
@@ -707,6 +721,7 @@ pub async fn run_controller(
         .expect("run_controller runs once per context")
         .streams(&client, namespace.as_deref(), &owned);
     let (store, writer) = reflector::store();
+    let _ = ctx.objects.set(store.clone());
     let objects = watcher(mds, watcher::Config::default().page_size(LIST_PAGE_SIZE))
         .default_backoff()
         .modify(cache::trim_owner)

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The operator's metrics.
@@ -20,6 +21,7 @@ pub struct Metrics {
     publishes: IntCounterVec,
     kube_requests: IntCounterVec,
     managed_models: IntGauge,
+    leader: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -72,12 +74,21 @@ impl Metrics {
             "ModelDeployments this operator currently manages",
         )
         .expect("valid metric");
+        let leader = IntGaugeVec::new(
+            Opts::new(
+                "backhaul_operator_leader",
+                "1 while this process reconciles (holds the leader election Lease, or runs without leader election), 0 while it stands by",
+            ),
+            &["lease"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_duration.clone()),
             Box::new(publishes.clone()),
             Box::new(kube_requests.clone()),
             Box::new(managed_models.clone()),
+            Box::new(leader.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -88,6 +99,7 @@ impl Metrics {
             publishes,
             kube_requests,
             managed_models,
+            leader,
         }
     }
 
@@ -122,6 +134,14 @@ impl Metrics {
     pub fn set_managed_models(&self, n: usize) {
         self.managed_models
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets whether this process leads: holds `lease` (empty without leader
+    /// election) and so reconciles.
+    pub fn set_leader(&self, lease: &str, leading: bool) {
+        self.leader
+            .with_label_values(&[lease])
+            .set(i64::from(leading));
     }
 
     /// The text exposition of every metric.
@@ -206,7 +226,14 @@ mod tests {
         m.reconciled("success", Duration::from_millis(20));
         m.published("put", "success");
         m.set_managed_models(3);
+        m.set_leader("backhaul-operator", false);
+        assert!(
+            m.render()
+                .contains("backhaul_operator_leader{lease=\"backhaul-operator\"} 0")
+        );
+        m.set_leader("backhaul-operator", true);
         let text = m.render();
+        assert!(text.contains("backhaul_operator_leader{lease=\"backhaul-operator\"} 1"));
         assert!(text.contains("backhaul_operator_reconciles_total{result=\"success\"} 1"));
         assert!(
             text.contains(
