@@ -227,7 +227,7 @@ impl Candidate {
             logs,
             exited,
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
         }
@@ -365,7 +365,9 @@ async fn a_leader_cut_off_from_the_api_server_exits_before_a_standby_takes_over(
         "{lost}"
     );
     assert!(
-        exited_at <= deadline + Duration::from_secs(1),
+        // Slack for a loaded machine: the margin that matters, before b can
+        // acquire, is 5 s (lease duration less renew deadline).
+        exited_at <= deadline + Duration::from_secs(2),
         "a exited {:?} after its renew deadline",
         exited_at.duration_since(deadline).unwrap_or_default()
     );
@@ -384,15 +386,21 @@ async fn a_leader_cut_off_from_the_api_server_exits_before_a_standby_takes_over(
         "a exited at {exited_at:?}, {:?} after b acquired",
         exited_at.duration_since(acquired_at).unwrap_or_default()
     );
+    let signed = |t: SystemTime, from: SystemTime| match t.duration_since(from) {
+        Ok(d) => format!("+{d:?}"),
+        Err(e) => format!("-{:?}", e.duration()),
+    };
     eprintln!(
-        "a exited {:?} after the freeze ({:?} before its latest possible deadline); b acquired {:?} after a exited",
-        exited_at.duration_since(frozen_at).unwrap(),
-        deadline.duration_since(exited_at).unwrap_or_default(),
-        acquired_at.duration_since(exited_at).unwrap(),
+        "a exited {} after the freeze, {} from the renew deadline of the record on the server; b acquired {} after a exited",
+        signed(exited_at, frozen_at),
+        signed(exited_at, deadline),
+        signed(acquired_at, exited_at),
     );
     // a sent no byte (so made no request) after its deadline: it was not
     // still trying to write while b could lead.
-    let late = proxy.sent_since(deadline + Duration::from_millis(200));
+    // (Its last renewal attempt began a retry period, 2 s, before the
+    // deadline; the slack covers the proxy reading late on a loaded machine.)
+    let late = proxy.sent_since(deadline + Duration::from_millis(500));
     assert!(
         late.is_empty(),
         "a sent {} chunks after its deadline",
