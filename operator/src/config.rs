@@ -136,6 +136,8 @@ pub struct Args {
     #[arg(long, global = true, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
     /// This replica's identity in the Lease and in Events (the pod name).
+    /// Unset or empty: the host name and a random suffix, unique to this
+    /// process ([`default_identity`]).
     #[arg(long, global = true, env = "POD_NAME")]
     pub identity: Option<String>,
     /// ModelDeployments reconciled at once. Bounded so that a burst of objects
@@ -196,6 +198,34 @@ fn valid_key_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The identity of a process started without one: `<host name>_<8 random
+/// hex digits>`, as controller-runtime's leader election does
+/// (`<hostname>_<uuid>`).
+///
+/// Unique, because the identity is what the Lease compares: two candidates
+/// with the same one would both read the Lease as theirs and both lead (as
+/// two containers without `POD_NAME`, each process 1 in its own PID
+/// namespace, did with the former `backhaul-operator-<pid>`). The host name
+/// (the pod's name in a pod) keeps it readable.
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "backhaul-operator".to_owned());
+    let mut suffix = [0u8; 4];
+    // Without the system's random source, fall back on what differs between
+    // processes on one host: the PID (and the time, for PID namespaces).
+    if getrandom::fill(&mut suffix).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        suffix = (std::process::id() ^ nanos).to_be_bytes();
+    }
+    format!("{host}_{}", hex::encode(suffix))
 }
 
 /// Where and how to publish routes.
@@ -298,8 +328,10 @@ impl OperatorConfig {
             publish,
             watch_namespace: watch_namespace.clone(),
             identity: identity
-                .clone()
-                .unwrap_or_else(|| format!("backhaul-operator-{}", std::process::id())),
+                .as_deref()
+                .map(str::trim)
+                .filter(|i| !i.is_empty())
+                .map_or_else(default_identity, str::to_owned),
             max_concurrent_reconciles: *max_concurrent_reconciles,
         })
     }
@@ -381,6 +413,28 @@ mod tests {
         ));
         let err = Cli::try_parse_from(["backhaul-operator", "run", "--no-such-flag"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn a_process_without_an_identity_gets_a_unique_one() {
+        let identity = |argv: &[&str]| {
+            OperatorConfig::from_args(&parse(argv).args)
+                .unwrap()
+                .identity
+        };
+        assert_eq!(identity(&["--identity", "operator-0"]), "operator-0");
+        // An empty one (POD_NAME= from a template without the downward API)
+        // counts as none; passing it also overrides the test's environment.
+        let defaults: BTreeSet<String> = (0..100).map(|_| identity(&["--identity", " "])).collect();
+        assert_eq!(defaults.len(), 100, "{defaults:?}");
+        for id in &defaults {
+            let (host, suffix) = id.rsplit_once('_').unwrap();
+            assert!(!host.is_empty(), "{id}");
+            assert!(
+                suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
+        }
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PartialObjectMeta};
@@ -39,6 +39,10 @@ use crate::route_sync::{DesiredRoutes, ObjectKey, RouteState, RouteSync, SyncCon
 use crate::status::{self, Publication};
 use crate::upstream_auth::{self, Credential};
 use crate::validate::{ValidatedModelDeployment, ValidationError, validate};
+
+/// The ModelDeployment watch's item: an object that does not deserialize is
+/// reported and skipped rather than failing the whole list.
+type Guarded = DeserializeGuard<ModelDeployment>;
 
 /// Requeue while a region is not ready, to notice pods that stay Pending
 /// (their changes do not touch the Deployment).
@@ -143,6 +147,8 @@ pub struct Context {
     /// Fills `status.fleet` (see [`FleetHook`]); `None` until the fleet poller exists.
     pub fleet: Option<FleetHook>,
     triggers: Mutex<Vec<BoxStream<'static, ObjectKey>>>,
+    /// The controller's store of ModelDeployments, once [`run_controller`] made it.
+    objects: std::sync::OnceLock<reflector::Store<Guarded>>,
     writers: Mutex<Option<ChildWriters>>,
     recorder: Recorder,
     failures: Mutex<HashMap<(String, String), u32>>,
@@ -212,6 +218,7 @@ impl Context {
             children,
             fleet: None,
             triggers: Mutex::new(triggers),
+            objects: std::sync::OnceLock::new(),
             writers: Mutex::new(Some(writers)),
             metrics,
             recorder,
@@ -240,6 +247,17 @@ impl Context {
     /// own them).
     pub fn take_writers(&self) -> Option<ChildWriters> {
         self.writers.lock().expect("not poisoned").take()
+    }
+
+    /// Whether every watch with a cache (the ModelDeployments and the
+    /// children) has seen its initial list: until then a reconcile may act
+    /// on a partial view. Readiness waits for this.
+    pub fn synced(&self) -> bool {
+        self.objects.get().is_some_and(|s| {
+            s.wait_until_ready()
+                .now_or_never()
+                .is_some_and(|r| r.is_ok())
+        }) && self.children.ready()
     }
 
     fn serves(&self) -> impl Fn(&str) -> bool + '_ {
@@ -926,7 +944,6 @@ pub async fn run_controller(
 ) -> Result<(), kube::Error> {
     let client = ctx.client.clone();
     let namespace = ctx.config.watch_namespace.clone();
-    type Guarded = DeserializeGuard<ModelDeployment>;
     let (mds, pods): (Api<Guarded>, Api<PartialObjectMeta<Pod>>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -947,6 +964,7 @@ pub async fn run_controller(
         .expect("run_controller runs once per context")
         .streams(&client, namespace.as_deref(), &owned);
     let (store, writer) = reflector::store::<Guarded>();
+    let _ = ctx.objects.set(store.clone());
     let objects = watcher(mds, watcher::Config::default().page_size(LIST_PAGE_SIZE))
         .default_backoff()
         .modify(cache::trim_owner)
@@ -1072,14 +1090,14 @@ mod tests {
         };
         let held: BTreeMap<String, RouteState> = [
             ("a".to_owned(), state(true, None)),
-            ("b".to_owned(), state(true, Some("lease: HTTP 401 unknown_key"))),
+            (
+                "b".to_owned(),
+                state(true, Some("lease: HTTP 401 unknown_key")),
+            ),
             ("c".to_owned(), state(false, None)),
         ]
         .into();
-        assert_eq!(
-            publication(None, "a", true, &token),
-            Publication::Disabled
-        );
+        assert_eq!(publication(None, "a", true, &token), Publication::Disabled);
         assert_eq!(
             publication(Some(&held), "a", true, &token),
             Publication::Published
@@ -1126,10 +1144,7 @@ mod tests {
         let mine = region_entries(&v, &regions, &token, &prev, Some(&held), |_| true, "t");
         let names: Vec<&str> = mine.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["us-east", "eu-west", "ap-south"]);
-        assert_eq!(
-            mine[2].publish_error.as_deref(),
-            Some("DELETE x: HTTP 503")
-        );
+        assert_eq!(mine[2].publish_error.as_deref(), Some("DELETE x: HTTP 503"));
         // Withdrawn: the entry goes.
         let done: BTreeMap<String, RouteState> = [(
             "ap-south".to_owned(),
@@ -1147,7 +1162,10 @@ mod tests {
     #[test]
     fn settled_objects_wait_for_the_slow_resync() {
         assert_eq!(
-            requeue_after(&[observed(0, 3, phase::READY), observed(1, 0, phase::SCALED_TO_ZERO)]),
+            requeue_after(&[
+                observed(0, 3, phase::READY),
+                observed(1, 0, phase::SCALED_TO_ZERO)
+            ]),
             RESYNC
         );
         assert_eq!(

@@ -35,13 +35,21 @@ pub mod upstream_auth;
 pub mod validate;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::Client;
 
 use crate::config::{Args, ConfigError, OperatorConfig};
 use crate::controller::Context;
-use crate::leader::{LeaderElector, Timing};
+use crate::leader::{LeaderElector, Lost, Timing};
 use crate::metrics::{Metrics, Readiness};
+
+/// The operator's exit status when it lost leadership (distinct from 1, a
+/// failure, and 2, bad flags). Its container restarts as a standby.
+pub const LOST_LEADERSHIP_EXIT_CODE: i32 = 3;
+
+/// How often readiness checks whether the watches have synced.
+const SYNC_POLL: Duration = Duration::from_millis(100);
 
 /// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]
@@ -60,9 +68,6 @@ pub enum RunError {
         "starting the controller (is the CRD installed? `backhaul-operator crd | kubectl apply -f -`): {0}"
     )]
     Controller(#[source] kube::Error),
-    /// Another replica took the Lease; exiting lets this one restart as a standby.
-    #[error("lost leadership of lease {0}")]
-    LostLeadership(String),
     /// The metrics server failed.
     #[error("metrics server: {0}")]
     Metrics(#[source] std::io::Error),
@@ -105,7 +110,6 @@ pub fn counted_client(config: kube::Config, metrics: &Metrics) -> Result<Client,
         .build())
 }
 
-/// Runs the operator with `args` until SIGTERM (or loss of leadership).
 /// Chooses rustls' process-wide crypto provider (ring, as kube's `ring`
 /// feature asks). The workspace also links aws-lc-rs (mistral.rs' HTTP
 /// client), and with both present rustls refuses to guess, so every process
@@ -115,6 +119,51 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Ends the process on loss of leadership, at once.
+///
+/// From here on another replica may lead, so this one must not write again.
+/// Its writes are reconciles (applies, status, Events) in flight on the
+/// controller's stream and the route publisher's requests to the Worker,
+/// running in tasks of their own; stopping them one by one and waiting for
+/// them (a graceful shutdown) could take as long as the slowest of them,
+/// against an API server or Worker that may be hung. Exiting the process
+/// ends them all without waiting for any, as controller-runtime does. The
+/// Lease is not released: it is not ours any more.
+fn exit_on_lost_leadership(lease: &str, lost: &Lost) -> ! {
+    tracing::error!(
+        lease,
+        reason = %lost,
+        exit_code = LOST_LEADERSHIP_EXIT_CODE,
+        "lost leadership; exiting now, without waiting for in-flight reconciles or publications"
+    );
+    // Logs go to stderr, which is unbuffered; flush anyway before the exit
+    // skips every destructor.
+    let _ = std::io::Write::flush(&mut std::io::stderr());
+    std::process::exit(LOST_LEADERSHIP_EXIT_CODE)
+}
+
+/// Marks `readiness` ready once the controller's watches have synced.
+async fn ready_when_synced(ctx: Arc<Context>, readiness: Readiness) {
+    let mut tick = tokio::time::interval(SYNC_POLL);
+    loop {
+        tick.tick().await;
+        if ctx.synced() {
+            tracing::info!("caches synced: ready");
+            readiness.set(true);
+            return;
+        }
+    }
+}
+
+/// Runs the operator with `args` until SIGTERM.
+///
+/// With `--leader-election` it stands by (ready, `backhaul_operator_leader`
+/// 0) until it holds the Lease, then reconciles, ready once its watches have
+/// synced. On loss of leadership (another holder, or no renewal within the
+/// renew deadline) it exits the process with [`LOST_LEADERSHIP_EXIT_CODE`]
+/// at once, without returning ([`exit_on_lost_leadership`] says why). On
+/// SIGTERM it finishes in-flight reconciles, still renewing, and releases
+/// the Lease so a standby takes over without waiting for it to expire.
 pub async fn run(args: Args) -> Result<(), RunError> {
     telemetry::init(args.log_format);
     let config = OperatorConfig::from_args(&args)?;
@@ -122,6 +171,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         regions = ?config.regions,
         publication = config.publish.is_some(),
         namespace = ?config.watch_namespace,
+        identity = %config.identity,
         "configured"
     );
     install_crypto_provider();
@@ -149,8 +199,8 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         let _ = signal_tx.send(true);
     });
 
-    let mut ctx =
-        Context::new(client.clone(), config.clone(), metrics).map_err(RunError::Publisher)?;
+    let mut ctx = Context::new(client.clone(), config.clone(), metrics.clone())
+        .map_err(RunError::Publisher)?;
     // The Worker's fleet view for status.fleet, read only while this replica
     // reconciles (a standby does not poll).
     let mut fleet_poller = None;
@@ -160,7 +210,6 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         fleet_poller = Some(poller);
     }
     let ctx = Arc::new(ctx);
-    let mut lost = None;
     if args.leader_election {
         let elector = Arc::new(LeaderElector::new(
             client,
@@ -169,32 +218,41 @@ pub async fn run(args: Args) -> Result<(), RunError> {
             &config.identity,
             Timing::default(),
         ));
+        tracing::info!(
+            lease = %args.lease_name,
+            namespace = %args.lease_namespace,
+            identity = %config.identity,
+            "standing by for leadership"
+        );
         // A standby is healthy and ready: it only waits.
+        metrics.set_leader(&args.lease_name, false);
         readiness.set(true);
-        tokio::select! {
-            () = elector.acquire() => {},
+        let renewed_at = tokio::select! {
+            at = elector.acquire() => at,
             () = stopped(stop_rx.clone()) => return Ok(()),
-        }
-        let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel();
+        };
+        metrics.set_leader(&args.lease_name, true);
+        readiness.set(false);
+        tokio::spawn(ready_when_synced(ctx.clone(), readiness.clone()));
+        // Its own task, so that renewals (and the exit) do not wait on the
+        // controller's stream.
         let holder = elector.clone();
-        let hold_tx = stop_tx.clone();
         let hold = tokio::spawn(async move {
-            holder.hold().await;
-            let _ = lost_tx.send(());
-            let _ = hold_tx.send(true);
+            let lost = holder.hold(renewed_at).await;
+            exit_on_lost_leadership(holder.lease(), &lost)
         });
         let polling = fleet_poller.map(fleet::FleetPoller::spawn);
         let result = controller::run_controller(ctx, stopped(stop_rx.clone())).await;
         drop(polling);
         hold.abort();
-        if lost_rx.try_recv().is_ok() {
-            lost = Some(args.lease_name.clone());
-        } else if let Err(e) = elector.release().await {
+        if let Err(e) = elector.release().await {
             tracing::warn!(error = %e, "releasing the lease failed");
         }
+        metrics.set_leader(&args.lease_name, false);
         result.map_err(RunError::Controller)?;
     } else {
-        readiness.set(true);
+        metrics.set_leader("", true);
+        tokio::spawn(ready_when_synced(ctx.clone(), readiness.clone()));
         let _polling = fleet_poller.map(fleet::FleetPoller::spawn);
         controller::run_controller(ctx, stopped(stop_rx.clone()))
             .await
@@ -204,8 +262,5 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     if let Ok(Err(e)) = server.await {
         return Err(RunError::Metrics(e));
     }
-    match lost {
-        Some(lease) => Err(RunError::LostLeadership(lease)),
-        None => Ok(()),
-    }
+    Ok(())
 }

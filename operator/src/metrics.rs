@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The operator's metrics.
@@ -21,6 +22,7 @@ pub struct Metrics {
     kube_requests: IntCounterVec,
     managed_models: IntGauge,
     routes_held: IntGauge,
+    leader: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -78,6 +80,14 @@ impl Metrics {
             "Routes the Worker holds from this operator (renewed by its lease)",
         )
         .expect("valid metric");
+        let leader = IntGaugeVec::new(
+            Opts::new(
+                "backhaul_operator_leader",
+                "1 while this process reconciles (holds the leader election Lease, or runs without leader election), 0 while it stands by",
+            ),
+            &["lease"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_duration.clone()),
@@ -85,6 +95,7 @@ impl Metrics {
             Box::new(kube_requests.clone()),
             Box::new(managed_models.clone()),
             Box::new(routes_held.clone()),
+            Box::new(leader.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -96,6 +107,7 @@ impl Metrics {
             kube_requests,
             managed_models,
             routes_held,
+            leader,
         }
     }
 
@@ -135,6 +147,14 @@ impl Metrics {
     /// Sets the number of routes held on the Worker.
     pub fn set_routes_held(&self, n: usize) {
         self.routes_held.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets whether this process leads: holds `lease` (empty without leader
+    /// election) and so reconciles.
+    pub fn set_leader(&self, lease: &str, leading: bool) {
+        self.leader
+            .with_label_values(&[lease])
+            .set(i64::from(leading));
     }
 
     /// The text exposition of every metric.
@@ -219,7 +239,14 @@ mod tests {
         m.reconciled("success", Duration::from_millis(20));
         m.published("put", "success");
         m.set_managed_models(3);
+        m.set_leader("backhaul-operator", false);
+        assert!(
+            m.render()
+                .contains("backhaul_operator_leader{lease=\"backhaul-operator\"} 0")
+        );
+        m.set_leader("backhaul-operator", true);
         let text = m.render();
+        assert!(text.contains("backhaul_operator_leader{lease=\"backhaul-operator\"} 1"));
         assert!(text.contains("backhaul_operator_reconciles_total{result=\"success\"} 1"));
         assert!(
             text.contains(
