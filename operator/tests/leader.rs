@@ -323,7 +323,7 @@ fn system_time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime) ->
 #[tokio::test]
 async fn a_leader_cut_off_from_the_api_server_exits_before_a_standby_takes_over() {
     let client = client().await;
-    install_crd(&client).await;
+    let _crd = install_crd(&client).await;
     let ns = TestNamespace::new(&client, "op-leader-cut").await;
     let leases: Api<Lease> = ns.api();
     let kubeconfig = &cluster().await.kubeconfig;
@@ -432,7 +432,7 @@ async fn a_leader_cut_off_from_the_api_server_exits_before_a_standby_takes_over(
 #[tokio::test]
 async fn candidates_without_a_pod_name_get_distinct_identities_and_one_leads() {
     let client = client().await;
-    install_crd(&client).await;
+    let _crd = install_crd(&client).await;
     let ns = TestNamespace::new(&client, "op-leader-noname").await;
     let leases: Api<Lease> = ns.api();
     let kubeconfig = &cluster().await.kubeconfig;
@@ -520,7 +520,7 @@ fn operator_role(secrets: bool) -> Role {
 #[tokio::test]
 async fn a_new_leader_is_ready_only_once_its_watches_have_synced() {
     let client = client().await;
-    install_crd(&client).await;
+    let _crd = install_crd(&client).await;
     let ns = TestNamespace::new(&client, "op-leader-sync").await;
     let kubeconfig = &cluster().await.kubeconfig;
     let dir = tempfile::tempdir().unwrap();

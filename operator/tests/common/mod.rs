@@ -19,7 +19,7 @@ use backhaul_operator::crd::{ModelDeployment, RegionStatus};
 use backhaul_operator::metrics::Metrics;
 use backhaul_testkit::wait_for;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, CustomResourceExt};
 use serde_json::Value;
 
@@ -31,8 +31,36 @@ pub fn signing_key() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
 }
 
+/// Held by every control-plane test of a binary for as long as it runs, and
+/// taken exclusively by the one test that stores an object under another
+/// schema: while that object exists, cluster-wide typed lists fail on it and
+/// the CRD briefly has another schema, so nothing else may run beside it.
+static CRD: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A test's share of the CRD (see [`CRD`]); hold it for the whole test.
+#[must_use = "hold it for the whole test"]
+pub struct CrdShare(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'static, ()>);
+
+/// The CRD to oneself (see [`CRD`]).
+#[must_use = "hold it for the whole test"]
+pub struct CrdExclusive(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'static, ()>);
+
+/// Installs the CRD (see [`apply_crd`]) and holds a share of it.
+pub async fn install_crd(client: &Client) -> CrdShare {
+    let share = CrdShare(CRD.read().await);
+    apply_crd(client).await;
+    share
+}
+
+/// Installs the CRD (see [`apply_crd`]) with no other test running beside.
+pub async fn install_crd_exclusive(client: &Client) -> CrdExclusive {
+    let exclusive = CrdExclusive(CRD.write().await);
+    apply_crd(client).await;
+    exclusive
+}
+
 /// Installs (server-side applies) the CRD and waits until it is served.
-pub async fn install_crd(client: &Client) {
+pub async fn apply_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = ModelDeployment::crd();
     let name = "modeldeployments.backhaul.dev";
@@ -54,9 +82,12 @@ pub async fn install_crd(client: &Client) {
     .await
     .expect("CRD established");
     // Established can precede discovery; wait until the resource answers.
+    // Metadata only: an object stored under another schema must not fail it.
     let mds: Api<ModelDeployment> = Api::all(client.clone());
     wait_for(Duration::from_secs(30), || async {
-        mds.list(&Default::default()).await.ok()
+        mds.list_metadata(&ListParams::default().limit(1))
+            .await
+            .ok()
     })
     .await
     .expect("ModelDeployments are served");
