@@ -197,9 +197,9 @@ fn trim_meta(meta: &mut ObjectMeta) {
         .annotations
         .as_mut()
         .and_then(|a| a.remove(APPLIED_HASH_ANNOTATION));
-    let mut kept: std::collections::BTreeMap<String, String> =
-        hash.map(|h| [(APPLIED_HASH_ANNOTATION.to_owned(), h)].into())
-            .unwrap_or_default();
+    let mut kept: std::collections::BTreeMap<String, String> = hash
+        .map(|h| [(APPLIED_HASH_ANNOTATION.to_owned(), h)].into())
+        .unwrap_or_default();
     kept.insert(CACHED_META_DIGEST.to_owned(), digest);
     meta.annotations = Some(kept);
 }

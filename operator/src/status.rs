@@ -583,7 +583,13 @@ mod tests {
         }))
         .unwrap();
         let only_east = |r: &str| r == "us-east";
-        let s = desired_status(&md, &spec, vec![east.clone()], only_east, Timestamp::UNIX_EPOCH);
+        let s = desired_status(
+            &md,
+            &spec,
+            vec![east.clone()],
+            only_east,
+            Timestamp::UNIX_EPOCH,
+        );
         let by = |s: &ModelDeploymentStatus, t: &str| {
             s.conditions.iter().find(|c| c.type_ == t).unwrap().clone()
         };
@@ -605,7 +611,13 @@ mod tests {
             regions: vec![west.clone()],
             ..Default::default()
         });
-        let s = desired_status(&shared, &spec, vec![east.clone()], only_east, Timestamp::UNIX_EPOCH);
+        let s = desired_status(
+            &shared,
+            &spec,
+            vec![east.clone()],
+            only_east,
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(by(&s, "Ready").status, "False");
         assert_eq!(by(&s, "Ready").message, "eu-west: 0/1 ready");
         assert_eq!(s.ready_regions.as_deref(), Some("1/2"));
