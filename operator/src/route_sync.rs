@@ -107,6 +107,11 @@ struct Entry {
     failures: u32,
     retry_at: Option<Instant>,
     error: Option<String>,
+    /// Status said published when this process first saw the route: until
+    /// this instant (the route's TTL after that) the Worker may still serve
+    /// the earlier life's copy, so status keeps saying published while the
+    /// first PUT is outstanding instead of flapping on every restart.
+    carried_until: Option<Instant>,
 }
 
 impl Entry {
@@ -120,6 +125,17 @@ impl Entry {
             failures: 0,
             retry_at: None,
             error: None,
+            carried_until: None,
+        }
+    }
+
+    /// Whether the Worker may hold a route of ours that status should show.
+    fn published(&self, now: Instant) -> bool {
+        match self.want {
+            Want::Withdrawn => self.held.is_some() || self.dirty,
+            Want::Live(_) => {
+                self.held.is_some() || self.carried_until.is_some_and(|until| now < until)
+            }
         }
     }
 
@@ -189,9 +205,10 @@ impl State {
                     .error
                     .clone()
                     .or_else(|| e.held.as_ref().and(lease_error.cloned()));
+                let now = Instant::now();
                 let state = RouteState {
-                    published: e.held.is_some() || (matches!(e.want, Want::Withdrawn) && e.dirty),
-                    pending: e.in_flight || e.owed(Instant::now(), false),
+                    published: e.published(now),
+                    pending: e.in_flight || e.owed(now, false),
                     error,
                 };
                 (region.clone(), state)
@@ -324,12 +341,17 @@ impl RouteSync {
                 regions.insert(region.clone(), Entry::new(Want::Withdrawn, true));
             }
         }
+        let now = Instant::now();
         for (region, route) in desired.live {
+            let ttl = Duration::from_secs(u64::from(route.ttl_seconds));
             let want = Want::Live(Box::new(route));
             match regions.get_mut(&region) {
                 Some(entry) => entry.want = want,
                 None => {
-                    regions.insert(region, Entry::new(want, false));
+                    let carried = desired.maybe_held.contains(&region);
+                    let mut entry = Entry::new(want, carried);
+                    entry.carried_until = carried.then(|| now + ttl);
+                    regions.insert(region, entry);
                 }
             }
         }
@@ -552,6 +574,7 @@ impl<W: WorkerApi> Task<W> {
                         self.metrics.published(operation, "success");
                         held_changed = entry.held.take().is_some();
                         entry.dirty = false;
+                        entry.carried_until = None;
                         entry.failures = 0;
                         entry.retry_at = None;
                         entry.error = None;

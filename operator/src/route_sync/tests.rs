@@ -397,6 +397,62 @@ async fn withdrawal_deletes_what_may_be_held_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_restart_keeps_showing_what_status_said_was_published() {
+    // A restarted operator: status says us-east is published, this process
+    // has sent nothing yet, and the Worker is slow to answer.
+    let fake = Fake::new();
+    fake.with(|s| {
+        s.delay = Duration::from_secs(2);
+        s.fail_puts = 1;
+    });
+    let (sync, _changes) = start(&fake, 8);
+    let (m, fresh) = (object("m"), object("fresh"));
+    let carried = DesiredRoutes {
+        maybe_held: ["us-east".to_owned()].into(),
+        ..live(&[route("m", "us-east", 1)])
+    };
+    sync.desire(&m, carried);
+    sync.desire(&fresh, live(&[route("fresh", "us-east", 1)]));
+    until("both PUTs in flight", || fake.count(is_put) == 2).await;
+    // Status does not flap to unpublished while the first PUT is out...
+    assert!(sync.states(&m)["us-east"].published);
+    // ...but a route no earlier life published is not claimed early.
+    assert!(!sync.states(&fresh)["us-east"].published);
+    // A failed first PUT: the earlier copy may still serve, and says why.
+    until("a failure", || {
+        sync.states(&m)["us-east"].error.is_some() || sync.states(&fresh)["us-east"].error.is_some()
+    })
+    .await;
+    until("both held", || sync.held_count() == 2).await;
+    assert!(sync.states(&m)["us-east"].published);
+    // Once the route's TTL has passed, only a landed PUT counts.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert!(sync.states(&m)["us-east"].published, "held by its own PUT");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_carried_route_the_worker_refuses_stops_showing_after_its_ttl() {
+    let fake = Fake::new();
+    fake.with(|s| s.fail_puts = usize::MAX);
+    let (sync, _changes) = start(&fake, 8);
+    let m = object("m");
+    sync.desire(
+        &m,
+        DesiredRoutes {
+            maybe_held: ["us-east".to_owned()].into(),
+            ..live(&[route("m", "us-east", 1)])
+        },
+    );
+    until("the refusal", || sync.states(&m)["us-east"].error.is_some()).await;
+    let state = &sync.states(&m)["us-east"];
+    assert!(state.published, "the earlier copy is live for its TTL: {state:?}");
+    // ttlSeconds 60: by then the Worker has expired the earlier copy.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let state = &sync.states(&m)["us-east"];
+    assert!(!state.published && state.error.is_some(), "{state:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_refused_lease_shows_on_every_held_route() {
     let fake = Fake::new();
     let (sync, mut changes) = start(&fake, 8);
