@@ -340,8 +340,15 @@ pub async fn reconcile(
             Finalizer::Cleanup(md) => reconcile_cleanup(&md, &ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
+    let result = match result {
+        // The object went while its finalizer was being removed (another
+        // operator's removal was the last): the cleanup is done.
+        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(status))) if status.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    };
     let label = match &result {
         Ok(_) => "success",
         Err(e) => e.category(),
