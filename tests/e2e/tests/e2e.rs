@@ -1336,7 +1336,10 @@ async fn worker_restart(ctx: &mut Ctx) -> Result<()> {
 
 async fn silent_operator(ctx: &mut Ctx) -> Result<()> {
     let model = Model::new(ctx, "ttl").await?;
-    // One operator per region, as with one cluster per region.
+    // One operator per region, as with one cluster per region, each with its
+    // own publisher key: a lease renews every route its key last wrote, so
+    // two operators sharing a key would keep each other's routes alive
+    // (docs/publication.md, "Leases").
     let mut op_us = Operator::start(
         &ctx.kubeconfig,
         &model.namespace,
@@ -1345,12 +1348,13 @@ async fn silent_operator(ctx: &mut Ctx) -> Result<()> {
         &format!("operator-{}-us", model.namespace),
     )
     .await?;
-    let op_eu = Operator::start(
+    let op_eu = Operator::start_signing_as(
         &ctx.kubeconfig,
         &model.namespace,
         &ctx.worker,
         Some("eu-west"),
         &format!("operator-{}-eu", model.namespace),
+        "e2e-eu-only",
     )
     .await?;
     let ttl = 10;
