@@ -15,7 +15,7 @@ use kube::api::{Api, PostParams};
 
 async fn measure(count: usize) -> Vec<Duration> {
     let client = client().await;
-    install_crd(&client).await;
+    let _crd = install_crd(&client).await;
     let ns = TestNamespace::new(&client, &format!("op-latency-{count}")).await;
     let receiver = Receiver::start().await;
     let operator = Operator::start(config(ns.name(), Some(&receiver), None));

@@ -445,7 +445,10 @@ async fn a_carried_route_the_worker_refuses_stops_showing_after_its_ttl() {
     );
     until("the refusal", || sync.states(&m)["us-east"].error.is_some()).await;
     let state = &sync.states(&m)["us-east"];
-    assert!(state.published, "the earlier copy is live for its TTL: {state:?}");
+    assert!(
+        state.published,
+        "the earlier copy is live for its TTL: {state:?}"
+    );
     // ttlSeconds 60: by then the Worker has expired the earlier copy.
     tokio::time::sleep(Duration::from_secs(61)).await;
     let state = &sync.states(&m)["us-east"];
