@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kube::ResourceExt;
 use serde::Deserialize;
@@ -104,36 +104,20 @@ pub struct FleetClient {
 impl FleetClient {
     /// A client for the Worker and key of `config`.
     pub fn new(config: PublishConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .user_agent(concat!("backhaul-operator/", env!("CARGO_PKG_VERSION")))
-            // A redirect would carry a signed request somewhere else.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let http = publish::admin_http(&config)?;
         let url = fleet_url(&config.worker_url);
         Ok(Self { http, config, url })
     }
 
     /// `GET /admin/v1/fleet`, with `If-None-Match: etag` when given.
     pub async fn fetch(&self, etag: Option<&str>) -> Result<Fetched, PublishError> {
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let signature = publish::sign(
-            &self.config.key,
-            &self.config.key_id,
-            timestamp,
-            "GET",
-            self.url.path(),
-            b"",
+        let mut request = publish::signed_request(
+            &self.http,
+            &self.config,
+            reqwest::Method::GET,
+            &self.url,
+            Vec::new(),
         );
-        let mut request = self
-            .http
-            .get(self.url.clone())
-            .header("X-Backhaul-Key-Id", &self.config.key_id)
-            .header("X-Backhaul-Timestamp", timestamp.to_string())
-            .header("X-Backhaul-Signature", signature);
         if let Some(etag) = etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
@@ -155,21 +139,7 @@ impl FleetClient {
             .map(str::to_owned);
         let text = response.text().await.map_err(transport)?;
         if !status.is_success() {
-            let error = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .map(|v| v["error"].clone());
-            let field = |name: &str| {
-                error
-                    .as_ref()
-                    .and_then(|e| e[name].as_str().map(str::to_owned))
-            };
-            return Err(PublishError::Rejected {
-                method: "GET",
-                url,
-                status: status.as_u16(),
-                code: field("code").unwrap_or_default(),
-                message: field("message").unwrap_or(text).chars().take(200).collect(),
-            });
+            return Err(publish::rejection("GET", &self.url, status.as_u16(), text));
         }
         let answer: FleetAnswer =
             serde_json::from_str(&text).map_err(|e| PublishError::Unreadable {

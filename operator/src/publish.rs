@@ -290,16 +290,81 @@ pub struct Publisher {
     config: PublishConfig,
 }
 
+/// The HTTP client every signed request to the Worker's admin API uses.
+pub(crate) fn admin_http(config: &PublishConfig) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(config.timeout)
+        .user_agent(concat!("backhaul-operator/", env!("CARGO_PKG_VERSION")))
+        // The admin API never redirects; a redirect would carry a signed
+        // request somewhere else.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// `method url` with `body`, signed with `config`'s key (docs/publication.md).
+pub(crate) fn signed_request(
+    http: &reqwest::Client,
+    config: &PublishConfig,
+    method: reqwest::Method,
+    url: &Url,
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let signature = sign(
+        &config.key,
+        &config.key_id,
+        timestamp,
+        method.as_str(),
+        url.path(),
+        &body,
+    );
+    let request = http
+        .request(method, url.clone())
+        .header("X-Backhaul-Key-Id", &config.key_id)
+        .header("X-Backhaul-Timestamp", timestamp.to_string())
+        .header("X-Backhaul-Signature", signature);
+    if body.is_empty() {
+        request
+    } else {
+        request
+            .header("content-type", "application/json")
+            .body(body)
+    }
+}
+
+/// The Worker's refusal (`status`, answer `text`) of `method url`.
+pub(crate) fn rejection(
+    method: &'static str,
+    url: &Url,
+    status: u16,
+    text: String,
+) -> PublishError {
+    // Prefer the Worker's OpenAI-shaped message; keep it short and stable
+    // because it lands in status.
+    let error = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .map(|v| v["error"].clone());
+    let field = |name: &str| {
+        error
+            .as_ref()
+            .and_then(|e| e[name].as_str().map(str::to_owned))
+    };
+    PublishError::Rejected {
+        method,
+        url: url.to_string(),
+        status,
+        code: field("code").unwrap_or_default(),
+        message: field("message").unwrap_or(text).chars().take(200).collect(),
+    }
+}
+
 impl Publisher {
     /// A client for `config`.
     pub fn new(config: PublishConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .user_agent(concat!("backhaul-operator/", env!("CARGO_PKG_VERSION")))
-            // The admin API never redirects; a redirect would carry a signed
-            // request somewhere else.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let http = admin_http(&config)?;
         Ok(Self { http, config })
     }
 
@@ -367,29 +432,7 @@ impl Publisher {
             reqwest::Method::DELETE => "DELETE",
             _ => "GET",
         };
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let signature = sign(
-            &self.config.key,
-            &self.config.key_id,
-            timestamp,
-            method_name,
-            url.path(),
-            &body,
-        );
-        let mut request = self
-            .http
-            .request(method, url.clone())
-            .header("X-Backhaul-Key-Id", &self.config.key_id)
-            .header("X-Backhaul-Timestamp", timestamp.to_string())
-            .header("X-Backhaul-Signature", signature);
-        if !body.is_empty() {
-            request = request
-                .header("content-type", "application/json")
-                .body(body);
-        }
+        let request = signed_request(&self.http, &self.config, method, &url, body);
         let response = request
             .send()
             .await
@@ -403,23 +446,7 @@ impl Publisher {
         if status.is_success() {
             return Ok(text);
         }
-        // Prefer the Worker's OpenAI-shaped message; keep it short and stable
-        // because it lands in status.
-        let error = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .map(|v| v["error"].clone());
-        let field = |name: &str| {
-            error
-                .as_ref()
-                .and_then(|e| e[name].as_str().map(str::to_owned))
-        };
-        Err(PublishError::Rejected {
-            method: method_name,
-            url: url.to_string(),
-            status: status.as_u16(),
-            code: field("code").unwrap_or_default(),
-            message: field("message").unwrap_or(text).chars().take(200).collect(),
-        })
+        Err(rejection(method_name, &url, status.as_u16(), text))
     }
 }
 
