@@ -665,15 +665,24 @@ impl Sequences {
     }
 }
 
-/// `route` without what changes on every send (`publishedAt`, `sequence`):
-/// two routes with equal fingerprints need no new PUT.
-pub fn fingerprint(route: &Route) -> Route {
-    Route {
+/// What makes a route different from the one the Worker holds: everything
+/// but when it was sent and its sequence. Kept as a SHA-256 digest of the
+/// route's JSON without those two, so route sync holds one copy of each
+/// route (its body), not two.
+pub fn fingerprint(route: &Route) -> Fingerprint {
+    let unsent = Route {
         published_at: String::new(),
         sequence: 0,
         ..route.clone()
-    }
+    };
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(&unsent).expect("a route serializes");
+    Fingerprint(Sha256::digest(&json).into())
 }
+
+/// A route's [`fingerprint`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
 
 #[cfg(test)]
 mod tests {

@@ -28,7 +28,8 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::publish::{
-    self, LeaseAnswer, LeaseRequest, PublishError, Route, RouteKey, Sequences, WorkerApi,
+    self, Fingerprint, LeaseAnswer, LeaseRequest, PublishError, Route, RouteKey, Sequences,
+    WorkerApi,
 };
 
 /// A ModelDeployment, by namespace and name.
@@ -82,13 +83,14 @@ pub struct RouteState {
 
 #[derive(Clone, Debug)]
 enum Want {
-    Live(Box<Route>),
+    /// The route's body and its fingerprint.
+    Live(Box<Route>, Fingerprint),
     Withdrawn,
 }
 
 #[derive(Clone, Debug)]
 struct Held {
-    fingerprint: Route,
+    fingerprint: Fingerprint,
     sequence: u64,
     at: Instant,
     ttl: Duration,
@@ -133,7 +135,7 @@ impl Entry {
     fn published(&self, now: Instant) -> bool {
         match self.want {
             Want::Withdrawn => self.held.is_some() || self.dirty,
-            Want::Live(_) => {
+            Want::Live(..) => {
                 self.held.is_some() || self.carried_until.is_some_and(|until| now < until)
             }
         }
@@ -143,10 +145,10 @@ impl Entry {
     fn owed(&self, now: Instant, legacy: bool) -> bool {
         match (&self.want, &self.held) {
             (Want::Withdrawn, _) => self.dirty,
-            (Want::Live(_), None) => true,
-            (Want::Live(route), Some(held)) => {
+            (Want::Live(..), None) => true,
+            (Want::Live(_, fingerprint), Some(held)) => {
                 self.resend
-                    || held.fingerprint != publish::fingerprint(route)
+                    || held.fingerprint != *fingerprint
                     || (legacy && now >= held.at + heartbeat(held.ttl))
             }
         }
@@ -161,7 +163,7 @@ impl Entry {
             return Some(self.retry_at.map_or(now, |t| t.max(now)));
         }
         match (&self.want, &self.held) {
-            (Want::Live(_), Some(held)) if legacy => Some(held.at + heartbeat(held.ttl)),
+            (Want::Live(..), Some(held)) if legacy => Some(held.at + heartbeat(held.ttl)),
             _ => None,
         }
     }
@@ -344,7 +346,8 @@ impl RouteSync {
         let now = Instant::now();
         for (region, route) in desired.live {
             let ttl = Duration::from_secs(u64::from(route.ttl_seconds));
-            let want = Want::Live(Box::new(route));
+            let fingerprint = publish::fingerprint(&route);
+            let want = Want::Live(Box::new(route), fingerprint);
             match regions.get_mut(&region) {
                 Some(entry) => entry.want = want,
                 None => {
@@ -489,7 +492,7 @@ impl<W: WorkerApi> Task<W> {
                     continue;
                 }
                 let op = match &entry.want {
-                    Want::Live(route) => {
+                    Want::Live(route, _) => {
                         entry.dirty = true;
                         Op::Put(route.clone())
                     }
