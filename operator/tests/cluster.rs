@@ -743,7 +743,7 @@ fn with_ttl(mut md: ModelDeployment, ttl: u32) -> ModelDeployment {
 }
 
 #[tokio::test]
-async fn edits_to_a_childs_labels_and_owner_reference_are_restored() {
+async fn an_edit_to_a_childs_label_is_restored() {
     let client = client().await;
     let _crd = install_crd(&client).await;
     let ns = TestNamespace::new(&client, "op-drift").await;
@@ -763,7 +763,11 @@ async fn edits_to_a_childs_labels_and_owner_reference_are_restored() {
     let want_label = ours.labels()[label].clone();
 
     // Someone else edits a label (no new generation: Services have none,
-    // and a Deployment's would not move either).
+    // and a Deployment's would not move either). The cache's digest covers
+    // labels, annotations and owner references alike; an owner-reference
+    // edit is not tested here because server-side apply cannot restore it
+    // (the operator does not own blockOwnerDeletion, and clearing the
+    // controller flag is a conflict by design).
     services
         .patch(
             &name,
