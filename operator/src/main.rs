@@ -4,14 +4,6 @@ use anyhow::Context as _;
 use backhaul_operator::config::{Cli, Command, PublishKeyCommand, read_signing_key};
 use clap::Parser;
 
-/// mimalloc, not glibc's malloc: glibc keeps what a thread frees (a watch's
-/// list page, a fleet view's JSON, a burst of route PUTs) in that thread's
-/// arena, and at 1,000 ModelDeployments that slack was 12-13 MiB of the
-/// operator's RSS (docs/benchmarks/operator-memory.md); mimalloc returns
-/// freed pages to the system shortly after.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Cli { command, args } = Cli::parse();
