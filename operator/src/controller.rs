@@ -453,15 +453,8 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     let observed = apply_and_observe(ctx, &v, &credential).await?;
     apply::prune(&ctx.client, &ctx.children, &v, ctx.serves()).await?;
     let prev = md.status.clone().unwrap_or_default();
-    let now = SystemTime::now();
-    let routes = desired_routes(
-        &v,
-        &observed,
-        &credential,
-        &prev,
-        ctx.serves(),
-        &publish::rfc3339_seconds(now),
-    );
+    let now = publish::rfc3339_seconds(SystemTime::now());
+    let routes = desired_routes(&v, &observed, &credential, &prev, ctx.serves(), &now);
     let held = match &ctx.sync {
         Some(sync) => {
             sync.desire(&object, routes);
@@ -476,7 +469,7 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
         &prev,
         held.as_ref(),
         ctx.serves(),
-        &publish::rfc3339_seconds(now),
+        &now,
     );
     write_status(md, ctx, &prev, mine).await?;
     Ok(Action::requeue(requeue_after(&observed)))

@@ -374,22 +374,7 @@ pub fn config(
 impl Operator {
     /// Starts the controller, with a client of its own whose requests it counts.
     pub fn start(config: OperatorConfig) -> Self {
-        // Logs with `--nocapture` (RUST_LOG to filter); a no-op after the first.
-        backhaul_operator::telemetry::init(backhaul_operator::config::LogFormat::Text);
-        let metrics = Metrics::new();
-        let client =
-            backhaul_operator::counted_client(backhaul_testkit::cluster_config(), &metrics)
-                .unwrap();
-        let ctx = Arc::new(Context::new(client, config, metrics.clone()).unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(run_controller(ctx, async move {
-            let _ = rx.await;
-        }));
-        Self {
-            metrics,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        Self::start_with(config, |_| {})
     }
 
     /// Successful reconciles so far.
@@ -521,6 +506,7 @@ pub fn region_status(md: &ModelDeployment, name: &str) -> Option<RegionStatus> {
 impl Operator {
     /// Starts the controller after `adjust` has seen its context.
     pub fn start_with(config: OperatorConfig, adjust: impl FnOnce(&Context)) -> Self {
+        // Logs with `--nocapture` (RUST_LOG to filter); a no-op after the first.
         backhaul_operator::telemetry::init(backhaul_operator::config::LogFormat::Text);
         let metrics = Metrics::new();
         let client =
