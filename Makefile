@@ -12,7 +12,7 @@ export PATH := $(BACKHAUL_CACHE)/bin:$(PATH)
 
 CARGO ?= cargo
 
-.PHONY: help tools model cluster-up cluster-down test e2e demo demo-down bench lint fmt generate worker-deps images
+.PHONY: help tools model cluster-up cluster-down test e2e soak demo demo-down bench lint fmt generate worker-deps images
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test: tools model worker-deps ## Run every test: Rust (against the real control 
 
 e2e: tools model worker-deps ## End-to-end and fault tests over the whole path
 	scripts/e2e.sh
+
+soak: model worker-deps ## Soak test: load and faults through the Worker and two regions (no cluster); writes docs/benchmarks/soak.json
+	scripts/soak.sh
 
 demo: tools model worker-deps ## The whole path on one machine: cluster, operator, two regions, Worker
 	scripts/demo.sh

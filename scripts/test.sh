@@ -2,8 +2,9 @@
 # make test: every test. Rust tests run against the real local cluster
 # (started here and stopped on exit, unless one was already running; with
 # its real node when run as root), the end-to-end suite runs the regions as
-# real pods on that node, the Helm chart is linted, snapshot-checked and
-# installed, and the Worker's suite runs inside workerd. When this script
+# real pods on that node, a short soak runs load and faults through the
+# Worker into two regions on 127.0.0.1, the Helm chart is linted,
+# snapshot-checked and installed, and the Worker's suite runs inside workerd. When this script
 # starts the cluster, it also checks that stopping it left the machine as it
 # was (tests/cluster/machine-state.sh).
 set -euo pipefail
@@ -46,6 +47,9 @@ step "build" build_workspace || failed+=(build)
 # API server on two cores, and more in parallel only makes them wait on it.
 step "rust tests" cargo test --workspace --locked -- --test-threads=4 || failed+=(rust)
 step "end to end (operator, regions, Worker)" scripts/e2e.sh || failed+=(e2e)
+# The soak's short run: 30 s of load and faults through the Worker and two
+# regions on 127.0.0.1 (make soak runs it for 300 s).
+step "soak, short (Worker, two regions, load and faults)" scripts/soak.sh --short || failed+=(soak)
 step "helm chart" charts/test-chart.sh || failed+=(chart)
 step "worker tests (workerd)" bash -c 'source scripts/node-env.sh && cd worker && npm test' || failed+=(worker)
 

@@ -180,6 +180,11 @@ pub struct LocalRegion {
     pub port: u16,
     /// The server.
     pub proc: Proc,
+    /// What it was started with, so that [`LocalRegion::restart`] starts it
+    /// the same way.
+    served: String,
+    key_file: PathBuf,
+    extra: Vec<String>,
 }
 
 impl LocalRegion {
@@ -197,8 +202,40 @@ impl LocalRegion {
     /// Starts the server for region `name` on `port`, serving `served`,
     /// accepting `tokens` (`--api-key-file`); waits until `/ready`.
     pub async fn start(name: &str, port: u16, served: &str, tokens: &[String]) -> Result<Self> {
+        Self::start_with(name, port, served, tokens, &[]).await
+    }
+
+    /// [`LocalRegion::start`] with more server flags (`extra`, e.g. a small
+    /// `--max-in-flight`).
+    pub async fn start_with(
+        name: &str,
+        port: u16,
+        served: &str,
+        tokens: &[String],
+        extra: &[&str],
+    ) -> Result<Self> {
         let key_file = logs_dir().join(format!("region-{name}.tokens"));
         std::fs::write(&key_file, format!("{}\n", tokens.join("\n")))?;
+        let served = served.to_owned();
+        let extra: Vec<String> = extra.iter().map(|&a| a.to_owned()).collect();
+        let proc = Self::spawn(name, port, &served, &key_file, &extra).await?;
+        Ok(Self {
+            name: name.to_owned(),
+            port,
+            proc,
+            served,
+            key_file,
+            extra,
+        })
+    }
+
+    async fn spawn(
+        name: &str,
+        port: u16,
+        served: &str,
+        key_file: &Path,
+        extra: &[String],
+    ) -> Result<Proc> {
         let model = model_file();
         let mut command = Command::new(binary("backhaul-inference"));
         command
@@ -210,7 +247,8 @@ impl LocalRegion {
             .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
             .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
             .arg("--api-key-file")
-            .arg(&key_file);
+            .arg(key_file)
+            .args(extra);
         let mut proc = Proc::spawn(
             &format!("backhaul-inference (region {name})"),
             &format!("region-{name}"),
@@ -222,10 +260,31 @@ impl LocalRegion {
             Duration::from_secs(120),
         )
         .await?;
-        Ok(Self {
-            name: name.to_owned(),
-            port,
-            proc,
-        })
+        Ok(proc)
+    }
+
+    /// The server's process id (0 once it is stopped).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// SIGKILL, no grace: the region crashes.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts the server again on the same port with the same flags and
+    /// tokens (its log goes on in the same file); waits until `/ready`.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.proc.kill();
+        self.proc = Self::spawn(
+            &self.name,
+            self.port,
+            &self.served,
+            &self.key_file,
+            &self.extra,
+        )
+        .await?;
+        Ok(())
     }
 }

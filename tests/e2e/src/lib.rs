@@ -422,6 +422,24 @@ impl Worker {
         Ok(value["routes"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Publishes `route` as an operator does (a signed `PUT`,
+    /// docs/publication.md); fails unless the Worker stores it.
+    pub async fn put_route(&self, route: &backhaul_operator::publish::Route) -> Result<()> {
+        let path = format!(
+            "/admin/v1/routes/{}/{}/{}",
+            route.namespace, route.name, route.region
+        );
+        let body = serde_json::to_vec(route)?;
+        let (status, answer) = self.admin("PUT", &path, &body, now(), None).await?;
+        if status != 200 {
+            bail!(
+                "the Worker answered PUT {path} with {status}: {answer} (log {})",
+                self.log().display()
+            );
+        }
+        Ok(())
+    }
+
     /// The routes of one namespace/name, by region.
     pub async fn routes_of(&self, namespace: &str, name: &str) -> Result<Vec<serde_json::Value>> {
         Ok(self
@@ -612,46 +630,85 @@ pub async fn chat(
         return Ok(chat);
     }
     let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
+    let mut events = SseParser::default();
     let mut fired = false;
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else { break };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let event: String = buffer.drain(..end + 2).collect();
-            for line in event.lines() {
-                let Some(data) = line.strip_prefix("data:") else {
-                    continue;
-                };
-                let data = data.trim();
-                if data == "[DONE]" {
-                    chat.done = true;
-                    continue;
-                }
-                let Ok(value) = serde_json::from_str::<serde_json::Value>(data) else {
-                    continue;
-                };
-                if let Some(error) = value.get("error") {
-                    chat.error_event = Some(error.clone());
-                }
-                if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
-                    chat.usage = Some(usage.clone());
-                }
-                if let Some(content) = value["choices"][0]["delta"]["content"].as_str()
-                    && !content.is_empty()
-                {
-                    chat.text.push_str(content);
-                    chat.content_events += 1;
-                    if !fired {
-                        fired = true;
-                        chat.first_content_after = Some(sent.elapsed());
-                        on_first_content();
-                    }
+        for data in events.push(&chunk) {
+            let SseData::Json(value) = data else {
+                chat.done |= data == SseData::Done;
+                continue;
+            };
+            if let Some(error) = value.get("error") {
+                chat.error_event = Some(error.clone());
+            }
+            if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
+                chat.usage = Some(usage.clone());
+            }
+            if let Some(content) = SseData::content_of(&value) {
+                chat.text.push_str(content);
+                chat.content_events += 1;
+                if !fired {
+                    fired = true;
+                    chat.first_content_after = Some(sent.elapsed());
+                    on_first_content();
                 }
             }
         }
     }
     Ok(chat)
+}
+
+/// One `data:` payload of a server-sent event stream.
+#[derive(Debug, PartialEq)]
+pub enum SseData {
+    /// `data: [DONE]`: the stream's last event.
+    Done,
+    /// A JSON payload: a chunk, or an `{"error": ...}` event.
+    Json(serde_json::Value),
+    /// Anything else.
+    Other(String),
+}
+
+impl SseData {
+    /// The non-empty content delta of a chat completion chunk.
+    pub fn content_of(value: &serde_json::Value) -> Option<&str> {
+        value["choices"][0]["delta"]["content"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+    }
+}
+
+/// Splits an SSE body into its events' `data:` payloads, however the bytes
+/// were chunked on the way (an event, or a UTF-8 character, may span reads).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buffer: Vec<u8>,
+}
+
+impl SseParser {
+    /// Takes the next bytes of the body; returns the payloads of the events
+    /// they completed, in order.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseData> {
+        self.buffer.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.buffer.drain(..end + 2).collect();
+            for line in String::from_utf8_lossy(&event).lines() {
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue;
+                };
+                let data = data.trim();
+                out.push(if data == "[DONE]" {
+                    SseData::Done
+                } else {
+                    serde_json::from_str(data)
+                        .map_or_else(|_| SseData::Other(data.to_owned()), SseData::Json)
+                });
+            }
+        }
+        out
+    }
 }
 
 /// Fails unless `cond`, with a message naming the component.
@@ -660,5 +717,30 @@ pub fn check(cond: bool, component: &str, message: impl FnOnce() -> String) -> R
         Ok(())
     } else {
         Err(anyhow!("{component}: {}", message()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_parser_joins_events_split_across_reads() {
+        let mut events = SseParser::default();
+        let body = "data: {\"choices\":[{\"delta\":{\"content\":\"é\"}}]}\n\ndata: {\"error\":{\"message\":\"x\"}}\n\n: comment\n\ndata: [DONE]\n\n";
+        let bytes = body.as_bytes();
+        // Split inside the two-byte "é" and inside the blank line.
+        let cut = body.find('é').unwrap() + 1;
+        let mut got = events.push(&bytes[..cut]);
+        assert!(got.is_empty());
+        got.extend(events.push(&bytes[cut..cut + 20]));
+        got.extend(events.push(&bytes[cut + 20..]));
+        assert_eq!(got.len(), 3);
+        let SseData::Json(first) = &got[0] else {
+            panic!("not JSON: {:?}", got[0])
+        };
+        assert_eq!(SseData::content_of(first), Some("é"));
+        assert!(matches!(&got[1], SseData::Json(v) if v.get("error").is_some()));
+        assert_eq!(got[2], SseData::Done);
     }
 }

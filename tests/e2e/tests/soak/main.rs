@@ -1,0 +1,491 @@
+//! Soak test over the whole request path: the routing Worker under
+//! `wrangler dev` in front of two regions, each `backhaul-inference` on
+//! 127.0.0.1 serving SmolLM2 with small admission bounds, under a closed
+//! loop of virtual clients at and above saturation, while a fault schedule
+//! ([`faults::Schedule`]) floods one region directly with 1-3 MiB prompts
+//! and kills the other (SIGKILL) and restarts it on its port.
+//!
+//! Every request must end in a complete answer, an explicit OpenAI-shaped
+//! error (a 429 with `Retry-After`), a mid-stream error event, or the
+//! client's own early disconnect; the soak fails if any hangs past the
+//! client's deadline or is lost, if nothing completes, if a region's peak
+//! RSS passes its bound, or if the inter-token latency p99 (with or without
+//! the flood) passes its bound. Both bounds are generous: the machine has
+//! two cores, shared by both regions, the Worker and the clients.
+//!
+//! No Kubernetes: the routes are published straight to the Worker's admin
+//! API, signed with the harness's key. Every process is started through the
+//! harness's [`backhaul_e2e::Proc`] and stopped by process group when the
+//! soak ends, whatever happens (an interrupt included).
+//!
+//! Run with `scripts/soak.sh` (`make soak`; `--short` is the run `make test`
+//! does). Knobs: [`Params::from_env`]. Results: a table on stderr and JSON at
+//! `$BACKHAUL_SOAK_OUT` (docs/benchmarks/soak.md says what the figures mean).
+
+mod client;
+mod faults;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use backhaul_e2e::clusters::LocalRegion;
+use backhaul_e2e::{Worker, cache_dir, logs_dir, repo_root};
+use backhaul_operator::publish::{
+    Route, RouteLocation, RouteRouting, rfc3339_seconds, unix_millis,
+};
+use tokio::sync::oneshot;
+
+use crate::client::{Record, Role, Target};
+use crate::faults::{Conducted, FloodTarget, Schedule};
+use crate::report::{Results, Tally};
+
+/// The served model name.
+const MODEL: &str = "smollm2-soak";
+/// The regions, where they are, and where their clients are (New York is
+/// nearer us-east, London nearer eu-west).
+const REGIONS: [(&str, (f64, f64), &str); 2] = [
+    ("us-east", (39.04, -77.49), "40.71,-74.01"),
+    ("eu-west", (53.35, -6.26), "51.51,-0.13"),
+];
+/// The region flooded directly, and the one killed and restarted.
+const FLOODED: usize = 0;
+const KILLED: usize = 1;
+/// The Worker's budget per attempt (the route's `routing`), and the most
+/// attempts (regions) per request: a request the Worker gives up on ends
+/// within `FAILOVER_ATTEMPTS × REQUEST_TIMEOUT_MS` (180 s) in an explicit
+/// error, below the clients' deadline, so only a real hang counts as one.
+const REQUEST_TIMEOUT_MS: u64 = 90_000;
+const FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
+const FAILOVER_ATTEMPTS: u32 = 2;
+
+/// The soak's knobs, from the environment.
+#[derive(Debug, Clone)]
+struct Params {
+    /// `BACKHAUL_SOAK_SECONDS` (300): how long clients keep starting requests.
+    seconds: u64,
+    /// `BACKHAUL_SOAK_CLIENTS` (8): concurrent virtual clients, half near each region.
+    clients: usize,
+    /// `BACKHAUL_SOAK_MAX_IN_FLIGHT` (2) and `BACKHAUL_SOAK_MAX_QUEUE` (1):
+    /// each region's admission bounds, small so that the clients are more
+    /// than both regions hold (8 against 6) and 429s happen.
+    max_in_flight: u32,
+    max_queue: u32,
+    /// `BACKHAUL_SOAK_DEADLINE_SECONDS` (240): a request with no end by
+    /// then is hung; above the Worker's own bound (180 s, two attempts).
+    deadline: Duration,
+    /// `BACKHAUL_SOAK_FLOOD_CLIENTS` (2): concurrent senders of the flood.
+    flood_clients: usize,
+    /// `BACKHAUL_SOAK_MAX_RSS_MIB` (2048): bound on any region's peak RSS.
+    max_rss_mib: u64,
+    /// `BACKHAUL_SOAK_MAX_ITL_P99_MS` (30000): bound on the inter-token
+    /// latency p99, with and without the flood.
+    max_itl_p99_ms: f64,
+    /// `BACKHAUL_SOAK_MAX_REQUESTS` (10000): the most requests one client sends.
+    max_requests: usize,
+    /// `BACKHAUL_SOAK_OUT` (`<logs>/soak.json`): where the JSON results go.
+    out: PathBuf,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid value")),
+        _ => Ok(default),
+    }
+}
+
+impl Params {
+    fn from_env() -> Result<Self> {
+        let params = Self {
+            seconds: env_or("BACKHAUL_SOAK_SECONDS", 300)?,
+            clients: env_or("BACKHAUL_SOAK_CLIENTS", 8)?,
+            max_in_flight: env_or("BACKHAUL_SOAK_MAX_IN_FLIGHT", 2)?,
+            max_queue: env_or("BACKHAUL_SOAK_MAX_QUEUE", 1)?,
+            deadline: Duration::from_secs(env_or("BACKHAUL_SOAK_DEADLINE_SECONDS", 240)?),
+            flood_clients: env_or("BACKHAUL_SOAK_FLOOD_CLIENTS", 2)?,
+            max_rss_mib: env_or("BACKHAUL_SOAK_MAX_RSS_MIB", 2048)?,
+            max_itl_p99_ms: env_or("BACKHAUL_SOAK_MAX_ITL_P99_MS", 30_000.0)?,
+            max_requests: env_or("BACKHAUL_SOAK_MAX_REQUESTS", 10_000)?,
+            out: std::env::var_os("BACKHAUL_SOAK_OUT")
+                .filter(|p| !p.is_empty())
+                .map_or_else(|| logs_dir().join("soak.json"), PathBuf::from),
+        };
+        // The routes live an hour (ttlSeconds' most) and are not renewed.
+        if !(10..=3000).contains(&params.seconds) {
+            bail!("BACKHAUL_SOAK_SECONDS must be 10 to 3000");
+        }
+        let worker_bound = Duration::from_millis(u64::from(FAILOVER_ATTEMPTS) * REQUEST_TIMEOUT_MS);
+        if params.deadline <= worker_bound {
+            bail!(
+                "BACKHAUL_SOAK_DEADLINE_SECONDS must be above the Worker's own bound, {worker_bound:?}"
+            );
+        }
+        if params.clients == 0 || params.flood_clients == 0 {
+            bail!("BACKHAUL_SOAK_CLIENTS and BACKHAUL_SOAK_FLOOD_CLIENTS must be at least 1");
+        }
+        Ok(params)
+    }
+
+    fn json(&self, schedule: &Schedule) -> serde_json::Value {
+        let s = |d: Duration| (d.as_secs_f64() * 10.0).round() / 10.0;
+        let roles: Vec<&str> = (0..self.clients).map(|i| Role::of(i).name()).collect();
+        serde_json::json!({
+            "seconds": self.seconds,
+            "clients": self.clients,
+            "client_roles": roles,
+            "regions": REGIONS.iter().map(|(name, ..)| *name).collect::<Vec<_>>(),
+            "max_in_flight": self.max_in_flight,
+            "max_queue": self.max_queue,
+            "client_deadline_s": self.deadline.as_secs(),
+            "worker_request_timeout_ms": REQUEST_TIMEOUT_MS,
+            "worker_first_byte_timeout_ms": FIRST_BYTE_TIMEOUT_MS,
+            "schedule_s": {
+                "itl_baseline": [s(schedule.baseline.start), s(schedule.baseline.end)],
+                "flood": [s(schedule.flood.start), s(schedule.flood.end)],
+                "flood_region": REGIONS[FLOODED].0,
+                "flood_clients": self.flood_clients,
+                "kill_at": s(schedule.kill_at),
+                "restart_at": s(schedule.restart_at),
+                "killed_region": REGIONS[KILLED].0,
+            },
+            "max_rss_mib": self.max_rss_mib,
+            "max_itl_p99_ms": self.max_itl_p99_ms,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let params = match Params::from_env() {
+        Ok(p) => p,
+        Err(error) => {
+            eprintln!("soak: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime");
+    let code = runtime.block_on(async {
+        tokio::select! {
+            outcome = soak(&params) => match outcome {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("soak: FAILED: {error:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            signal = interrupted() => {
+                eprintln!("soak: {signal}: stopping every process it started");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // Dropping the runtime drops every task, and with them the regions and
+    // the Worker: each stops its process group.
+    drop(runtime);
+    code
+}
+
+/// SIGINT or SIGTERM: the soak's processes are in process groups of their
+/// own, so a terminal's Ctrl-C does not reach them; they are stopped here.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
+/// The whole soak: setup, the run, the checks, the outputs. `Ok(false)`:
+/// it ran and a check failed.
+async fn soak(params: &Params) -> Result<bool> {
+    let started = Instant::now();
+    let schedule = Schedule::new(Duration::from_secs(params.seconds));
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let (worker, regions) = setup(params, &token).await?;
+    let setup_s = started.elapsed().as_secs_f64();
+    eprintln!(
+        "soak: setup (Worker, two regions, routes) in {setup_s:.1}s; {} s of load, {} clients",
+        params.seconds, params.clients
+    );
+    let run = run(params, &schedule, &worker, regions, &token).await;
+    let total_s = started.elapsed().as_secs_f64();
+    let (records, conducted, memory, run_s) = run?;
+
+    let lines: String = records
+        .iter()
+        .map(|r| report::record_line(r) + "\n")
+        .collect();
+    std::fs::write(logs_dir().join("requests.jsonl"), lines)?;
+    let tally = Tally::of(&records);
+    let restart_ready = conducted.restart_ready_s.map(Duration::from_secs_f64);
+    let phases = report::phases(&records, &schedule, restart_ready);
+    let itl_baseline = report::itl(&records, &schedule.baseline);
+    let itl_flood = report::itl(&records, &schedule.flood);
+    let ttft = report::ttft(&records);
+    let results = Results {
+        tally: &tally,
+        phases: &phases,
+        memory: &memory,
+        itl_baseline: &itl_baseline,
+        itl_flood: &itl_flood,
+        ttft: &ttft,
+        flood: &conducted.flood,
+        max_rss_mib: params.max_rss_mib,
+        max_itl_p99_ms: params.max_itl_p99_ms,
+        fault_error: conducted.error.as_deref(),
+    };
+    let failures = report::failures(&results);
+    eprint!("soak: summary\n{}", report::table(&results));
+    for example in tally.examples.iter().chain(&tally.violations).take(20) {
+        eprintln!("soak:   {example}");
+    }
+    let durations = serde_json::json!({"setup_s": round1(setup_s), "run_and_drain_s": round1(run_s),
+        "restart_ready_s": conducted.restart_ready_s.map(round1), "total_s": round1(total_s)});
+    write_json(
+        params, &schedule, &results, &conducted, durations, &failures,
+    )?;
+    // The processes stop here, before the verdict is printed.
+    drop(conducted.regions);
+    drop(worker);
+    if failures.is_empty() {
+        eprintln!(
+            "soak: ok ({total_s:.1}s); results in {}",
+            params.out.display()
+        );
+        Ok(true)
+    } else {
+        eprintln!(
+            "soak: FAILED: {}; results in {}, logs in {}",
+            failures.join("; "),
+            params.out.display(),
+            logs_dir().display()
+        );
+        Ok(false)
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Starts the Worker and both regions side by side, publishes the regions'
+/// routes and waits until the Worker lists the model.
+async fn setup(params: &Params, token: &str) -> Result<(Worker, Vec<LocalRegion>)> {
+    let model = backhaul_e2e::model_file();
+    if !model.exists() {
+        bail!("{} is missing: make model", model.display());
+    }
+    let state = cache_dir().join("soak/worker-state");
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state)?;
+    let names: Vec<&str> = REGIONS.iter().map(|(name, ..)| *name).collect();
+    let ports: Vec<u16> = names.iter().map(|_| LocalRegion::reserve_port()).collect();
+    let (in_flight, queue) = (
+        params.max_in_flight.to_string(),
+        params.max_queue.to_string(),
+    );
+    let flags = ["--max-in-flight", &in_flight, "--max-queue", &queue];
+    let (worker, regions) = tokio::try_join!(
+        Worker::start(&state, &[]),
+        faults::start_regions(&names, &ports, MODEL, token, &flags),
+    )?;
+    for (region, (name, (latitude, longitude), _)) in regions.iter().zip(REGIONS) {
+        worker
+            .put_route(&route(name, region.port, latitude, longitude, token))
+            .await?;
+    }
+    wait_for_model(&worker).await?;
+    Ok((worker, regions))
+}
+
+/// The route of region `name`, as an operator publishes it (docs/publication.md).
+/// Every request is heavy (thresholds 0, no edge model), so each goes to a
+/// region; it lives an hour, longer than any soak.
+fn route(name: &str, port: u16, latitude: f64, longitude: f64, token: &str) -> Route {
+    Route {
+        namespace: "soak".into(),
+        name: "smollm2".into(),
+        region: name.into(),
+        model: MODEL.into(),
+        endpoint: LocalRegion::endpoint_at(port),
+        location: RouteLocation {
+            latitude,
+            longitude,
+        },
+        replicas: 1,
+        ready_replicas: 1,
+        routing: RouteRouting {
+            heavy_prompt_tokens: 0,
+            heavy_max_tokens: 0,
+            request_timeout_ms: REQUEST_TIMEOUT_MS,
+            first_byte_timeout_ms: FIRST_BYTE_TIMEOUT_MS,
+            failover_attempts: FAILOVER_ATTEMPTS,
+        },
+        edge_model: None,
+        generation: 1,
+        sequence: unix_millis(),
+        published_at: rfc3339_seconds(SystemTime::now()),
+        ttl_seconds: 3600,
+        upstream_token: token.into(),
+    }
+}
+
+/// Polls the Worker's `GET /v1/models` until it lists [`MODEL`].
+async fn wait_for_model(worker: &Worker) -> Result<()> {
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/models", worker.url());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = match http.get(&url).timeout(Duration::from_secs(5)).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if listed.contains(&format!("\"{MODEL}\"")) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the Worker did not list {MODEL} within 30 s (last answer {listed:?}); log {}",
+                worker.log().display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+type RunOutput = (Vec<Record>, Conducted, Vec<faults::RegionMemory>, f64);
+
+/// The load and the faults: the clients, the conductor and the memory
+/// sampler side by side; returns when every client has stopped (no request
+/// starts after the run, and each one in flight ends by its deadline).
+async fn run(
+    params: &Params,
+    schedule: &Schedule,
+    worker: &Worker,
+    regions: Vec<LocalRegion>,
+    token: &str,
+) -> Result<RunOutput> {
+    let t0 = Instant::now();
+    let pids: Arc<Vec<AtomicU32>> =
+        Arc::new(regions.iter().map(|r| AtomicU32::new(r.pid())).collect());
+    let names = regions.iter().map(|r| r.name.clone()).collect();
+    let (stop_sampling, stop) = oneshot::channel();
+    let sampler = tokio::spawn(faults::sample_memory(names, pids.clone(), t0, stop));
+    let flood = FloodTarget {
+        endpoint: LocalRegion::endpoint_at(regions[FLOODED].port),
+        token: token.to_owned(),
+        model: MODEL.to_owned(),
+        concurrency: params.flood_clients,
+        deadline: params.deadline,
+    };
+    let conductor = tokio::spawn(faults::conduct(
+        regions,
+        schedule.clone(),
+        t0,
+        flood,
+        KILLED,
+        pids,
+    ));
+    let target = Target {
+        worker_url: worker.url(),
+        model: MODEL.to_owned(),
+        deadline: params.deadline,
+        t0,
+        end: t0 + schedule.run,
+        max_requests: params.max_requests,
+    };
+    let clients: Vec<_> = (0..params.clients)
+        .map(|i| tokio::spawn(client::run(i, REGIONS[i % REGIONS.len()].2, target.clone())))
+        .collect();
+    let mut records = Vec::new();
+    for c in clients {
+        records.extend(c.await.context("a virtual client panicked")?);
+    }
+    let conducted = conductor.await.context("the fault conductor panicked")?;
+    let run_s = t0.elapsed().as_secs_f64();
+    let _ = stop_sampling.send(());
+    let memory = sampler.await.context("the memory sampler panicked")?;
+    Ok((records, conducted, memory, run_s))
+}
+
+/// Writes the JSON results to `params.out`.
+fn write_json(
+    params: &Params,
+    schedule: &Schedule,
+    results: &Results,
+    conducted: &Conducted,
+    durations: serde_json::Value,
+    failures: &[String],
+) -> Result<()> {
+    let mut doc = report::json(results);
+    let extra = serde_json::json!({
+        "date": rfc3339_seconds(SystemTime::now()),
+        "command": "scripts/soak.sh (make soak; --short in make test)",
+        "commit": git_commit(),
+        "machine": machine(),
+        "parameters": params.json(schedule),
+        "durations": durations,
+        "events": conducted.events.iter().map(|e| serde_json::json!({"at_s": round1(e.at), "what": e.what})).collect::<Vec<_>>(),
+        "passed": failures.is_empty(),
+        "failures": failures,
+    });
+    if let (Some(doc), serde_json::Value::Object(extra)) = (doc.as_object_mut(), extra) {
+        doc.extend(extra);
+    }
+    if let Some(dir) = params.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = serde_json::to_string_pretty(&doc)?;
+    text.push('\n');
+    std::fs::write(&params.out, text).with_context(|| format!("write {}", params.out.display()))?;
+    Ok(())
+}
+
+/// The commit measured, and whether the tree had changes on top of it.
+fn git_commit() -> serde_json::Value {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .current_dir(repo_root())
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    serde_json::json!({
+        "head": git(&["rev-parse", "--short=12", "HEAD"]),
+        "dirty": git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+    })
+}
+
+/// The machine the figures come from.
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned());
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    serde_json::json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model,
+        "loadavg_at_end": loadavg.split_whitespace().take(3).collect::<Vec<_>>(),
+    })
+}
