@@ -2,7 +2,8 @@
 //! `max_queue` wait for a slot. Anything beyond is refused at once with
 //! [`InferenceError::Overloaded`] (RESOURCE_EXHAUSTED / 429 + Retry-After),
 //! never left hanging, so the routing Worker can fail over. Draining refuses
-//! new and queued requests with [`InferenceError::Draining`].
+//! new requests with [`InferenceError::Draining`]; requests already queued
+//! were accepted, and keep their place (the drain timeout bounds them).
 
 use std::{
     sync::{
@@ -34,7 +35,8 @@ struct Inner {
     max_queue: usize,
     queued: AtomicUsize,
     draining: CancellationToken,
-    /// Admitted requests not yet finished; drain waits for zero.
+    /// Requests queued or admitted and not yet finished; drain waits for
+    /// zero.
     active: watch::Sender<usize>,
     metrics: Metrics,
 }
@@ -55,10 +57,22 @@ impl Drop for Permit {
 
 struct QueuePlace<'a>(&'a Inner);
 
+impl<'a> QueuePlace<'a> {
+    fn take(inner: &'a Inner) -> (Self, usize) {
+        // Counted as active before it is counted as queued, so that the
+        // hand-over from place to permit never shows zero.
+        inner.active.send_modify(|n| *n += 1);
+        let queued_before = inner.queued.fetch_add(1, Ordering::SeqCst);
+        inner.metrics.queued.inc();
+        (Self(inner), queued_before)
+    }
+}
+
 impl Drop for QueuePlace<'_> {
     fn drop(&mut self) {
         self.0.queued.fetch_sub(1, Ordering::SeqCst);
         self.0.metrics.queued.dec();
+        self.0.active.send_modify(|n| *n -= 1);
     }
 }
 
@@ -87,9 +101,7 @@ impl Admission {
         if let Ok(slot) = inner.slots.clone().try_acquire_owned() {
             return Ok(self.permit(slot));
         }
-        let queued_before = inner.queued.fetch_add(1, Ordering::SeqCst);
-        inner.metrics.queued.inc();
-        let place = QueuePlace(inner);
+        let (place, queued_before) = QueuePlace::take(inner);
         if queued_before >= inner.max_queue {
             drop(place);
             return Err(InferenceError::Overloaded {
@@ -98,14 +110,15 @@ impl Admission {
                 retry_after: RETRY_AFTER,
             });
         }
-        let slot = tokio::select! {
-            slot = inner.slots.clone().acquire_owned() => {
-                slot.map_err(|_| InferenceError::Draining)?
-            }
-            () = inner.draining.cancelled() => return Err(InferenceError::Draining),
-        };
+        let slot = inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| InferenceError::Draining)?;
+        let permit = self.permit(slot);
         drop(place);
-        Ok(self.permit(slot))
+        Ok(permit)
     }
 
     fn permit(&self, slot: OwnedSemaphorePermit) -> Permit {
@@ -117,7 +130,7 @@ impl Admission {
         }
     }
 
-    /// Refuses new work from now on, and turns queued requests away.
+    /// Refuses new work from now on; queued requests keep their place.
     pub fn start_draining(&self) {
         self.inner.draining.cancel();
     }
@@ -126,12 +139,12 @@ impl Admission {
         self.inner.draining.is_cancelled()
     }
 
-    /// Requests admitted and not yet finished.
+    /// Requests queued or admitted, and not yet finished.
     pub fn active(&self) -> usize {
         *self.inner.active.borrow()
     }
 
-    /// Resolves once no admitted request remains.
+    /// Resolves once no queued or admitted request remains.
     pub async fn wait_idle(&self) {
         let mut rx = self.inner.active.subscribe();
         // The sender lives in `inner`, which we hold: this cannot error.
@@ -169,27 +182,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn draining_refuses_new_and_queued_requests() {
+    async fn draining_refuses_new_requests_and_serves_queued_ones() {
         let admission = Admission::new(1, 4, Metrics::new());
         let held = admission.admit().await.unwrap();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
         let queued = tokio::spawn({
             let admission = admission.clone();
-            async move { admission.admit().await.map(|_| ()) }
+            async move {
+                let permit = admission.admit().await?;
+                let _ = released.await;
+                drop(permit);
+                Ok::<_, InferenceError>(())
+            }
         });
         while admission.inner.queued.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
         admission.start_draining();
         assert!(matches!(
-            queued.await.unwrap(),
-            Err(InferenceError::Draining)
-        ));
-        assert!(matches!(
             admission.admit().await,
             Err(InferenceError::Draining)
         ));
-        assert_eq!(admission.active(), 1);
+        // The queued request counts: the drain is not idle until it is done.
+        assert_eq!(admission.active(), 2);
         drop(held);
+        while admission.inner.queued.load(Ordering::SeqCst) != 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(admission.active(), 1);
+        release.send(()).unwrap();
+        queued.await.unwrap().unwrap();
         admission.wait_idle().await;
+        assert_eq!(admission.active(), 0);
     }
 }

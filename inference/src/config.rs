@@ -120,6 +120,66 @@ pub struct ServeArgs {
     /// sequence cancelled) so that it cannot hold up the batch.
     #[arg(long, env = "BACKHAUL_STREAM_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(2..))]
     pub stream_buffer: u32,
+    /// On SIGTERM/SIGINT, how long readiness reports NOT_SERVING while new
+    /// requests are still accepted, before the drain starts refusing them:
+    /// time for load balancers to stop sending work here. Under Kubernetes
+    /// the operator's preStop sleep does this, and the default 0s stays.
+    #[arg(long, env = "BACKHAUL_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Per-request and per-connection bounds. Each has a default here and a
+/// test at its edge (tests/limits.rs); docs/inference-limits.md lists them.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct Limits {
+    /// Longest a request may run, from receipt to its last token, on either
+    /// API; a gRPC `grpc-timeout` can only shorten it. Past it the request
+    /// ends with DEADLINE_EXCEEDED / HTTP 504 (or a final error event).
+    #[arg(long, env = "BACKHAUL_REQUEST_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Tokens generated when a chat request sets no `max_tokens` (capped by
+    /// the room left in the context window).
+    #[arg(long, env = "BACKHAUL_DEFAULT_MAX_TOKENS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub default_max_tokens: u32,
+    /// Largest `max_tokens` a request may ask for; more is refused (400).
+    #[arg(long, env = "BACKHAUL_MAX_TOKENS_LIMIT", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens_limit: u32,
+    /// Largest HTTP request body in bytes; more is refused with 413.
+    #[arg(long, env = "BACKHAUL_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest gRPC request message in bytes; more is refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "BACKHAUL_MAX_GRPC_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_grpc_message_bytes: usize,
+    /// Longest stop sequence, in bytes (at most 16 per request).
+    #[arg(long, env = "BACKHAUL_MAX_STOP_BYTES", default_value_t = 256)]
+    pub max_stop_bytes: usize,
+    /// Prompts tokenized at once; more wait (cancellably, within their
+    /// deadline) for a turn. Tokenization runs on the engine's loop, so
+    /// each one delays running streams while it lasts.
+    #[arg(long, env = "BACKHAUL_MAX_CONCURRENT_TOKENIZATIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_tokenizations: u32,
+    /// Time a client has to send a request's headers (HTTP/1.1); a
+    /// keep-alive connection waiting for its next request is closed after
+    /// it too.
+    #[arg(long, env = "BACKHAUL_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    #[arg(long, env = "BACKHAUL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Open connections per listener (API, gRPC, metrics); a connection
+    /// beyond it is closed as soon as it is accepted.
+    #[arg(long, env = "BACKHAUL_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// HTTP/2 keepalive: a PING this often on a connection...
+    #[arg(long, env = "BACKHAUL_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+    /// ...closes it when unanswered for this long.
+    #[arg(long, env = "BACKHAUL_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub http2_keepalive_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -211,5 +271,23 @@ mod tests {
         assert_eq!(config.serve.api_key_file, None);
         assert!(!config.serve.allow_unauthenticated);
         assert_eq!(config.serve.api_key_reload_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn limits_have_their_documented_defaults() {
+        let config = Config::try_parse_from(["backhaul-inference", "--model", "m.gguf"]).unwrap();
+        let l = &config.serve.limits;
+        assert_eq!(config.serve.drain_delay, Duration::ZERO);
+        assert_eq!(l.request_timeout, Duration::from_secs(600));
+        assert_eq!((l.default_max_tokens, l.max_tokens_limit), (1024, 8192));
+        assert_eq!(l.max_body_bytes, 4 << 20);
+        assert_eq!(l.max_grpc_message_bytes, 4 << 20);
+        assert_eq!(l.max_stop_bytes, 256);
+        assert_eq!(l.max_concurrent_tokenizations, 2);
+        assert_eq!(l.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(l.idle_timeout, Duration::from_secs(60));
+        assert_eq!(l.max_connections, 1024);
+        assert_eq!(l.http2_keepalive_interval, Duration::from_secs(30));
+        assert_eq!(l.http2_keepalive_timeout, Duration::from_secs(20));
     }
 }

@@ -7,14 +7,32 @@
 //! drained at once by a relay task (see [`crate::relay`]), which is where a
 //! slow client is detected and cut off instead.
 //!
+//! The prompt is tokenized once: [`Engine::tokenize`] applies the chat
+//! template and tokenizes through the engine, and [`Engine::submit`] hands
+//! the engine those token ids (`CompletionTokens`), so it does not template
+//! and tokenize the prompt a second time inside its step loop.
+//!
 //! Known mistral.rs 0.8.1 limits designed around here:
 //! - builders ignore `with_device` (GGUF and plain alike pick "best device"
 //!   or CPU), so `--device` maps to `with_force_cpu` or a CUDA check;
 //! - there is no per-request seed, so requests with `seed` are refused;
+//! - the tokenizer and chat template are not public, so tokenization runs
+//!   on the engine's loop (between decoding steps) rather than in a pool of
+//!   our own; callers bound how many wait there (see
+//!   [`crate::service`]), and oversized prompts never get this far
+//!   ([`crate::prompt_bound`]);
 //! - the engine panics if a tokenization reply has no receiver, so an
-//!   abandoned tokenization keeps its receiver open (see `ReplyGuard`).
+//!   abandoned tokenization keeps its receiver until the engine answers
+//!   (see `ReplyGuard`).
 
-use std::{path::Path, sync::Arc, time::Instant};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
 
 use either::Either;
 use indexmap::IndexMap;
@@ -24,12 +42,13 @@ use mistralrs::{
     RequestMessage, Response, SamplingParams, StopTokens, TextModelBuilder, TokenSource,
     core::TokenizationRequest,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::{
     config::{DeviceChoice, DtypeChoice, ModelArgs},
     error::InferenceError,
     model_source::{self, LocalModel, SourceError},
+    prompt_bound,
     validate::{Prompt, Sampling},
 };
 
@@ -56,6 +75,9 @@ pub struct ModelInfo {
     pub context_length: usize,
     pub quantization: String,
     pub device: String,
+    /// No prompt text longer than this many bytes fits the context window
+    /// ([`prompt_bound`]); `None` when the vocabulary could not be read.
+    pub max_prompt_bytes: Option<usize>,
 }
 
 /// A loaded model and the handle to its engine loop.
@@ -63,6 +85,10 @@ pub struct Engine {
     model: Model,
     info: ModelInfo,
     load_seconds: f64,
+    /// The runtime the engine was loaded on, which outlives any request's
+    /// (tests run each on a runtime of its own): abandoned tokenizations
+    /// wait for their answer there (see `ReplyGuard`).
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for Engine {
@@ -220,11 +246,13 @@ impl Engine {
             context_length,
             quantization,
             device: device_label(&config.device),
+            max_prompt_bytes: prompt_bound::max_prompt_bytes(&local, context_length),
         };
         Ok(Self {
             model,
             info,
             load_seconds: started.elapsed().as_secs_f64(),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -237,9 +265,15 @@ impl Engine {
         self.load_seconds
     }
 
-    /// Counts the prompt's tokens exactly as generation will see them (chat
-    /// template applied, special tokens added).
-    pub async fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, InferenceError> {
+    /// The prompt's tokens exactly as generation sees them (chat template
+    /// applied, special tokens added). `turn` is the caller's tokenization
+    /// slot: held until the engine has answered, even if the caller gives up
+    /// first, so the slots bound what waits on the engine's loop.
+    pub async fn tokenize(
+        &self,
+        prompt: &Prompt,
+        turn: OwnedSemaphorePermit,
+    ) -> Result<Vec<u32>, InferenceError> {
         let (tx, rx) = mpsc::channel(1);
         let text = match prompt {
             Prompt::Chat(messages) => Either::Left(engine_messages(messages)),
@@ -261,14 +295,17 @@ impl Engine {
         // The engine `expect`s this reply to be received and would panic
         // (taking every request down) if a caller that gave up had dropped
         // the receiver; the guard keeps it open in that case.
-        let mut reply = ReplyGuard(Some(rx));
-        let received = match reply.0.as_mut() {
-            Some(rx) => rx.recv().await,
+        let mut reply = ReplyGuard {
+            waiting: Some((rx, turn)),
+            runtime: self.runtime.clone(),
+        };
+        let received = match reply.waiting.as_mut() {
+            Some((rx, _)) => rx.recv().await,
             None => None,
         };
-        reply.0 = None;
+        reply.waiting = None;
         match received {
-            Some(Ok(tokens)) => Ok(tokens.len()),
+            Some(Ok(tokens)) => Ok(tokens),
             Some(Err(e)) => Err(InferenceError::invalid(
                 prompt.field(),
                 format!("cannot be tokenized: {e}"),
@@ -279,29 +316,20 @@ impl Engine {
         }
     }
 
-    /// Submits a streaming generation; responses arrive on the receiver.
+    /// Submits a streaming generation of the tokens [`Engine::tokenize`]
+    /// made; responses arrive on the receiver (as completion chunks, chat
+    /// or not), and the returned counter counts the tokens sampled.
     /// Dropping the receiver cancels the sequence at the engine's next step.
     pub async fn submit(
         &self,
-        prompt: &Prompt,
+        prompt_tokens: Vec<u32>,
         sampling: &Sampling,
-    ) -> Result<mpsc::Receiver<Response>, InferenceError> {
+    ) -> Result<(mpsc::Receiver<Response>, SampledTokens), InferenceError> {
         let (tx, rx) = mpsc::channel(ENGINE_CHANNEL_CAPACITY);
-        let messages = match prompt {
-            Prompt::Chat(messages) => RequestMessage::Chat {
-                messages: engine_messages(messages),
-                enable_thinking: None,
-                reasoning_effort: None,
-            },
-            Prompt::Text(text) => RequestMessage::Completion {
-                text: text.clone(),
-                echo_prompt: false,
-                best_of: None,
-            },
-        };
+        let sampled = SampledTokens::default();
         let runner = self.model.inner();
         let request = Request::Normal(Box::new(NormalRequest {
-            messages,
+            messages: RequestMessage::CompletionTokens(prompt_tokens),
             sampling_params: sampling_params(sampling),
             response: tx,
             return_logprobs: false,
@@ -311,7 +339,7 @@ impl Engine {
             suffix: None,
             tools: None,
             tool_choice: None,
-            logits_processors: None,
+            logits_processors: Some(vec![Arc::new(sampled.clone())]),
             return_raw_logits: false,
             web_search_options: None,
             model_id: None,
@@ -321,7 +349,7 @@ impl Engine {
             .send(request)
             .await
             .map_err(|_| InferenceError::Engine("engine loop has stopped".into()))?;
-        Ok(rx)
+        Ok((rx, sampled))
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Request>, InferenceError> {
@@ -332,14 +360,48 @@ impl Engine {
     }
 }
 
-/// Keeps a tokenization reply channel open if its caller goes away before
-/// the engine has answered (a few bytes leaked, instead of an engine panic).
-struct ReplyGuard(Option<mpsc::Receiver<anyhow::Result<Vec<u32>>>>);
+/// Counts the tokens the engine samples for one sequence: exact usage for
+/// streamed completion chunks, which carry none (mistral.rs attaches usage
+/// only to chat chunks). A logits processor is called once per sampled
+/// token, and this one leaves the logits as they are.
+#[derive(Debug, Clone, Default)]
+pub struct SampledTokens(Arc<AtomicUsize>);
+
+impl SampledTokens {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl mistralrs::CustomLogitsProcessor for SampledTokens {
+    fn apply(
+        &self,
+        logits: &mistralrs::Tensor,
+        _context: &[u32],
+    ) -> mistralrs::Result<mistralrs::Tensor> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(logits.clone())
+    }
+}
+
+/// Keeps a tokenization reply channel open, and its slot taken, if its
+/// caller goes away before the engine has answered: a task waits for the
+/// answer and drops it (the engine would panic on a closed channel).
+struct ReplyGuard {
+    waiting: Option<(
+        mpsc::Receiver<anyhow::Result<Vec<u32>>>,
+        OwnedSemaphorePermit,
+    )>,
+    runtime: tokio::runtime::Handle,
+}
 
 impl Drop for ReplyGuard {
     fn drop(&mut self) {
-        if let Some(rx) = self.0.take() {
-            std::mem::forget(rx);
+        if let Some((mut rx, turn)) = self.waiting.take() {
+            self.runtime.spawn(async move {
+                let _ = rx.recv().await;
+                drop(turn);
+            });
         }
     }
 }

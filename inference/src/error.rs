@@ -17,6 +17,9 @@ pub enum InferenceError {
         field: &'static str,
         message: String,
     },
+    /// The request body is larger than the server accepts.
+    #[error("request body is over the limit of {limit} bytes (--max-body-bytes)")]
+    PayloadTooLarge { limit: usize },
     /// The request named a model this server does not serve.
     #[error("model `{requested}` is not served here (this server serves `{served}`)")]
     ModelNotFound { requested: String, served: String },
@@ -71,6 +74,7 @@ impl InferenceError {
     pub fn category(&self) -> &'static str {
         match self {
             Self::InvalidArgument { .. } => "invalid_argument",
+            Self::PayloadTooLarge { .. } => "request_too_large",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::Overloaded { .. } => "overloaded",
             Self::Draining => "draining",
@@ -99,6 +103,7 @@ impl InferenceError {
         use tonic::Code;
         let code = match self {
             Self::InvalidArgument { .. } | Self::ModelNotFound { .. } => Code::InvalidArgument,
+            Self::PayloadTooLarge { .. } => Code::ResourceExhausted,
             Self::Overloaded { .. } => Code::ResourceExhausted,
             Self::Draining | Self::Loading => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
@@ -124,6 +129,12 @@ impl InferenceError {
                 "invalid_request_error",
                 "invalid_argument",
                 Some(*field),
+            ),
+            Self::PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+                None,
             ),
             Self::ModelNotFound { .. } => (
                 StatusCode::NOT_FOUND,

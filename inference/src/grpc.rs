@@ -252,6 +252,44 @@ fn insert_request_id(metadata: &mut MetadataMap, request_id: &str) {
     }
 }
 
+/// tonic refuses a request message over `--max-grpc-message-bytes` with
+/// OUT_OF_RANGE; the gRPC spec (and grpc-go, grpc-core) answer
+/// RESOURCE_EXHAUSTED, which is what clients retry and alert on, so such
+/// a refusal is rewritten, naming the flag. The refusal is a trailers-only
+/// response, so its status is in the headers.
+pub fn message_limit_status<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+    const TONIC_PREFIX: &str = "Error, decoded message length too large: ";
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status.code() != tonic::Code::OutOfRange || !status.message().starts_with(TONIC_PREFIX) {
+        return response;
+    }
+    // "found N bytes, the limit is: M bytes"
+    let numbers: Vec<&str> = status
+        .message()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let message = match numbers.as_slice() {
+        [found, limit] => format!(
+            "request message is {found} bytes; the limit is {limit} bytes (--max-grpc-message-bytes)"
+        ),
+        _ => "request message is over the limit of --max-grpc-message-bytes".to_string(),
+    };
+    let headers = response.headers_mut();
+    for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        headers.remove(name);
+    }
+    if Status::resource_exhausted(message)
+        .add_header(headers)
+        .is_err()
+    {
+        tracing::warn!("cannot encode a gRPC status; leaving tonic's");
+    }
+    response
+}
+
 /// Parses the `grpc-timeout` header: up to 8 digits and a unit
 /// (H, M, S, m, u, n), per the gRPC HTTP/2 protocol spec.
 pub fn grpc_deadline(metadata: &MetadataMap) -> Result<Option<Duration>, InferenceError> {
@@ -283,6 +321,25 @@ fn parse_grpc_timeout(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tonics_message_limit_refusal_becomes_resource_exhausted() {
+        let refusal = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 5000 bytes, the limit is: 4096 bytes",
+        )
+        .into_http::<()>();
+        let fixed = message_limit_status(refusal);
+        let status = tonic::Status::from_header_map(fixed.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "request message is 5000 bytes; the limit is 4096 bytes (--max-grpc-message-bytes)"
+        );
+        // Other statuses pass through.
+        let other = message_limit_status(tonic::Status::out_of_range("x").into_http::<()>());
+        let status = tonic::Status::from_header_map(other.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::OutOfRange);
+    }
 
     #[test]
     fn grpc_timeouts_parse_per_spec() {

@@ -11,7 +11,7 @@ use std::{convert::Infallible, time::SystemTime};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Request, State},
+    extract::{DefaultBodyLimit, FromRef, FromRequest, Request, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{
@@ -37,7 +37,8 @@ use crate::{
 const COMPLETIONS_DEFAULT_MAX_TOKENS: i64 = 16;
 
 /// The API listener: `/v1/*` (with a credential), `/health`, `/ready`.
-pub fn router(service: InferenceService, auth: Authenticator) -> Router {
+/// Request bodies over `max_body_bytes` are refused with 413.
+pub fn router(service: InferenceService, auth: Authenticator, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -45,10 +46,51 @@ pub fn router(service: InferenceService, auth: Authenticator) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .fallback(not_found)
-        .with_state(service)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(ApiState {
+            service,
+            max_body_bytes,
+        })
         // Outermost, so it sees unknown /v1 paths (and wrong methods) too,
         // and refuses before a body is read.
         .layer(middleware::from_fn_with_state(auth, require_credential))
+}
+
+/// What the API's handlers share.
+#[derive(Debug, Clone)]
+struct ApiState {
+    service: InferenceService,
+    max_body_bytes: usize,
+}
+
+impl FromRef<ApiState> for InferenceService {
+    fn from_ref(state: &ApiState) -> Self {
+        state.service.clone()
+    }
+}
+
+/// A request body within `--max-body-bytes`; beyond it, an OpenAI-shaped
+/// 413 naming the limit (axum's own rejection is plain text).
+struct ApiBody(Bytes);
+
+impl FromRequest<ApiState> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &ApiState) -> Result<Self, ApiError> {
+        Bytes::from_request(request, state)
+            .await
+            .map(Self)
+            .map_err(|rejection: BytesRejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    InferenceError::PayloadTooLarge {
+                        limit: state.max_body_bytes,
+                    }
+                } else {
+                    InferenceError::invalid("body", rejection.body_text())
+                }
+                .into()
+            })
+    }
 }
 
 /// The metrics listener: `/metrics` and `/health`, without a credential.
@@ -269,7 +311,7 @@ fn usage_json(usage: &Usage) -> Value {
 async fn chat_completions(
     State(service): State<InferenceService>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let body: ChatBody = parse_body(&body)?;
     if body.tools.as_ref().is_some_and(|t| !t.is_empty()) {
@@ -411,7 +453,7 @@ fn chat_chunks(
 async fn completions(
     State(service): State<InferenceService>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let body: CompletionBody = parse_body(&body)?;
     if body.echo {
@@ -525,7 +567,7 @@ async fn ready(State(service): State<InferenceService>) -> Response {
     if service.is_ready() {
         return Json(json!({"status": "ready"})).into_response();
     }
-    let status = if service.admission().is_draining() {
+    let status = if service.is_shutting_down() {
         "draining"
     } else {
         "loading"

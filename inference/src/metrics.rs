@@ -61,6 +61,9 @@ pub struct Metrics {
     pub auth_refused: IntCounterVec,
     pub api_keys_loaded: IntGauge,
     pub api_key_reloads: IntCounterVec,
+    pub tokenization_seconds: Histogram,
+    pub connections_open: IntGaugeVec,
+    pub connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -137,7 +140,32 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let tokenization_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tokenization_seconds",
+                "Time a prompt took to tokenize, from the engine taking it to its answer.",
+            )
+            .buckets(TTFT_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let connections_open = IntGaugeVec::new(
+            Opts::new("connections_open", "Open connections, by listener."),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "connections_refused_total",
+                "Connections closed on arrival because --max-connections were open, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
         // Every series exists from the start, so a rate() has a baseline.
+        for listener in ["api", "grpc", "metrics"] {
+            connections_open.with_label_values(&[listener]);
+            connections_refused.with_label_values(&[listener]);
+        }
         for reason in ["missing", "invalid"] {
             auth_refused.with_label_values(&[reason]);
         }
@@ -158,6 +186,9 @@ impl Metrics {
             Box::new(auth_refused.clone()),
             Box::new(api_keys_loaded.clone()),
             Box::new(api_key_reloads.clone()),
+            Box::new(tokenization_seconds.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
         ] {
             registry
                 .register(collector)
@@ -178,6 +209,9 @@ impl Metrics {
             auth_refused,
             api_keys_loaded,
             api_key_reloads,
+            tokenization_seconds,
+            connections_open,
+            connections_refused,
         }
     }
 

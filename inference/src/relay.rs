@@ -73,18 +73,25 @@ pub enum GenEvent {
 /// the text before the first stop sequence. The engine detects stop strings
 /// only after their tokens were streamed, so without this a stop sequence
 /// could leak into streamed text.
+///
+/// Linear in the text: each stop sequence runs a Knuth-Morris-Pratt matcher
+/// over the bytes as they arrive, whose state is the longest suffix of the
+/// text that is a prefix of that stop, which is exactly what must be held
+/// back. (The `aho-corasick` crate matches all stops at once but does not
+/// expose that depth for a streaming state; with at most 16 stops, one
+/// matcher each costs at most 16 steps per byte.)
 #[derive(Debug, Default)]
 pub struct StopTrimmer {
-    stops: Vec<String>,
-    text: String,
-    sent: usize,
+    matchers: Vec<StopMatcher>,
+    /// Text received and not yet sent: at most the longest stop's length.
+    pending: String,
     stopped: bool,
 }
 
 impl StopTrimmer {
     pub fn new(stops: Vec<String>) -> Self {
         Self {
-            stops,
+            matchers: stops.into_iter().map(StopMatcher::new).collect(),
             ..Self::default()
         }
     }
@@ -94,25 +101,32 @@ impl StopTrimmer {
         if self.stopped {
             return String::new();
         }
-        self.text.push_str(delta);
-        let pending = &self.text[self.sent..];
-        let first_stop = self
-            .stops
-            .iter()
-            .filter_map(|s| pending.find(s.as_str()))
-            .min();
-        if let Some(at) = first_stop {
-            self.text.truncate(self.sent + at);
-            self.stopped = true;
-            return self.take(self.text.len());
+        let start = self.pending.len();
+        self.pending.push_str(delta);
+        // The earliest-starting stop completed by this delta wins (the same
+        // stop's occurrences all have one length, so its first completion is
+        // also its earliest start).
+        let mut first_stop: Option<usize> = None;
+        for matcher in &mut self.matchers {
+            for (i, byte) in delta.bytes().enumerate() {
+                if matcher.advance(byte) {
+                    let at = start + i + 1 - matcher.stop.len();
+                    first_stop = Some(first_stop.map_or(at, |f| f.min(at)));
+                    break;
+                }
+            }
         }
-        let held = self
-            .stops
-            .iter()
-            .map(|s| longest_suffix_prefix(pending, s))
-            .max()
-            .unwrap_or(0);
-        self.take(self.text.len() - held)
+        if let Some(at) = first_stop {
+            // A stop that completes starts at or after the held-back text,
+            // and on a char boundary (both texts are UTF-8).
+            self.pending.truncate(at);
+            self.stopped = true;
+            return std::mem::take(&mut self.pending);
+        }
+        let held = self.matchers.iter().map(|m| m.matched).max().unwrap_or(0);
+        let safe = self.pending.len() - held;
+        let rest = self.pending.split_off(safe);
+        std::mem::replace(&mut self.pending, rest)
     }
 
     /// Whether a stop sequence was seen; no more text will be sent.
@@ -123,23 +137,56 @@ impl StopTrimmer {
     /// Releases held-back text once generation has ended without a stop
     /// sequence completing.
     pub fn finish(&mut self) -> String {
-        self.take(self.text.len())
-    }
-
-    fn take(&mut self, upto: usize) -> String {
-        let out = self.text[self.sent..upto].to_string();
-        self.sent = upto;
-        out
+        std::mem::take(&mut self.pending)
     }
 }
 
-/// Length of the longest suffix of `text` that is a proper prefix of `stop`.
-fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
-    stop.char_indices()
-        .map(|(i, _)| i)
-        .filter(|&i| i > 0 && text.ends_with(&stop[..i]))
-        .max()
-        .unwrap_or(0)
+/// One stop sequence's streaming matcher.
+#[derive(Debug)]
+struct StopMatcher {
+    stop: Vec<u8>,
+    /// `fallback[i]`: the longest proper prefix of `stop[..=i]` that is also
+    /// its suffix (KMP's failure function).
+    fallback: Vec<usize>,
+    /// Bytes of `stop` the text now ends with (less than its length).
+    matched: usize,
+}
+
+impl StopMatcher {
+    fn new(stop: String) -> Self {
+        let stop = stop.into_bytes();
+        let mut fallback = vec![0; stop.len()];
+        let mut k = 0;
+        for i in 1..stop.len() {
+            while k > 0 && stop[i] != stop[k] {
+                k = fallback[k - 1];
+            }
+            if stop[i] == stop[k] {
+                k += 1;
+            }
+            fallback[i] = k;
+        }
+        Self {
+            stop,
+            fallback,
+            matched: 0,
+        }
+    }
+
+    /// Takes the next byte of text; true when the whole stop has arrived.
+    fn advance(&mut self, byte: u8) -> bool {
+        while self.matched > 0 && self.stop[self.matched] != byte {
+            self.matched = self.fallback[self.matched - 1];
+        }
+        if self.stop.get(self.matched) == Some(&byte) {
+            self.matched += 1;
+        }
+        if self.matched == self.stop.len() {
+            self.matched = 0;
+            return true;
+        }
+        false
+    }
 }
 
 /// Everything the relay needs besides its channels.
@@ -151,9 +198,8 @@ pub struct RelayContext {
     pub deadline: Option<Instant>,
     pub stop: Vec<String>,
     pub prompt_tokens: usize,
-    /// The settled token budget: a generation that ends with `length`
-    /// produced exactly this many tokens.
-    pub max_tokens: usize,
+    /// Tokens the engine has sampled for this generation.
+    pub sampled: crate::engine::SampledTokens,
     /// Cancelled when the drain deadline passes.
     pub hard_stop: CancellationToken,
     pub metrics: Metrics,
@@ -174,7 +220,6 @@ pub fn spawn(engine_rx: mpsc::Receiver<Response>, ctx: RelayContext) -> mpsc::Re
 struct State {
     ctx: RelayContext,
     trimmer: StopTrimmer,
-    chunks: usize,
     first_token_at: Option<Instant>,
     last_token_at: Option<Instant>,
 }
@@ -194,7 +239,6 @@ async fn run(
     let mut state = State {
         trimmer: StopTrimmer::new(ctx.stop.clone()),
         ctx,
-        chunks: 0,
         first_token_at: None,
         last_token_at: None,
     };
@@ -282,7 +326,6 @@ impl State {
             _ => return Step::Continue,
         };
 
-        self.chunks += 1;
         let now = Instant::now();
         if let Some(last) = self.last_token_at {
             self.ctx
@@ -336,18 +379,12 @@ impl State {
                 completion_tokens: u.completion_tokens,
                 time_to_first_token: None,
             },
-            // Raw completions' chunks carry no usage. A generation that ran
-            // to `length` made exactly `max_tokens` tokens; otherwise count
-            // engine chunks, one per decoding step that produced text (a
-            // token ending mid-character is merged into the next chunk, so
-            // this can undercount by those).
+            // Streamed completion chunks (every generation is submitted as
+            // tokens, so every one streams them) carry no usage: the engine
+            // counted each token it sampled for this sequence.
             None => Usage {
                 prompt_tokens: self.ctx.prompt_tokens,
-                completion_tokens: if finish_reason == FinishReason::Length {
-                    self.ctx.max_tokens
-                } else {
-                    self.chunks
-                },
+                completion_tokens: self.ctx.sampled.count(),
                 time_to_first_token: None,
             },
         };
@@ -463,6 +500,38 @@ mod tests {
         let (sent, _, stopped) = feed(&["abc", "b"], &["xa", "bc"]);
         assert_eq!(sent.concat(), "x");
         assert!(stopped);
+    }
+
+    #[test]
+    fn overlapping_prefixes_are_held_and_matched() {
+        // KMP's fallback: "aab" inside "aaab" after a false start.
+        let (sent, _, stopped) = feed(&["aab"], &["xa", "a", "a", "b tail"]);
+        assert_eq!(sent.concat(), "xa");
+        assert!(stopped);
+        let (sent, rest, stopped) = feed(&["abab"], &["aba", "c", "abab"]);
+        assert_eq!(sent.concat() + &rest, "abac");
+        assert!(stopped);
+    }
+
+    #[test]
+    fn sixteen_stops_of_100_kb_stay_linear() {
+        // Each stop is 100 KB of "a" then a distinct letter; the text is a
+        // long run of "a", so every matcher holds a long partial match. The
+        // quadratic trimmer this replaced would not finish here.
+        let stops: Vec<String> = (0..16u8)
+            .map(|i| format!("{}{}", "a".repeat(100_000), char::from(b'b' + i)))
+            .collect();
+        let mut t = StopTrimmer::new(stops);
+        let mut sent = 0;
+        for _ in 0..50_000 {
+            sent += t.push("aaaa").len();
+        }
+        // Everything but the longest possible partial match was released...
+        assert_eq!(sent, 200_000 - 100_000);
+        // ...and the held text was the start of the stop that completes.
+        assert_eq!(t.push("c"), "");
+        assert!(t.stopped());
+        assert_eq!(t.finish(), "");
     }
 
     #[test]

@@ -2,19 +2,22 @@
 //! bind the listeners (gRPC, HTTP API, metrics) first (so health answers
 //! NOT_SERVING while the model loads), load, serve, and drain.
 //!
-//! Drain (SIGTERM/SIGINT in the binary, [`ServerHandle::drain`] in tests):
-//! readiness turns NOT_SERVING at once (gRPC health for "" and the service,
-//! and HTTP /ready), new and queued requests get UNAVAILABLE / 503, running
-//! generations get `--drain-timeout` to finish and are cancelled after it,
-//! then the listeners stop.
+//! Drain (SIGTERM/SIGINT in the binary, [`ServerHandle::drain`] in tests),
+//! in the order load balancers need:
+//! 1. readiness turns NOT_SERVING at once (gRPC health for "" and the
+//!    service, and HTTP /ready), while new requests are still served for
+//!    `--drain-delay`, so that endpoints stop routing here first;
+//! 2. then new requests get UNAVAILABLE / 503; queued ones keep their
+//!    place, and everything accepted gets `--drain-timeout` to finish and is
+//!    cancelled (with an explicit error) after it;
+//! 3. then the listeners stop.
+//!
+//! Every listener is served by [`crate::connections`], under the
+//! connection limits of `--max-connections` and the timeouts.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use backhaul_proto::{INFERENCE_SERVICE_NAME, inference::v1::inference_server::InferenceServer};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    service::TowerToHyperService,
-};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -23,11 +26,13 @@ use crate::{
     admission::Admission,
     auth::{AuthConfigError, AuthMode, Authenticator},
     config::{ModelArgs, ServeArgs},
+    connections::{self, ConnectionLimits, Protocol},
     engine::{Engine, LoadError},
-    grpc::{GrpcApi, RequireCredential},
+    grpc::{self, GrpcApi, RequireCredential},
     http,
     metrics::Metrics,
-    service::InferenceService,
+    service::{InferenceService, ServiceOptions},
+    validate::RequestLimits,
 };
 
 /// How long listeners get to close connections after the drain; long-lived
@@ -47,8 +52,6 @@ pub enum ServeError {
     Load(#[from] LoadError),
     #[error("gRPC server failed: {0}")]
     Grpc(String),
-    #[error("HTTP server failed: {0}")]
-    Http(String),
     #[error("server task failed: {0}")]
     Task(String),
 }
@@ -141,7 +144,18 @@ pub async fn start(serve: ServeArgs, model: ModelSource) -> Result<ServerHandle,
     let metrics = Metrics::new();
     let auth = Authenticator::new(AuthMode::from_args(&serve)?, &metrics).await?;
     let admission = Admission::new(serve.max_in_flight, serve.max_queue, metrics.clone());
-    let service = InferenceService::new(admission, metrics.clone(), serve.stream_buffer as usize);
+    let limits = &serve.limits;
+    let service = InferenceService::new(
+        admission,
+        metrics.clone(),
+        ServiceOptions {
+            stream_buffer: serve.stream_buffer as usize,
+            limits: RequestLimits::from(limits),
+            request_timeout: limits.request_timeout,
+            max_concurrent_tokenizations: limits.max_concurrent_tokenizations as usize,
+        },
+    );
+    let connection_limits = ConnectionLimits::from(limits);
 
     let grpc_listener =
         TcpListener::bind(serve.grpc_addr)
@@ -184,23 +198,49 @@ pub async fn start(serve: ServeArgs, model: ModelSource) -> Result<ServerHandle,
         .map_err(|e| ServeError::Grpc(e.to_string()))?;
 
     let stop_listeners = CancellationToken::new();
+    let inference = InferenceServer::new(GrpcApi::new(service.clone()))
+        .max_decoding_message_size(limits.max_grpc_message_bytes);
     let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InferenceServer::with_interceptor(
-            GrpcApi::new(service.clone()),
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            inference,
             RequireCredential(auth.clone()),
         ))
         .prepare();
-    let grpc_task = tokio::spawn(serve_grpc(grpc_listener, routes, stop_listeners.clone()));
-    let http_task = tokio::spawn(serve_http(
-        http_listener,
-        http::router(service.clone(), auth.clone()),
+    // Not tonic's `transport::Server`: it wraps every call in a timer from
+    // the caller's `grpc-timeout` that answers CANCELLED ("Timeout
+    // expired") when it fires first. The Inference service honours
+    // `grpc-timeout` itself, for the whole generation and with
+    // DEADLINE_EXCEEDED, as the gRPC spec says.
+    let grpc_service = tower::ServiceBuilder::new()
+        .map_response(grpc::message_limit_status::<tonic::body::Body>)
+        .service(routes);
+    let grpc_task = tokio::spawn(connections::serve(
+        grpc_listener,
+        grpc_service,
+        Protocol::Http2Only,
+        connection_limits,
+        "grpc",
+        metrics.clone(),
         stop_listeners.clone(),
     ));
-    let metrics_task = tokio::spawn(serve_http(
+    let http_task = tokio::spawn(connections::serve(
+        http_listener,
+        http::router(service.clone(), auth.clone(), limits.max_body_bytes),
+        Protocol::Http,
+        connection_limits,
+        "api",
+        metrics.clone(),
+        stop_listeners.clone(),
+    ));
+    let metrics_task = tokio::spawn(connections::serve(
         metrics_listener,
         http::metrics_router(metrics.clone()),
+        Protocol::Http,
+        connection_limits,
+        "metrics",
+        metrics.clone(),
         stop_listeners.clone(),
     ));
     auth.spawn_reloader(stop_listeners.clone());
@@ -213,6 +253,7 @@ pub async fn start(serve: ServeArgs, model: ModelSource) -> Result<ServerHandle,
         health,
         metrics,
         drain: drain.clone(),
+        drain_delay: serve.drain_delay,
         drain_timeout: serve.drain_timeout,
         ready: ready_tx,
         stop_listeners,
@@ -227,70 +268,6 @@ pub async fn start(serve: ServeArgs, model: ModelSource) -> Result<ServerHandle,
         task: Some(task),
         service,
     })
-}
-
-/// Serves an HTTP router until `stop`, then lets open requests finish.
-async fn serve_http(
-    listener: TcpListener,
-    app: axum::Router,
-    stop: CancellationToken,
-) -> Result<(), ServeError> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-        .map_err(|e| ServeError::Http(e.to_string()))
-}
-
-/// Serves gRPC (HTTP/2 without TLS) until `stop`, then closes connections
-/// gracefully.
-///
-/// Not tonic's `transport::Server`: it wraps every call in a timer from the
-/// caller's `grpc-timeout` that answers CANCELLED ("Timeout expired") when
-/// it fires first. The Inference service honours `grpc-timeout` itself, for
-/// the whole generation and with DEADLINE_EXCEEDED, as the gRPC spec says.
-async fn serve_grpc(
-    listener: TcpListener,
-    routes: tonic::service::Routes,
-    stop: CancellationToken,
-) -> Result<(), ServeError> {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http2_only();
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(%error, "gRPC accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
-        let service = TowerToHyperService::new(routes.clone());
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "gRPC connection ended with an error");
-            }
-        });
-        // Reap finished connections as we go.
-        while connections.try_join_next().is_some() {}
-    }
-    while connections.join_next().await.is_some() {}
-    Ok(())
 }
 
 fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServeError> {
@@ -311,6 +288,7 @@ struct Lifecycle {
     health: HealthReporter,
     metrics: Metrics,
     drain: CancellationToken,
+    drain_delay: Duration,
     drain_timeout: Duration,
     ready: watch::Sender<Readiness>,
     stop_listeners: CancellationToken,
@@ -320,7 +298,7 @@ impl Lifecycle {
     async fn run(
         self,
         model: ModelSource,
-        listeners: [JoinHandle<Result<(), ServeError>>; 3],
+        listeners: [JoinHandle<()>; 3],
     ) -> Result<(), ServeError> {
         let loaded = tokio::select! {
             loaded = load(model) => Some(loaded),
@@ -344,8 +322,8 @@ impl Lifecycle {
         for task in listeners {
             let abort = task.abort_handle();
             match tokio::time::timeout(LISTENER_SHUTDOWN_GRACE, task).await {
-                Ok(Ok(Err(error))) => tracing::warn!(%error, "listener ended with an error"),
-                Ok(_) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "listener task failed"),
+                Ok(Ok(())) => {}
                 Err(_) => {
                     tracing::warn!("listener did not close in time; aborting it");
                     abort.abort();
@@ -375,19 +353,28 @@ impl Lifecycle {
             context_length = info.context_length,
             quantization = %info.quantization,
             device = %info.device,
+            max_prompt_bytes = ?info.max_prompt_bytes,
             load_seconds = engine.load_seconds(),
             "model loaded; serving"
         );
     }
 
     async fn on_drain(&self) {
-        self.service.admission().start_draining();
+        self.service.stop_reporting_ready();
         set_health(&self.health, ServingStatus::NotServing).await;
+        if !self.drain_delay.is_zero() {
+            tracing::info!(
+                drain_delay_s = self.drain_delay.as_secs_f64(),
+                "shutting down: reporting not ready, still serving while endpoints converge"
+            );
+            tokio::time::sleep(self.drain_delay).await;
+        }
+        self.service.admission().start_draining();
         let active = self.service.admission().active();
         tracing::info!(
             active,
             drain_timeout_s = self.drain_timeout.as_secs_f64(),
-            "draining: no new requests; waiting for in-flight ones"
+            "draining: no new requests; waiting for queued and in-flight ones"
         );
         let idle = self.service.admission().wait_idle();
         if tokio::time::timeout(self.drain_timeout, idle)

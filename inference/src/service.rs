@@ -1,6 +1,17 @@
-//! The one request path both APIs share:
-//! validate (raw → [`ValidatedRequest`]) → count the prompt and settle the
-//! token budget → admit → submit to the engine → relay. Adapters
+//! The one request path both APIs share, cheapest step first, so that
+//! overload and abuse are refused before they cost anything:
+//!
+//! 1. validate (raw → [`ValidatedRequest`]; field checks, and a prompt too
+//!    long in bytes to fit the context window);
+//! 2. admit: a generation slot, or a bounded wait in the queue
+//!    (429 / RESOURCE_EXHAUSTED beyond it);
+//! 3. tokenize, at most `--max-concurrent-tokenizations` at once;
+//! 4. settle the token budget against the context window;
+//! 5. submit the tokens to the engine, and relay its stream.
+//!
+//! Every wait is bounded by the request's deadline (the smaller of the
+//! client's and `--request-timeout`), and every step is cancelled when the
+//! client goes away (the adapter drops this future). Adapters
 //! ([`crate::grpc`], [`crate::http`]) only translate to and from their wire
 //! formats.
 
@@ -12,7 +23,7 @@ use std::{
 };
 
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -21,8 +32,20 @@ use crate::{
     error::InferenceError,
     metrics::{Api, Metrics},
     relay::{self, Completion, GenEvent, RelayContext},
-    validate::{RawRequest, ValidatedRequest, check_context, validate},
+    validate::{RawRequest, RequestLimits, ValidatedRequest, check_context, validate},
 };
+
+/// How the request path is bounded (from [`crate::config::Limits`]).
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// Events a streaming client may fall behind (`--stream-buffer`).
+    pub stream_buffer: usize,
+    pub limits: RequestLimits,
+    /// Longest a request may run (`--request-timeout`).
+    pub request_timeout: Duration,
+    /// Prompts tokenized at once (`--max-concurrent-tokenizations`).
+    pub max_concurrent_tokenizations: usize,
+}
 
 /// Shared by every adapter; cheap to clone.
 #[derive(Debug, Clone)]
@@ -37,18 +60,26 @@ struct Shared {
     metrics: Metrics,
     /// Cancelled when the drain deadline passes: cuts every generation short.
     hard_stop: CancellationToken,
-    stream_buffer: usize,
+    /// Turns at the engine's tokenizer.
+    tokenizer_turns: Arc<Semaphore>,
+    /// Set when shutdown begins: readiness reports false from then on.
+    shutting_down: std::sync::atomic::AtomicBool,
+    options: ServiceOptions,
 }
 
 impl InferenceService {
-    pub fn new(admission: Admission, metrics: Metrics, stream_buffer: usize) -> Self {
+    pub fn new(admission: Admission, metrics: Metrics, options: ServiceOptions) -> Self {
         Self {
             shared: Arc::new(Shared {
                 engine: OnceLock::new(),
                 admission,
                 metrics,
                 hard_stop: CancellationToken::new(),
-                stream_buffer,
+                tokenizer_turns: Arc::new(Semaphore::new(
+                    options.max_concurrent_tokenizations.max(1),
+                )),
+                shutting_down: std::sync::atomic::AtomicBool::new(false),
+                options,
             }),
         }
     }
@@ -75,9 +106,25 @@ impl InferenceService {
         &self.shared.admission
     }
 
-    /// Loaded and not draining.
+    /// Loaded and not shutting down.
     pub fn is_ready(&self) -> bool {
-        self.shared.engine.get().is_some() && !self.shared.admission.is_draining()
+        self.shared.engine.get().is_some() && !self.is_shutting_down()
+    }
+
+    /// Shutdown has begun (requests may still be served for the drain
+    /// delay).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Readiness reports false from now on; requests are still served
+    /// until the admission starts draining.
+    pub fn stop_reporting_ready(&self) {
+        self.shared
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Cuts every running generation short (drain deadline passed).
@@ -87,7 +134,9 @@ impl InferenceService {
 
     /// Runs the request path. Returns once the first event is known, so a
     /// request that fails before producing text fails as a whole (a gRPC
-    /// status or HTTP error) rather than inside an open stream.
+    /// status or HTTP error) rather than inside an open stream. `deadline`
+    /// is the client's own (gRPC's `grpc-timeout`); `--request-timeout`
+    /// bounds it.
     pub async fn generate(
         &self,
         raw: RawRequest,
@@ -125,39 +174,55 @@ impl InferenceService {
             request_id,
             prompt,
             sampling,
-        } = validate(raw, engine.info())?;
+        } = validate(raw, engine.info(), &shared.options.limits)?;
         tracing::debug!(%request_id, api = api.as_str(), "request validated");
 
-        let prompt_tokens = engine.count_prompt_tokens(&prompt).await?;
+        let timeout = deadline.map_or(shared.options.request_timeout, |d| {
+            d.min(shared.options.request_timeout)
+        });
+        let deadline = received + timeout;
+        let permit = self
+            .within(deadline, received, shared.admission.admit())
+            .await??;
+        let turn = self
+            .within(
+                deadline,
+                received,
+                shared.tokenizer_turns.clone().acquire_owned(),
+            )
+            .await?
+            .map_err(|_| InferenceError::Draining)?;
+        let tokenizing = Instant::now();
+        let tokens = self
+            .within(deadline, received, engine.tokenize(&prompt, turn))
+            .await??;
+        shared
+            .metrics
+            .tokenization_seconds
+            .observe(tokenizing.elapsed().as_secs_f64());
+        let prompt_tokens = tokens.len();
         let sampling = check_context(
             &sampling,
             &prompt,
             prompt_tokens,
             engine.info().context_length,
+            shared.options.limits.default_max_tokens,
         )?;
 
-        let deadline = deadline.map(|d| received + d);
-        let permit = match deadline {
-            Some(at) => tokio::time::timeout_at(at.into(), shared.admission.admit())
-                .await
-                .map_err(|_| InferenceError::DeadlineExceeded(at - received))??,
-            None => shared.admission.admit().await?,
-        };
-
-        let engine_rx = engine.submit(&prompt, &sampling).await?;
+        let (engine_rx, sampled) = engine.submit(tokens, &sampling).await?;
         let rx = relay::spawn(
             engine_rx,
             RelayContext {
                 request_id: request_id.clone(),
                 api,
                 received,
-                deadline,
+                deadline: Some(deadline),
                 stop: sampling.stop.clone(),
                 prompt_tokens,
-                max_tokens: sampling.max_tokens,
+                sampled,
                 hard_stop: shared.hard_stop.clone(),
                 metrics: shared.metrics.clone(),
-                client_buffer: shared.stream_buffer,
+                client_buffer: shared.options.stream_buffer,
             },
         );
         let mut generation = Generation {
@@ -179,6 +244,22 @@ impl InferenceService {
                 Ok(generation)
             }
             None => Err(InferenceError::Engine("generation ended without a result".into()).into()),
+        }
+    }
+
+    /// Runs one step of the path before generation starts, bounded by the
+    /// request's deadline and by the drain deadline.
+    async fn within<T>(
+        &self,
+        deadline: Instant,
+        received: Instant,
+        step: impl Future<Output = T>,
+    ) -> Result<T, InferenceError> {
+        tokio::select! {
+            out = tokio::time::timeout_at(deadline.into(), step) => {
+                out.map_err(|_| InferenceError::DeadlineExceeded(deadline - received))
+            }
+            () = self.shared.hard_stop.cancelled() => Err(InferenceError::DrainTimeout),
         }
     }
 }

@@ -2,13 +2,48 @@
 //! a [`ValidatedRequest`] or an [`InferenceError::InvalidArgument`] naming
 //! the field at fault. Nothing past this point sees unchecked input.
 //!
-//! Checks that need the tokenizer (prompt and max_tokens against the context
-//! window) are in [`check_context`], run once the prompt is counted.
+//! Validation also refuses a prompt whose bytes alone prove it cannot fit
+//! the context window (see [`ModelInfo::max_prompt_bytes`]), so an
+//! oversized prompt costs no tokenization. Checks that need the token count
+//! (prompt and max_tokens against the context window) are in
+//! [`check_context`], run once the prompt is tokenized.
 
-use crate::{engine::ModelInfo, error::InferenceError};
+use crate::{config::Limits, engine::ModelInfo, error::InferenceError};
 
 /// Most stop sequences a request may carry.
 pub const MAX_STOP_SEQUENCES: usize = 16;
+
+/// The per-request bounds validation applies (from [`Limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Tokens generated when the request sets no `max_tokens`.
+    pub default_max_tokens: usize,
+    /// Largest `max_tokens` accepted.
+    pub max_tokens_limit: usize,
+    /// Longest stop sequence in bytes.
+    pub max_stop_bytes: usize,
+}
+
+impl From<&Limits> for RequestLimits {
+    fn from(limits: &Limits) -> Self {
+        Self {
+            default_max_tokens: limits.default_max_tokens as usize,
+            max_tokens_limit: limits.max_tokens_limit as usize,
+            max_stop_bytes: limits.max_stop_bytes,
+        }
+    }
+}
+
+impl Default for RequestLimits {
+    /// The flags' defaults.
+    fn default() -> Self {
+        Self {
+            default_max_tokens: 1024,
+            max_tokens_limit: 8192,
+            max_stop_bytes: 256,
+        }
+    }
+}
 
 /// A request as a client sent it; adapters fill this from proto or JSON.
 #[derive(Debug, Clone, Default)]
@@ -75,6 +110,14 @@ impl Prompt {
             Self::Text(_) => "prompt",
         }
     }
+
+    /// Bytes of text the client sent (chat template excluded).
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            Self::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+            Self::Text(text) => text.len(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +174,11 @@ fn invalid(field: &'static str, message: impl Into<String>) -> InferenceError {
 }
 
 /// Checks everything that does not need the tokenizer.
-pub fn validate(raw: RawRequest, model: &ModelInfo) -> Result<ValidatedRequest, InferenceError> {
+pub fn validate(
+    raw: RawRequest,
+    model: &ModelInfo,
+    limits: &RequestLimits,
+) -> Result<ValidatedRequest, InferenceError> {
     if let Some(requested) = raw.model.filter(|m| !m.is_empty())
         && requested != model.served_name
     {
@@ -187,7 +234,19 @@ pub fn validate(raw: RawRequest, model: &ModelInfo) -> Result<ValidatedRequest, 
             Prompt::Text(text)
         }
     };
-    let sampling = validate_sampling(raw.sampling, model)?;
+    if let Some(max_bytes) = model.max_prompt_bytes
+        && prompt.text_bytes() > max_bytes
+    {
+        return Err(invalid(
+            prompt.field(),
+            format!(
+                "the prompt is {} bytes; no prompt over {max_bytes} bytes fits the model's context window of {} tokens",
+                prompt.text_bytes(),
+                model.context_length
+            ),
+        ));
+    }
+    let sampling = validate_sampling(raw.sampling, model, limits)?;
     Ok(ValidatedRequest {
         request_id,
         prompt,
@@ -214,6 +273,7 @@ fn finite_in(
 fn validate_sampling(
     raw: RawSampling,
     model: &ModelInfo,
+    limits: &RequestLimits,
 ) -> Result<RequestedSampling, InferenceError> {
     if raw.seed.is_some() {
         return Err(invalid(
@@ -245,6 +305,15 @@ fn validate_sampling(
         Some(m) if m < 1 => return Err(invalid("max_tokens", "must be at least 1")),
         Some(m) => {
             let m = usize::try_from(m).unwrap_or(usize::MAX);
+            if m > limits.max_tokens_limit {
+                return Err(invalid(
+                    "max_tokens",
+                    format!(
+                        "{m} exceeds this server's limit of {} (--max-tokens-limit)",
+                        limits.max_tokens_limit
+                    ),
+                ));
+            }
             if m > model.context_length {
                 return Err(invalid(
                     "max_tokens",
@@ -266,6 +335,16 @@ fn validate_sampling(
     if raw.stop.iter().any(String::is_empty) {
         return Err(invalid("stop", "stop sequences must not be empty"));
     }
+    if let Some(long) = raw.stop.iter().find(|s| s.len() > limits.max_stop_bytes) {
+        return Err(invalid(
+            "stop",
+            format!(
+                "a stop sequence is {} bytes; at most {} are allowed (--max-stop-bytes)",
+                long.len(),
+                limits.max_stop_bytes
+            ),
+        ));
+    }
     Ok(RequestedSampling {
         temperature,
         top_k,
@@ -279,12 +358,14 @@ fn validate_sampling(
 }
 
 /// Checks the counted prompt against the context window and settles the
-/// token budget: an unset `max_tokens` means "up to the end of the context".
+/// token budget: an unset `max_tokens` means `default_max_tokens`, or the
+/// room left in the context window if that is less.
 pub fn check_context(
     requested: &RequestedSampling,
     prompt: &Prompt,
     prompt_tokens: usize,
     context_length: usize,
+    default_max_tokens: usize,
 ) -> Result<Sampling, InferenceError> {
     if prompt_tokens >= context_length {
         return Err(invalid(
@@ -305,7 +386,7 @@ pub fn check_context(
             ));
         }
         Some(m) => m,
-        None => room,
+        None => default_max_tokens.min(room),
     };
     Ok(Sampling {
         temperature: requested.temperature,
@@ -323,12 +404,19 @@ pub fn check_context(
 mod tests {
     use super::*;
 
+    const LIMITS: RequestLimits = RequestLimits {
+        default_max_tokens: 20,
+        max_tokens_limit: 90,
+        max_stop_bytes: 8,
+    };
+
     fn model() -> ModelInfo {
         ModelInfo {
             served_name: "smol".into(),
             context_length: 100,
             quantization: "gguf".into(),
             device: "cpu".into(),
+            max_prompt_bytes: Some(1000),
         }
     }
 
@@ -356,7 +444,7 @@ mod tests {
 
     #[test]
     fn a_plain_chat_validates_with_defaults() {
-        let v = validate(chat(&[("user", "hi")]), &model()).unwrap();
+        let v = validate(chat(&[("user", "hi")]), &model(), &LIMITS).unwrap();
         assert_eq!(v.sampling.temperature, 1.0);
         assert_eq!(v.sampling.max_tokens, None);
         assert!(!v.request_id.is_empty());
@@ -365,15 +453,18 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let m = model();
-        assert_eq!(field_of(validate(chat(&[]), &m).unwrap_err()), "messages");
         assert_eq!(
-            field_of(validate(chat(&[("wizard", "x")]), &m).unwrap_err()),
+            field_of(validate(chat(&[]), &m, &LIMITS).unwrap_err()),
+            "messages"
+        );
+        assert_eq!(
+            field_of(validate(chat(&[("wizard", "x")]), &m, &LIMITS).unwrap_err()),
             "messages"
         );
         let with = |f: fn(&mut RawSampling)| {
             let mut r = chat(&[("user", "hi")]);
             f(&mut r.sampling);
-            field_of(validate(r, &m).unwrap_err())
+            field_of(validate(r, &m, &LIMITS).unwrap_err())
         };
         assert_eq!(with(|s| s.temperature = Some(f64::NAN)), "temperature");
         assert_eq!(with(|s| s.temperature = Some(-1.0)), "temperature");
@@ -396,30 +487,98 @@ mod tests {
         let mut r = chat(&[("user", "hi")]);
         r.model = Some("gpt-9".into());
         assert!(matches!(
-            validate(r, &model()),
+            validate(r, &model(), &LIMITS),
             Err(InferenceError::ModelNotFound { .. })
         ));
     }
 
     #[test]
     fn the_context_window_bounds_prompt_and_budget() {
-        let v = validate(chat(&[("user", "hi")]), &model()).unwrap();
+        let v = validate(chat(&[("user", "hi")]), &model(), &LIMITS).unwrap();
         assert_eq!(
-            check_context(&v.sampling, &v.prompt, 30, 100)
+            check_context(&v.sampling, &v.prompt, 30, 100, 1000)
                 .unwrap()
                 .max_tokens,
             70
         );
         assert_eq!(
-            field_of(check_context(&v.sampling, &v.prompt, 100, 100).unwrap_err()),
+            field_of(check_context(&v.sampling, &v.prompt, 100, 100, 1000).unwrap_err()),
             "messages"
         );
         let mut r = chat(&[("user", "hi")]);
         r.sampling.max_tokens = Some(80);
-        let v = validate(r, &model()).unwrap();
+        let v = validate(r, &model(), &LIMITS).unwrap();
         assert_eq!(
-            field_of(check_context(&v.sampling, &v.prompt, 30, 100).unwrap_err()),
+            field_of(check_context(&v.sampling, &v.prompt, 30, 100, 1000).unwrap_err()),
             "max_tokens"
         );
+    }
+
+    #[test]
+    fn an_unset_max_tokens_is_the_default_or_the_room_left() {
+        let v = validate(chat(&[("user", "hi")]), &model(), &LIMITS).unwrap();
+        let settled = |prompt_tokens| {
+            check_context(&v.sampling, &v.prompt, prompt_tokens, 100, 20)
+                .unwrap()
+                .max_tokens
+        };
+        assert_eq!(settled(30), 20);
+        assert_eq!(settled(80), 20);
+        assert_eq!(settled(81), 19);
+        assert_eq!(settled(99), 1);
+    }
+
+    #[test]
+    fn max_tokens_is_bounded_by_the_limit_at_its_edge() {
+        let with_max = |m| {
+            let mut r = chat(&[("user", "hi")]);
+            r.sampling.max_tokens = Some(m);
+            validate(r, &model(), &LIMITS)
+        };
+        assert_eq!(with_max(90).unwrap().sampling.max_tokens, Some(90));
+        let err = with_max(91).unwrap_err();
+        assert!(err.to_string().contains("limit of 90"), "{err}");
+        assert_eq!(field_of(err), "max_tokens");
+    }
+
+    #[test]
+    fn stop_sequences_are_bounded_in_length_at_the_edge() {
+        let with_stop = |stop: &str| {
+            let mut r = chat(&[("user", "hi")]);
+            r.sampling.stop = vec!["x".into(), stop.into()];
+            validate(r, &model(), &LIMITS)
+        };
+        assert!(with_stop("12345678").is_ok());
+        let err = with_stop("123456789").unwrap_err();
+        assert!(err.to_string().contains("at most 8"), "{err}");
+        assert_eq!(field_of(err), "stop");
+    }
+
+    #[test]
+    fn a_prompt_too_long_in_bytes_is_refused_before_tokenizing() {
+        let exactly = "a".repeat(1000);
+        assert!(validate(chat(&[("user", &exactly)]), &model(), &LIMITS).is_ok());
+        // Two messages' content counts together.
+        let split = validate(
+            chat(&[("system", &exactly[..600]), ("user", &exactly[..401])]),
+            &model(),
+            &LIMITS,
+        )
+        .unwrap_err();
+        assert!(split.to_string().contains("1001 bytes"), "{split}");
+        assert_eq!(field_of(split), "messages");
+        let mut text = RawRequest {
+            prompt: RawPrompt::Text("b".repeat(1001)),
+            ..RawRequest::default()
+        };
+        assert_eq!(
+            field_of(validate(text.clone(), &model(), &LIMITS).unwrap_err()),
+            "prompt"
+        );
+        // Without a known bound, only the token count decides.
+        let mut unbounded = model();
+        unbounded.max_prompt_bytes = None;
+        text.prompt = RawPrompt::Text("b".repeat(100_000));
+        assert!(validate(text, &unbounded, &LIMITS).is_ok());
     }
 }

@@ -80,34 +80,36 @@ pub fn model_path() -> PathBuf {
 /// that lives for the whole process, since each test has its own runtime.
 pub fn engine() -> Arc<Engine> {
     static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+    ENGINE.get_or_init(|| load_engine(&[])).clone()
+}
+
+/// Loads the test model with these extra model flags (e.g. a smaller
+/// `--max-seq-len`); a binary that needs one keeps it in its own static.
+pub fn load_engine(extra: &[&str]) -> Arc<Engine> {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let runtime = RUNTIME.get_or_init(|| {
-                tokio::runtime::Runtime::new().expect("a runtime for loading the model")
-            });
-            let path = model_path();
-            let config = Config::try_parse_from([
-                "backhaul-inference",
-                "--model",
-                path.to_str().expect("utf-8 model path"),
-                "--device",
-                "cpu",
-                "--served-name",
-                "smollm2",
-            ])
-            .expect("test flags parse");
-            let started = Instant::now();
-            // Called from inside a test's runtime, which cannot block on
-            // another runtime on its own thread.
-            let engine = std::thread::spawn(move || runtime.block_on(Engine::load(&config.model)))
-                .join()
-                .expect("the loader thread")
-                .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
-            eprintln!("model loaded in {:.1}s", started.elapsed().as_secs_f64());
-            Arc::new(engine)
-        })
-        .clone()
+    let runtime = RUNTIME
+        .get_or_init(|| tokio::runtime::Runtime::new().expect("a runtime for loading the model"));
+    let path = model_path();
+    let mut argv = vec![
+        "backhaul-inference",
+        "--model",
+        path.to_str().expect("utf-8 model path"),
+        "--device",
+        "cpu",
+        "--served-name",
+        "smollm2",
+    ];
+    argv.extend_from_slice(extra);
+    let config = Config::try_parse_from(argv).expect("test flags parse");
+    let started = Instant::now();
+    // Called from inside a test's runtime, which cannot block on another
+    // runtime on its own thread.
+    let engine = std::thread::spawn(move || runtime.block_on(Engine::load(&config.model)))
+        .join()
+        .expect("the loader thread")
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    eprintln!("model loaded in {:.1}s", started.elapsed().as_secs_f64());
+    Arc::new(engine)
 }
 
 /// Engine-bound tests take turns: greedy outputs are compared across
@@ -152,7 +154,12 @@ pub fn serve_args_without_credential(extra: &[&str]) -> ServeArgs {
 
 /// Starts a server on the shared model and waits until it is ready.
 pub async fn server(extra: &[&str]) -> ServerHandle {
-    let mut handle = start(serve_args(extra), ModelSource::Loaded(engine()))
+    server_on(engine(), extra).await
+}
+
+/// Starts a server on this engine and waits until it is ready.
+pub async fn server_on(engine: Arc<Engine>, extra: &[&str]) -> ServerHandle {
+    let mut handle = start(serve_args(extra), ModelSource::Loaded(engine))
         .await
         .expect("server starts");
     handle.ready().await.expect("server becomes ready");
