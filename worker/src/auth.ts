@@ -37,6 +37,8 @@ export interface Caller {
 	keyed: boolean;
 	/** may send x-backhaul-route */
 	routeHint: boolean;
+	/** the first 16 hex digits of the key's SHA-256, for the access log (never the key); null when anonymous */
+	keyHash: string | null;
 }
 
 export class KeyConfigError extends Error {}
@@ -123,12 +125,14 @@ async function matchDigest(token: string, digests: readonly ArrayBuffer[]): Prom
 /**
  * 401 when the request has no key or a wrong one, or when no key is
  * configured and ALLOW_ANONYMOUS is not "true"; 429 when the key is over its
- * rate limit. Returns the caller and what it may do.
+ * rate limit. Returns the caller and what it may do. `seen.keyHash` is set
+ * as soon as the key matched, so a request refused by the rate limit is
+ * still logged with it.
  */
-export async function authenticate(request: Request, env: Env): Promise<Caller> {
+export async function authenticate(request: Request, env: Env, seen?: { keyHash: string | null }): Promise<Caller> {
 	const table = await keyTable(env);
 	if (table.keys.length === 0) {
-		if (env.ALLOW_ANONYMOUS === "true") return { keyed: false, routeHint: env.ALLOW_ANONYMOUS_ROUTE_HINT === "true" };
+		if (env.ALLOW_ANONYMOUS === "true") return { keyed: false, routeHint: env.ALLOW_ANONYMOUS_ROUTE_HINT === "true", keyHash: null };
 		throw new ApiError(
 			401,
 			"authentication_error",
@@ -150,10 +154,12 @@ export async function authenticate(request: Request, env: Env): Promise<Caller> 
 			"www-authenticate": 'Bearer realm="backhaul", error="invalid_token"',
 		});
 	}
+	const keyDigest = hex(table.digests[index]!);
+	if (seen) seen.keyHash = keyDigest.slice(0, 16);
 	const limiter = (env as { KEY_RATE_LIMITER?: RateLimit }).KEY_RATE_LIMITER;
 	if (limiter) {
 		// The limiter sees a digest prefix, never the key itself.
-		const { success } = await limiter.limit({ key: `key:${hex(table.digests[index]!).slice(0, 32)}` });
+		const { success } = await limiter.limit({ key: `key:${keyDigest.slice(0, 32)}` });
 		if (!success) {
 			const period = Number(env.RATE_LIMIT_PERIOD_SECONDS) || 60;
 			throw new ApiError(429, "rate_limit_error", "rate_limit_exceeded", `Rate limit reached for this API key; retry after ${period} s.`, null, {
@@ -161,11 +167,11 @@ export async function authenticate(request: Request, env: Env): Promise<Caller> 
 			});
 		}
 	}
-	return { keyed: true, routeHint: table.keys[index]!.routeHint };
+	return { keyed: true, routeHint: table.keys[index]!.routeHint, keyHash: keyDigest.slice(0, 16) };
 }
 
 /** 403 when the caller sent x-backhaul-route without the right to. */
-export function checkRouteHint(caller: Caller, hinted: boolean): void {
+export function checkRouteHint(caller: Pick<Caller, "keyed" | "routeHint">, hinted: boolean): void {
 	if (!hinted || caller.routeHint) return;
 	throw new ApiError(
 		403,

@@ -6,6 +6,7 @@
  * plus 3 for the reply's priming: about four characters per token for English
  * text (OpenAI's rule of thumb) and the chat template's few tokens per message.
  * It errs high on code and non-Latin text, which only sends more to regions.
+ * A legacy completion's prompt has no template: ceil(chars(prompt) / 4).
  */
 import type { Routing } from "./route";
 
@@ -40,6 +41,9 @@ export function estimatePromptTokens(messages: readonly ChatMessage[]): number {
 	return tokens;
 }
 
+/** A legacy completion's prompt: no chat template around it. */
+export const estimateTextTokens = (prompt: string): number => Math.ceil(prompt.length / CHARS_PER_TOKEN);
+
 /** `x-backhaul-route`: `region` forces a region; `edge` asks for the edge when the model has one. */
 export type RouteHint = "region" | "edge" | null;
 
@@ -69,14 +73,15 @@ export interface Classification {
  * thresholds (a threshold of 0 makes every request heavy). `edge` from the
  * client overrides the thresholds, not a missing edge model.
  */
-export function classify(input: {
-	edgeModel: string | null;
-	routing: Pick<Routing, "heavyPromptTokens" | "heavyMaxTokens">;
-	messages: readonly ChatMessage[];
-	maxTokens: number | null;
-	hint: RouteHint;
-}): Classification {
-	const promptTokens = estimatePromptTokens(input.messages);
+export function classify(
+	input: {
+		edgeModel: string | null;
+		routing: Pick<Routing, "heavyPromptTokens" | "heavyMaxTokens">;
+		maxTokens: number | null;
+		hint: RouteHint;
+	} & ({ messages: readonly ChatMessage[] } | { prompt: string }),
+): Classification {
+	const promptTokens = "prompt" in input ? estimateTextTokens(input.prompt) : estimatePromptTokens(input.messages);
 	const c = (tier: Tier, reason: Classification["reason"]): Classification => ({ tier, reason, promptTokens });
 	if (input.edgeModel === null) return c("region", "no-edge-model");
 	if (input.hint === "region") return c("region", "client-asked-region");

@@ -1,11 +1,13 @@
 /**
- * Light requests on Workers AI, answered in OpenAI's shapes. `run` throwing
- * (binding absent, model error, capacity) makes the caller fall back to a
- * region; a failure after the stream began ends it with an error event.
+ * Light requests on Workers AI, answered in OpenAI's shapes: chat requests
+ * as `chat.completion` (chunks), legacy completions as `text_completion`.
+ * `run` throwing (binding absent, model error, capacity) makes the caller
+ * fall back to a region; a failure after the stream began ends it with an
+ * error event.
  */
 import { contentChars, type ChatMessage } from "./classify";
 import { sseErrorEvent } from "./errors";
-import type { ChatRequest } from "./request";
+import type { ChatRequest, GenerationRequest } from "./request";
 
 /** The part of the AI binding this Worker uses. */
 export interface AiRunner {
@@ -14,16 +16,25 @@ export interface AiRunner {
 
 const PASSED_OPTIONS = ["temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty", "repetition_penalty"];
 
-/** Workers AI text-generation input from an OpenAI request: text-only messages, numeric options. */
-export function edgeInputs(req: ChatRequest): Record<string, unknown> {
-	const messages = req.messages.map((m: ChatMessage) => ({
-		role: m.role,
-		content: typeof m.content === "string" ? m.content : textOf(m.content),
-	}));
-	const inputs: Record<string, unknown> = { messages, stream: req.stream };
+/**
+ * Workers AI text-generation input from an OpenAI request: text-only messages
+ * (the caller has refused any other content part: request.ts's nonTextPart),
+ * or a completion's prompt as it is (`raw`: no chat template), and the
+ * numeric options.
+ */
+export function edgeInputs(req: GenerationRequest): Record<string, unknown> {
+	const inputs: Record<string, unknown> =
+		req.api === "completions" ? { prompt: req.prompt, raw: true, stream: req.stream } : { messages: chatMessages(req), stream: req.stream };
 	if (req.maxTokens !== null) inputs.max_tokens = req.maxTokens;
 	for (const k of PASSED_OPTIONS) if (typeof req.raw[k] === "number") inputs[k] = req.raw[k];
 	return inputs;
+}
+
+function chatMessages(req: ChatRequest) {
+	return req.messages.map((m: ChatMessage) => ({
+		role: m.role,
+		content: typeof m.content === "string" ? m.content : textOf(m.content),
+	}));
 }
 
 function textOf(content: unknown): string {
@@ -33,15 +44,24 @@ function textOf(content: unknown): string {
 		.join("");
 }
 
-const completionId = () => `chatcmpl-${crypto.randomUUID().replaceAll("-", "")}`;
+const completionId = (api: GenerationRequest["api"] = "chat") => `${api === "chat" ? "chatcmpl" : "cmpl"}-${crypto.randomUUID().replaceAll("-", "")}`;
+
+/** The text of a non-streaming Workers AI result (`{response}`, or OpenAI-style choices). */
+function resultText(result: unknown): string {
+	const r = (result ?? {}) as { response?: unknown; choices?: unknown };
+	if (typeof r.response === "string") return r.response;
+	if (r.response !== undefined && r.response !== null) return JSON.stringify(r.response);
+	if (Array.isArray(r.choices)) {
+		const c = r.choices[0] as { message?: { content?: unknown }; text?: unknown } | undefined;
+		return String(c?.message?.content ?? c?.text ?? "");
+	}
+	return "";
+}
 
 /** A non-streaming Workers AI result (`{response, usage}`) as an OpenAI chat.completion. */
 export function toChatCompletion(result: unknown, model: string, nowSeconds: number): Record<string, unknown> {
-	const r = (result ?? {}) as { response?: unknown; usage?: unknown; choices?: unknown };
-	let content = "";
-	if (typeof r.response === "string") content = r.response;
-	else if (r.response !== undefined && r.response !== null) content = JSON.stringify(r.response);
-	else if (Array.isArray(r.choices)) content = String((r.choices[0] as { message?: { content?: unknown } })?.message?.content ?? "");
+	const r = (result ?? {}) as { usage?: unknown };
+	const content = resultText(result);
 	return {
 		id: completionId(),
 		object: "chat.completion",
@@ -60,22 +80,41 @@ export function eventText(payload: unknown): string {
 	return typeof c === "string" ? c : "";
 }
 
+/** A non-streaming Workers AI result as an OpenAI (legacy) text_completion. */
+export function toTextCompletion(result: unknown, model: string, nowSeconds: number): Record<string, unknown> {
+	const r = (result ?? {}) as { usage?: unknown };
+	return {
+		id: completionId("completions"),
+		object: "text_completion",
+		created: nowSeconds,
+		model,
+		choices: [{ index: 0, text: resultText(result), logprobs: null, finish_reason: "stop" }],
+		...(r.usage ? { usage: r.usage } : {}),
+	};
+}
+
 /**
- * Converts a Workers AI SSE stream into OpenAI chat.completion.chunk events,
- * chunk by chunk (nothing is held back beyond an incomplete line).
+ * Converts a Workers AI SSE stream into OpenAI chat.completion.chunk events
+ * (`api` "completions": text_completion events), chunk by chunk (nothing is
+ * held back beyond an incomplete line).
  */
-export function toOpenAiStream(source: ReadableStream<Uint8Array>, model: string, nowSeconds: number): ReadableStream<Uint8Array> {
-	const id = completionId();
+export function toOpenAiStream(
+	source: ReadableStream<Uint8Array>,
+	model: string,
+	nowSeconds: number,
+	api: GenerationRequest["api"] = "chat",
+): ReadableStream<Uint8Array> {
+	const id = completionId(api);
 	const enc = new TextEncoder();
 	const dec = new TextDecoder();
-	const chunk = (delta: Record<string, unknown>, finish: string | null, usage?: unknown) =>
+	const chunk = (delta: { role?: string; content?: string }, finish: string | null, usage?: unknown) =>
 		enc.encode(
 			`data: ${JSON.stringify({
 				id,
-				object: "chat.completion.chunk",
+				object: api === "chat" ? "chat.completion.chunk" : "text_completion",
 				created: nowSeconds,
 				model,
-				choices: [{ index: 0, delta, finish_reason: finish }],
+				choices: [api === "chat" ? { index: 0, delta, finish_reason: finish } : { index: 0, text: delta.content ?? "", logprobs: null, finish_reason: finish }],
 				...(usage ? { usage } : {}),
 			})}\n\n`,
 		);
@@ -86,7 +125,8 @@ export function toOpenAiStream(source: ReadableStream<Uint8Array>, model: string
 
 	return new ReadableStream<Uint8Array>({
 		start(controller) {
-			controller.enqueue(chunk({ role: "assistant", content: "" }, null));
+			// A chat stream opens with the assistant's role; a completion has none.
+			if (api === "chat") controller.enqueue(chunk({ role: "assistant", content: "" }, null));
 		},
 		async pull(controller) {
 			try {

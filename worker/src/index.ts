@@ -1,52 +1,78 @@
 /**
  * Backhaul's routing Worker: an OpenAI-compatible front door that answers
- * light chat completions on Workers AI at the edge and sends heavy ones to
- * the nearest live GPU region, failing over between regions. The operator
- * keeps the route table current through the signed admin API
+ * light chat and (legacy) completions on Workers AI at the edge and sends
+ * heavy ones to the nearest live GPU region, failing over between regions.
+ * The operator keeps the route table current through the signed admin API
  * (docs/publication.md). Decisions live in pure modules (classify, rank,
- * failover, route, signature); this file wires them to I/O.
+ * failover, route, signature, trace, access-log); this file wires them to I/O.
  */
+import { accessRecord, newAccessInfo, usageOf, type AccessInfo, type StreamEnd } from "./access-log";
 import { handleAdmin, ADMIN_ROOT } from "./admin";
 import { authenticate, checkRouteHint, type Caller } from "./auth";
 import { classify, parseRouteHint, type Classification } from "./classify";
-import { edgeInputs, toChatCompletion, toOpenAiStream, withFirstChunk, type AiRunner } from "./edge";
+import { edgeInputs, toChatCompletion, toOpenAiStream, toTextCompletion, withFirstChunk, type AiRunner } from "./edge";
 import { ApiError, badRequest } from "./errors";
-import { cooldownUntil, DEFAULT_MAX_UPSTREAM_BODY_BYTES, forwardToRegions } from "./proxy";
+import { cooldownUntil, DEFAULT_MAX_UPSTREAM_BODY_BYTES, forwardToRegions, type RegionAttemptLog, type UpstreamPath } from "./proxy";
 import { locationFromCf, parseLocation, rankRegions, isLive, type LatLon } from "./rank";
-import { DEFAULT_MAX_TOKENS_LIMIT, parseChatRequest, readBodyCapped, type ChatRequest } from "./request";
+import { DEFAULT_MAX_TOKENS_LIMIT, nonTextPart, parseChatRequest, parseCompletionRequest, readBodyCapped, type GenerationRequest } from "./request";
 import { routeKey, type StoredRoute } from "./route";
 import { loadCatalog, loadModel } from "./route-cache";
+import { traceContext, upstreamTraceHeaders, type TraceContext } from "./trace";
 import { positiveIntVar } from "./vars";
 
 export { RouteTable } from "./table";
 
 const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
 
+/** The generation endpoints: each is forwarded to the same path at a region. */
+const GENERATION_PATHS: Record<string, { path: UpstreamPath; parse: (body: Uint8Array, maxTokensLimit: number) => GenerationRequest }> = {
+	"/v1/chat/completions": { path: "/v1/chat/completions", parse: parseChatRequest },
+	"/v1/completions": { path: "/v1/completions", parse: parseCompletionRequest },
+};
+
 export default {
 	async fetch(request, env, ctx): Promise<Response> {
-		return noSniff(await handle(request, env, ctx));
+		const started = Date.now();
+		const url = new URL(request.url);
+		const trace = traceContext(request.headers);
+		const info = newAccessInfo();
+		const response = ownHeaders(await handle(request, env, ctx, url, trace, info), trace);
+		if (url.pathname.startsWith("/v1/")) {
+			const log = (streamEnd: StreamEnd | null) =>
+				console.log(
+					JSON.stringify(
+						accessRecord({ trace, method: request.method, path: url.pathname, status: response.status, info, streamEnd, durationMs: Date.now() - started }),
+					),
+				);
+			// A relayed stream is logged once it has ended.
+			if (info.streamEnd) ctx.waitUntil(info.streamEnd.then(log, () => log(null)));
+			else log(null);
+		}
+		return response;
 	},
 } satisfies ExportedHandler<Env>;
 
 /**
- * Every answer is marked `x-content-type-options: nosniff`: a browser never
+ * Every answer carries the request id (the client's or the Worker's; trace.ts)
+ * and is marked `x-content-type-options: nosniff`: a browser never
  * second-guesses the Worker's content-type (an upstream body is only ever
  * served as application/json or text/event-stream).
  */
-function noSniff(response: Response): Response {
+function ownHeaders(response: Response, trace: TraceContext): Response {
+	const set = (r: Response) => {
+		r.headers.set("x-content-type-options", "nosniff");
+		r.headers.set("x-request-id", trace.requestId);
+		return r;
+	};
 	try {
-		response.headers.set("x-content-type-options", "nosniff");
-		return response;
+		return set(response);
 	} catch {
 		// Immutable headers (a fetch's response): copy them.
-		const copy = new Response(response.body, response);
-		copy.headers.set("x-content-type-options", "nosniff");
-		return copy;
+		return set(new Response(response.body, response));
 	}
 }
 
-async function handle(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
-	const url = new URL(request.url);
+async function handle(request: Request, env: Env, ctx: ExecutionContext, url: URL, trace: TraceContext, info: AccessInfo): Promise<Response> {
 	try {
 		if (url.pathname === "/health") {
 			if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed("GET");
@@ -57,13 +83,14 @@ async function handle(request: Request, env: Env, ctx: ExecutionContext): Promis
 		}
 		if (url.pathname === "/v1/models") {
 			if (request.method !== "GET") throw methodNotAllowed("GET");
-			await authenticate(request, env);
+			await authenticate(request, env, info);
 			return await listModels(env);
 		}
-		if (url.pathname === "/v1/chat/completions") {
+		const generation = GENERATION_PATHS[url.pathname];
+		if (generation) {
 			if (request.method !== "POST") throw methodNotAllowed("POST");
-			const caller = await authenticate(request, env);
-			return await chatCompletions(request, env, ctx, caller);
+			const caller = await authenticate(request, env, info);
+			return await generate(request, env, ctx, caller, generation, trace, info);
 		}
 		throw new ApiError(404, "not_found_error", "not_found", `No route for ${request.method} ${url.pathname}.`);
 	} catch (err) {
@@ -113,25 +140,59 @@ function accessHeaders(env: Env): Record<string, string> {
 	return id && secret ? { "cf-access-client-id": id, "cf-access-client-secret": secret } : {};
 }
 
-async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext, caller: Caller): Promise<Response> {
+/**
+ * A chat or legacy completion: the same classification, edge attempt and
+ * region failover for both; only the parsing, the edge's answer shape and
+ * the region's path differ.
+ */
+async function generate(
+	request: Request,
+	env: Env,
+	ctx: ExecutionContext,
+	caller: Caller,
+	endpoint: (typeof GENERATION_PATHS)[string],
+	trace: TraceContext,
+	info: AccessInfo,
+): Promise<Response> {
 	const body = await readBodyCapped(request, positiveIntVar(env.MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES));
-	const chat = parseChatRequest(body, positiveIntVar(env.MAX_TOKENS_LIMIT, DEFAULT_MAX_TOKENS_LIMIT));
+	const req = endpoint.parse(body, positiveIntVar(env.MAX_TOKENS_LIMIT, DEFAULT_MAX_TOKENS_LIMIT));
+	info.model = req.model;
+	info.stream = req.stream;
+	if (req.api === "chat") {
+		// Neither tier takes anything but text (request.ts): refused, never dropped.
+		const part = nonTextPart(req.messages);
+		if (part) {
+			throw badRequest(
+				`'${part.at}' is a '${part.type}' part; this model takes text only (its edge and regions are text models): send text content parts.`,
+				"messages",
+				"unsupported_content_part",
+			);
+		}
+	}
 	const hint = parseRouteHint(request.headers.get("x-backhaul-route"));
 	if (hint === "invalid") throw badRequest("x-backhaul-route must be 'edge' or 'region'.", "x-backhaul-route");
 	checkRouteHint(caller, hint !== null);
 
 	const nowMs = Date.now();
-	const { routes: modelRoutes, edgeServed } = await loadModel(env, chat.model, nowMs);
+	const { routes: modelRoutes, edgeServed } = await loadModel(env, req.model, nowMs);
 	const ref = referenceRoute(modelRoutes, nowMs);
 	// A client may also name an edge model itself: it runs only at the edge.
 	const edgeOnly = !ref && edgeServed;
 	if (!ref && !edgeOnly) {
-		throw new ApiError(404, "not_found_error", "model_not_found", `The model '${chat.model}' does not exist or is not published.`, "model");
+		throw new ApiError(404, "not_found_error", "model_not_found", `The model '${req.model}' does not exist or is not published.`, "model");
 	}
 	const classification: Classification = edgeOnly
 		? { tier: "edge", reason: "client-asked-edge", promptTokens: 0 }
-		: classify({ edgeModel: ref!.edgeModel, routing: ref!.routing, messages: chat.messages, maxTokens: chat.maxTokens, hint });
-	const edgeModel = edgeOnly ? chat.model : ref!.edgeModel;
+		: classify({
+				edgeModel: ref!.edgeModel,
+				routing: ref!.routing,
+				maxTokens: req.maxTokens,
+				hint,
+				...(req.api === "chat" ? { messages: req.messages } : { prompt: req.prompt }),
+			});
+	const edgeModel = edgeOnly ? req.model : ref!.edgeModel;
+	info.tier = classification.tier;
+	info.reason = classification.reason;
 
 	let attempts = 0;
 	let edgeFailure: string | null = null;
@@ -140,24 +201,29 @@ async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext
 		if (!ai) edgeFailure = "the AI binding is not configured";
 		else {
 			attempts++;
+			const edgeStarted = Date.now();
 			try {
-				const result = await ai.run(edgeModel, edgeInputs(chat));
-				return withRouting(await edgeResponse(result, chat), { tier: "edge", region: "edge", attempts, classification });
+				const result = await ai.run(edgeModel, edgeInputs(req));
+				const response = await edgeResponse(result, req);
+				info.attempts.push({ region: "edge", outcome: "answered", ttfbMs: Date.now() - edgeStarted });
+				if (!req.stream) info.usage = usageOf(result);
+				return withRouting(response, { tier: "edge", region: "edge", attempts, classification });
 			} catch (err) {
 				edgeFailure = `Workers AI failed: ${String(err)}`;
+				info.attempts.push({ region: "edge", outcome: edgeFailure.slice(0, 200), ttfbMs: null });
 				console.warn("edge failed, falling back to a region", { model: edgeModel, error: String(err) });
 			}
 		}
 	}
 	if (edgeOnly) {
-		throw new ApiError(503, "service_unavailable", "edge_unavailable", `The edge model '${chat.model}' is unavailable (${edgeFailure}) and no region serves it.`);
+		throw new ApiError(503, "service_unavailable", "edge_unavailable", `The edge model '${req.model}' is unavailable (${edgeFailure}) and no region serves it.`);
 	}
 
 	// A location only orders two or more routes (reading request.cf parses it).
 	const ordering = modelRoutes.length > 1;
 	const ranked = rankRegions({
 		routes: modelRoutes,
-		model: chat.model,
+		model: req.model,
 		client: ordering ? clientLocation(request, env) : null,
 		fallback: ordering ? parseLocation(env.DEFAULT_LOCATION) : null,
 		nowMs,
@@ -169,28 +235,36 @@ async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext
 		const cooling = modelRoutes.filter((r) => isLive(r, nowMs, new Map())).map((r) => cooldownUntil.get(routeKey(r)) ?? nowMs);
 		if (cooling.length > 0) {
 			const retryAfter = String(Math.max(1, Math.ceil((Math.min(...cooling) - nowMs) / 1000)));
-			throw new ApiError(429, "rate_limit_error", "regions_saturated", `Every region serving '${chat.model}' is saturated; retry after ${retryAfter} s.`, null, {
+			throw new ApiError(429, "rate_limit_error", "regions_saturated", `Every region serving '${req.model}' is saturated; retry after ${retryAfter} s.`, null, {
 				...attemptsHeader,
 				"retry-after": retryAfter,
 			});
 		}
 		const message = edgeFailure
-			? `No live region serves '${chat.model}', and the edge could not take the request: ${edgeFailure}.`
-			: `No live region serves '${chat.model}', and this request needs one (${classification.reason}).`;
+			? `No live region serves '${req.model}', and the edge could not take the request: ${edgeFailure}.`
+			: `No live region serves '${req.model}', and this request needs one (${classification.reason}).`;
 		throw new ApiError(503, "service_unavailable", "no_live_region", message, null, attemptsHeader);
 	}
 	const maxAttempts = ranked.routes[0]!.routing.failoverAttempts;
+	info.tier = "region";
+	// The region attempts, in the access log after the edge's (if any).
+	const regionLog: RegionAttemptLog[] = [];
 	try {
 		const result = await forwardToRegions({
 			routes: ranked.routes,
+			path: endpoint.path,
 			body,
-			stream: chat.stream,
+			stream: req.stream,
 			maxAttempts,
 			clientSignal: request.signal,
 			ctx,
 			accessHeaders: accessHeaders(env),
 			maxUpstreamBodyBytes: positiveIntVar(env.MAX_UPSTREAM_BODY_BYTES, DEFAULT_MAX_UPSTREAM_BODY_BYTES),
+			traceHeaders: () => upstreamTraceHeaders(trace),
+			log: regionLog,
 		});
+		info.usage = result.usage;
+		info.streamEnd = result.streamEnd;
 		const region = ranked.routes[result.attempts - 1]!.region;
 		return withRouting(result.response, { tier: "region", region, attempts: attempts + result.attempts, classification });
 	} catch (err) {
@@ -199,19 +273,21 @@ async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext
 			throw new ApiError(err.status, err.type, err.code, err.message, err.param, { ...err.headers, "x-backhaul-attempts": String(attempts + tried) });
 		}
 		throw err;
+	} finally {
+		info.attempts.push(...regionLog);
 	}
 }
 
-async function edgeResponse(result: unknown, chat: ChatRequest): Promise<Response> {
+async function edgeResponse(result: unknown, req: GenerationRequest): Promise<Response> {
 	const created = Math.floor(Date.now() / 1000);
-	if (chat.stream) {
+	if (req.stream) {
 		if (!(result instanceof ReadableStream)) throw new Error("Workers AI returned no stream");
 		const source = await withFirstChunk(result as ReadableStream<Uint8Array>);
-		return new Response(toOpenAiStream(source, chat.model, created), {
+		return new Response(toOpenAiStream(source, req.model, created, req.api), {
 			headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
 		});
 	}
-	return Response.json(toChatCompletion(result, chat.model, created));
+	return Response.json(req.api === "chat" ? toChatCompletion(result, req.model, created) : toTextCompletion(result, req.model, created));
 }
 
 function withRouting(

@@ -9,9 +9,13 @@
  * is forwarded. A region's answer is trusted no further than needed:
  * redirects are not followed, a non-streamed or error body is read up to
  * maxUpstreamBodyBytes and no further, a 2xx must be JSON (or SSE when
- * streaming), the client-facing content-type is the Worker's own, and only
- * PASSED_UPSTREAM_HEADERS reach the client.
+ * streaming), the client-facing content-type is the Worker's own, and none of
+ * the region's headers reach the client.
+ *
+ * Every attempt is recorded in the caller's log (region, outcome, time to
+ * response headers) for the access log (access-log.ts).
  */
+import { usageOf, type StreamEnd, type Usage } from "./access-log";
 import { decide, type AttemptOutcome, type FailureKind } from "./failover";
 import { ApiError, sseErrorEvent } from "./errors";
 import { readStreamCapped } from "./request";
@@ -21,29 +25,27 @@ import { SseWatcher } from "./sse";
 /** MAX_UPSTREAM_BODY_BYTES when unset or not a positive integer: 4 MiB. */
 export const DEFAULT_MAX_UPSTREAM_BODY_BYTES = 4 * 1024 * 1024;
 
-/**
- * The region's response headers a client may see (lower case). Everything
- * else a region (or the ingress in front of it) sets, such as set-cookie,
- * server, x-powered-by, content-security-policy or CORS headers, stays at
- * the Worker: the Worker sets content-type and cache-control itself.
- * `x-request-id` is backhaul-inference's request id, for matching a client's
- * answer with the region's logs; it passes only as visible ASCII of at most
- * 128 characters.
- */
-export const PASSED_UPSTREAM_HEADERS: readonly string[] = ["x-request-id"];
-
 /** 429 cooldowns, per route, for this isolate: key → until (ms since epoch). */
 export const cooldownUntil = new Map<string, number>();
 
 export interface RegionAttemptLog {
 	region: string;
 	outcome: string;
+	/** ms from sending the request to the response headers; null when none came */
+	ttfbMs: number | null;
 }
+
+/** The OpenAI endpoints the regions serve, as the Worker forwards them. */
+export type UpstreamPath = "/v1/chat/completions" | "/v1/completions";
 
 export interface RegionResult {
 	response: Response;
 	attempts: number;
 	log: RegionAttemptLog[];
+	/** the answer's token counts, for a non-streamed 2xx that has them */
+	usage: Usage | null;
+	/** for a relayed stream: resolves when it ends, with how */
+	streamEnd: Promise<StreamEnd> | null;
 }
 
 class ClientGone extends Error {}
@@ -57,6 +59,8 @@ interface Attempt {
 	/** clears the attempt's timer and stops watching the client */
 	done: () => void;
 	timedOut: () => boolean;
+	/** ms until the response headers; null when none came */
+	ttfbMs: number | null;
 	/** called once the client disconnects, after the upstream fetch is aborted */
 	onClientGone?: () => void;
 }
@@ -68,7 +72,14 @@ interface Attempt {
  * itself for what is left of the total, so a stream that ends before
  * firstByteTimeoutMs sets and clears one timer.
  */
-async function attempt(route: StoredRoute, body: Uint8Array, clientSignal: AbortSignal | undefined, accessHeaders: Record<string, string>): Promise<Attempt> {
+async function attempt(
+	route: StoredRoute,
+	path: UpstreamPath,
+	body: Uint8Array,
+	clientSignal: AbortSignal | undefined,
+	accessHeaders: Record<string, string>,
+	traceHeaders: Record<string, string>,
+): Promise<Attempt> {
 	const controller = new AbortController();
 	const { firstByteTimeoutMs, requestTimeoutMs } = route.routing;
 	const started = Date.now();
@@ -100,15 +111,16 @@ async function attempt(route: StoredRoute, body: Uint8Array, clientSignal: Abort
 		clearTimeout(timer);
 		clientSignal?.removeEventListener("abort", onClientAbort);
 	};
-	const base = { controller, done, timedOut: () => totalFired };
+	const base = { controller, done, timedOut: () => totalFired, ttfbMs: null };
 	try {
-		const response = await fetch(`${route.endpoint}/v1/chat/completions`, {
+		const response = await fetch(`${route.endpoint}${path}`, {
 			method: "POST",
 			// A fresh header set: never the client's Authorization (its Backhaul
 			// API key), cookies or anything else it sent.
 			headers: {
 				"content-type": "application/json",
 				accept: "application/json, text/event-stream",
+				...traceHeaders,
 				...accessHeaders,
 				authorization: `Bearer ${route.upstreamToken}`,
 			},
@@ -118,7 +130,7 @@ async function attempt(route: StoredRoute, body: Uint8Array, clientSignal: Abort
 			redirect: "manual",
 		});
 		headersIn = true;
-		a = { ...base, response, outcome: { kind: "response", status: response.status, retryAfter: response.headers.get("retry-after") } };
+		a = { ...base, ttfbMs: Date.now() - started, response, outcome: { kind: "response", status: response.status, retryAfter: response.headers.get("retry-after") } };
 		return a;
 	} catch (err) {
 		done();
@@ -142,31 +154,20 @@ export function isJsonType(contentType: string | null): boolean {
 	return t === "application/json" || (t.startsWith("application/") && t.endsWith("+json"));
 }
 
-/** A passed header's value: visible ASCII, at most 128 characters (a request id, not a payload). */
-const PASSABLE_VALUE = /^[\x21-\x7e]{1,128}$/;
-
-/** The allowlisted upstream headers, with the Worker's own on top. */
-function clientHeaders(upstream: Response, own: Record<string, string>): Headers {
-	const headers = new Headers();
-	for (const name of PASSED_UPSTREAM_HEADERS) {
-		const v = upstream.headers.get(name);
-		if (v !== null && PASSABLE_VALUE.test(v)) headers.set(name, v);
-	}
-	for (const [k, v] of Object.entries(own)) headers.set(k, v);
-	return headers;
-}
-
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
 
-/** Whether `bytes` are UTF-8 JSON; `object`: and a JSON object. */
-function parsesAsJson(bytes: Uint8Array, object = false): boolean {
+const NOT_JSON = Symbol("not JSON");
+
+/** `bytes` as UTF-8 JSON, or NOT_JSON. */
+function parseJson(bytes: Uint8Array): unknown {
 	try {
-		const v: unknown = JSON.parse(utf8.decode(bytes));
-		return !object || (typeof v === "object" && v !== null && !Array.isArray(v));
+		return JSON.parse(utf8.decode(bytes));
 	} catch {
-		return false;
+		return NOT_JSON;
 	}
 }
+
+const isJsonObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
 
 /**
  * Sends the request to `routes` in order, at most `maxAttempts` of them.
@@ -177,6 +178,8 @@ function parsesAsJson(bytes: Uint8Array, object = false): boolean {
  */
 export async function forwardToRegions(opts: {
 	routes: readonly StoredRoute[];
+	/** the endpoint asked for, at every region */
+	path: UpstreamPath;
 	body: Uint8Array;
 	stream: boolean;
 	maxAttempts: number;
@@ -187,27 +190,31 @@ export async function forwardToRegions(opts: {
 	accessHeaders?: Record<string, string>;
 	/** most bytes read from a non-streamed or error response; DEFAULT_MAX_UPSTREAM_BODY_BYTES if absent */
 	maxUpstreamBodyBytes?: number;
+	/** headers for each attempt (the request id and a traceparent with a new span) */
+	traceHeaders?: () => Record<string, string>;
+	/** filled with every attempt as it ends; kept by the caller when every attempt fails */
+	log?: RegionAttemptLog[];
 }): Promise<RegionResult> {
 	const now = opts.nowMs ?? Date.now;
 	const cap = opts.maxUpstreamBodyBytes ?? DEFAULT_MAX_UPSTREAM_BODY_BYTES;
 	const accessHeaders = opts.accessHeaders ?? {};
-	const log: RegionAttemptLog[] = [];
+	const log: RegionAttemptLog[] = opts.log ?? [];
 	const tried = opts.routes.slice(0, Math.max(1, opts.maxAttempts));
 	let saturated = 0;
 	let badResponses = 0;
 	let shortestCooldownMs = Infinity;
 	const clientGone = () => new ApiError(499, "invalid_request_error", "client_closed_request", "Client closed the request.");
-	const failed = (route: StoredRoute, outcome: string, failure: FailureKind) => {
+	const failed = (route: StoredRoute, a: Attempt, outcome: string, failure: FailureKind) => {
 		if (failure === "bad-response") {
 			badResponses++;
 			console.warn("region answered with a response the Worker does not accept", { region: route.region, endpoint: route.endpoint, outcome });
 		}
-		log.push({ region: route.region, outcome });
+		log.push({ region: route.region, outcome, ttfbMs: a.ttfbMs });
 	};
 	for (const route of tried) {
 		let a: Attempt;
 		try {
-			a = await attempt(route, opts.body, opts.clientSignal, accessHeaders);
+			a = await attempt(route, opts.path, opts.body, opts.clientSignal, accessHeaders, opts.traceHeaders?.() ?? {});
 		} catch (err) {
 			if (err instanceof ClientGone) throw clientGone();
 			throw err;
@@ -233,7 +240,7 @@ export async function forwardToRegions(opts: {
 					cfAccess: "cf-access-client-id" in accessHeaders,
 				});
 			}
-			failed(route, decision.reason, decision.failure);
+			failed(route, a, decision.reason, decision.failure);
 			continue;
 		}
 		const upstream = a.response!;
@@ -245,9 +252,10 @@ export async function forwardToRegions(opts: {
 		if (ok && !(opts.stream ? mediaType(contentType) === "text/event-stream" : isJsonType(contentType))) {
 			a.done();
 			await upstream.body?.cancel().catch(() => {});
-			failed(route, `upstream ${upstream.status} with content-type '${quotedType(contentType)}', not ${opts.stream ? "text/event-stream" : "JSON"}`, "bad-response");
+			failed(route, a, `upstream ${upstream.status} with content-type '${quotedType(contentType)}', not ${opts.stream ? "text/event-stream" : "JSON"}`, "bad-response");
 			continue;
 		}
+		const used = (outcome: string) => log.push({ region: route.region, outcome, ttfbMs: a.ttfbMs });
 		if (!opts.stream || !ok) {
 			// Whole-body answers are read here, so a body that breaks off
 			// still fails over: nothing has reached the client yet. Read up to
@@ -264,35 +272,38 @@ export async function forwardToRegions(opts: {
 			} catch {
 				a.done();
 				if (opts.clientSignal?.aborted) throw clientGone();
-				failed(route, a.timedOut() ? "request timeout" : "body failed", "unavailable");
+				failed(route, a, a.timedOut() ? "request timeout" : "body failed", "unavailable");
 				continue;
 			}
 			a.done();
+			const json = bytes === null ? NOT_JSON : parseJson(bytes);
 			if (ok) {
-				if (bytes === null || !parsesAsJson(bytes)) {
-					failed(route, `upstream ${upstream.status} ${bytes === null ? `body over ${cap} bytes` : "body is not JSON"}`, "bad-response");
+				if (json === NOT_JSON) {
+					failed(route, a, `upstream ${upstream.status} ${bytes === null ? `body over ${cap} bytes` : "body is not JSON"}`, "bad-response");
 					continue;
 				}
-				log.push({ region: route.region, outcome: `upstream ${upstream.status}` });
+				used(`upstream ${upstream.status}`);
 				return {
-					response: new Response(bytes, { status: upstream.status, headers: clientHeaders(upstream, { "content-type": "application/json" }) }),
+					response: new Response(bytes, { status: upstream.status, headers: { "content-type": "application/json" } }),
 					attempts,
 					log,
+					usage: usageOf(json),
+					streamEnd: null,
 				};
 			}
 			// A 4xx that is the client's (400 context too long, 404 model): its
 			// OpenAI error passes through when it is one, else the Worker says so itself.
-			log.push({ region: route.region, outcome: `upstream ${upstream.status}` });
+			used(`upstream ${upstream.status}`);
 			const response =
-				bytes !== null && isJsonType(contentType) && parsesAsJson(bytes, true)
-					? new Response(bytes, { status: upstream.status, headers: clientHeaders(upstream, { "content-type": "application/json" }) })
+				bytes !== null && isJsonType(contentType) && isJsonObject(json)
+					? new Response(bytes, { status: upstream.status, headers: { "content-type": "application/json" } })
 					: new ApiError(
 							upstream.status,
 							"invalid_request_error",
 							"upstream_rejected_request",
 							`The region rejected the request with status ${upstream.status} (${bytes === null ? `its answer was over ${cap} bytes` : `its answer was not a JSON error but '${quotedType(contentType)}'`}).`,
 						).toResponse();
-			return { response, attempts, log };
+			return { response, attempts, log, usage: null, streamEnd: null };
 		}
 		// Hold the headers until the first chunk: a region that answers 200 and
 		// then breaks before sending anything can still be failed over.
@@ -307,7 +318,7 @@ export async function forwardToRegions(opts: {
 			a.done();
 			await reader.cancel().catch(() => {});
 			if (opts.clientSignal?.aborted) throw clientGone();
-			failed(route, a.timedOut() ? "request timeout before the first chunk" : "stream ended before the first chunk", "unavailable");
+			failed(route, a, a.timedOut() ? "request timeout before the first chunk" : "stream ended before the first chunk", "unavailable");
 			continue;
 		}
 		const watcher = new SseWatcher();
@@ -316,11 +327,12 @@ export async function forwardToRegions(opts: {
 			// The region failed before generating anything: nothing has reached the client yet.
 			a.done();
 			await reader.cancel().catch(() => {});
-			failed(route, "error event before the first token", "unavailable");
+			failed(route, a, "error event before the first token", "unavailable");
 			continue;
 		}
-		log.push({ region: route.region, outcome: `upstream ${upstream.status} streaming` });
-		return { response: passThroughStream(upstream, reader, first.value, watcher, a, opts.ctx, opts.clientSignal), attempts, log };
+		used(`upstream ${upstream.status} streaming`);
+		const { response, streamEnd } = passThroughStream(upstream, reader, first.value, watcher, a, opts.ctx, opts.clientSignal);
+		return { response, attempts, log, usage: null, streamEnd };
 	}
 	const detail = log.map((l) => `${l.region}: ${l.outcome}`).join("; ");
 	if (saturated > 0 && saturated === log.length) {
@@ -356,11 +368,12 @@ function passThroughStream(
 	a: Attempt,
 	ctx: ExecutionContext,
 	clientSignal?: AbortSignal,
-): Response {
+): { response: Response; streamEnd: Promise<StreamEnd> } {
 	const { readable, writable } = new IdentityTransformStream();
 	const writer = writable.getWriter();
-	const pump = async () => {
+	const pump = async (): Promise<StreamEnd> => {
 		let clientGone = false;
+		let end: StreamEnd = "done";
 		const stopUpstream = async (reason: string) => {
 			await reader.cancel(reason).catch(() => {});
 			a.controller.abort(new Error(reason));
@@ -379,20 +392,23 @@ function passThroughStream(
 				} catch {
 					clientGone = true;
 					await stopUpstream("client disconnected");
-					return;
+					return "client-gone";
 				}
 				let next: ReadableStreamReadResult<Uint8Array>;
 				try {
 					next = await reader.read();
 				} catch (err) {
-					if (clientGone) return;
+					if (clientGone) return "client-gone";
+					end = "failed";
 					const why = a.timedOut() ? "the region exceeded requestTimeoutMs" : `the region's stream failed (${String(err)})`;
 					await writer.write(encoder.encode(sseErrorEvent(`Upstream failed mid-stream: ${why}.`, "upstream_stream_failed")));
 					break;
 				}
 				if (next.done) {
 					// A region that reported its own error event already told the client.
-					if (!watcher.sawDone && !watcher.sawError) {
+					if (watcher.sawError && !watcher.sawDone) end = "region-error";
+					else if (!watcher.sawDone) {
+						end = "truncated";
 						await writer.write(
 							encoder.encode(sseErrorEvent("Upstream failed mid-stream: the region closed the stream before data: [DONE].", "upstream_stream_truncated")),
 						);
@@ -403,16 +419,19 @@ function passThroughStream(
 				if (!watcher.sawDone) watcher.push(chunk);
 			}
 			await writer.close();
+			return clientGone ? "client-gone" : end;
 		} catch {
 			// The client went away while the error event was being written.
 			await stopUpstream("client disconnected");
+			return "client-gone";
 		} finally {
 			a.done();
 		}
 	};
-	ctx.waitUntil(pump());
-	return new Response(readable, {
-		status: upstream.status,
-		headers: clientHeaders(upstream, { "content-type": "text/event-stream", "cache-control": "no-cache" }),
-	});
+	const streamEnd = pump();
+	ctx.waitUntil(streamEnd);
+	return {
+		response: new Response(readable, { status: upstream.status, headers: { "content-type": "text/event-stream", "cache-control": "no-cache" } }),
+		streamEnd,
+	};
 }

@@ -1,6 +1,6 @@
 /**
- * Client input: bounded body reading and chat request validation. Pure apart
- * from reading the body stream.
+ * Client input: bounded body reading and validation of chat and (legacy)
+ * completion requests. Pure apart from reading the body stream.
  */
 import { ApiError, badRequest } from "./errors";
 import type { ChatMessage } from "./classify";
@@ -50,6 +50,7 @@ export async function readStreamCapped(stream: ReadableStream<Uint8Array>, limit
 }
 
 export interface ChatRequest {
+	api: "chat";
 	model: string;
 	messages: ChatMessage[];
 	stream: boolean;
@@ -64,13 +65,23 @@ const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
 /** MAX_TOKENS_LIMIT when unset or not a positive integer. */
 export const DEFAULT_MAX_TOKENS_LIMIT = 4096;
 
-/**
- * Parses and validates a /v1/chat/completions body (400 naming the field
- * when wrong). `max_tokens` and `max_completion_tokens` may each be at most
- * `maxTokensLimit` (the Worker's MAX_TOKENS_LIMIT): a client cannot hold a
- * GPU for longer than the operator allows.
- */
-export function parseChatRequest(body: Uint8Array, maxTokensLimit = DEFAULT_MAX_TOKENS_LIMIT): ChatRequest {
+/** A /v1/completions request (OpenAI's legacy completions: one prompt string). */
+export interface CompletionRequest {
+	api: "completions";
+	model: string;
+	prompt: string;
+	stream: boolean;
+	/** max_tokens, else null */
+	maxTokens: number | null;
+	/** the parsed body, for options passed on to the edge model */
+	raw: Record<string, unknown>;
+}
+
+/** What one generation endpoint asked for. */
+export type GenerationRequest = ChatRequest | CompletionRequest;
+
+/** A JSON object body with a string `model` and a boolean `stream`, or 400. */
+function parseObject(body: Uint8Array): Record<string, unknown> & { model: string } {
 	let raw: unknown;
 	try {
 		raw = JSON.parse(utf8.decode(body));
@@ -79,8 +90,42 @@ export function parseChatRequest(body: Uint8Array, maxTokensLimit = DEFAULT_MAX_
 	}
 	if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw badRequest("Request body must be a JSON object.");
 	const obj = raw as Record<string, unknown>;
-
 	if (typeof obj.model !== "string" || obj.model === "") throw badRequest("'model' is required and must be a string.", "model");
+	if (obj.stream !== undefined && obj.stream !== null && typeof obj.stream !== "boolean") throw badRequest("'stream' must be a boolean.", "stream");
+	return obj as Record<string, unknown> & { model: string };
+}
+
+/** A token-count field: null when absent, else a positive integer at most `limit` (400 naming it otherwise). */
+function tokenLimit(obj: Record<string, unknown>, f: string, limit: number): number | null {
+	const v = obj[f];
+	if (v === undefined || v === null) return null;
+	if (typeof v !== "number" || !Number.isInteger(v) || v < 1) throw badRequest(`'${f}' must be a positive integer.`, f);
+	if (v > limit) throw badRequest(`'${f}' is ${v}; this endpoint allows at most ${limit}.`, f, "max_tokens_too_large");
+	return v;
+}
+
+/**
+ * Parses and validates a /v1/completions body (400 naming the field when
+ * wrong): `prompt` is one string (backhaul-inference takes exactly one), or
+ * an array holding one string; `max_tokens` at most `maxTokensLimit`.
+ */
+export function parseCompletionRequest(body: Uint8Array, maxTokensLimit = DEFAULT_MAX_TOKENS_LIMIT): CompletionRequest {
+	const obj = parseObject(body);
+	if (obj.prompt === undefined) throw badRequest("'prompt' is required.", "prompt", "missing_required_parameter");
+	const p = obj.prompt;
+	const prompt = typeof p === "string" ? p : Array.isArray(p) && p.length === 1 && typeof p[0] === "string" ? p[0] : null;
+	if (prompt === null) throw badRequest("'prompt' must be a string (one prompt per request).", "prompt");
+	return { api: "completions", model: obj.model, prompt, stream: obj.stream === true, maxTokens: tokenLimit(obj, "max_tokens", maxTokensLimit), raw: obj };
+}
+
+/**
+ * Parses and validates a /v1/chat/completions body (400 naming the field
+ * when wrong). `max_tokens` and `max_completion_tokens` may each be at most
+ * `maxTokensLimit` (the Worker's MAX_TOKENS_LIMIT): a client cannot hold a
+ * GPU for longer than the operator allows.
+ */
+export function parseChatRequest(body: Uint8Array, maxTokensLimit = DEFAULT_MAX_TOKENS_LIMIT): ChatRequest {
+	const obj = parseObject(body);
 	if (obj.messages === undefined) throw badRequest("'messages' is required.", "messages", "missing_required_parameter");
 	if (!Array.isArray(obj.messages) || obj.messages.length === 0) throw badRequest("'messages' must be a non-empty array.", "messages");
 	obj.messages.forEach((m, i) => {
@@ -92,23 +137,36 @@ export function parseChatRequest(body: Uint8Array, maxTokensLimit = DEFAULT_MAX_
 			throw badRequest(`'messages[${i}].content' must be a string or an array of content parts.`, `messages[${i}].content`);
 		}
 	});
-	if (obj.stream !== undefined && obj.stream !== null && typeof obj.stream !== "boolean") throw badRequest("'stream' must be a boolean.", "stream");
-
-	const positiveInt = (f: string): number | null => {
-		const v = obj[f];
-		if (v === undefined || v === null) return null;
-		if (typeof v !== "number" || !Number.isInteger(v) || v < 1) throw badRequest(`'${f}' must be a positive integer.`, f);
-		if (v > maxTokensLimit) throw badRequest(`'${f}' is ${v}; this endpoint allows at most ${maxTokensLimit}.`, f, "max_tokens_too_large");
-		return v;
-	};
-	const maxCompletion = positiveInt("max_completion_tokens");
-	const maxTokens = positiveInt("max_tokens");
+	const maxCompletion = tokenLimit(obj, "max_completion_tokens", maxTokensLimit);
+	const maxTokens = tokenLimit(obj, "max_tokens", maxTokensLimit);
 
 	return {
+		api: "chat",
 		model: obj.model,
 		messages: obj.messages as ChatMessage[],
 		stream: obj.stream === true,
 		maxTokens: maxCompletion ?? maxTokens,
 		raw: obj,
 	};
+}
+
+/**
+ * The first content part that is not text (`image_url`, `input_image`,
+ * `input_audio`, …), as `messages[i].content[j]` and its type; null when
+ * every part is text. Neither tier takes anything else: the edge's Workers
+ * AI text models get text only (edge.ts), and backhaul-inference answers 400
+ * to any other part. Such a request is refused (400 naming `messages`),
+ * never sent on with the part dropped.
+ */
+export function nonTextPart(messages: readonly ChatMessage[]): { at: string; type: string } | null {
+	for (const [i, m] of messages.entries()) {
+		if (!Array.isArray(m.content)) continue;
+		for (const [j, part] of (m.content as unknown[]).entries()) {
+			const p = part as { type?: unknown; text?: unknown } | null;
+			if (typeof p === "object" && p !== null && p.type === "text" && typeof p.text === "string") continue;
+			const type = typeof p === "object" && p !== null && typeof p.type === "string" ? p.type.slice(0, 64) : "unknown";
+			return { at: `messages[${i}].content[${j}]`, type };
+		}
+	}
+	return null;
 }

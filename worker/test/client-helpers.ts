@@ -61,6 +61,11 @@ export async function upstreamHeaders(id: string): Promise<Record<string, string
 	return (await (await upstreamControl("headers", id)).json()) as Record<string, string | string[] | undefined>[];
 }
 
+/** The path (after `{scenario}/{id}`) of every request the simulated region `id` received, oldest first. */
+export async function upstreamPaths(id: string): Promise<string[]> {
+	return (await (await upstreamControl("paths", id)).json()) as string[];
+}
+
 /** Once region `id`'s connection closed: how much of a huge body it wrote. */
 export async function upstreamSent(id: string): Promise<{ written: number; total: number; finished: boolean }> {
 	const res = await upstreamControl("sent", id);

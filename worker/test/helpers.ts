@@ -200,6 +200,16 @@ export function chat(body: unknown, init: RequestInit<CfProperties> & { headers?
 	});
 }
 
+/** POST /v1/completions (OpenAI's legacy completions) through the Worker. */
+export function completion(body: unknown, init: RequestInit<CfProperties> & { headers?: Record<string, string> } = {}): Promise<Response> {
+	return SELF.fetch("https://router.test/v1/completions", {
+		method: "POST",
+		...init,
+		headers: { "content-type": "application/json", ...(init.headers ?? {}) },
+		body: typeof body === "string" ? body : JSON.stringify(body),
+	});
+}
+
 export const userMessage = (content: string) => [{ role: "user", content }];
 
 /** The SSE `data:` payloads of a whole body. */

@@ -2,7 +2,9 @@
  * Simulated GPU regions for the integration tests: a real HTTP server on
  * 127.0.0.1 (vitest global setup, runs in Node). A route's endpoint picks the
  * behaviour: `{base}/{scenario}/{id}` so the Worker calls
- * `{base}/{scenario}/{id}/v1/chat/completions`.
+ * `{base}/{scenario}/{id}/v1/chat/completions` (or `/v1/completions`: then
+ * the answers are backhaul-inference's `text_completion` objects and chunks).
+ * Non-streamed answers carry `usage` (3 + 4 = 7 tokens).
  *
  * Like backhaul-inference, every chat request must carry
  * `Authorization: Bearer TEST_UPSTREAM_TOKEN` (the token test routes carry):
@@ -24,7 +26,8 @@
  * server, access-control-allow-origin, and an x-request-id that may),
  * longrequestid (ok, with a 300-character x-request-id).
  * Control: /control/count/{id} (requests seen), /control/headers/{id} (the
- * headers of each request seen, JSON), /control/release/{id},
+ * headers of each request seen, JSON), /control/paths/{id} (the path after
+ * `{scenario}/{id}` of each request seen, JSON), /control/release/{id},
  * /control/closed/{id} (answers once the upstream connection of {id} closed;
  * 504 after 10 s), /control/sent/{id} (once closed: how many body bytes a
  * huge scenario wrote, JSON {written, total, finished}).
@@ -47,6 +50,7 @@ export const HUGE_BYTES = 128 * 1024 * 1024;
 
 const counts = new Map<string, number>();
 const headersSeen = new Map<string, IncomingHttpHeaders[]>();
+const pathsSeen = new Map<string, string[]>();
 const sent = new Map<string, { written: number; total: number; finished: boolean }>();
 const releases = new Map<string, () => void>();
 const closed = new Map<string, Promise<void>>();
@@ -57,8 +61,15 @@ function closedPromise(id: string): Promise<void> {
 	return closed.get(id)!;
 }
 
-const chunk = (id: string, text: string) =>
-	`data: ${JSON.stringify({ id: "chatcmpl-up", object: "chat.completion.chunk", created: 1, model: "m", choices: [{ index: 0, delta: { content: text }, finish_reason: null }] })}\n\n`;
+/** One SSE event of a chat stream, or (`completions`) of a legacy completion stream as backhaul-inference sends it. */
+const chunk = (id: string, text: string, completions = false) =>
+	`data: ${JSON.stringify(
+		completions
+			? { id: "cmpl-up", object: "text_completion", created: 1, model: "m", system_fingerprint: null, choices: [{ index: 0, text, logprobs: null, finish_reason: null }] }
+			: { id: "chatcmpl-up", object: "chat.completion.chunk", created: 1, model: "m", choices: [{ index: 0, delta: { content: text }, finish_reason: null }] },
+	)}\n\n`;
+
+const USAGE = { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 };
 
 async function readBody(req: IncomingMessage): Promise<string> {
 	let s = "";
@@ -74,6 +85,10 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 		if (what === "headers") {
 			res.writeHead(200, { "content-type": "application/json" });
 			return void res.end(JSON.stringify(headersSeen.get(id) ?? []));
+		}
+		if (what === "paths") {
+			res.writeHead(200, { "content-type": "application/json" });
+			return void res.end(JSON.stringify(pathsSeen.get(id) ?? []));
 		}
 		if (what === "sent") {
 			const timer = new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 10_000));
@@ -93,8 +108,11 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 		}
 	}
 	const [scenario = "", id = ""] = parts;
+	const path = `/${parts.slice(2).join("/")}`;
+	const completions = path === "/v1/completions";
 	counts.set(id, (counts.get(id) ?? 0) + 1);
 	headersSeen.set(id, [...(headersSeen.get(id) ?? []), req.headers]);
+	pathsSeen.set(id, [...(pathsSeen.get(id) ?? []), path]);
 	const body = await readBody(req);
 	const stream = (JSON.parse(body || "{}") as { stream?: boolean }).stream === true;
 	res.on("close", () => {
@@ -155,13 +173,26 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 	if (!stream) {
 		res.writeHead(200, { "content-type": "application/json", ...leaky });
 		return void res.end(
-			JSON.stringify({
-				id: "chatcmpl-up",
-				object: "chat.completion",
-				created: 1,
-				model: "m",
-				choices: [{ index: 0, message: { role: "assistant", content: `hello from ${id}` }, finish_reason: "stop" }],
-			}),
+			JSON.stringify(
+				completions
+					? {
+							id: "cmpl-up",
+							object: "text_completion",
+							created: 1,
+							model: "m",
+							system_fingerprint: null,
+							choices: [{ index: 0, text: `hello from ${id}`, logprobs: null, finish_reason: "stop" }],
+							usage: USAGE,
+						}
+					: {
+							id: "chatcmpl-up",
+							object: "chat.completion",
+							created: 1,
+							model: "m",
+							choices: [{ index: 0, message: { role: "assistant", content: `hello from ${id}` }, finish_reason: "stop" }],
+							usage: USAGE,
+						},
+			),
 		);
 	}
 	res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache", ...leaky });
@@ -170,7 +201,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 		return void res.end(`data: ${JSON.stringify({ error: { message: "engine failed", type: "server_error", code: "engine_error", param: null } })}\n\n`);
 	}
 	if (scenario === "errorlater") {
-		res.write(chunk(id, `hello from ${id}`));
+		res.write(chunk(id, `hello from ${id}`, completions));
 		return void res.end(`data: ${JSON.stringify({ error: { message: "deadline exceeded", type: "server_error", code: "deadline_exceeded", param: null } })}\n\n`);
 	}
 	if (scenario === "emptystream") {
@@ -178,14 +209,14 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 		setTimeout(() => res.destroy(), 20);
 		return;
 	}
-	res.write(chunk(id, `hello from ${id}`));
+	res.write(chunk(id, `hello from ${id}`, completions));
 	switch (scenario) {
 		case "midfail":
-			res.write(chunk(id, " and then"));
+			res.write(chunk(id, " and then", completions));
 			setTimeout(() => res.destroy(), 50);
 			return;
 		case "truncated":
-			res.write(chunk(id, " and then"));
+			res.write(chunk(id, " and then", completions));
 			return void res.end();
 		case "gated":
 			await new Promise<void>((r) => releases.set(id, r));
@@ -193,7 +224,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 		case "hold":
 			return; // until the client goes away
 	}
-	res.write(chunk(id, " bye"));
+	res.write(chunk(id, " bye", completions));
 	res.end("data: [DONE]\n\n");
 }
 
