@@ -17,8 +17,12 @@
 # Knobs (environment): BACKHAUL_SOAK_SECONDS, BACKHAUL_SOAK_CLIENTS (8),
 # BACKHAUL_SOAK_MAX_IN_FLIGHT (2), BACKHAUL_SOAK_MAX_QUEUE (1),
 # BACKHAUL_SOAK_DEADLINE_SECONDS (240), BACKHAUL_SOAK_FLOOD_CLIENTS (2),
-# BACKHAUL_SOAK_MAX_RSS_MIB (2048), BACKHAUL_SOAK_MAX_ITL_P99_MS (30000),
-# BACKHAUL_SOAK_OUT (the JSON file). Logs: $BACKHAUL_CACHE/soak/logs.
+# BACKHAUL_SOAK_MAX_RSS_MIB (2048), BACKHAUL_SOAK_MAX_ITL_P99_MS (60000),
+# BACKHAUL_SOAK_OUT (the JSON file); BACKHAUL_INFERENCE_BIN and
+# BACKHAUL_WORKER_DIR run a server binary and a Worker checkout from
+# elsewhere (wrangler dev reloads whenever worker/ is edited, killing the
+# requests in flight: measure a checkout nobody edits meanwhile).
+# Logs: $BACKHAUL_CACHE/soak/logs.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$repo_root"

@@ -59,6 +59,16 @@ pub fn binary(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
+/// The Worker's checkout `wrangler dev` runs: `$BACKHAUL_WORKER_DIR`, else
+/// this repository's `worker/`. wrangler dev reloads on every change to its
+/// sources, so a long run measures a checkout nobody edits meanwhile (a
+/// `git worktree`'s, with `node_modules` linked in).
+pub fn worker_dir() -> PathBuf {
+    std::env::var_os("BACKHAUL_WORKER_DIR")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| repo_root().join("worker"), PathBuf::from)
+}
+
 /// The SmolLM2 GGUF file `make model` fetches.
 pub fn model_file() -> PathBuf {
     std::env::var_os("BACKHAUL_MODEL")
@@ -301,7 +311,7 @@ impl Worker {
         );
         let mut command = Command::new(node_bin.join("npx"));
         command
-            .current_dir(repo_root().join("worker"))
+            .current_dir(worker_dir())
             .env("PATH", path)
             .env("WRANGLER_SEND_METRICS", "false")
             .args(["wrangler", "dev", "--env", "local", "--ip", "127.0.0.1"])

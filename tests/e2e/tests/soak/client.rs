@@ -75,8 +75,13 @@ pub enum Outcome {
     /// A non-streamed 200 with a chat completion, or a stream that ended
     /// with `data: [DONE]` and no error event.
     Complete,
-    /// An answer other than 200, with its status and its error's `code`.
-    Refused { status: u16, code: String },
+    /// An answer other than 200, with its status, its error's `code` and
+    /// `message`.
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// A stream that carried an `{"error": ...}` event.
     StreamError,
     /// The client dropped the stream itself (an [`Role::Abandoner`]).
@@ -323,7 +328,12 @@ async fn refused(
         ));
     }
     let code = error["code"].as_str().unwrap_or("(no code)").to_owned();
-    Outcome::Refused { status, code }
+    let message = error["message"].as_str().unwrap_or_default().to_owned();
+    Outcome::Refused {
+        status,
+        code,
+        message,
+    }
 }
 
 /// A non-streamed 200: complete when its body is a chat completion.

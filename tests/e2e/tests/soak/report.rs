@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use crate::client::{Outcome, Record, Role};
-use crate::faults::{FloodReport, RegionMemory, Schedule};
+use crate::faults::{Conducted, FloodReport, RegionMemory, Schedule};
 
 /// How many requests ended each way.
 #[derive(Debug, Default)]
@@ -15,6 +15,8 @@ pub struct Tally {
     pub complete: u64,
     /// Explicit errors, by status and `code`.
     pub refused: BTreeMap<(u16, String), u64>,
+    /// The first message of each status and `code`.
+    pub refused_messages: BTreeMap<(u16, String), String>,
     pub stream_errors: u64,
     pub abandoned: u64,
     pub hung: u64,
@@ -45,8 +47,16 @@ impl Tally {
                     let region = r.region.clone().unwrap_or_else(|| "(none)".into());
                     *t.by_region.entry(region).or_default() += 1;
                 }
-                Outcome::Refused { status, code } => {
-                    *t.refused.entry((*status, code.clone())).or_default() += 1;
+                Outcome::Refused {
+                    status,
+                    code,
+                    message,
+                } => {
+                    let key = (*status, code.clone());
+                    *t.refused.entry(key.clone()).or_default() += 1;
+                    t.refused_messages
+                        .entry(key)
+                        .or_insert_with(|| message.clone());
                 }
                 Outcome::StreamError => t.stream_errors += 1,
                 Outcome::Abandoned => t.abandoned += 1,
@@ -157,7 +167,7 @@ impl Phase {
 pub fn record_line(r: &Record) -> String {
     let outcome = match &r.outcome {
         Outcome::Complete => "complete".to_owned(),
-        Outcome::Refused { status, code } => format!("{status} {code}"),
+        Outcome::Refused { status, code, .. } => format!("{status} {code}"),
         Outcome::StreamError => "mid-stream error".to_owned(),
         Outcome::Abandoned => "abandoned".to_owned(),
         Outcome::Hung => "hung".to_owned(),
@@ -207,18 +217,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn round(x: f64) -> f64 {
+/// `x` to one decimal, as every figure is written.
+pub fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
 /// Inter-token latency through the Worker: the gaps between consecutive
 /// content events of the streams running in `window` (a gap belongs to the
-/// window it ends in). Slow readers' gaps are their own pauses, so they are
-/// left out.
-pub fn itl(records: &[Record], window: &Range<Duration>) -> Latency {
+/// window it ends in), of every region's streams or of `region`'s. Slow
+/// readers' gaps are their own pauses, so they are left out.
+pub fn itl(records: &[Record], window: &Range<Duration>, region: Option<&str>) -> Latency {
     let gaps = records
         .iter()
         .filter(|r| r.role != Role::SlowReader)
+        .filter(|r| region.is_none() || r.region.as_deref() == region)
         .flat_map(|r| &r.gaps)
         .filter(|(at, _)| window.contains(at))
         .map(|(_, gap)| gap.as_secs_f64() * 1000.0)
@@ -239,16 +251,54 @@ pub fn ttft(records: &[Record]) -> Latency {
 
 /// Everything the checks and the outputs need.
 pub struct Results<'a> {
-    pub tally: &'a Tally,
-    pub phases: &'a [Phase],
+    pub tally: Tally,
+    pub phases: Vec<Phase>,
+    pub itl_baseline: Latency,
+    pub itl_flood: Latency,
+    /// Per region: (name, without the flood, during it).
+    pub itl_by_region: Vec<(String, Latency, Latency)>,
+    pub ttft: Latency,
     pub memory: &'a [RegionMemory],
-    pub itl_baseline: &'a Latency,
-    pub itl_flood: &'a Latency,
-    pub ttft: &'a Latency,
     pub flood: &'a FloodReport,
     pub max_rss_mib: u64,
     pub max_itl_p99_ms: f64,
     pub fault_error: Option<&'a str>,
+}
+
+impl<'a> Results<'a> {
+    /// The figures of a run: `records` of the clients under `schedule` over
+    /// `regions`, what the conductor did, and the regions' memory; checked
+    /// against the bounds `max_rss_mib` and `max_itl_p99_ms`.
+    pub fn of(
+        records: &[Record],
+        schedule: &Schedule,
+        regions: &[&str],
+        conducted: &'a Conducted,
+        memory: &'a [RegionMemory],
+        (max_rss_mib, max_itl_p99_ms): (u64, f64),
+    ) -> Self {
+        let restart_ready = conducted.restart_ready_s.map(Duration::from_secs_f64);
+        let itl_by_region = regions
+            .iter()
+            .map(|&name| {
+                let of = |window| itl(records, window, Some(name));
+                (name.to_owned(), of(&schedule.baseline), of(&schedule.flood))
+            })
+            .collect();
+        Self {
+            tally: Tally::of(records),
+            phases: phases(records, schedule, restart_ready),
+            itl_baseline: itl(records, &schedule.baseline, None),
+            itl_flood: itl(records, &schedule.flood, None),
+            itl_by_region,
+            ttft: ttft(records),
+            memory,
+            flood: &conducted.flood,
+            max_rss_mib,
+            max_itl_p99_ms,
+            fault_error: conducted.error.as_deref(),
+        }
+    }
 }
 
 fn mib(kib: u64) -> f64 {
@@ -265,7 +315,7 @@ pub fn peak_mib(memory: &[RegionMemory]) -> f64 {
 
 /// Why the soak failed; empty when it passed.
 pub fn failures(r: &Results) -> Vec<String> {
-    let t = r.tally;
+    let t = &r.tally;
     let mut failed = Vec::new();
     if t.hung > 0 {
         failed.push(format!("{} request(s) hung", t.hung));
@@ -292,7 +342,7 @@ pub fn failures(r: &Results) -> Vec<String> {
     if r.memory.iter().any(|m| m.peak_hwm_kib == 0) {
         failed.push("a region's memory was never sampled".into());
     }
-    for (name, l) in [("without", r.itl_baseline), ("during", r.itl_flood)] {
+    for (name, l) in [("without", &r.itl_baseline), ("during", &r.itl_flood)] {
         if l.p99_ms > r.max_itl_p99_ms {
             failed.push(format!(
                 "inter-token latency p99 {name} the flood is {:.0} ms, over the bound {:.0} ms",
@@ -314,7 +364,7 @@ pub fn failures(r: &Results) -> Vec<String> {
 
 /// The summary table, for the log.
 pub fn table(r: &Results) -> String {
-    let t = r.tally;
+    let t = &r.tally;
     let mut rows: Vec<(String, String)> = vec![
         ("requests".into(), t.total.to_string()),
         ("complete".into(), t.complete.to_string()),
@@ -341,7 +391,7 @@ pub fn table(r: &Results) -> String {
             ),
         ),
     ]);
-    for p in r.phases {
+    for p in &r.phases {
         rows.push((
             format!(
                 "sent {:.0}-{:.0}s, {}",
@@ -364,19 +414,13 @@ pub fn table(r: &Results) -> String {
         ));
     }
     rows.push(("peak RSS bound".into(), format!("{} MiB", r.max_rss_mib)));
-    for (name, l) in [
-        ("ITL without flood", r.itl_baseline),
-        ("ITL during flood", r.itl_flood),
-        ("TTFT", r.ttft),
-    ] {
-        rows.push((
-            name.into(),
-            format!(
-                "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples)",
-                l.p50_ms, l.p99_ms, l.max_ms, l.samples
-            ),
-        ));
+    rows.push(latency_row("ITL without flood", &r.itl_baseline));
+    rows.push(latency_row("ITL during flood", &r.itl_flood));
+    for (name, without, during) in &r.itl_by_region {
+        rows.push(latency_row(&format!("ITL {name} without flood"), without));
+        rows.push(latency_row(&format!("ITL {name} during flood"), during));
     }
+    rows.push(latency_row("TTFT", &r.ttft));
     rows.push((
         "ITL p99 bound".into(),
         format!("{:.0} ms", r.max_itl_p99_ms),
@@ -387,9 +431,19 @@ pub fn table(r: &Results) -> String {
         .collect()
 }
 
+fn latency_row(name: &str, l: &Latency) -> (String, String) {
+    (
+        name.to_owned(),
+        format!(
+            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples)",
+            l.p50_ms, l.p99_ms, l.max_ms, l.samples
+        ),
+    )
+}
+
 /// The results as JSON (docs/benchmarks/soak.md says what each field means).
 pub fn json(r: &Results) -> serde_json::Value {
-    let t = r.tally;
+    let t = &r.tally;
     let memory: serde_json::Map<String, serde_json::Value> = r
         .memory
         .iter()
@@ -413,6 +467,7 @@ pub fn json(r: &Results) -> serde_json::Value {
             "complete": t.complete,
             "explicit_error": t.refused_by_status(),
             "explicit_error_by_code": t.refused.iter().map(|((s, c), n)| (format!("{s} {c}"), *n)).collect::<BTreeMap<_, _>>(),
+            "explicit_error_first_message": t.refused_messages.iter().map(|((s, c), m)| (format!("{s} {c}"), m)).collect::<BTreeMap<_, _>>(),
             "mid_stream_error": t.stream_errors,
             "abandoned_by_client": t.abandoned,
             "hung": t.hung,
@@ -434,6 +489,9 @@ pub fn json(r: &Results) -> serde_json::Value {
         "phases": r.phases.iter().map(Phase::json).collect::<Vec<_>>(),
         "memory": {"peak_rss_mib": peak_mib(r.memory), "bound_mib": r.max_rss_mib, "regions": memory},
         "itl": {"without_flood": r.itl_baseline.json(), "during_flood": r.itl_flood.json(),
+                "by_region": r.itl_by_region.iter().map(|(name, without, during)| (name.clone(),
+                    serde_json::json!({"without_flood": without.json(), "during_flood": during.json()})))
+                    .collect::<serde_json::Map<_, _>>(),
                 "p99_bound_ms": r.max_itl_p99_ms},
         "ttft": r.ttft.json(),
     })
