@@ -27,6 +27,9 @@ export default defineConfig({
 					DEFAULT_LOCATION: "",
 					TRUST_LOCATION_HEADER: "false",
 					ROUTE_CACHE_TTL_MS: "5000",
+					// The response cache is off unless a test asks (x-backhaul-cache-ttl, or its own CACHE_MODELS).
+					CACHE_TTL_SECONDS: "0",
+					CACHE_MODELS: "{}",
 					// The suite's keys publish hundreds of routes; the cap's edges are tested with their own key and a cap of 3.
 					MAX_ROUTES_PER_PUBLISHER: "5000",
 					MAX_BODY_BYTES: "1048576",

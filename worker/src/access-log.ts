@@ -31,6 +31,13 @@ export type StreamEnd =
 	/** the client went away */
 	| "client-gone";
 
+/**
+ * The response cache (issue 18): `hit` answered from it, `miss` cacheable and
+ * generated (by this request or, coalesced, by an identical one in flight),
+ * `bypass` the client sent x-backhaul-skip-cache, `none` not cacheable.
+ */
+export type CacheStatus = "hit" | "miss" | "bypass" | "none";
+
 /** What the handler learned about one request, filled in as it goes. */
 export interface AccessInfo {
 	/** SHA-256 hex of the client's key, first 16 digits; null when anonymous or not authenticated */
@@ -45,6 +52,9 @@ export interface AccessInfo {
 	usage: Usage | null;
 	/** set when a region's stream is relayed: resolves when it ends */
 	streamEnd: Promise<StreamEnd> | null;
+	cache: CacheStatus;
+	/** answered by an identical request's generation already in flight (coalesce.ts) */
+	coalesced: boolean;
 }
 
 export const newAccessInfo = (): AccessInfo => ({
@@ -56,6 +66,8 @@ export const newAccessInfo = (): AccessInfo => ({
 	attempts: [],
 	usage: null,
 	streamEnd: null,
+	cache: "none",
+	coalesced: false,
 });
 
 /** OpenAI `usage` from a completion object, when it has three token counts. */
@@ -81,8 +93,9 @@ export interface AccessRecord {
 	reason: string | null;
 	attempts: { region: string; outcome: string; ttfb_ms: number | null }[];
 	usage: Usage | null;
-	/** no response cache yet (issue 18) */
-	cache: "none";
+	cache: CacheStatus;
+	/** shared an identical request's generation (coalesce.ts) */
+	coalesced: boolean;
 	/** for a relayed stream, how it ended; else null */
 	stream_end: StreamEnd | null;
 	duration_ms: number;
@@ -112,7 +125,8 @@ export function accessRecord(r: {
 		reason: info.reason,
 		attempts: info.attempts.map((a) => ({ region: a.region, outcome: a.outcome, ttfb_ms: a.ttfbMs })),
 		usage: info.usage,
-		cache: "none",
+		cache: info.cache,
+		coalesced: info.coalesced,
 		stream_end: r.streamEnd,
 		duration_ms: r.durationMs,
 	};

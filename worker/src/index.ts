@@ -4,9 +4,14 @@
  * heavy ones to the nearest live GPU region, failing over between regions.
  * The operator keeps the route table current through the signed admin API
  * (docs/publication.md). Decisions live in pure modules (classify, rank,
- * failover, route, signature, trace, access-log); this file wires them to I/O.
+ * failover, route, signature, trace, access-log, and the response cache's
+ * cache-policy, cache-key and cached-answer); this file wires them to I/O.
  */
 import { accessRecord, newAccessInfo, usageOf, type AccessInfo, type StreamEnd } from "./access-log";
+import { cacheKey } from "./cache-key";
+import { cacheDecision, parseCacheModels, parseTtlHeader, type CacheModels } from "./cache-policy";
+import { completionBody, fromCompletion, includeUsage, replayEvents, StreamCollector, type CachedAnswer } from "./cached-answer";
+import { ABANDON_POLL_MS, board, land, type Flight } from "./coalesce";
 import { handleAdmin, ADMIN_ROOT } from "./admin";
 import { authenticate, checkRouteHint, type Caller } from "./auth";
 import { classify, parseRouteHint, type Classification } from "./classify";
@@ -15,6 +20,7 @@ import { ApiError, badRequest } from "./errors";
 import { cooldownUntil, DEFAULT_MAX_UPSTREAM_BODY_BYTES, forwardToRegions, type RegionAttemptLog, type UpstreamPath } from "./proxy";
 import { locationFromCf, parseLocation, rankRegions, isLive, type LatLon } from "./rank";
 import { DEFAULT_MAX_TOKENS_LIMIT, nonTextPart, parseChatRequest, parseCompletionRequest, readBodyCapped, type GenerationRequest } from "./request";
+import { cacheUrl, lookup, store } from "./response-cache";
 import { routeKey, type StoredRoute } from "./route";
 import { loadCatalog, loadModel } from "./route-cache";
 import { traceContext, upstreamTraceHeaders, type TraceContext } from "./trace";
@@ -37,6 +43,7 @@ export default {
 		const trace = traceContext(request.headers);
 		const info = newAccessInfo();
 		const response = ownHeaders(await handle(request, env, ctx, url, trace, info), trace);
+		if (info.cache !== "none") response.headers.set("x-backhaul-cache", info.cache.toUpperCase());
 		if (url.pathname.startsWith("/v1/")) {
 			const log = (streamEnd: StreamEnd | null) =>
 				console.log(
@@ -194,6 +201,160 @@ async function generate(
 	info.tier = classification.tier;
 	info.reason = classification.reason;
 
+	/** The generation itself, edge then regions; `signal` is the client's, or a coalesced flight's. */
+	const run = (signal: AbortSignal | undefined) =>
+		answer({ request, env, ctx, req, body, endpoint, trace, info, modelRoutes, nowMs, edgeOnly, edgeModel, classification, signal });
+
+	const decision = cacheDecision({
+		raw: req.raw,
+		model: req.model,
+		skipHeader: request.headers.get("x-backhaul-skip-cache"),
+		ttlHeader: parseTtlHeader(request.headers.get("x-backhaul-cache-ttl")),
+		models: cacheModels(env),
+		defaultTtlSeconds: nonNegativeInt(env.CACHE_TTL_SECONDS, 0),
+	});
+	if (decision.kind !== "cache") {
+		info.cache = decision.kind;
+		return run(request.signal);
+	}
+	const key = await cacheKey(req, decision.shared ? "shared" : (caller.keyHash ?? "anonymous"));
+	const entryUrl = cacheUrl(new URL(request.url).origin, key);
+	const hit = await lookup(entryUrl);
+	if (hit && hit.api === req.api) {
+		info.cache = "hit";
+		info.usage = hit.usage;
+		return replay(hit, req);
+	}
+	info.cache = "miss";
+	// Identical requests share a generation only when they want the same bytes back.
+	const flightKey = `${key}:${req.stream ? (includeUsage(req.raw) ? "sse+usage" : "sse") : "json"}`;
+	const { flight, leader } = board(flightKey);
+	if (leader) ctx.waitUntil(lead(flight, flightKey, run, { api: req.api, model: req.model, stream: req.stream, url: entryUrl, ttlSeconds: decision.ttlSeconds }));
+	else info.coalesced = true;
+	const { head, body: shared } = await flight.join(request.signal, leader);
+	return new Response(shared, { status: head.status, headers: head.headers });
+}
+
+let cacheModelsMemo: { raw: string | undefined; models: CacheModels } | null = null;
+/** CACHE_MODELS, parsed once per isolate (per value). */
+function cacheModels(env: Env): CacheModels {
+	const raw = env.CACHE_MODELS;
+	if (!cacheModelsMemo || cacheModelsMemo.raw !== raw) cacheModelsMemo = { raw, models: parseCacheModels(raw) };
+	return cacheModelsMemo.models;
+}
+
+function nonNegativeInt(value: string | undefined, fallback: number): number {
+	const v = Number(value);
+	return value !== undefined && value.trim() !== "" && Number.isInteger(v) && v >= 0 ? v : fallback;
+}
+
+/** A stored answer, as the request asked for it: a completion object, or its SSE replay. */
+function replay(hit: CachedAnswer, req: GenerationRequest): Response {
+	const headers = { "x-backhaul-attempts": "0" };
+	if (!req.stream) return Response.json(completionBody(hit), { headers });
+	return new Response(replayEvents(hit, includeUsage(req.raw)).join(""), {
+		headers: { ...headers, "content-type": "text/event-stream", "cache-control": "no-cache" },
+	});
+}
+
+/**
+ * A coalesced flight's leader task: runs the generation once under the
+ * flight's own signal (aborted when every waiter has left), records its
+ * answer into the flight for every waiter, and stores it in the cache when
+ * it is complete (a 200, and for a stream [DONE] with no error event) before
+ * ending the flight, so a client that has the whole answer finds it stored.
+ */
+async function lead(
+	flight: Flight,
+	flightKey: string,
+	run: (signal: AbortSignal) => Promise<Response>,
+	c: { api: "chat" | "completions"; model: string; stream: boolean; url: string; ttlSeconds: number },
+): Promise<void> {
+	const controller = new AbortController();
+	let reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
+	let abandoned = false;
+	// Waiters leave from their own requests, which cannot signal this one: look.
+	const watch = setInterval(() => {
+		if (abandoned || !flight.abandoned()) return;
+		abandoned = true;
+		controller.abort(new Error("every waiter left"));
+		void reader?.cancel("every waiter left").catch(() => {});
+	}, ABANDON_POLL_MS);
+	try {
+		let response: Response;
+		try {
+			response = await run(controller.signal);
+		} catch (err) {
+			if (!(err instanceof ApiError)) console.error("unhandled error", err);
+			response = err instanceof ApiError ? err.toResponse() : new ApiError(500, "server_error", "internal_error", "The Worker failed to handle the request.").toResponse();
+		}
+		flight.setHead({ status: response.status, headers: [...response.headers] });
+		const collector = c.stream ? new StreamCollector(c.api, c.model) : null;
+		const whole: Uint8Array[] = [];
+		let complete = true;
+		if (response.body) {
+			reader = response.body.getReader();
+			if (abandoned) void reader.cancel().catch(() => {});
+			try {
+				for (;;) {
+					const { done, value } = await reader.read();
+					if (done) break;
+					flight.push(value);
+					if (collector) collector.push(value);
+					else whole.push(value);
+				}
+			} catch {
+				complete = false;
+			}
+		}
+		// Stored before the flight ends: a client that has read the whole answer finds it in the cache.
+		if (!complete || abandoned || response.status !== 200) return;
+		const now = Math.floor(Date.now() / 1000);
+		let stored: CachedAnswer | null;
+		if (collector) stored = collector.answer(now);
+		else {
+			try {
+				stored = fromCompletion(c.api, JSON.parse(new TextDecoder().decode(concat(whole))), c.model, now);
+			} catch {
+				stored = null;
+			}
+		}
+		if (stored) await store(c.url, stored, c.ttlSeconds);
+	} finally {
+		clearInterval(watch);
+		land(flightKey, flight);
+		flight.end();
+	}
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+	const out = new Uint8Array(chunks.reduce((n, ch) => n + ch.byteLength, 0));
+	let at = 0;
+	for (const ch of chunks) {
+		out.set(ch, at);
+		at += ch.byteLength;
+	}
+	return out;
+}
+
+/** The edge attempt, then the regions in order, for one classified request. */
+async function answer(a: {
+	request: Request;
+	env: Env;
+	ctx: ExecutionContext;
+	req: GenerationRequest;
+	body: Uint8Array;
+	endpoint: (typeof GENERATION_PATHS)[string];
+	trace: TraceContext;
+	info: AccessInfo;
+	modelRoutes: readonly StoredRoute[];
+	nowMs: number;
+	edgeOnly: boolean;
+	edgeModel: string | null;
+	classification: Classification;
+	signal: AbortSignal | undefined;
+}): Promise<Response> {
+	const { request, env, ctx, req, body, endpoint, trace, info, modelRoutes, nowMs, edgeOnly, edgeModel, classification } = a;
 	let attempts = 0;
 	let edgeFailure: string | null = null;
 	if (classification.tier === "edge" && edgeModel !== null) {
@@ -256,7 +417,7 @@ async function generate(
 			body,
 			stream: req.stream,
 			maxAttempts,
-			clientSignal: request.signal,
+			clientSignal: a.signal,
 			ctx,
 			accessHeaders: accessHeaders(env),
 			maxUpstreamBodyBytes: positiveIntVar(env.MAX_UPSTREAM_BODY_BYTES, DEFAULT_MAX_UPSTREAM_BODY_BYTES),

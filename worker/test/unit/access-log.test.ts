@@ -39,6 +39,7 @@ describe("access log record", () => {
 			],
 			usage: null,
 			cache: "none",
+			coalesced: false,
 			stream_end: "done",
 			duration_ms: 85,
 		});
