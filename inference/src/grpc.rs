@@ -137,6 +137,7 @@ impl Inference for GrpcApi {
     ) -> Result<Response<pb::CompleteResponse>, Status> {
         let deadline = grpc_deadline(request.metadata()).map_err(|e| e.to_status())?;
         let header_id = header_request_id(request.metadata());
+        let traceparent = metadata_text(request.metadata(), "traceparent");
         let request = request.into_inner();
         let raw = RawRequest {
             model: Some(request.model),
@@ -145,6 +146,7 @@ impl Inference for GrpcApi {
             request_id: Some(request.request_id)
                 .filter(|id| !id.is_empty())
                 .or(header_id),
+            traceparent,
         };
         let generation = self
             .service
@@ -184,6 +186,7 @@ impl Inference for GrpcApi {
 
 fn chat_request(request: Request<pb::ChatRequest>) -> RawRequest {
     let header_id = header_request_id(request.metadata());
+    let traceparent = metadata_text(request.metadata(), "traceparent");
     let request = request.into_inner();
     RawRequest {
         model: Some(request.model),
@@ -201,6 +204,7 @@ fn chat_request(request: Request<pb::ChatRequest>) -> RawRequest {
         request_id: Some(request.request_id)
             .filter(|id| !id.is_empty())
             .or(header_id),
+        traceparent,
     }
 }
 
@@ -238,8 +242,12 @@ fn usage(usage: &Usage) -> pb::Usage {
 }
 
 fn header_request_id(metadata: &MetadataMap) -> Option<String> {
+    metadata_text(metadata, "x-request-id")
+}
+
+fn metadata_text(metadata: &MetadataMap, name: &str) -> Option<String> {
     metadata
-        .get("x-request-id")
+        .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
 }

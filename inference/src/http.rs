@@ -288,8 +288,12 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Inferen
 }
 
 fn request_id_header(headers: &HeaderMap) -> Option<String> {
+    header_text(headers, "x-request-id")
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
-        .get("x-request-id")
+        .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
 }
@@ -349,6 +353,7 @@ async fn chat_completions(
         prompt: RawPrompt::Chat(messages),
         sampling: body.sampling.into_raw(None),
         request_id: request_id_header(&headers),
+        traceparent: header_text(&headers, "traceparent"),
     };
     let generation = service.generate(raw, Api::OpenAiChat, None).await?;
     let model = service.model()?.served_name.clone();
@@ -473,6 +478,7 @@ async fn completions(
         prompt: RawPrompt::Text(prompts.remove(0)),
         sampling: body.sampling.into_raw(Some(COMPLETIONS_DEFAULT_MAX_TOKENS)),
         request_id: request_id_header(&headers),
+        traceparent: header_text(&headers, "traceparent"),
     };
     let generation = service.generate(raw, Api::OpenAiCompletions, None).await?;
     let model = service.model()?.served_name.clone();

@@ -193,6 +193,9 @@ impl StopMatcher {
 #[derive(Debug)]
 pub struct RelayContext {
     pub request_id: String,
+    /// From the caller's `traceparent`: joins this generation's log lines
+    /// to the Worker's trace.
+    pub trace_id: Option<String>,
     pub api: Api,
     pub received: Instant,
     pub deadline: Option<Instant>,
@@ -211,8 +214,12 @@ pub struct RelayContext {
 /// Starts the relay task for one generation.
 pub fn spawn(engine_rx: mpsc::Receiver<Response>, ctx: RelayContext) -> mpsc::Receiver<GenEvent> {
     let (client_tx, client_rx) = mpsc::channel(ctx.client_buffer.max(2));
-    let span =
-        tracing::info_span!("generation", request_id = %ctx.request_id, api = ctx.api.as_str());
+    let span = tracing::info_span!(
+        "generation",
+        request_id = %ctx.request_id,
+        trace_id = ctx.trace_id.as_deref().unwrap_or(""),
+        api = ctx.api.as_str()
+    );
     tokio::spawn(run(engine_rx, client_tx, ctx).instrument(span));
     client_rx
 }

@@ -172,10 +172,11 @@ impl InferenceService {
         let engine = self.engine()?.clone();
         let ValidatedRequest {
             request_id,
+            trace_id,
             prompt,
             sampling,
         } = validate(raw, engine.info(), &shared.options.limits)?;
-        tracing::debug!(%request_id, api = api.as_str(), "request validated");
+        tracing::debug!(%request_id, ?trace_id, api = api.as_str(), "request validated");
 
         let timeout = deadline.map_or(shared.options.request_timeout, |d| {
             d.min(shared.options.request_timeout)
@@ -214,6 +215,7 @@ impl InferenceService {
             engine_rx,
             RelayContext {
                 request_id: request_id.clone(),
+                trace_id,
                 api,
                 received,
                 deadline: Some(deadline),

@@ -52,6 +52,8 @@ pub struct RawRequest {
     pub prompt: RawPrompt,
     pub sampling: RawSampling,
     pub request_id: Option<String>,
+    /// A W3C `traceparent` header, if the caller sent one.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +94,9 @@ pub struct RawSampling {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidatedRequest {
     pub request_id: String,
+    /// The trace this request belongs to (from a valid `traceparent`), so
+    /// logs join the Worker's.
+    pub trace_id: Option<String>,
     pub prompt: Prompt,
     pub sampling: RequestedSampling,
 }
@@ -249,9 +254,31 @@ pub fn validate(
     let sampling = validate_sampling(raw.sampling, model, limits)?;
     Ok(ValidatedRequest {
         request_id,
+        trace_id: raw.traceparent.as_deref().and_then(trace_id),
         prompt,
         sampling,
     })
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`,
+/// neither id all zeros); an invalid one is ignored, as the spec says.
+pub fn trace_id(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = parts.next().is_none()
+        && version == "00"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    valid.then(|| trace.to_string())
 }
 
 fn finite_in(
@@ -511,6 +538,32 @@ mod tests {
         assert_eq!(
             field_of(check_context(&v.sampling, &v.prompt, 30, 100, 1000).unwrap_err()),
             "max_tokens"
+        );
+    }
+
+    #[test]
+    fn a_valid_traceparent_gives_its_trace_id_and_others_are_ignored() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            trace_id(&format!("00-{trace}-00f067aa0ba902b7-01")).as_deref(),
+            Some(trace)
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
+        }
+        let mut r = chat(&[("user", "hi")]);
+        r.traceparent = Some(format!("00-{trace}-00f067aa0ba902b7-01"));
+        assert_eq!(
+            validate(r, &model(), &LIMITS).unwrap().trace_id.as_deref(),
+            Some(trace)
         );
     }
 
