@@ -157,6 +157,13 @@ pub struct Limits {
     /// Longest stop sequence, in bytes (at most 16 per request).
     #[arg(long, env = "BACKHAUL_MAX_STOP_BYTES", default_value_t = 256)]
     pub max_stop_bytes: usize,
+    /// Largest prompt text in bytes (message contents, or the completion
+    /// prompt); more is refused with 400 before anything tokenizes it.
+    /// Unset, the bound is what could possibly fit the context window
+    /// (context × the longest vocabulary entry × 2; docs/inference-limits.md),
+    /// which a vocabulary with one very long token makes loose.
+    #[arg(long, env = "BACKHAUL_MAX_PROMPT_BYTES")]
+    pub max_prompt_bytes: Option<usize>,
     /// Prompts tokenized at once; more wait (cancellably, within their
     /// deadline) for a turn. Tokenization runs on the engine's loop, so
     /// each one delays running streams while it lasts.
@@ -283,6 +290,7 @@ mod tests {
         assert_eq!(l.max_body_bytes, 4 << 20);
         assert_eq!(l.max_grpc_message_bytes, 4 << 20);
         assert_eq!(l.max_stop_bytes, 256);
+        assert_eq!(l.max_prompt_bytes, None);
         assert_eq!(l.max_concurrent_tokenizations, 2);
         assert_eq!(l.header_read_timeout, Duration::from_secs(10));
         assert_eq!(l.idle_timeout, Duration::from_secs(60));

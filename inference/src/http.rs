@@ -250,6 +250,8 @@ struct ChatBody {
     stream: bool,
     stream_options: Option<StreamOptions>,
     tools: Option<Vec<Value>>,
+    response_format: Option<Value>,
+    logprobs: Option<bool>,
     #[serde(flatten)]
     sampling: BodySampling,
 }
@@ -320,6 +322,22 @@ async fn chat_completions(
     let body: ChatBody = parse_body(&body)?;
     if body.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(InferenceError::invalid("tools", "tool calling is not supported").into());
+    }
+    // Never silently ignored: a JSON-mode client handed free text would
+    // fail later, further from the cause.
+    if let Some(format) = &body.response_format
+        && format.get("type").and_then(Value::as_str) != Some("text")
+    {
+        return Err(InferenceError::invalid(
+            "response_format",
+            "only {\"type\": \"text\"} is supported; JSON mode and JSON schemas are not",
+        )
+        .into());
+    }
+    if body.logprobs == Some(true) {
+        return Err(
+            InferenceError::invalid("logprobs", "log probabilities are not returned").into(),
+        );
     }
     let mut messages = Vec::with_capacity(body.messages.len());
     for m in body.messages {

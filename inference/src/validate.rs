@@ -22,6 +22,8 @@ pub struct RequestLimits {
     pub max_tokens_limit: usize,
     /// Longest stop sequence in bytes.
     pub max_stop_bytes: usize,
+    /// Longest prompt text in bytes, if configured (`--max-prompt-bytes`).
+    pub max_prompt_bytes: Option<usize>,
 }
 
 impl From<&Limits> for RequestLimits {
@@ -30,6 +32,7 @@ impl From<&Limits> for RequestLimits {
             default_max_tokens: limits.default_max_tokens as usize,
             max_tokens_limit: limits.max_tokens_limit as usize,
             max_stop_bytes: limits.max_stop_bytes,
+            max_prompt_bytes: limits.max_prompt_bytes,
         }
     }
 }
@@ -41,6 +44,7 @@ impl Default for RequestLimits {
             default_max_tokens: 1024,
             max_tokens_limit: 8192,
             max_stop_bytes: 256,
+            max_prompt_bytes: None,
         }
     }
 }
@@ -239,6 +243,17 @@ pub fn validate(
             Prompt::Text(text)
         }
     };
+    if let Some(max_bytes) = limits.max_prompt_bytes
+        && prompt.text_bytes() > max_bytes
+    {
+        return Err(invalid(
+            prompt.field(),
+            format!(
+                "the prompt is {} bytes; at most {max_bytes} are allowed (--max-prompt-bytes)",
+                prompt.text_bytes()
+            ),
+        ));
+    }
     if let Some(max_bytes) = model.max_prompt_bytes
         && prompt.text_bytes() > max_bytes
     {
@@ -435,6 +450,7 @@ mod tests {
         default_max_tokens: 20,
         max_tokens_limit: 90,
         max_stop_bytes: 8,
+        max_prompt_bytes: None,
     };
 
     fn model() -> ModelInfo {
@@ -539,6 +555,19 @@ mod tests {
             field_of(check_context(&v.sampling, &v.prompt, 30, 100, 1000).unwrap_err()),
             "max_tokens"
         );
+    }
+
+    #[test]
+    fn a_configured_prompt_byte_limit_applies_at_its_edge() {
+        let limits = RequestLimits {
+            max_prompt_bytes: Some(100),
+            ..LIMITS
+        };
+        let at = "a".repeat(100);
+        assert!(validate(chat(&[("user", &at)]), &model(), &limits).is_ok());
+        let err = validate(chat(&[("user", &format!("{at}b"))]), &model(), &limits).unwrap_err();
+        assert!(err.to_string().contains("at most 100"), "{err}");
+        assert_eq!(field_of(err), "messages");
     }
 
     #[test]

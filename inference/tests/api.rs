@@ -279,7 +279,32 @@ async fn bad_input_is_refused_with_the_right_code_and_the_server_keeps_serving()
             Some("messages"),
         ),
         ("not an object", json!([1, 2]), 400, None),
+        (
+            "JSON mode is refused, not ignored",
+            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
+            400,
+            Some("response_format"),
+        ),
+        (
+            "a JSON schema is refused, not ignored",
+            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}),
+            400,
+            Some("response_format"),
+        ),
+        (
+            "logprobs are refused, not ignored",
+            json!({"messages": [{"role": "user", "content": "hi"}], "logprobs": true}),
+            400,
+            Some("logprobs"),
+        ),
     ];
+    // Plain text, the default, is served.
+    let (status, _, text) = http_chat(
+        &handle,
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "response_format": {"type": "text"}, "logprobs": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
     for (name, body, code, param) in http_cases {
         let (status, _, text) = http_chat(&handle, body).await;
         assert_eq!(status.as_u16(), code, "{name}: {text}");

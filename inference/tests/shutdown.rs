@@ -67,19 +67,7 @@ impl Server {
     }
 
     async fn metric(&self, sample: &str) -> f64 {
-        let body = reqwest::get(&self.metrics)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        body.lines()
-            .find_map(|line| {
-                line.strip_prefix(sample)
-                    .and_then(|rest| rest.strip_prefix(' '))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        metric_at(&self.metrics, sample).await
     }
 
     fn chat(&self, max_tokens: u32) -> tokio::task::JoinHandle<(u16, Value)> {

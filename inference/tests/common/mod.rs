@@ -356,7 +356,12 @@ pub async fn metrics_text(handle: &ServerHandle) -> String {
 /// The value of one sample line in /metrics, e.g.
 /// `backhaul_inference_requests_queued`.
 pub async fn metric(handle: &ServerHandle, sample: &str) -> f64 {
-    let body = reqwest::get(metrics_url(handle, "/metrics"))
+    metric_at(&metrics_url(handle, "/metrics"), sample).await
+}
+
+/// The value of one sample line in the /metrics text at `url`.
+pub async fn metric_at(url: &str, sample: &str) -> f64 {
+    let body = reqwest::get(url)
         .await
         .expect("metrics reachable")
         .text()
