@@ -22,7 +22,7 @@
 # BACKHAUL_WORKER_DIR run a server binary and a Worker checkout from
 # elsewhere (wrangler dev reloads whenever worker/ is edited, killing the
 # requests in flight: measure a checkout nobody edits meanwhile).
-# Logs: $BACKHAUL_CACHE/soak/logs.
+# Logs: BACKHAUL_SOAK_LOGS ($BACKHAUL_CACHE/soak/logs).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$repo_root"
@@ -37,8 +37,10 @@ else
   export BACKHAUL_SOAK_SECONDS=${BACKHAUL_SOAK_SECONDS:-300}
   export BACKHAUL_SOAK_OUT=${BACKHAUL_SOAK_OUT:-$repo_root/docs/benchmarks/soak.json}
 fi
-# The soak's logs apart from the e2e suite's; each run starts with none.
-export BACKHAUL_E2E_LOGS=$BACKHAUL_CACHE/soak/logs
+# The soak's logs (and the Worker's state) apart from the e2e suite's, and
+# from another soak's given its own BACKHAUL_SOAK_LOGS; each run starts
+# with none.
+export BACKHAUL_E2E_LOGS=${BACKHAUL_SOAK_LOGS:-$BACKHAUL_CACHE/soak/logs}
 rm -rf "$BACKHAUL_E2E_LOGS"
 mkdir -p "$BACKHAUL_E2E_LOGS"
 

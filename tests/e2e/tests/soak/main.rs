@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use backhaul_e2e::clusters::LocalRegion;
-use backhaul_e2e::{Worker, cache_dir, logs_dir, repo_root};
+use backhaul_e2e::{Worker, logs_dir, repo_root};
 use backhaul_operator::publish::{
     Route, RouteLocation, RouteRouting, rfc3339_seconds, unix_millis,
 };
@@ -217,6 +217,8 @@ async fn soak(params: &Params) -> Result<bool> {
     let started = Instant::now();
     // Other work on the machine moves every figure: recorded at both ends.
     let loadavg_at_start = loadavg();
+    // What is measured is what was checked out when the processes started.
+    let commit = git_commit();
     let schedule = Schedule::new(Duration::from_secs(params.seconds));
     let token = format!(
         "{}{}",
@@ -246,6 +248,7 @@ async fn soak(params: &Params) -> Result<bool> {
         eprintln!("soak:   first {status} {code}: {message}");
     }
     let around = serde_json::json!({
+        "commit": commit,
         "durations": {"setup_s": report::round(setup_s), "run_and_drain_s": report::round(run_s),
             "restart_ready_s": conducted.restart_ready_s.map(report::round), "total_s": report::round(total_s)},
         "machine": {
@@ -297,7 +300,9 @@ async fn setup(params: &Params, token: &str) -> Result<(Worker, Vec<LocalRegion>
     if !model.exists() {
         bail!("{} is missing: make model", model.display());
     }
-    let state = cache_dir().join("soak/worker-state");
+    // Beside the logs: two soaks with their own log directories (a make
+    // test beside a make soak) keep apart.
+    let state = logs_dir().join("worker-state");
     let _ = std::fs::remove_dir_all(&state);
     std::fs::create_dir_all(&state)?;
     let names: Vec<&str> = REGIONS.iter().map(|(name, ..)| *name).collect();
@@ -436,7 +441,7 @@ fn write_json(
     schedule: &Schedule,
     results: &Results,
     conducted: &Conducted,
-    // Fields measured around the run: durations, the machine.
+    // Fields measured around the run: the commit, durations, the machine.
     around: serde_json::Value,
     failures: &[String],
 ) -> Result<()> {
@@ -444,7 +449,6 @@ fn write_json(
     let extra = serde_json::json!({
         "date": rfc3339_seconds(SystemTime::now()),
         "command": format!("BACKHAUL_SOAK_SECONDS={} scripts/soak.sh", params.seconds),
-        "commit": git_commit(),
         "parameters": params.json(schedule),
         "events": conducted.events.iter().map(|e| serde_json::json!({"at_s": report::round(e.at), "what": e.what})).collect::<Vec<_>>(),
         "passed": failures.is_empty(),
