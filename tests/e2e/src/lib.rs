@@ -619,13 +619,7 @@ pub async fn chat(
         .send()
         .await
         .context("the Worker did not answer POST /v1/chat/completions")?;
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |name: &str| header_text(&response, name);
     let mut chat = Chat {
         status: response.status().as_u16(),
         region: header("x-backhaul-region"),
@@ -719,6 +713,15 @@ impl SseParser {
         }
         out
     }
+}
+
+/// A response header as text, if present and visible ASCII.
+pub fn header_text(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Fails unless `cond`, with a message naming the component.

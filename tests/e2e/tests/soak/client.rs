@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use backhaul_e2e::{SseData, SseParser};
+use backhaul_e2e::{SseData, SseParser, header_text};
 use futures::StreamExt;
 use tokio::time::{sleep_until, timeout_at};
 
@@ -271,13 +271,7 @@ async fn request(
         Err(_) => Outcome::Hung,
         Ok(Err(error)) => Outcome::Lost(format!("sending: {error}")),
         Ok(Ok(response)) => {
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
+            let header = |name: &str| header_text(&response, name);
             record.region = header("x-backhaul-region");
             record.attempts = header("x-backhaul-attempts").and_then(|v| v.parse().ok());
             if response.status() != 200 {
