@@ -1030,17 +1030,16 @@ async fn rolling_update(ctx: &mut Ctx) -> Result<()> {
     // cores more would queue behind the new pods' model loading until the
     // Worker's first-byte timeout, which measures the machine, not the roll.)
     let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for location in [NEW_YORK] {
+    let client = {
         let (url, served, stop) = (ctx.worker.url(), model.served.clone(), stop.clone());
-        clients.push(tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut results = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                results.push(chat(&url, &served, location, 4, || {}).await);
+                results.push(chat(&url, &served, NEW_YORK, 4, || {}).await);
             }
             results
-        }));
-    }
+        })
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rolled = Instant::now();
     // An engine setting: a new pod template in every region.
@@ -1059,10 +1058,7 @@ async fn rolling_update(ctx: &mut Ctx) -> Result<()> {
     // A few more requests on the new pods, then stop.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut results = Vec::new();
-    for client in clients {
-        results.extend(client.await?);
-    }
+    let results = client.await?;
     if finished.is_err() {
         bail!(
             "the rolling update did not finish within 150 s; pods: {}",
