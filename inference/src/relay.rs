@@ -198,7 +198,9 @@ pub struct RelayContext {
     pub trace_id: Option<String>,
     pub api: Api,
     pub received: Instant,
-    pub deadline: Option<Instant>,
+    /// The request's deadline (`--request-timeout`, or a shorter
+    /// `grpc-timeout`).
+    pub deadline: Instant,
     pub stop: Vec<String>,
     pub prompt_tokens: usize,
     /// Tokens the engine has sampled for this generation.
@@ -249,12 +251,7 @@ async fn run(
         first_token_at: None,
         last_token_at: None,
     };
-    let sleep = async {
-        match deadline {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
-        }
-    };
+    let sleep = tokio::time::sleep_until(deadline.into());
     tokio::pin!(sleep);
     loop {
         let step = tokio::select! {
@@ -268,7 +265,7 @@ async fn run(
             }
             () = hard_stop.cancelled() => Step::Finished(state.cut_short(InferenceError::DrainTimeout)),
             () = &mut sleep => {
-                let waited = deadline.map(|d| d.saturating_duration_since(state.ctx.received)).unwrap_or_default();
+                let waited = deadline.saturating_duration_since(state.ctx.received);
                 Step::Finished(state.cut_short(InferenceError::DeadlineExceeded(waited)))
             }
             response = engine_rx.recv() => match response {

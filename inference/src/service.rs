@@ -218,7 +218,7 @@ impl InferenceService {
                 trace_id,
                 api,
                 received,
-                deadline: Some(deadline),
+                deadline,
                 stop: sampling.stop.clone(),
                 prompt_tokens,
                 sampled,

@@ -37,18 +37,6 @@ impl From<&Limits> for RequestLimits {
     }
 }
 
-impl Default for RequestLimits {
-    /// The flags' defaults.
-    fn default() -> Self {
-        Self {
-            default_max_tokens: 1024,
-            max_tokens_limit: 8192,
-            max_stop_bytes: 256,
-            max_prompt_bytes: None,
-        }
-    }
-}
-
 /// A request as a client sent it; adapters fill this from proto or JSON.
 #[derive(Debug, Clone, Default)]
 pub struct RawRequest {
