@@ -308,7 +308,9 @@ async fn a_client_that_gives_up_while_its_prompt_waits_to_be_tokenized_frees_its
 #[tokio::test]
 async fn the_request_timeout_bounds_both_apis() {
     let _turn = SERIAL.lock().await;
-    let handle = server(&["--request-timeout", "1500ms"]).await;
+    // Long enough for the first token (TTFT here is about 1.5 s on two
+    // cores), far too short for 4,000 tokens.
+    let handle = server(&["--request-timeout", "5s"]).await;
     let long = "Write a very long story about a lighthouse keeper.";
 
     let body = json!({"messages": [{"role": "user", "content": long}], "max_tokens": 4000});
