@@ -231,29 +231,7 @@ pub fn validate(
             Prompt::Text(text)
         }
     };
-    if let Some(max_bytes) = limits.max_prompt_bytes
-        && prompt.text_bytes() > max_bytes
-    {
-        return Err(invalid(
-            prompt.field(),
-            format!(
-                "the prompt is {} bytes; at most {max_bytes} are allowed (--max-prompt-bytes)",
-                prompt.text_bytes()
-            ),
-        ));
-    }
-    if let Some(max_bytes) = model.max_prompt_bytes
-        && prompt.text_bytes() > max_bytes
-    {
-        return Err(invalid(
-            prompt.field(),
-            format!(
-                "the prompt is {} bytes; no prompt over {max_bytes} bytes fits the model's context window of {} tokens",
-                prompt.text_bytes(),
-                model.context_length
-            ),
-        ));
-    }
+    check_prompt_bytes(&prompt, model, limits)?;
     let sampling = validate_sampling(raw.sampling, model, limits)?;
     Ok(ValidatedRequest {
         request_id,
@@ -282,6 +260,38 @@ pub fn trace_id(traceparent: &str) -> Option<String> {
         && trace.bytes().any(|b| b != b'0')
         && parent.bytes().any(|b| b != b'0');
     valid.then(|| trace.to_string())
+}
+
+/// Refuses a prompt longer in bytes than `--max-prompt-bytes`, or than any
+/// prompt that could fit the context window, before it is tokenized.
+fn check_prompt_bytes(
+    prompt: &Prompt,
+    model: &ModelInfo,
+    limits: &RequestLimits,
+) -> Result<(), InferenceError> {
+    let bytes = prompt.text_bytes();
+    if let Some(max_bytes) = limits.max_prompt_bytes
+        && bytes > max_bytes
+    {
+        return Err(invalid(
+            prompt.field(),
+            format!(
+                "the prompt is {bytes} bytes; at most {max_bytes} are allowed (--max-prompt-bytes)"
+            ),
+        ));
+    }
+    if let Some(max_bytes) = model.max_prompt_bytes
+        && bytes > max_bytes
+    {
+        return Err(invalid(
+            prompt.field(),
+            format!(
+                "the prompt is {bytes} bytes; no prompt over {max_bytes} bytes fits the model's context window of {} tokens",
+                model.context_length
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn finite_in(
