@@ -63,15 +63,20 @@ export interface Classification {
 		| "client-asked-edge"
 		| "prompt-tokens"
 		| "max-tokens"
+		| "edge-unsupported"
 		| "light";
 	promptTokens: number;
+	/** for `edge-unsupported`: the request field the edge cannot honour */
+	field?: string;
 }
 
 /**
  * Heavy (region) when the model has no edge model, the client asks for a
- * region, or the estimated prompt tokens or max_tokens reach the published
- * thresholds (a threshold of 0 makes every request heavy). `edge` from the
- * client overrides the thresholds, not a missing edge model.
+ * region, the request sets a field the edge cannot honour (`edgeUnsupported`,
+ * from edge.ts: tools, JSON mode, stop sequences, …), or the estimated prompt
+ * tokens or max_tokens reach the published thresholds (a threshold of 0 makes
+ * every request heavy). `edge` from the client overrides the thresholds, not
+ * a missing edge model nor a field the edge would drop.
  */
 export function classify(
 	input: {
@@ -79,12 +84,15 @@ export function classify(
 		routing: Pick<Routing, "heavyPromptTokens" | "heavyMaxTokens">;
 		maxTokens: number | null;
 		hint: RouteHint;
+		/** the first field the edge cannot honour (edge.ts's edgeUnsupportedField); null or absent: none */
+		edgeUnsupported?: string | null;
 	} & ({ messages: readonly ChatMessage[] } | { prompt: string }),
 ): Classification {
 	const promptTokens = "prompt" in input ? estimateTextTokens(input.prompt) : estimatePromptTokens(input.messages);
 	const c = (tier: Tier, reason: Classification["reason"]): Classification => ({ tier, reason, promptTokens });
 	if (input.edgeModel === null) return c("region", "no-edge-model");
 	if (input.hint === "region") return c("region", "client-asked-region");
+	if (input.edgeUnsupported) return { ...c("region", "edge-unsupported"), field: input.edgeUnsupported };
 	if (input.hint === "edge") return c("edge", "client-asked-edge");
 	if (promptTokens >= input.routing.heavyPromptTokens) return c("region", "prompt-tokens");
 	if (input.maxTokens !== null && input.maxTokens >= input.routing.heavyMaxTokens) return c("region", "max-tokens");

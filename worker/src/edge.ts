@@ -16,6 +16,59 @@ export interface AiRunner {
 
 const PASSED_OPTIONS = ["temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty", "repetition_penalty"];
 
+const absent = (v: unknown) => v === undefined || v === null;
+
+/**
+ * Fields the edge does not pass to Workers AI but a region acts on (honours,
+ * or refuses with 400 naming the field), each with when its value matters.
+ * A request that sets one is never answered at the edge: there the field
+ * would be dropped in silence (tools ignored, JSON mode answered as free
+ * text, a stop sequence run past). Workers AI does take `tools` and
+ * `response_format` for some models, but in its own shapes (flat tool
+ * definitions, `tool_calls` as `[{name, arguments}]`, a bare schema in
+ * `json_schema`) and only on the models that list them; the edge model is
+ * whatever a route names, so the Worker does not translate them.
+ * Fields neither tier acts on (docs/openai-compatibility.md) do not move a
+ * request: the answer would be the same either way.
+ */
+const REGION_FIELDS: Record<GenerationRequest["api"], Record<string, (v: unknown) => boolean>> = {
+	chat: {
+		tools: (v) => !absent(v) && !(Array.isArray(v) && v.length === 0),
+		tool_choice: (v) => !absent(v) && v !== "none" && v !== "auto",
+		response_format: (v) => !absent(v) && (v as { type?: unknown }).type !== "text",
+		stop: (v) => !absent(v) && !(Array.isArray(v) && v.length === 0),
+		min_p: (v) => !absent(v),
+		n: (v) => !absent(v) && v !== 1,
+		logprobs: (v) => !absent(v) && v !== false,
+		top_logprobs: (v) => !absent(v),
+	},
+	completions: {
+		stop: (v) => !absent(v) && !(Array.isArray(v) && v.length === 0),
+		min_p: (v) => !absent(v),
+		n: (v) => !absent(v) && v !== 1,
+		echo: (v) => !absent(v) && v !== false,
+		suffix: (v) => !absent(v),
+	},
+};
+
+/**
+ * The first field of `req` the edge cannot honour (see REGION_FIELDS), or
+ * `messages` when the conversation carries tool calls or tool results (the
+ * edge passes each message's role and text only); null when the edge can
+ * answer the request as a region would.
+ */
+export function edgeUnsupportedField(req: GenerationRequest): string | null {
+	for (const [field, matters] of Object.entries(REGION_FIELDS[req.api])) if (matters(req.raw[field])) return field;
+	if (req.api === "chat" && req.messages.some(carriesTools)) return "messages";
+	return null;
+}
+
+function carriesTools(m: ChatMessage): boolean {
+	if (m.role === "tool" || m.role === "function") return true;
+	const toolCalls = m.tool_calls;
+	return (!absent(toolCalls) && !(Array.isArray(toolCalls) && toolCalls.length === 0)) || !absent(m.function_call);
+}
+
 /**
  * Workers AI text-generation input from an OpenAI request: text-only messages
  * (the caller has refused any other content part: request.ts's nonTextPart),

@@ -15,7 +15,7 @@ import { ABANDON_POLL_MS, board, land, type Flight } from "./coalesce";
 import { handleAdmin, ADMIN_ROOT } from "./admin";
 import { authenticate, checkRouteHint, type Caller } from "./auth";
 import { classify, parseRouteHint, type Classification } from "./classify";
-import { edgeInputs, toChatCompletion, toOpenAiStream, toTextCompletion, withFirstChunk, type AiRunner } from "./edge";
+import { edgeInputs, edgeUnsupportedField, toChatCompletion, toOpenAiStream, toTextCompletion, withFirstChunk, type AiRunner } from "./edge";
 import { ApiError, badRequest } from "./errors";
 import { cooldownUntil, DEFAULT_MAX_UPSTREAM_BODY_BYTES, forwardToRegions, type RegionAttemptLog, type UpstreamPath } from "./proxy";
 import { locationFromCf, parseLocation, rankRegions, isLive, type LatLon } from "./rank";
@@ -188,6 +188,15 @@ async function generate(
 	if (!ref && !edgeOnly) {
 		throw new ApiError(404, "not_found_error", "model_not_found", `The model '${req.model}' does not exist or is not published.`, "model");
 	}
+	// A field the edge would drop sends the request to a region (edge.ts).
+	const edgeUnsupported = edgeUnsupportedField(req);
+	if (edgeOnly && edgeUnsupported) {
+		throw badRequest(
+			`'${edgeUnsupported}' is not supported by the edge model '${req.model}': it runs on Workers AI only, which gets text, max_tokens and sampling options; name a model a region serves.`,
+			edgeUnsupported,
+			"unsupported_parameter",
+		);
+	}
 	const classification: Classification = edgeOnly
 		? { tier: "edge", reason: "client-asked-edge", promptTokens: 0 }
 		: classify({
@@ -195,6 +204,7 @@ async function generate(
 				routing: ref!.routing,
 				maxTokens: req.maxTokens,
 				hint,
+				edgeUnsupported,
 				...(req.api === "chat" ? { messages: req.messages } : { prompt: req.prompt }),
 			});
 	const edgeModel = edgeOnly ? req.model : ref!.edgeModel;
@@ -403,7 +413,7 @@ async function answer(a: {
 		}
 		const message = edgeFailure
 			? `No live region serves '${req.model}', and the edge could not take the request: ${edgeFailure}.`
-			: `No live region serves '${req.model}', and this request needs one (${classification.reason}).`;
+			: `No live region serves '${req.model}', and this request needs one (${classification.reason}${classification.field ? `: '${classification.field}'` : ""}).`;
 		throw new ApiError(503, "service_unavailable", "no_live_region", message, null, attemptsHeader);
 	}
 	const maxAttempts = ranked.routes[0]!.routing.failoverAttempts;

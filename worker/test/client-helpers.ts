@@ -66,6 +66,11 @@ export async function upstreamPaths(id: string): Promise<string[]> {
 	return (await (await upstreamControl("paths", id)).json()) as string[];
 }
 
+/** The body of every request the simulated region `id` received, oldest first, parsed. */
+export async function upstreamBodies(id: string): Promise<Record<string, unknown>[]> {
+	return ((await (await upstreamControl("bodies", id)).json()) as string[]).map((b) => JSON.parse(b) as Record<string, unknown>);
+}
+
 /** Once region `id`'s connection closed: how much of a huge body it wrote. */
 export async function upstreamSent(id: string): Promise<{ written: number; total: number; finished: boolean }> {
 	const res = await upstreamControl("sent", id);

@@ -27,7 +27,8 @@
  * longrequestid (ok, with a 300-character x-request-id).
  * Control: /control/count/{id} (requests seen), /control/headers/{id} (the
  * headers of each request seen, JSON), /control/paths/{id} (the path after
- * `{scenario}/{id}` of each request seen, JSON), /control/release/{id},
+ * `{scenario}/{id}` of each request seen, JSON), /control/bodies/{id} (the
+ * body of each request seen, as text, JSON), /control/release/{id},
  * /control/closed/{id} (answers once the upstream connection of {id} closed;
  * 504 after 10 s), /control/sent/{id} (once closed: how many body bytes a
  * huge scenario wrote, JSON {written, total, finished}).
@@ -51,6 +52,7 @@ export const HUGE_BYTES = 128 * 1024 * 1024;
 const counts = new Map<string, number>();
 const headersSeen = new Map<string, IncomingHttpHeaders[]>();
 const pathsSeen = new Map<string, string[]>();
+const bodiesSeen = new Map<string, string[]>();
 const sent = new Map<string, { written: number; total: number; finished: boolean }>();
 const releases = new Map<string, () => void>();
 const closed = new Map<string, Promise<void>>();
@@ -90,6 +92,10 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 			res.writeHead(200, { "content-type": "application/json" });
 			return void res.end(JSON.stringify(pathsSeen.get(id) ?? []));
 		}
+		if (what === "bodies") {
+			res.writeHead(200, { "content-type": "application/json" });
+			return void res.end(JSON.stringify(bodiesSeen.get(id) ?? []));
+		}
 		if (what === "sent") {
 			const timer = new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 10_000));
 			const result = await Promise.race([closedPromise(id).then(() => "closed" as const), timer]);
@@ -114,6 +120,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 	headersSeen.set(id, [...(headersSeen.get(id) ?? []), req.headers]);
 	pathsSeen.set(id, [...(pathsSeen.get(id) ?? []), path]);
 	const body = await readBody(req);
+	bodiesSeen.set(id, [...(bodiesSeen.get(id) ?? []), body]);
 	const stream = (JSON.parse(body || "{}") as { stream?: boolean }).stream === true;
 	res.on("close", () => {
 		closedPromise(id);

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from "vitest";
 import type { AiRunner } from "../../src/edge";
-import { callWorker as call, chatWith as chat } from "../client-helpers";
+import { callWorker as call, chatWith as chat, upstreamBodies } from "../client-helpers";
 import { justExpired, makeRoute, publish, sseContent, ssePayloads, uid, upstream, userMessage } from "../helpers";
 
 const EDGE = "@cf/meta/llama-3.2-1b-instruct";
@@ -115,6 +115,96 @@ describe("edge tier (Workers AI)", () => {
 		const err = ((await res.json()) as { error: { message: string } }).error;
 		expect(err.message).toContain("No live region");
 		expect(err.message).toContain("boom");
+	});
+
+	it("sends a request with a field the edge would drop to a region, field intact, whatever x-backhaul-route says", async () => {
+		const { model, regionId } = await edgeModelDeployment();
+		const calls: { model: string; inputs: Record<string, unknown> }[] = [];
+		const tool = { type: "function", function: { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } } } } };
+		const cases: [Record<string, unknown>, string][] = [
+			[{ tools: [tool] }, "tools"],
+			[{ tools: [tool], tool_choice: "none" }, "tools"],
+			[{ tool_choice: { type: "function", function: { name: "get_weather" } } }, "tool_choice"],
+			[{ response_format: { type: "json_object" } }, "response_format"],
+			[{ response_format: { type: "json_schema", json_schema: { name: "w", schema: { type: "object" }, strict: true } } }, "response_format"],
+			[{ stop: ["\n"] }, "stop"],
+			[{ stop: "END" }, "stop"],
+			[{ min_p: 0.1 }, "min_p"],
+			[{ n: 2 }, "n"],
+			[{ logprobs: true }, "logprobs"],
+			[{ top_logprobs: 2 }, "top_logprobs"],
+		];
+		for (const [extra, field] of cases) {
+			for (const headers of [{}, { "x-backhaul-route": "edge" }] as Record<string, string>[]) {
+				const res = await chat({ model, messages: userMessage("Hi"), ...extra }, { AI: aiAnswering("edge", calls), ...HINTS }, headers);
+				expect(res.headers.get("x-backhaul-tier"), field).toBe("region");
+				expect(res.headers.get("x-backhaul-reason"), field).toBe("edge-unsupported");
+				await res.body?.cancel();
+			}
+		}
+		// A conversation that carries tool calls and results: the edge would pass their text only.
+		const toolTurns = [
+			{ role: "user", content: "Weather in Paris?" },
+			{ role: "assistant", content: null, tool_calls: [{ id: "call_1", type: "function", function: { name: "get_weather", arguments: '{"city":"Paris"}' } }] },
+			{ role: "tool", tool_call_id: "call_1", content: "18 C" },
+		];
+		const history = await chat({ model, messages: toolTurns }, { AI: aiAnswering("edge", calls) });
+		expect(history.headers.get("x-backhaul-tier")).toBe("region");
+		await history.body?.cancel();
+		expect(calls).toHaveLength(0);
+		// The region got each body as the client sent it: nothing dropped or rewritten.
+		const bodies = await upstreamBodies(regionId);
+		expect(bodies).toHaveLength(cases.length * 2 + 1);
+		expect(bodies[0]).toMatchObject({ tools: [tool] });
+		expect(bodies[8]).toMatchObject({ response_format: { type: "json_schema", json_schema: { name: "w", strict: true } } });
+		expect(bodies.at(-1)).toMatchObject({ messages: toolTurns });
+	});
+
+	it("keeps a request at the edge when such fields hold values that change nothing", async () => {
+		const { model } = await edgeModelDeployment();
+		const calls: { model: string; inputs: Record<string, unknown> }[] = [];
+		for (const extra of [
+			{ tools: [] },
+			{ tool_choice: "none" },
+			{ tool_choice: "auto", parallel_tool_calls: true },
+			{ response_format: { type: "text" } },
+			{ stop: null, n: 1, logprobs: false, top_logprobs: null },
+			{ stop: [] },
+			{ user: "u-1", metadata: { a: "b" }, store: false },
+		]) {
+			const res = await chat({ model, messages: userMessage("Hi"), ...extra }, { AI: aiAnswering("edge", calls) });
+			expect(res.headers.get("x-backhaul-tier"), JSON.stringify(extra)).toBe("edge");
+			expect(res.headers.get("x-backhaul-reason")).toBe("light");
+			await res.body?.cancel();
+		}
+		expect(calls).toHaveLength(7);
+	});
+
+	it("sends a legacy completion with echo, suffix or stop to a region", async () => {
+		const { model, regionId } = await edgeModelDeployment();
+		const calls: { model: string; inputs: Record<string, unknown> }[] = [];
+		for (const extra of [{ echo: true }, { suffix: "end" }, { stop: ["."] }]) {
+			const res = await call("/v1/completions", { method: "POST", body: JSON.stringify({ model, prompt: "Once", ...extra }) }, { AI: aiAnswering("edge", calls) });
+			expect(res.headers.get("x-backhaul-tier")).toBe("region");
+			expect(res.headers.get("x-backhaul-reason")).toBe("edge-unsupported");
+			await res.body?.cancel();
+		}
+		expect(calls).toHaveLength(0);
+		expect((await upstreamBodies(regionId)).map((b) => Object.keys(b).at(-1))).toEqual(["echo", "suffix", "stop"]);
+	});
+
+	it("refuses such a field (400 naming it) for a model only the edge serves", async () => {
+		const { model } = await edgeModelDeployment();
+		await (await chat({ model, messages: userMessage("Hi") }, { AI: aiAnswering("edge") })).body?.cancel();
+		const calls: { model: string; inputs: Record<string, unknown> }[] = [];
+		const res = await chat({ model: EDGE, messages: userMessage("Hi"), response_format: { type: "json_object" } }, { AI: aiAnswering("edge", calls) });
+		expect(res.status).toBe(400);
+		expect(await res.json()).toMatchObject({ error: { type: "invalid_request_error", code: "unsupported_parameter", param: "response_format" } });
+		expect(calls).toHaveLength(0);
+		// Without it, the edge model answers.
+		const plain = await chat({ model: EDGE, messages: userMessage("Hi") }, { AI: aiAnswering("edge", calls) });
+		expect(plain.headers.get("x-backhaul-tier")).toBe("edge");
+		await plain.body?.cancel();
 	});
 
 	it("lists the edge model and models that only the edge can serve now", async () => {

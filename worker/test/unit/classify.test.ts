@@ -39,6 +39,12 @@ describe("classify", () => {
 		expect(classify({ ...base, routing: { heavyPromptTokens: 0, heavyMaxTokens: 256 } }).tier).toBe("region");
 		expect(classify({ ...base, routing: { heavyPromptTokens: 100, heavyMaxTokens: 0 } }).tier).toBe("region");
 	});
+	it("sends a request with a field the edge cannot honour to a region, over an edge hint too", () => {
+		expect(classify({ ...base, edgeUnsupported: "tools" })).toMatchObject({ tier: "region", reason: "edge-unsupported", field: "tools" });
+		expect(classify({ ...base, edgeUnsupported: "tools", hint: "edge" })).toMatchObject({ tier: "region", reason: "edge-unsupported" });
+		expect(classify({ ...base, edgeUnsupported: "tools", edgeModel: null })).toMatchObject({ tier: "region", reason: "no-edge-model" });
+		expect(classify({ ...base, edgeUnsupported: null })).toMatchObject({ tier: "edge", reason: "light" });
+	});
 	it("follows x-backhaul-route", () => {
 		expect(classify({ ...base, hint: "region" })).toMatchObject({ tier: "region", reason: "client-asked-region" });
 		expect(classify({ ...base, messages: msgs(4000), hint: "edge" })).toMatchObject({ tier: "edge", reason: "client-asked-edge" });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { edgeInputs, toChatCompletion, toOpenAiStream } from "../../src/edge";
-import { parseChatRequest } from "../../src/request";
+import { edgeInputs, edgeUnsupportedField, toChatCompletion, toOpenAiStream } from "../../src/edge";
+import { parseChatRequest, parseCompletionRequest } from "../../src/request";
 import { ssePayloads, sseContent } from "../helpers";
 
 const enc = new TextEncoder();
@@ -12,6 +12,49 @@ const aiStream = (parts: string[], error?: Error) =>
 			else c.close();
 		},
 	});
+
+describe("edgeUnsupportedField", () => {
+	const chatReq = (extra: Record<string, unknown>, messages: unknown[] = [{ role: "user", content: "hi" }]) =>
+		parseChatRequest(enc.encode(JSON.stringify({ model: "m", messages, ...extra })));
+	const completionReq = (extra: Record<string, unknown>) => parseCompletionRequest(enc.encode(JSON.stringify({ model: "m", prompt: "p", ...extra })));
+	it("names the first field a region acts on and the edge would drop", () => {
+		expect(edgeUnsupportedField(chatReq({ tools: [{ type: "function", function: { name: "f" } }] }))).toBe("tools");
+		expect(edgeUnsupportedField(chatReq({ tool_choice: "required" }))).toBe("tool_choice");
+		expect(edgeUnsupportedField(chatReq({ response_format: { type: "json_object" } }))).toBe("response_format");
+		expect(edgeUnsupportedField(chatReq({ response_format: {} }))).toBe("response_format");
+		expect(edgeUnsupportedField(chatReq({ stop: "x" }))).toBe("stop");
+		expect(edgeUnsupportedField(chatReq({ stop: "" }))).toBe("stop");
+		expect(edgeUnsupportedField(chatReq({ min_p: 0 }))).toBe("min_p");
+		expect(edgeUnsupportedField(chatReq({ n: 3 }))).toBe("n");
+		expect(edgeUnsupportedField(chatReq({ logprobs: true }))).toBe("logprobs");
+		expect(edgeUnsupportedField(chatReq({ top_logprobs: 0 }))).toBe("top_logprobs");
+		expect(edgeUnsupportedField(completionReq({ echo: true }))).toBe("echo");
+		expect(edgeUnsupportedField(completionReq({ suffix: "" }))).toBe("suffix");
+		expect(edgeUnsupportedField(completionReq({ stop: ["\n"] }))).toBe("stop");
+	});
+	it("names messages for a conversation with tool calls or tool results", () => {
+		expect(edgeUnsupportedField(chatReq({}, [{ role: "tool", tool_call_id: "c", content: "r" }]))).toBe("messages");
+		expect(edgeUnsupportedField(chatReq({}, [{ role: "function", name: "f", content: "r" }]))).toBe("messages");
+		expect(edgeUnsupportedField(chatReq({}, [{ role: "assistant", content: null, tool_calls: [{ id: "c" }] }]))).toBe("messages");
+		expect(edgeUnsupportedField(chatReq({}, [{ role: "assistant", content: null, function_call: { name: "f" } }]))).toBe("messages");
+		expect(edgeUnsupportedField(chatReq({}, [{ role: "assistant", content: "ok", tool_calls: [] }]))).toBeNull();
+	});
+	it("is null for values that change nothing, for fields the edge passes on and for fields neither tier acts on", () => {
+		for (const extra of [
+			{},
+			{ tools: [], tool_choice: "none", parallel_tool_calls: false, response_format: { type: "text" }, stop: [], n: 1, logprobs: false },
+			{ tools: null, tool_choice: null, response_format: null, stop: null, min_p: null, n: null, logprobs: null, top_logprobs: null },
+			{ tool_choice: "auto" },
+			{ temperature: 0, top_p: 0.9, top_k: 4, seed: 7, frequency_penalty: 1, presence_penalty: 1, max_tokens: 5, stream: true },
+			{ user: "u", metadata: {}, store: true, logit_bias: { "1": 5 }, service_tier: "auto" },
+		]) {
+			expect(edgeUnsupportedField(chatReq(extra)), JSON.stringify(extra)).toBeNull();
+		}
+		expect(edgeUnsupportedField(completionReq({ echo: false, n: 1, stop: null, best_of: 1, logprobs: null }))).toBeNull();
+		// tools and response_format mean something only to chat.
+		expect(edgeUnsupportedField(completionReq({ tools: [{}], response_format: { type: "json_object" } }))).toBeNull();
+	});
+});
 
 describe("edge conversion", () => {
 	it("maps an OpenAI request onto Workers AI inputs", () => {
