@@ -5,7 +5,9 @@
 #   2. helm template compared with the committed snapshots under
 #      charts/backhaul-operator/tests/ (--update rewrites them);
 #   3. what the templates render for particular values (secrets, RBAC scope,
-#      NetworkPolicy ports, image tags);
+#      NetworkPolicy ports, image tags, the PodMonitor and dashboard ConfigMap);
+#      the inference PodMonitor against operator/src/build.rs and the Grafana
+#      dashboard's PromQL against the registered metrics (charts/check-monitoring.py);
 #   4. bad values fail `helm template` with the schema's or the chart's message;
 #   5. the chart's crds/ equals the repository's crds/, the chart's appVersion
 #      the Cargo workspace's version; the Dockerfiles pass hadolint;
@@ -161,7 +163,8 @@ expect_render "defaults: no publication, images tagged with appVersion, leader e
   'env["BACKHAUL_INFERENCE_IMAGE_CUDA"] == "ghcr.io/backhaul-dev/backhaul-inference:0.1.0-cuda"' \
   'env["BACKHAUL_LEADER_ELECTION"] == "true" and env["BACKHAUL_LEASE_NAME"] == "backhaul-backhaul-operator"' \
   'env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}' \
-  'not has("NetworkPolicy") and not has("ServiceMonitor") and has("ClusterRoleBinding")'
+  'not has("NetworkPolicy") and not has("ServiceMonitor") and has("ClusterRoleBinding")' \
+  'not has("PodMonitor") and not has("ConfigMap")'
 expect_render "the container runs non-root, read-only, without capabilities" "" \
   'container["securityContext"]["readOnlyRootFilesystem"] is True and container["securityContext"]["runAsNonRoot"] is True' \
   'container["securityContext"]["capabilities"] == {"drop": ["ALL"]} and container["securityContext"]["allowPrivilegeEscalation"] is False' \
@@ -220,6 +223,39 @@ expect_render "serviceMonitor: scrapes the metrics port of the operator's Servic
   "--set metrics.serviceMonitor.enabled=true --set metrics.serviceMonitor.labels.release=prom" \
   'obj("ServiceMonitor")["spec"]["endpoints"][0]["port"] == "metrics" and obj("ServiceMonitor")["metadata"]["labels"]["release"] == "prom"' \
   'all(obj("Service")["metadata"]["labels"].get(k) == v for k, v in obj("ServiceMonitor")["spec"]["selector"]["matchLabels"].items())'
+expect_render "inferencePodMonitor: a PodMonitor on the inference pods' metrics port, in every namespace, its interval set" \
+  "--set metrics.inferencePodMonitor.enabled=true --set metrics.inferencePodMonitor.interval=15s --set metrics.inferencePodMonitor.labels.release=prom" \
+  'obj("PodMonitor", "backhaul-backhaul-operator-inference")["metadata"]["namespace"] == "backhaul-system" and obj("PodMonitor")["metadata"]["labels"]["release"] == "prom"' \
+  'obj("PodMonitor")["spec"]["namespaceSelector"] == {"any": True}' \
+  '[(e["port"], e["path"], e["interval"]) for e in obj("PodMonitor")["spec"]["podMetricsEndpoints"]] == [("metrics", "/metrics", "15s")]' \
+  'not has("ServiceMonitor") and not has("ConfigMap")'
+expect_render "inferencePodMonitor: only watchNamespace's pods when it is set" \
+  "--set metrics.inferencePodMonitor.enabled=true --set watchNamespace=models" \
+  'obj("PodMonitor")["spec"]["namespaceSelector"] == {"matchNames": ["models"]}'
+expect_render "inferencePodMonitor.namespaces: only the pods of the namespaces listed" \
+  "--set metrics.inferencePodMonitor.enabled=true --set watchNamespace=models --set metrics.inferencePodMonitor.namespaces={ml,research}" \
+  'obj("PodMonitor")["spec"]["namespaceSelector"] == {"matchNames": ["ml", "research"]}'
+expect_render "dashboards: a ConfigMap labelled for Grafana's sidecar, holding dashboards/backhaul.json byte for byte" \
+  "--set dashboards.enabled=true" \
+  'obj("ConfigMap", "backhaul-backhaul-operator-dashboards")["metadata"]["labels"]["grafana_dashboard"] == "1"' \
+  'obj("ConfigMap")["metadata"]["namespace"] == "backhaul-system" and list(obj("ConfigMap")["data"]) == ["backhaul.json"]' \
+  'obj("ConfigMap")["data"]["backhaul.json"] == open("charts/backhaul-operator/dashboards/backhaul.json").read()' \
+  'json.loads(obj("ConfigMap")["data"]["backhaul.json"])["uid"] == "backhaul"' \
+  'not has("PodMonitor") and not has("ServiceMonitor")'
+expect_render "dashboards: the sidecar's label and value, the namespace and annotations are settable" \
+  "--set dashboards.enabled=true --set dashboards.label=example.com/dashboard --set dashboards.labelValue=backhaul --set dashboards.namespace=monitoring --set dashboards.annotations.grafana_folder=Backhaul" \
+  'obj("ConfigMap")["metadata"]["labels"]["example.com/dashboard"] == "backhaul" and "grafana_dashboard" not in obj("ConfigMap")["metadata"]["labels"]' \
+  'obj("ConfigMap")["metadata"]["namespace"] == "monitoring" and obj("ConfigMap")["metadata"]["annotations"] == {"grafana_folder": "Backhaul"}'
+
+echo "== monitoring against the sources" >&2
+# The PodMonitor and ServiceMonitor rendered, for the checks of charts/check-monitoring.py.
+monitoring_args=(--set metrics.inferencePodMonitor.enabled=true --set metrics.serviceMonitor.enabled=true)
+check "the PodMonitor selects the pods operator/src/build.rs labels (and no others), on their metrics listener's port and path" \
+  bash -c 'render "$@" | python3 charts/check-monitoring.py podmonitor -' _ "${monitoring_args[@]}"
+check "the dashboard's PromQL names only metrics, labels and outcomes that inference/ and operator/src/metrics.rs register" \
+  bash -c 'render "$@" | python3 charts/check-monitoring.py dashboard "$chart/dashboards/backhaul.json" -' _ "${monitoring_args[@]}"
+check "those checks refuse a broken dashboard (unknown metric or label, quantile not by le, ...) and a broken PodMonitor (port, path, selector)" \
+  bash -c 'render "$@" | python3 charts/check-monitoring.py selftest -' _ "${monitoring_args[@]}"
 
 # bad NAME EXPECTED-REGEX HELM-ARGS...: helm template fails and says EXPECTED.
 bad() {
@@ -250,6 +286,9 @@ bad "publishKey.privateKeyPem a path, not the PEM (--set instead of --set-file)"
 bad "two replicas without leader election" "replicaCount is 2 but leaderElection.enabled is false" --set replicaCount=2 --set leaderElection.enabled=false
 bad "a digest inferenceImage.tag without inferenceImage.cuda.tag" "the CUDA build's tag cannot be derived from it: set inferenceImage.cuda.tag" --set "inferenceImage.tag=sha256:$(printf '0%.0s' {1..64})"
 bad "inferenceImage.cuda misspelt" "at '/inferenceImage/cuda': additional properties 'tags' not allowed" --set inferenceImage.cuda.tags=x
+bad "inferencePodMonitor.interval not a duration" "at '/metrics/inferencePodMonitor/interval': '30 seconds' does not match pattern" --set "metrics.inferencePodMonitor.interval=30 seconds"
+bad "dashboards.label not a label key" "at '/dashboards/label': 'grafana dashboard' does not match pattern" --set "dashboards.label=grafana dashboard"
+bad "dashboards misspelt" "at '/dashboards': additional properties 'enable' not allowed" --set dashboards.enable=true
 
 # ---------------------------------------------------------------------------
 # Against the local control plane
