@@ -1,7 +1,8 @@
 /**
  * The access log: one JSON object per /v1/* request, written with
  * console.log as one line (Workers Logs and `wrangler tail` ingest it as a
- * structured event). Pure: the handler fills an AccessInfo as it goes and
+ * structured event), and the same record as one Analytics Engine data point
+ * where that binding is bound (analytics.ts). Pure: the handler fills an AccessInfo as it goes and
  * the record is built from it once the answer (or, for a relayed stream, the
  * stream) is over.
  *
@@ -55,6 +56,8 @@ export interface AccessInfo {
 	cache: CacheStatus;
 	/** answered by an identical request's generation already in flight (coalesce.ts) */
 	coalesced: boolean;
+	/** the OpenAI error `code` of a non-2xx answer: the Worker's own, or a region's passed on */
+	errorCode: string | null;
 }
 
 export const newAccessInfo = (): AccessInfo => ({
@@ -68,6 +71,7 @@ export const newAccessInfo = (): AccessInfo => ({
 	streamEnd: null,
 	cache: "none",
 	coalesced: false,
+	errorCode: null,
 });
 
 /** OpenAI `usage` from a completion object, when it has three token counts. */
@@ -98,6 +102,11 @@ export interface AccessRecord {
 	coalesced: boolean;
 	/** for a relayed stream, how it ended; else null */
 	stream_end: StreamEnd | null;
+	/** the OpenAI error code of a non-2xx answer (the Worker's, or the region's it passed on); else null */
+	error_code: string | null;
+	/** ms from the request's arrival to the answer's headers (a stream's first chunk in hand) */
+	ttfb_ms: number;
+	/** ms from the request's arrival to the answer's end (a relayed stream's end) */
 	duration_ms: number;
 }
 
@@ -108,6 +117,7 @@ export function accessRecord(r: {
 	status: number;
 	info: AccessInfo;
 	streamEnd: StreamEnd | null;
+	ttfbMs: number;
 	durationMs: number;
 }): AccessRecord {
 	const { info } = r;
@@ -128,6 +138,8 @@ export function accessRecord(r: {
 		cache: info.cache,
 		coalesced: info.coalesced,
 		stream_end: r.streamEnd,
+		error_code: info.errorCode,
+		ttfb_ms: r.ttfbMs,
 		duration_ms: r.durationMs,
 	};
 }

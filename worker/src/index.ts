@@ -8,6 +8,7 @@
  * cache-policy, cache-key and cached-answer); this file wires them to I/O.
  */
 import { accessRecord, newAccessInfo, usageOf, type AccessInfo, type StreamEnd } from "./access-log";
+import { writeDataPoint } from "./analytics";
 import { cacheKey } from "./cache-key";
 import { cacheDecision, parseCacheModels, parseTtlHeader, type CacheModels } from "./cache-policy";
 import { completionBody, fromCompletion, includeUsage, replayEvents, StreamCollector, type CachedAnswer } from "./cached-answer";
@@ -43,14 +44,15 @@ export default {
 		const trace = traceContext(request.headers);
 		const info = newAccessInfo();
 		const response = ownHeaders(await handle(request, env, ctx, url, trace, info), trace);
+		const ttfbMs = Date.now() - started;
 		if (info.cache !== "none") response.headers.set("x-backhaul-cache", info.cache.toUpperCase());
 		if (url.pathname.startsWith("/v1/")) {
-			const log = (streamEnd: StreamEnd | null) =>
-				console.log(
-					JSON.stringify(
-						accessRecord({ trace, method: request.method, path: url.pathname, status: response.status, info, streamEnd, durationMs: Date.now() - started }),
-					),
-				);
+			// One record per request: the access log line, and the same record as an Analytics Engine data point.
+			const log = (streamEnd: StreamEnd | null) => {
+				const record = accessRecord({ trace, method: request.method, path: url.pathname, status: response.status, info, streamEnd, ttfbMs, durationMs: Date.now() - started });
+				console.log(JSON.stringify(record));
+				writeDataPoint(env.ANALYTICS as AnalyticsEngineDataset | undefined, record);
+			};
 			// A relayed stream is logged once it has ended.
 			if (info.streamEnd) ctx.waitUntil(info.streamEnd.then(log, () => log(null)));
 			else log(null);
@@ -101,8 +103,12 @@ async function handle(request: Request, env: Env, ctx: ExecutionContext, url: UR
 		}
 		throw new ApiError(404, "not_found_error", "not_found", `No route for ${request.method} ${url.pathname}.`);
 	} catch (err) {
-		if (err instanceof ApiError) return err.toResponse();
+		if (err instanceof ApiError) {
+			info.errorCode = err.code;
+			return err.toResponse();
+		}
 		console.error("unhandled error", err);
+		info.errorCode = "internal_error";
 		return new ApiError(500, "server_error", "internal_error", "The Worker failed to handle the request.").toResponse();
 	}
 }
@@ -213,7 +219,11 @@ async function generate(
 
 	/** The generation itself, edge then regions; `signal` is the client's, or a coalesced flight's. */
 	const run = (signal: AbortSignal | undefined) =>
-		answer({ request, env, ctx, req, body, endpoint, trace, info, modelRoutes, nowMs, edgeOnly, edgeModel, classification, signal });
+		answer({ request, env, ctx, req, body, endpoint, trace, info, modelRoutes, nowMs, edgeOnly, edgeModel, classification, signal }).catch((err: unknown) => {
+			// A coalesced flight's leader turns the error into its answer itself (lead()): record the code here.
+			if (err instanceof ApiError) info.errorCode = err.code;
+			throw err;
+		});
 
 	const decision = cacheDecision({
 		raw: req.raw,
@@ -436,6 +446,7 @@ async function answer(a: {
 		});
 		info.usage = result.usage;
 		info.streamEnd = result.streamEnd;
+		info.errorCode = result.errorCode;
 		const region = ranked.routes[result.attempts - 1]!.region;
 		return withRouting(result.response, { tier: "region", region, attempts: attempts + result.attempts, classification });
 	} catch (err) {

@@ -46,6 +46,8 @@ export interface RegionResult {
 	usage: Usage | null;
 	/** for a relayed stream: resolves when it ends, with how */
 	streamEnd: Promise<StreamEnd> | null;
+	/** for a region's 4xx passed on: its OpenAI error code (`upstream_rejected_request` when it sent none the Worker passes on) */
+	errorCode: string | null;
 }
 
 class ClientGone extends Error {}
@@ -289,21 +291,23 @@ export async function forwardToRegions(opts: {
 					log,
 					usage: usageOf(json),
 					streamEnd: null,
+					errorCode: null,
 				};
 			}
 			// A 4xx that is the client's (400 context too long, 404 model): its
 			// OpenAI error passes through when it is one, else the Worker says so itself.
 			used(`upstream ${upstream.status}`);
-			const response =
-				bytes !== null && isJsonType(contentType) && isJsonObject(json)
-					? new Response(bytes, { status: upstream.status, headers: { "content-type": "application/json" } })
-					: new ApiError(
-							upstream.status,
-							"invalid_request_error",
-							"upstream_rejected_request",
-							`The region rejected the request with status ${upstream.status} (${bytes === null ? `its answer was over ${cap} bytes` : `its answer was not a JSON error but '${quotedType(contentType)}'`}).`,
-						).toResponse();
-			return { response, attempts, log, usage: null, streamEnd: null };
+			const passed = bytes !== null && isJsonType(contentType) && isJsonObject(json);
+			const response = passed
+				? new Response(bytes, { status: upstream.status, headers: { "content-type": "application/json" } })
+				: new ApiError(
+						upstream.status,
+						"invalid_request_error",
+						"upstream_rejected_request",
+						`The region rejected the request with status ${upstream.status} (${bytes === null ? `its answer was over ${cap} bytes` : `its answer was not a JSON error but '${quotedType(contentType)}'`}).`,
+					).toResponse();
+			const code = passed ? (json as { error?: { code?: unknown } }).error?.code : undefined;
+			return { response, attempts, log, usage: null, streamEnd: null, errorCode: passed ? (typeof code === "string" ? code : null) : "upstream_rejected_request" };
 		}
 		// Hold the headers until the first chunk: a region that answers 200 and
 		// then breaks before sending anything can still be failed over.
@@ -332,7 +336,7 @@ export async function forwardToRegions(opts: {
 		}
 		used(`upstream ${upstream.status} streaming`);
 		const { response, streamEnd } = passThroughStream(upstream, reader, first.value, watcher, a, opts.ctx, opts.clientSignal);
-		return { response, attempts, log, usage: null, streamEnd };
+		return { response, attempts, log, usage: null, streamEnd, errorCode: null };
 	}
 	const detail = log.map((l) => `${l.region}: ${l.outcome}`).join("; ");
 	if (saturated > 0 && saturated === log.length) {

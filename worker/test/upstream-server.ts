@@ -160,7 +160,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 			return void res.end(JSON.stringify({ error: { message: "saturated", type: "rate_limit_error" } }));
 		case "badrequest":
 			res.writeHead(400, { "content-type": "application/json" });
-			return void res.end(JSON.stringify({ error: { message: "upstream says no", type: "invalid_request_error" } }));
+			return void res.end(JSON.stringify({ error: { message: "upstream says no", type: "invalid_request_error", code: "invalid_argument", param: "messages" } }));
 		case "slow":
 			await new Promise((r) => setTimeout(r, 3000));
 			break;

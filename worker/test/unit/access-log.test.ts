@@ -19,7 +19,7 @@ describe("access log record", () => {
 				{ region: "ap-south", outcome: "upstream 200 streaming", ttfbMs: 40 },
 			],
 		};
-		const r = accessRecord({ trace, method: "POST", path: "/v1/completions", status: 200, info, streamEnd: "done", durationMs: 85 });
+		const r = accessRecord({ trace, method: "POST", path: "/v1/completions", status: 200, info, streamEnd: "done", ttfbMs: 52, durationMs: 85 });
 		expect(r).toEqual({
 			event: "access",
 			request_id: "req-1",
@@ -41,6 +41,8 @@ describe("access log record", () => {
 			cache: "none",
 			coalesced: false,
 			stream_end: "done",
+			error_code: null,
+			ttfb_ms: 52,
 			duration_ms: 85,
 		});
 		// One line of JSON.
