@@ -8,14 +8,32 @@
  * two requests apart rather than merging them), and the scope: the client's
  * key hash, or "shared" where CACHE_MODELS marks the model's cache shared.
  * Not in it: `stream` and `stream_options` (a stored answer is replayed either
- * way, cached-answer.ts), and `user` / `metadata` / `store` (labels that do not
- * change the tokens). `max_completion_tokens` and `max_tokens` are one field
+ * way, cached-answer.ts), `user` / `safety_identifier` / `metadata` / `store`
+ * (labels that do not change the tokens), and OpenAI's own prompt-cache hints
+ * `prompt_cache_key` / `prompt_cache_retention` / `prompt_cache_options`
+ * (clients set the key per user or per conversation; neither tier reads them,
+ * docs/openai-compatibility.md). `max_completion_tokens` and `max_tokens` are one field
  * (the first, else the second, as request.ts reads them).
  */
 import type { GenerationRequest } from "./request";
 
 /** Body fields that never change the answer's tokens, or that the key holds in normalized form. */
-const NOT_IN_KEY = new Set(["stream", "stream_options", "user", "metadata", "store", "model", "messages", "prompt", "max_tokens", "max_completion_tokens"]);
+const NOT_IN_KEY = new Set([
+	"stream",
+	"stream_options",
+	"user",
+	"safety_identifier",
+	"metadata",
+	"store",
+	"prompt_cache_key",
+	"prompt_cache_retention",
+	"prompt_cache_options",
+	"model",
+	"messages",
+	"prompt",
+	"max_tokens",
+	"max_completion_tokens",
+]);
 
 /**
  * JSON with object keys sorted and null-valued fields dropped (OpenAI reads

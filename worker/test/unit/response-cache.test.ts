@@ -20,6 +20,9 @@ describe("cache key", () => {
 	it("ignores stream, stream_options and labels; a single text part is its text; the two max-token fields are one", async () => {
 		const base = await cacheKey(chatReq({ max_tokens: 10 }), "k");
 		expect(await cacheKey(chatReq({ max_tokens: 10, stream: true, stream_options: { include_usage: true }, user: "u" }), "k")).toBe(base);
+		// Labels and OpenAI's prompt-cache hints: neither tier reads them.
+		const hints = { safety_identifier: "s", metadata: { a: "b" }, store: true, prompt_cache_key: "conv-1", prompt_cache_retention: "24h", prompt_cache_options: {} };
+		expect(await cacheKey(chatReq({ max_tokens: 10, ...hints }), "k")).toBe(base);
 		expect(await cacheKey(chatReq({ max_completion_tokens: 10 }), "k")).toBe(base);
 		expect(await cacheKey(chatReq({ max_tokens: 10, messages: [{ role: "user", content: [{ type: "text", text: "Hi" }] }] }), "k")).toBe(base);
 		expect(base).toMatch(/^[0-9a-f]{64}$/);
