@@ -49,6 +49,7 @@ use crate::{
     error::InferenceError,
     model_source::{self, LocalModel, SourceError},
     prompt_bound,
+    tool_calls::ToolDef,
     validate::{Prompt, Sampling},
 };
 
@@ -269,9 +270,11 @@ impl Engine {
     /// applied, special tokens added). `turn` is the caller's tokenization
     /// slot: held until the engine has answered, even if the caller gives up
     /// first, so the slots bound what waits on the engine's loop.
+    /// `tools` are shown to the model through the chat template.
     pub async fn tokenize(
         &self,
         prompt: &Prompt,
+        tools: &[ToolDef],
         turn: OwnedSemaphorePermit,
     ) -> Result<Vec<u32>, InferenceError> {
         let (tx, rx) = mpsc::channel(1);
@@ -281,7 +284,7 @@ impl Engine {
         };
         let request = Request::Tokenize(TokenizationRequest {
             text,
-            tools: None,
+            tools: (!tools.is_empty()).then(|| tools.iter().map(engine_tool).collect()),
             add_generation_prompt: true,
             add_special_tokens: true,
             enable_thinking: None,
@@ -319,11 +322,13 @@ impl Engine {
     /// Submits a streaming generation of the tokens [`Engine::tokenize`]
     /// made; responses arrive on the receiver (as completion chunks, chat
     /// or not), and the returned counter counts the tokens sampled.
+    /// `schema`, if any, is a JSON schema the output is held to.
     /// Dropping the receiver cancels the sequence at the engine's next step.
     pub async fn submit(
         &self,
         prompt_tokens: Vec<u32>,
         sampling: &Sampling,
+        schema: Option<serde_json::Value>,
     ) -> Result<(mpsc::Receiver<Response>, SampledTokens), InferenceError> {
         let (tx, rx) = mpsc::channel(ENGINE_CHANNEL_CAPACITY);
         let sampled = SampledTokens::default();
@@ -335,7 +340,7 @@ impl Engine {
             return_logprobs: false,
             is_streaming: true,
             id: runner.next_request_id(),
-            constraint: Constraint::None,
+            constraint: schema.map_or(Constraint::None, Constraint::JsonSchema),
             suffix: None,
             tools: None,
             tool_choice: None,
@@ -362,14 +367,21 @@ impl Engine {
 
 /// Counts the tokens the engine samples for one sequence: exact usage for
 /// streamed completion chunks, which carry none (mistral.rs attaches usage
-/// only to chat chunks). A logits processor is called once per sampled
-/// token, and this one leaves the logits as they are.
+/// only to chat chunks). A logits processor sees the sequence's tokens so
+/// far (prompt included) before each sampled token, and this one leaves
+/// the logits as they are. It keeps the longest context seen rather than
+/// counting calls: under a grammar the engine samples again when the
+/// grammar refuses its first pick, calling processors twice for one token.
 #[derive(Debug, Clone, Default)]
 pub struct SampledTokens(Arc<AtomicUsize>);
 
 impl SampledTokens {
-    pub fn count(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+    /// Tokens sampled after a prompt of `prompt_tokens`.
+    pub fn count(&self, prompt_tokens: usize) -> usize {
+        match self.0.load(Ordering::Relaxed) {
+            0 => 0,
+            longest => longest + 1 - prompt_tokens.min(longest),
+        }
     }
 }
 
@@ -377,9 +389,9 @@ impl mistralrs::CustomLogitsProcessor for SampledTokens {
     fn apply(
         &self,
         logits: &mistralrs::Tensor,
-        _context: &[u32],
+        context: &[u32],
     ) -> mistralrs::Result<mistralrs::Tensor> {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.fetch_max(context.len(), Ordering::Relaxed);
         Ok(logits.clone())
     }
 }
@@ -433,15 +445,58 @@ fn engine_messages(
     messages
         .iter()
         .map(|m| {
-            IndexMap::from([
+            let mut message = IndexMap::from([
                 (
                     "role".to_string(),
                     Either::Left(m.role.as_str().to_string()),
                 ),
                 ("content".to_string(), Either::Left(m.content.clone())),
-            ])
+            ]);
+            if !m.tool_calls.is_empty() {
+                message.insert(
+                    "tool_calls".to_string(),
+                    Either::Right(m.tool_calls.iter().map(template_call).collect()),
+                );
+            }
+            if let Some(id) = &m.tool_call_id {
+                message.insert("tool_call_id".to_string(), Either::Left(id.clone()));
+            }
+            if let Some(name) = &m.name {
+                message.insert("name".to_string(), Either::Left(name.clone()));
+            }
+            message
         })
         .collect()
+}
+
+/// A call in the history as chat templates read it: Hugging Face's
+/// convention has `function.arguments` as an object (templates `tojson`
+/// it); arguments that are not JSON are passed as the text they are.
+fn template_call(call: &crate::validate::HistoryCall) -> IndexMap<String, serde_json::Value> {
+    let arguments = serde_json::from_str(&call.arguments)
+        .unwrap_or_else(|_| serde_json::Value::String(call.arguments.clone()));
+    IndexMap::from([
+        ("id".to_string(), serde_json::Value::String(call.id.clone())),
+        ("type".to_string(), "function".into()),
+        (
+            "function".to_string(),
+            serde_json::json!({"name": call.name, "arguments": arguments}),
+        ),
+    ])
+}
+
+fn engine_tool(def: &ToolDef) -> mistralrs::Tool {
+    mistralrs::Tool {
+        tp: mistralrs::ToolType::Function,
+        function: mistralrs::Function {
+            description: def.description.clone(),
+            name: def.name.clone(),
+            parameters: def
+                .parameters
+                .as_object()
+                .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        },
+    }
 }
 
 fn is_jinja(path: &Path) -> bool {

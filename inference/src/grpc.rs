@@ -147,6 +147,7 @@ impl Inference for GrpcApi {
                 .filter(|id| !id.is_empty())
                 .or(header_id),
             traceparent,
+            ..RawRequest::default()
         };
         let generation = self
             .service
@@ -197,6 +198,7 @@ fn chat_request(request: Request<pb::ChatRequest>) -> RawRequest {
                 .map(|m| RawMessage {
                     role: m.role,
                     content: m.content,
+                    ..RawMessage::default()
                 })
                 .collect(),
         ),
@@ -205,6 +207,7 @@ fn chat_request(request: Request<pb::ChatRequest>) -> RawRequest {
             .filter(|id| !id.is_empty())
             .or(header_id),
         traceparent,
+        ..RawRequest::default()
     }
 }
 

@@ -30,7 +30,8 @@ use crate::{
     metrics::{Api, Metrics},
     relay::{Completion, GenEvent, Usage},
     service::{Generation, InferenceService},
-    validate::{RawMessage, RawPrompt, RawRequest, RawSampling},
+    tool_calls::{self, CallDetector, Ending, Tools},
+    validate::{HistoryCall, RawMessage, RawPrompt, RawRequest, RawSampling},
 };
 
 /// OpenAI's default `max_tokens` for the legacy completions endpoint.
@@ -199,6 +200,22 @@ struct ContentPart {
 struct BodyMessage {
     role: String,
     content: Option<Content>,
+    tool_calls: Option<Vec<BodyToolCall>>,
+    tool_call_id: Option<String>,
+    name: Option<String>,
+}
+
+/// A call in an assistant message of the history.
+#[derive(Debug, Deserialize)]
+struct BodyToolCall {
+    id: String,
+    function: BodyFunctionCall,
+}
+
+#[derive(Debug, Deserialize)]
+struct BodyFunctionCall {
+    name: String,
+    arguments: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,11 +266,118 @@ struct ChatBody {
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
-    tools: Option<Vec<Value>>,
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
     response_format: Option<Value>,
-    logprobs: Option<bool>,
     #[serde(flatten)]
     sampling: BodySampling,
+    #[serde(flatten)]
+    unsupported: Unsupported,
+}
+
+/// OpenAI request fields this server cannot honour. Each is refused with a
+/// `400` naming it when set to anything but its no-op value, never silently
+/// ignored (docs/openai-compatibility.md lists every field).
+#[derive(Debug, Default, Deserialize)]
+struct Unsupported {
+    logprobs: Option<Value>,
+    top_logprobs: Option<Value>,
+    logit_bias: Option<Value>,
+    functions: Option<Value>,
+    function_call: Option<Value>,
+    audio: Option<Value>,
+    modalities: Option<Value>,
+    prediction: Option<Value>,
+    web_search_options: Option<Value>,
+    reasoning_effort: Option<Value>,
+    verbosity: Option<Value>,
+    best_of: Option<Value>,
+}
+
+impl Unsupported {
+    fn check(&self) -> Result<(), InferenceError> {
+        let no_op = |v: &Option<Value>, allowed: &[Value]| match v {
+            None | Some(Value::Null) => true,
+            Some(v) => allowed.contains(v),
+        };
+        let fields: [(&'static str, &Option<Value>, &[Value], &str); 12] = [
+            (
+                "logprobs",
+                &self.logprobs,
+                &[json!(false), json!(0)],
+                "log probabilities are not returned",
+            ),
+            (
+                "top_logprobs",
+                &self.top_logprobs,
+                &[json!(0)],
+                "log probabilities are not returned",
+            ),
+            (
+                "logit_bias",
+                &self.logit_bias,
+                &[json!({})],
+                "logit bias is not supported",
+            ),
+            (
+                "functions",
+                &self.functions,
+                &[json!([])],
+                "the deprecated `functions` are not supported; use `tools`",
+            ),
+            (
+                "function_call",
+                &self.function_call,
+                &[json!("none")],
+                "the deprecated `function_call` is not supported; use `tool_choice`",
+            ),
+            ("audio", &self.audio, &[], "audio output is not supported"),
+            (
+                "modalities",
+                &self.modalities,
+                &[json!(["text"])],
+                "only the text modality is supported",
+            ),
+            (
+                "prediction",
+                &self.prediction,
+                &[],
+                "predicted outputs are not supported",
+            ),
+            (
+                "web_search_options",
+                &self.web_search_options,
+                &[],
+                "web search is not supported",
+            ),
+            (
+                "reasoning_effort",
+                &self.reasoning_effort,
+                &[],
+                "this model has no reasoning effort setting",
+            ),
+            (
+                "verbosity",
+                &self.verbosity,
+                &[],
+                "verbosity is not supported",
+            ),
+            (
+                "best_of",
+                &self.best_of,
+                &[json!(1)],
+                "only one candidate (best_of = 1) is generated",
+            ),
+        ];
+        match fields
+            .iter()
+            .find(|(_, value, allowed, _)| !no_op(value, allowed))
+        {
+            Some((field, _, _, why)) => Err(InferenceError::invalid(field, *why)),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,6 +392,8 @@ struct CompletionBody {
     suffix: Option<String>,
     #[serde(flatten)]
     sampling: BodySampling,
+    #[serde(flatten)]
+    unsupported: Unsupported,
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, InferenceError> {
@@ -320,25 +446,7 @@ async fn chat_completions(
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let body: ChatBody = parse_body(&body)?;
-    if body.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(InferenceError::invalid("tools", "tool calling is not supported").into());
-    }
-    // Never silently ignored: a JSON-mode client handed free text would
-    // fail later, further from the cause.
-    if let Some(format) = &body.response_format
-        && format.get("type").and_then(Value::as_str) != Some("text")
-    {
-        return Err(InferenceError::invalid(
-            "response_format",
-            "only {\"type\": \"text\"} is supported; JSON mode and JSON schemas are not",
-        )
-        .into());
-    }
-    if body.logprobs == Some(true) {
-        return Err(
-            InferenceError::invalid("logprobs", "log probabilities are not returned").into(),
-        );
-    }
+    body.unsupported.check()?;
     let mut messages = Vec::with_capacity(body.messages.len());
     for m in body.messages {
         let content = match m.content {
@@ -364,6 +472,18 @@ async fn chat_completions(
         messages.push(RawMessage {
             role: m.role,
             content,
+            tool_calls: m
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| HistoryCall {
+                    id: c.id,
+                    name: c.function.name,
+                    arguments: c.function.arguments,
+                })
+                .collect(),
+            tool_call_id: m.tool_call_id,
+            name: m.name,
         });
     }
     let raw = RawRequest {
@@ -372,8 +492,13 @@ async fn chat_completions(
         sampling: body.sampling.into_raw(None),
         request_id: request_id_header(&headers),
         traceparent: header_text(&headers, "traceparent"),
+        response_format: body.response_format,
+        tools: body.tools,
+        tool_choice: body.tool_choice,
+        parallel_tool_calls: body.parallel_tool_calls,
     };
     let generation = service.generate(raw, Api::OpenAiChat, None).await?;
+    let tools = generation.tools.clone().filter(Tools::may_call);
     let model = service.model()?.served_name.clone();
     let include_usage = body
         .stream_options
@@ -382,12 +507,30 @@ async fn chat_completions(
     let id = format!("chatcmpl-{}", generation.request_id);
     let request_id = generation.request_id.clone();
     let response = if body.stream {
-        sse(chat_chunks(generation, id, model, include_usage)).into_response()
+        sse(chat_chunks(generation, tools, id, model, include_usage)).into_response()
     } else {
         let collected = generation.collect().await;
         if let Some(error) = collected.completion.error {
             return Err(error.into());
         }
+        let mut finish_reason = collected.completion.finish_reason.as_openai();
+        let calls = tools.and_then(|t| tool_calls::extract_calls(&collected.text, &t));
+        let message = match calls {
+            Some(calls) => {
+                finish_reason = "tool_calls";
+                json!({
+                    "role": "assistant",
+                    "content": null,
+                    "tool_calls": calls.iter().enumerate().map(|(i, c)| {
+                        let mut call = c.to_openai_json(i);
+                        // Whole messages carry no index.
+                        call.as_object_mut().map(|o| o.remove("index"));
+                        call
+                    }).collect::<Vec<_>>(),
+                })
+            }
+            None => json!({"role": "assistant", "content": collected.text}),
+        };
         Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -396,9 +539,9 @@ async fn chat_completions(
             "system_fingerprint": null,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": collected.text},
+                "message": message,
                 "logprobs": null,
-                "finish_reason": collected.completion.finish_reason.as_openai(),
+                "finish_reason": finish_reason,
             }],
             "usage": usage_json(&collected.completion.usage),
         }))
@@ -426,6 +569,7 @@ fn error_event(error: &InferenceError) -> Event {
 
 fn chat_chunks(
     generation: Generation,
+    tools: Option<Tools>,
     id: String,
     model: String,
     include_usage: bool,
@@ -447,18 +591,38 @@ fn chat_chunks(
     };
     async_stream::stream! {
         let mut generation = generation;
+        // Without tools, every piece of text passes straight through.
+        let mut detector = tools.map(CallDetector::new);
         yield Event::default().data(chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string());
         while let Some(event) = generation.next().await {
             match event {
                 GenEvent::Text(text) => {
-                    yield Event::default().data(chunk(json!({"content": text}), Value::Null).to_string());
+                    let text = match detector.as_mut() {
+                        Some(detector) => detector.push(&text),
+                        None => Some(text),
+                    };
+                    if let Some(text) = text.filter(|t| !t.is_empty()) {
+                        yield Event::default().data(chunk(json!({"content": text}), Value::Null).to_string());
+                    }
                 }
                 GenEvent::Done(Completion { error: Some(error), .. }) => {
                     yield error_event(&error);
                     return;
                 }
                 GenEvent::Done(completion) => {
-                    yield Event::default().data(chunk(json!({}), json!(completion.finish_reason.as_openai())).to_string());
+                    let mut finish_reason = completion.finish_reason.as_openai();
+                    match detector.take().map(CallDetector::finish) {
+                        Some(Ending::Calls(calls)) => {
+                            finish_reason = "tool_calls";
+                            let calls: Vec<Value> = calls.iter().enumerate().map(|(i, c)| c.to_openai_json(i)).collect();
+                            yield Event::default().data(chunk(json!({"tool_calls": calls}), Value::Null).to_string());
+                        }
+                        Some(Ending::Text(held)) if !held.is_empty() => {
+                            yield Event::default().data(chunk(json!({"content": held}), Value::Null).to_string());
+                        }
+                        _ => {}
+                    }
+                    yield Event::default().data(chunk(json!({}), json!(finish_reason)).to_string());
                     if include_usage {
                         let mut last = chunk(json!({}), Value::Null);
                         last["choices"] = json!([]);
@@ -479,6 +643,7 @@ async fn completions(
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let body: CompletionBody = parse_body(&body)?;
+    body.unsupported.check()?;
     if body.echo {
         return Err(InferenceError::invalid("echo", "echo is not supported").into());
     }
@@ -497,6 +662,7 @@ async fn completions(
         sampling: body.sampling.into_raw(Some(COMPLETIONS_DEFAULT_MAX_TOKENS)),
         request_id: request_id_header(&headers),
         traceparent: header_text(&headers, "traceparent"),
+        ..RawRequest::default()
     };
     let generation = service.generate(raw, Api::OpenAiCompletions, None).await?;
     let model = service.model()?.served_name.clone();

@@ -40,13 +40,16 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod json_scan;
 pub mod metrics;
 pub mod model_source;
 pub mod prompt_bound;
 pub mod relay;
+pub mod response_format;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod tool_calls;
 pub mod validate;
 
 pub use config::Config;

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::{
     error::InferenceError,
+    json_scan::JsonScan,
     metrics::{Api, Metrics},
 };
 
@@ -202,6 +203,9 @@ pub struct RelayContext {
     /// `grpc-timeout`).
     pub deadline: Instant,
     pub stop: Vec<String>,
+    /// The output is held to a JSON schema: generation ends when the JSON
+    /// value is complete (see [`crate::json_scan`]).
+    pub json_output: bool,
     pub prompt_tokens: usize,
     /// Tokens the engine has sampled for this generation.
     pub sampled: crate::engine::SampledTokens,
@@ -229,6 +233,7 @@ pub fn spawn(engine_rx: mpsc::Receiver<Response>, ctx: RelayContext) -> mpsc::Re
 struct State {
     ctx: RelayContext,
     trimmer: StopTrimmer,
+    json_end: Option<JsonScan>,
     first_token_at: Option<Instant>,
     last_token_at: Option<Instant>,
 }
@@ -247,6 +252,7 @@ async fn run(
     let deadline = ctx.deadline;
     let mut state = State {
         trimmer: StopTrimmer::new(ctx.stop.clone()),
+        json_end: ctx.json_output.then(JsonScan::default),
         ctx,
         first_token_at: None,
         last_token_at: None,
@@ -338,7 +344,12 @@ impl State {
                 .observe((now - last).as_secs_f64());
         }
         self.last_token_at = Some(now);
+        let mut json_complete = false;
         if let Some(delta) = delta.filter(|d| !d.is_empty()) {
+            if let Some(scan) = self.json_end.as_mut() {
+                scan.feed(&delta);
+                json_complete = scan.closed();
+            }
             let safe = self.trimmer.push(&delta);
             if !safe.is_empty() {
                 if self.first_token_at.is_none() {
@@ -356,6 +367,10 @@ impl State {
         if self.trimmer.stopped() {
             // A stop sequence completed; finishing here also frees the
             // engine sequence in case it has not matched it yet.
+            return Step::Finished(self.completion(FinishReason::Stop, None, None));
+        }
+        if json_complete && finish.is_none() {
+            // Nothing can follow the value but end-of-sequence tokens.
             return Step::Finished(self.completion(FinishReason::Stop, None, None));
         }
         match finish {
@@ -388,7 +403,7 @@ impl State {
             // counted each token it sampled for this sequence.
             None => Usage {
                 prompt_tokens: self.ctx.prompt_tokens,
-                completion_tokens: self.ctx.sampled.count(),
+                completion_tokens: self.ctx.sampled.count(self.ctx.prompt_tokens),
                 time_to_first_token: None,
             },
         };

@@ -32,6 +32,7 @@ use crate::{
     error::InferenceError,
     metrics::{Api, Metrics},
     relay::{self, Completion, GenEvent, RelayContext},
+    tool_calls::Tools,
     validate::{RawRequest, RequestLimits, ValidatedRequest, check_context, validate},
 };
 
@@ -170,12 +171,18 @@ impl InferenceService {
             return Err(InferenceError::Draining.into());
         }
         let engine = self.engine()?.clone();
+        let request = validate(raw, engine.info(), &shared.options.limits)?;
+        let schema = request.output_schema();
+        let schema_set = schema.is_some();
         let ValidatedRequest {
             request_id,
             trace_id,
             prompt,
             sampling,
-        } = validate(raw, engine.info(), &shared.options.limits)?;
+            tools,
+            ..
+        } = request;
+        let offered = tools.as_ref().map_or(&[][..], |t| t.offered());
         tracing::debug!(%request_id, ?trace_id, api = api.as_str(), "request validated");
 
         let timeout = deadline.map_or(shared.options.request_timeout, |d| {
@@ -195,7 +202,7 @@ impl InferenceService {
             .map_err(|_| InferenceError::Draining)?;
         let tokenizing = Instant::now();
         let tokens = self
-            .within(deadline, received, engine.tokenize(&prompt, turn))
+            .within(deadline, received, engine.tokenize(&prompt, offered, turn))
             .await??;
         shared
             .metrics
@@ -210,7 +217,7 @@ impl InferenceService {
             shared.options.limits.default_max_tokens,
         )?;
 
-        let (engine_rx, sampled) = engine.submit(tokens, &sampling).await?;
+        let (engine_rx, sampled) = engine.submit(tokens, &sampling, schema).await?;
         let rx = relay::spawn(
             engine_rx,
             RelayContext {
@@ -220,6 +227,7 @@ impl InferenceService {
                 received,
                 deadline,
                 stop: sampling.stop.clone(),
+                json_output: schema_set,
                 prompt_tokens,
                 sampled,
                 hard_stop: shared.hard_stop.clone(),
@@ -230,6 +238,7 @@ impl InferenceService {
         let mut generation = Generation {
             request_id,
             prompt_tokens,
+            tools,
             rx,
             peeked: None,
             _permit: permit,
@@ -288,6 +297,9 @@ impl From<InferenceError> for Refused {
 pub struct Generation {
     pub request_id: String,
     pub prompt_tokens: usize,
+    /// The request's validated tools: the adapter reads calls out of the
+    /// answer with them.
+    pub tools: Option<Tools>,
     rx: mpsc::Receiver<GenEvent>,
     peeked: Option<GenEvent>,
     _permit: Permit,

@@ -8,7 +8,12 @@
 //! (prompt and max_tokens against the context window) are in
 //! [`check_context`], run once the prompt is tokenized.
 
-use crate::{config::Limits, engine::ModelInfo, error::InferenceError};
+use serde_json::Value;
+
+use crate::{
+    config::Limits, engine::ModelInfo, error::InferenceError, response_format::ResponseFormat,
+    tool_calls::Tools,
+};
 
 /// Most stop sequences a request may carry.
 pub const MAX_STOP_SEQUENCES: usize = 16;
@@ -46,6 +51,13 @@ pub struct RawRequest {
     pub request_id: Option<String>,
     /// A W3C `traceparent` header, if the caller sent one.
     pub traceparent: Option<String>,
+    /// OpenAI's `response_format`, as sent (chat only).
+    pub response_format: Option<Value>,
+    /// OpenAI's `tools`, `tool_choice` and `parallel_tool_calls`, as sent
+    /// (chat only).
+    pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +76,20 @@ impl Default for RawPrompt {
 pub struct RawMessage {
     pub role: String,
     pub content: String,
+    /// Calls an assistant message made (the history of a tool round trip).
+    pub tool_calls: Vec<HistoryCall>,
+    /// The call a `tool` message answers.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
+}
+
+/// A tool call earlier in the conversation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as the model wrote them (JSON text).
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -91,6 +117,21 @@ pub struct ValidatedRequest {
     pub trace_id: Option<String>,
     pub prompt: Prompt,
     pub sampling: RequestedSampling,
+    pub response_format: ResponseFormat,
+    /// The tools offered, if any (chat only).
+    pub tools: Option<Tools>,
+}
+
+impl ValidatedRequest {
+    /// The JSON schema decoding is held to, if any: a required tool call's,
+    /// else `response_format`'s.
+    pub fn output_schema(&self) -> Option<Value> {
+        self.tools
+            .as_ref()
+            .and_then(Tools::forced_schema)
+            .or_else(|| self.response_format.schema())
+            .map(crate::response_format::for_engine)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,10 +149,20 @@ impl Prompt {
         }
     }
 
-    /// Bytes of text the client sent (chat template excluded).
+    /// Bytes of text the client sent (chat template excluded), tool call
+    /// arguments in the history included.
     pub fn text_bytes(&self) -> usize {
         match self {
-            Self::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+            Self::Chat(messages) => messages
+                .iter()
+                .map(|m| {
+                    m.content.len()
+                        + m.tool_calls
+                            .iter()
+                            .map(|c| c.name.len() + c.arguments.len())
+                            .sum::<usize>()
+                })
+                .sum(),
             Self::Text(text) => text.len(),
         }
     }
@@ -121,6 +172,11 @@ impl Prompt {
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    /// Only on assistant messages.
+    pub tool_calls: Vec<HistoryCall>,
+    /// Only on tool messages, where it is required.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +184,8 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A tool's result, answering an assistant's call.
+    Tool,
 }
 
 impl Role {
@@ -136,6 +194,7 @@ impl Role {
             Self::System => "system",
             Self::User => "user",
             Self::Assistant => "assistant",
+            Self::Tool => "tool",
         }
     }
 }
@@ -201,26 +260,7 @@ pub fn validate(
             }
             let messages = messages
                 .into_iter()
-                .map(|m| {
-                    let role = match m.role.as_str() {
-                        "system" | "developer" => Role::System,
-                        "user" => Role::User,
-                        "assistant" => Role::Assistant,
-                        other => {
-                            return Err(invalid(
-                                "messages",
-                                format!(
-                                    "unknown role `{}`; expected system, user or assistant",
-                                    other.escape_debug()
-                                ),
-                            ));
-                        }
-                    };
-                    Ok(ChatMessage {
-                        role,
-                        content: m.content,
-                    })
-                })
+                .map(chat_message)
                 .collect::<Result<Vec<_>, _>>()?;
             Prompt::Chat(messages)
         }
@@ -233,11 +273,65 @@ pub fn validate(
     };
     check_prompt_bytes(&prompt, model, limits)?;
     let sampling = validate_sampling(raw.sampling, model, limits)?;
+    let response_format = ResponseFormat::parse(raw.response_format.as_ref())?;
+    let tools = Tools::parse(
+        raw.tools.as_ref(),
+        raw.tool_choice.as_ref(),
+        raw.parallel_tool_calls,
+    )?;
+    // One constraint per answer: a call's schema and a response schema
+    // cannot both hold, and an answer that may be either is not enforced.
+    if response_format != ResponseFormat::Text && tools.as_ref().is_some_and(Tools::may_call) {
+        return Err(invalid(
+            "response_format",
+            "cannot be combined with tool calling; send tool_choice \"none\" or no response_format",
+        ));
+    }
     Ok(ValidatedRequest {
         request_id,
         trace_id: raw.traceparent.as_deref().and_then(trace_id),
         prompt,
         sampling,
+        response_format,
+        tools,
+    })
+}
+
+fn chat_message(m: RawMessage) -> Result<ChatMessage, InferenceError> {
+    let role = match m.role.as_str() {
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        other => {
+            return Err(invalid(
+                "messages",
+                format!(
+                    "unknown role `{}`; expected system, user, assistant or tool",
+                    other.escape_debug()
+                ),
+            ));
+        }
+    };
+    if !m.tool_calls.is_empty() && role != Role::Assistant {
+        return Err(invalid(
+            "messages",
+            format!("a `{}` message cannot carry tool_calls", role.as_str()),
+        ));
+    }
+    let tool_call_id = m.tool_call_id.filter(|id| !id.is_empty());
+    if role == Role::Tool && tool_call_id.is_none() {
+        return Err(invalid(
+            "messages",
+            "a `tool` message needs the `tool_call_id` it answers",
+        ));
+    }
+    Ok(ChatMessage {
+        role,
+        content: m.content,
+        tool_calls: m.tool_calls,
+        tool_call_id,
+        name: m.name,
     })
 }
 
@@ -469,6 +563,7 @@ mod tests {
                     .map(|(role, content)| RawMessage {
                         role: (*role).into(),
                         content: (*content).into(),
+                        ..RawMessage::default()
                     })
                     .collect(),
             ),

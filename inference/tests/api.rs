@@ -280,18 +280,6 @@ async fn bad_input_is_refused_with_the_right_code_and_the_server_keeps_serving()
         ),
         ("not an object", json!([1, 2]), 400, None),
         (
-            "JSON mode is refused, not ignored",
-            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
-            400,
-            Some("response_format"),
-        ),
-        (
-            "a JSON schema is refused, not ignored",
-            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}),
-            400,
-            Some("response_format"),
-        ),
-        (
             "logprobs are refused, not ignored",
             json!({"messages": [{"role": "user", "content": "hi"}], "logprobs": true}),
             400,
