@@ -50,9 +50,9 @@ bench: tools model worker-deps ## Benchmarks; writes docs/benchmarks/
 lint: worker-deps ## rustfmt, clippy -D warnings, Worker type check, OpenAI field audit drift
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	# The e2e, fleet and soak binaries are `test = false` (they need a cluster
-	# or the Worker), which --all-targets leaves out.
-	$(CARGO) clippy --locked -p backhaul-e2e --test e2e --test fleet --test soak -- -D warnings
+	# The e2e, fleet, soak and edge binaries are `test = false` (they need a
+	# cluster or the Worker), which --all-targets leaves out.
+	$(CARGO) clippy --locked -p backhaul-e2e --test e2e --test fleet --test soak --test edge -- -D warnings
 	source scripts/node-env.sh && cd worker && npm run --silent check
 	# Every field the OpenAI SDKs send has a row in docs/openai-compatibility.md.
 	scripts/check-openai-fields.sh

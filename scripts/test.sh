@@ -3,7 +3,8 @@
 # (started here and stopped on exit, unless one was already running; with
 # its real node when run as root), the end-to-end suite runs the regions as
 # real pods on that node, a short soak runs load and faults through the
-# Worker into two regions on 127.0.0.1, the Helm chart is linted,
+# Worker into two regions on 127.0.0.1, the edge's cache, coalescing and
+# request ids are checked against one real region behind the Worker, the Helm chart is linted,
 # snapshot-checked and installed, and the Worker's suite runs inside workerd. When this script
 # starts the cluster, it also checks that stopping it left the machine as it
 # was (tests/cluster/machine-state.sh).
@@ -50,6 +51,12 @@ step "end to end (operator, regions, Worker)" scripts/e2e.sh || failed+=(e2e)
 # The soak's short run: 30 s of load and faults through the Worker and two
 # regions on 127.0.0.1 (make soak runs it for 300 s).
 step "soak, short (Worker, two regions, load and faults)" scripts/soak.sh --short || failed+=(soak)
+# The edge with a real region behind it (tests/e2e/tests/edge.rs): request
+# ids and trace ids in the region's log, the response cache and coalescing
+# counted at the region's /metrics, the OpenAI Python client's view (an image
+# part, JSON mode, tools). One Worker and one region on 127.0.0.1, no cluster.
+step "edge (Worker in front of a real region)" env BACKHAUL_E2E_LOGS="$BACKHAUL_CACHE/edge/logs" \
+  cargo test --workspace --locked --test edge || failed+=(edge)
 step "helm chart" charts/test-chart.sh || failed+=(chart)
 step "worker tests (workerd)" bash -c 'source scripts/node-env.sh && cd worker && npm test' || failed+=(worker)
 

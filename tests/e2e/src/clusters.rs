@@ -14,10 +14,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use backhaul_operator::crd::ModelDeployment;
+use backhaul_operator::publish::{
+    Route, RouteLocation, RouteRouting, rfc3339_seconds, unix_millis,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -178,6 +181,8 @@ pub struct LocalRegion {
     pub name: String,
     /// Its HTTP port.
     pub port: u16,
+    /// Its Prometheus port (`/metrics`), the same across restarts.
+    pub metrics_port: u16,
     /// The server.
     pub proc: Proc,
     /// What it was started with, so that [`LocalRegion::restart`] starts it
@@ -218,10 +223,13 @@ impl LocalRegion {
         std::fs::write(&key_file, format!("{}\n", tokens.join("\n")))?;
         let served = served.to_owned();
         let extra: Vec<String> = extra.iter().map(|&a| a.to_owned()).collect();
-        let proc = Self::spawn(name, port, &served, &key_file, &extra).await?;
+        let metrics_port = free_port();
+        let ports = (port, metrics_port);
+        let proc = Self::spawn(name, ports, &served, &key_file, &extra).await?;
         Ok(Self {
             name: name.to_owned(),
             port,
+            metrics_port,
             proc,
             served,
             key_file,
@@ -229,9 +237,10 @@ impl LocalRegion {
         })
     }
 
+    /// `ports`: HTTP and metrics.
     async fn spawn(
         name: &str,
-        port: u16,
+        (port, metrics_port): (u16, u16),
         served: &str,
         key_file: &Path,
         extra: &[String],
@@ -245,7 +254,7 @@ impl LocalRegion {
             .args(["--served-name", served, "--device", "cpu"])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .arg("--api-key-file")
             .arg(key_file)
             .args(extra);
@@ -261,6 +270,60 @@ impl LocalRegion {
         )
         .await?;
         Ok(proc)
+    }
+
+    /// The route an operator publishes for this region (docs/publication.md):
+    /// its served model at its endpoint, one ready replica at `location`
+    /// (latitude, longitude), live an hour, `upstream_token` as the Worker's
+    /// credential for it.
+    pub fn route(
+        &self,
+        namespace: &str,
+        name: &str,
+        location: (f64, f64),
+        routing: RouteRouting,
+        upstream_token: &str,
+    ) -> Route {
+        Route {
+            namespace: namespace.into(),
+            name: name.into(),
+            region: self.name.clone(),
+            model: self.served.clone(),
+            endpoint: Self::endpoint_at(self.port),
+            location: RouteLocation {
+                latitude: location.0,
+                longitude: location.1,
+            },
+            replicas: 1,
+            ready_replicas: 1,
+            routing,
+            edge_model: None,
+            generation: 1,
+            sequence: unix_millis(),
+            published_at: rfc3339_seconds(SystemTime::now()),
+            ttl_seconds: 3600,
+            upstream_token: upstream_token.into(),
+        }
+    }
+
+    /// The server's Prometheus text (`GET /metrics`).
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let response = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("region {}: GET {url}", self.name))?;
+        Ok(response.text().await?)
+    }
+
+    /// The sum of every sample of the metric `name` (all label sets), 0
+    /// when it has none yet; e.g. `backhaul_inference_requests_total`, which
+    /// counts each request the server answered or refused once.
+    pub async fn metric_sum(&self, name: &str) -> Result<f64> {
+        Ok(metric_sum(&self.metrics().await?, name))
     }
 
     /// The server's process id (0 once it is stopped).
@@ -279,12 +342,44 @@ impl LocalRegion {
         self.proc.kill();
         self.proc = Self::spawn(
             &self.name,
-            self.port,
+            (self.port, self.metrics_port),
             &self.served,
             &self.key_file,
             &self.extra,
         )
         .await?;
         Ok(())
+    }
+}
+
+/// The sum of every sample of `name` in Prometheus text (`name` or
+/// `name{labels}`, not `name_suffix`); 0 when there is none.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = if rest.starts_with('{') {
+                rest.rsplit_once('}')?.1
+            } else if rest.starts_with(' ') {
+                rest
+            } else {
+                return None;
+            };
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_sum;
+
+    #[test]
+    fn metric_sum_adds_every_label_set_of_one_name_only() {
+        let text = "# HELP x_total X.\n# TYPE x_total counter\nx_total{a=\"1\",b=\"}\"} 2\nx_total{a=\"2\"} 3\nx_total_bucket{le=\"1\"} 9\nx_totalish 4\ny 1\n";
+        assert_eq!(metric_sum(text, "x_total"), 5.0);
+        assert_eq!(metric_sum("z 7\n", "z"), 7.0);
+        assert_eq!(metric_sum(text, "absent"), 0.0);
     }
 }

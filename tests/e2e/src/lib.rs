@@ -12,7 +12,10 @@
 //!   watching one test namespace.
 //! - [`chat`]: one streamed chat completion through the Worker, parsed.
 //! - [`clusters`]: a second, separate control plane (one cluster per region)
-//!   and a region served by `backhaul-inference` on 127.0.0.1.
+//!   and a region served by `backhaul-inference` on 127.0.0.1 (its route, its
+//!   metrics).
+//! - [`openai`]: the official OpenAI Python client (a pinned venv), for
+//!   tests that must hold as a user's client sees them.
 //!
 //! Binaries come from `$CARGO_TARGET_DIR/debug` (`scripts/e2e.sh` builds them);
 //! Node from `scripts/node-env.sh`'s location. Every failure names the component
@@ -33,6 +36,7 @@ use futures::StreamExt;
 pub use backhaul_testkit::{cache_dir, repo_root, wait_for};
 
 pub mod clusters;
+pub mod openai;
 pub mod pods;
 
 /// A free TCP port on 127.0.0.1.
@@ -258,6 +262,16 @@ impl Worker {
     /// Publishers: the operators' key (any namespace, region and host), and
     /// `extra` (id, group, namespaces, regions) for the tests of scopes.
     pub async fn start(state: &Path, extra: &[(&str, &str, &[&str], &[&str])]) -> Result<Self> {
+        Self::start_with_vars(state, extra, &[]).await
+    }
+
+    /// [`Worker::start`] with more vars in its `.dev.vars` (`vars`: name and
+    /// value, e.g. `CACHE_MODELS`), each replacing `wrangler.jsonc`'s.
+    pub async fn start_with_vars(
+        state: &Path,
+        extra: &[(&str, &str, &[&str], &[&str])],
+        vars: &[(&str, &str)],
+    ) -> Result<Self> {
         let key = new_signing_key();
         let key_file = state.join("publish-key.pem");
         std::fs::write(&key_file, key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
@@ -280,13 +294,19 @@ impl Worker {
         }
         let env_file = state.join(".dev.vars");
         // dotenv: a single-quoted value is taken literally (the JSON has double quotes).
-        std::fs::write(
-            &env_file,
-            format!(
-                "BACKHAUL_PUBLISHERS='{}'\nBACKHAUL_API_KEYS=\"\"\nALLOW_ANONYMOUS=\"true\"\nALLOW_ANONYMOUS_ROUTE_HINT=\"true\"\nTRUST_LOCATION_HEADER=\"true\"\n",
-                serde_json::Value::Array(publishers)
-            ),
-        )?;
+        let mut dev_vars = format!(
+            "BACKHAUL_PUBLISHERS='{}'\nBACKHAUL_API_KEYS=\"\"\nALLOW_ANONYMOUS=\"true\"\nALLOW_ANONYMOUS_ROUTE_HINT=\"true\"\nTRUST_LOCATION_HEADER=\"true\"\n",
+            serde_json::Value::Array(publishers)
+        );
+        for (name, value) in vars {
+            if value.contains('\'') || value.contains('\n') {
+                bail!(
+                    "Worker var {name}: a .dev.vars value cannot hold a single quote or a newline"
+                );
+            }
+            dev_vars.push_str(&format!("{name}='{value}'\n"));
+        }
+        std::fs::write(&env_file, dev_vars)?;
         let mut worker = Self {
             port: free_port(),
             key,
@@ -448,6 +468,30 @@ impl Worker {
             );
         }
         Ok(())
+    }
+
+    /// Polls `GET /v1/models` until it lists `model` (a route just published
+    /// is served once the Worker lists its model).
+    pub async fn wait_for_model(&self, model: &str, timeout: Duration) -> Result<()> {
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/models", self.url());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let listed = match http.get(&url).timeout(Duration::from_secs(5)).send().await {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if listed.contains(&format!("\"{model}\"")) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the Worker did not list {model} within {timeout:?} (last answer {listed:?}); log {}",
+                    self.log().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The routes of one namespace/name, by region.

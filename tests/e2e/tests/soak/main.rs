@@ -35,9 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use backhaul_e2e::clusters::LocalRegion;
 use backhaul_e2e::{Worker, logs_dir, repo_root};
-use backhaul_operator::publish::{
-    Route, RouteLocation, RouteRouting, rfc3339_seconds, unix_millis,
-};
+use backhaul_operator::publish::{RouteRouting, rfc3339_seconds};
 use tokio::sync::oneshot;
 
 use crate::client::{Record, Role, Target};
@@ -316,67 +314,26 @@ async fn setup(params: &Params, token: &str) -> Result<(Worker, Vec<LocalRegion>
         Worker::start(&state, &[]),
         faults::start_regions(&names, &ports, MODEL, token, &flags),
     )?;
-    for (region, (name, (latitude, longitude), _)) in regions.iter().zip(REGIONS) {
+    for (region, (_, location, _)) in regions.iter().zip(REGIONS) {
         worker
-            .put_route(&route(name, region.port, latitude, longitude, token))
+            .put_route(&region.route("soak", "smollm2", location, routing(), token))
             .await?;
     }
-    wait_for_model(&worker).await?;
+    worker
+        .wait_for_model(MODEL, Duration::from_secs(30))
+        .await?;
     Ok((worker, regions))
 }
 
-/// The route of region `name`, as an operator publishes it (docs/publication.md).
 /// Every request is heavy (thresholds 0, no edge model), so each goes to a
-/// region; it lives an hour, longer than any soak.
-fn route(name: &str, port: u16, latitude: f64, longitude: f64, token: &str) -> Route {
-    Route {
-        namespace: "soak".into(),
-        name: "smollm2".into(),
-        region: name.into(),
-        model: MODEL.into(),
-        endpoint: LocalRegion::endpoint_at(port),
-        location: RouteLocation {
-            latitude,
-            longitude,
-        },
-        replicas: 1,
-        ready_replicas: 1,
-        routing: RouteRouting {
-            heavy_prompt_tokens: 0,
-            heavy_max_tokens: 0,
-            request_timeout_ms: REQUEST_TIMEOUT_MS,
-            first_byte_timeout_ms: FIRST_BYTE_TIMEOUT_MS,
-            failover_attempts: FAILOVER_ATTEMPTS,
-        },
-        edge_model: None,
-        generation: 1,
-        sequence: unix_millis(),
-        published_at: rfc3339_seconds(SystemTime::now()),
-        ttl_seconds: 3600,
-        upstream_token: token.into(),
-    }
-}
-
-/// Polls the Worker's `GET /v1/models` until it lists [`MODEL`].
-async fn wait_for_model(worker: &Worker) -> Result<()> {
-    let http = reqwest::Client::new();
-    let url = format!("{}/v1/models", worker.url());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let listed = match http.get(&url).timeout(Duration::from_secs(5)).send().await {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if listed.contains(&format!("\"{MODEL}\"")) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the Worker did not list {MODEL} within 30 s (last answer {listed:?}); log {}",
-                worker.log().display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+/// region; the routes live an hour, longer than any soak.
+fn routing() -> RouteRouting {
+    RouteRouting {
+        heavy_prompt_tokens: 0,
+        heavy_max_tokens: 0,
+        request_timeout_ms: REQUEST_TIMEOUT_MS,
+        first_byte_timeout_ms: FIRST_BYTE_TIMEOUT_MS,
+        failover_attempts: FAILOVER_ATTEMPTS,
     }
 }
 
