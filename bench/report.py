@@ -105,6 +105,15 @@ def section_from_raw(name, raw):
         return out
     if name == "worker-table":
         return {**base, "raw": r}
+    if name == "edge-cache":
+        # Hit against miss per form (client-side, through wrangler dev), and
+        # K identical concurrent requests against the region's generations.
+        return {**base,
+                "ttfb_ms_p50": {form: {"miss": c["missMs"]["ttfb"]["p50"], "hit": c["hitMs"]["ttfb"]["p50"]}
+                                for form, c in r["cache"].items()},
+                "hit_over_miss": {form: c["hitOverMiss"] for form, c in r["cache"].items()},
+                "coalescing_ratio": {str(c["k"]): c["ratio"] for c in r["coalescing"]},
+                "raw": r}
     raise ValueError(name)
 
 
@@ -395,6 +404,16 @@ def summary(results):
                          "measured": "not measured at 1,000" + (f": {cp['errors'].get('1000')}" if cp.get("errors", {}).get("1000") else ""),
                          "met": None})
     rows += fleet_rows(results)
+    ec = results.get("edge_cache")
+    if ec:
+        f = ec["raw"]["cache"]
+        rows.append({"target": "a response cache hit at the edge costs no generation (no target figure)",
+                     "measured": "; ".join(f"{EDGE_FORMS[k]}: TTFB p50 hit {v['hitMs']['ttfb']['p50']:.2f} ms vs miss "
+                                           f"{v['missMs']['ttfb']['p50']:.2f} ms (×{v['hitOverMiss']['ttfbP50']:.4f})"
+                                           for k, v in f.items())
+                                 + "; K identical concurrent requests per generation: "
+                                 + ", ".join(f"K={k} {v:g}" for k, v in ec["coalescing_ratio"].items()),
+                     "met": None})
     return rows
 
 
@@ -506,11 +525,73 @@ def issue15_section(results):
     return L
 
 
+EDGE_FORMS = {"streamed": "streamed", "nonStreamed": "non-streamed"}
+
+
+def edge_cache_section(ec, routing):
+    """Section 6: the edge's response cache and coalescing with a real region."""
+    L = ["## 6. Edge response cache and coalescing (issue 18)", ""]
+    if not ec:
+        return L + ["Not measured yet.", ""]
+    r = ec["raw"]
+    cfg = r["config"]
+    w = r["worker"]
+    dirty = f", with {len(w['uncommittedFiles'])} uncommitted files" if w["uncommittedFiles"] else ""
+    L += [f"Machine: {machine_line(ec)}. Worker `{w['commit']}`{dirty}.", "",
+          f"`bench/edge_cache.mjs`: the Backhaul Worker under `wrangler dev --env local` (`CACHE_MODELS` caching "
+          f"`{cfg['model']}` for an hour) in front of one `backhaul-inference` on SmolLM2 (CPU, dev profile), its "
+          "route published through the signed admin API; no cluster. Every request is a greedy chat completion "
+          f"(`temperature` 0, `max_tokens` {cfg['maxTokens']}) sent by the client through `wrangler dev`'s proxy, "
+          "as a user's would be.", "",
+          f"**Cache.** Per form, {cfg['prompts']} distinct prompts, each sent once (a MISS: the region generates it) "
+          f"and then {cfg['hits']} times (HITs, from `caches.default`), one request at a time; every hit's text equals "
+          "its miss's, and the region's `backhaul_inference_requests_total` grew by exactly the misses. TTFB: from "
+          "sending the request to the first body byte (a streamed miss's first byte comes with the first token: the "
+          "region answers once it has one; a non-streamed answer comes whole); total: to the end of the body"
+          + (f"; with {cfg['prompts']} misses per form, a miss's p99 is its slowest" if cfg["prompts"] < 100 else "")
+          + ".", "",
+          "| form | | requests | TTFB p50 ms | TTFB p99 ms | total p50 ms | total p99 ms |",
+          "|---|---|---|---|---|---|---|"]
+    for form, c in r["cache"].items():
+        for kind, key in [("miss", "missMs"), ("hit", "hitMs")]:
+            m = c[key]
+            L.append(f"| {EDGE_FORMS[form]} | {kind} | {m['ttfb']['samples']} | {fmt(m['ttfb']['p50'])} | "
+                     f"{fmt(m['ttfb']['p99'])} | {fmt(m['total']['p50'])} | {fmt(m['total']['p99'])} |")
+        h = c["hitOverMiss"]
+        L.append(f"| {EDGE_FORMS[form]} | hit / miss | | {h['ttfbP50']:.4f} | {h['ttfbP99']:.4f} | "
+                 f"{h['totalP50']:.4f} | {h['totalP99']:.4f} |")
+    floor = ((routing or {}).get("raw", {}).get("addedMsOverDirect") or {}).get("viaPassthrough")
+    if floor:
+        L += ["", f"Of a hit's time here, `wrangler dev`'s proxy and workerd's forwarding alone account for about "
+              f"{floor['ttfb']['p50']:.2f} ms p50 (what a forward-only Worker adds to time to first byte under the same "
+              "`wrangler dev`, section 2, measured in its own run)."]
+    L += ["", f"**Coalescing.** Per K, {cfg['rounds']} rounds of K identical streamed requests sent at once (a prompt "
+          "no earlier request sent), and the generations the region ran for them (its `backhaul_inference_requests_total` "
+          "before and after each round). Ratio: requests served over generations (K when all K share one). Every "
+          "answer of a round has the same text.", "",
+          "| K | requests | generations | ratio | generations per round | x-backhaul-cache | round wall p50 ms |",
+          "|---|---|---|---|---|---|---|"]
+    for c in r["coalescing"]:
+        headers = {}
+        for rd in c["rounds"]:
+            for k, v in rd["cacheHeaders"].items():
+                headers[k] = headers.get(k, 0) + v
+        walls = sorted(rd["wallMs"] for rd in c["rounds"])
+        L.append(f"| {c['k']} | {c['requests']} | {c['generations']} | {c['ratio']:g} | "
+                 f"{', '.join(str(rd['generations']) for rd in c['rounds'])} | "
+                 f"{', '.join(f'{k} {v}' for k, v in sorted(headers.items()))} | {fmt(walls[(len(walls) - 1) // 2], 1)} |")
+    L += ["", "Coalescing is per isolate: `wrangler dev` runs one, a Cloudflare data centre many, so in production "
+          "identical requests that land in different isolates are generated once per isolate (and the cache is per "
+          "data centre).", "",
+          "Command:", "", "```sh", ec["command"], "```", ""]
+    return L
+
+
 def readme(results, made):
     L = ["# Benchmarks", "",
          "Generated by `make bench` (`scripts/bench.sh` → `bench/report.py`) from "
          "[`results.json`](results.json); every figure below is read from that file, which the same run wrote. "
-         "Re-run one section with `BENCH=inference|inference-interleaved|routing|control-plane|worker-table make bench` "
+         "Re-run one section with `BENCH=inference|inference-interleaved|routing|control-plane|worker-table|edge-cache make bench` "
          "(comma-separate several); "
          "the others keep their last results.", "",
          "The machine these ran on is small and was shared (other builds ran beside some sections): the load "
@@ -767,6 +848,7 @@ def readme(results, made):
           "On a machine with one, the same comparison runs with CUDA builds (the bench crate's `cuda` feature "
           "turns on mistral.rs's):", "", "```sh", *GPU_COMMANDS, "```", ""]
     L += issue15_section(results)
+    L += edge_cache_section(results.get("edge_cache"), results.get("routing"))
     return "\n".join(L)
 
 

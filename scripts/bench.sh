@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: Backhaul's benchmarks, written to docs/benchmarks/.
 #
-#   BENCH=inference,inference-interleaved,routing,control-plane,worker-table scripts/bench.sh   (default: all five)
+#   BENCH=inference,inference-interleaved,routing,control-plane,worker-table,edge-cache scripts/bench.sh   (default: all six)
 #
 # Each section measures on this machine, writes its raw JSON under
 # $BACKHAUL_CACHE/bench/, and bench/report.py merges it into
@@ -19,12 +19,16 @@
 # CONTROL_PLANE_* (its docstring),
 # WORKER_TABLE_ROUTES (10000), WORKER_TABLE_REQUESTS (300),
 # WORKER_TABLE_DIR (the worker/ checkout measured; default this repo's),
-# WORKER_TABLE_BASELINE (another checkout's worker/ measured in the same run).
+# WORKER_TABLE_BASELINE (another checkout's worker/ measured in the same run),
+# EDGE_CACHE_PROMPTS (8), EDGE_CACHE_HITS (20), EDGE_CACHE_MAX_TOKENS (32),
+# EDGE_CACHE_COALESCE (1,4,16), EDGE_CACHE_ROUNDS (3), EDGE_CACHE_WORKER_DIR
+# (the worker/ checkout run; default this repo's: wrangler dev reloads on
+# every edit of it, so measure a checkout nobody edits meanwhile).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$repo_root"
 
-sections=${BENCH:-inference,inference-interleaved,routing,control-plane,worker-table}
+sections=${BENCH:-inference,inference-interleaved,routing,control-plane,worker-table,edge-cache}
 out_dir=$BACKHAUL_CACHE/bench
 mkdir -p "$out_dir"
 model=$BACKHAUL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -241,6 +245,27 @@ bench_worker_table() {
     "node bench/worker_table.mjs ${args[*]}" node bench/worker_table.mjs "${args[@]}"
 }
 
+# The edge's response cache and coalescing (issue 18) with a real region:
+# the Worker under wrangler dev in front of backhaul-inference on SmolLM2
+# (bench/edge_cache.mjs: cache MISS against HIT, streamed and not; K
+# identical concurrent requests against the region's generations). No
+# cluster.
+bench_edge_cache() {
+  [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
+  source scripts/node-env.sh
+  start_inference
+  local args=(--region "http://127.0.0.1:$http_port" --metrics "http://127.0.0.1:$metrics_port/metrics" --model smollm2
+    --prompts "${EDGE_CACHE_PROMPTS:-8}" --hits "${EDGE_CACHE_HITS:-20}" --max-tokens "${EDGE_CACHE_MAX_TOKENS:-32}"
+    --coalesce "${EDGE_CACHE_COALESCE:-1,4,16}" --rounds "${EDGE_CACHE_ROUNDS:-3}")
+  if [ -n "${EDGE_CACHE_WORKER_DIR:-}" ]; then args+=(--worker-dir "$EDGE_CACHE_WORKER_DIR"); fi
+  # The region's ports change every run: the command recorded is the section's.
+  step "edge cache benchmark" wrap edge-cache "$out_dir/edge-cache.json" \
+    "BENCH=edge-cache make bench   # backhaul-inference on free ports, then: node bench/edge_cache.mjs --region URL --metrics URL ${args[*]:4}" \
+    node bench/edge_cache.mjs "${args[@]}"
+  kill -TERM "$inference_pid" 2>/dev/null || true
+  wait "$inference_pid" 2>/dev/null || true
+}
+
 ensure_venv() {
   if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
     python3 -m venv "$venv"
@@ -255,7 +280,7 @@ if [ "${1:-}" = --section ]; then
   exit
 fi
 ran=() failed=()
-for section in inference inference-interleaved routing control-plane worker-table; do
+for section in inference inference-interleaved routing control-plane worker-table edge-cache; do
   has "$section" || continue
   if "$0" --section "$section"; then
     ran+=("$out_dir/$section.json")
