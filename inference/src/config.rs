@@ -1,5 +1,6 @@
 //! Command-line and environment configuration. Every flag also reads a
-//! `BACKHAUL_*` variable; the operator builds pod arguments from exactly
+//! `BACKHAUL_*` variable (the trace export flags: OpenTelemetry's standard
+//! `OTEL_*` ones); the operator builds pod arguments from exactly
 //! these names, so renaming one is a breaking change.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -18,6 +19,9 @@ pub struct Config {
     /// Log line format.
     #[arg(long, env = "BACKHAUL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// OpenTelemetry trace export (off unless --otlp-endpoint is set).
+    #[command(flatten, next_help_heading = "Tracing")]
+    pub otlp: backhaul_telemetry::OtlpArgs,
 }
 
 /// What to load and where to run it.
@@ -263,7 +267,13 @@ mod tests {
             let env = arg
                 .get_env()
                 .unwrap_or_else(|| panic!("--{id} has no env var"));
-            assert!(env.to_string_lossy().starts_with("BACKHAUL_"), "{id}");
+            // The trace export flags read OpenTelemetry's own variables,
+            // which collectors' injectors set.
+            let env = env.to_string_lossy();
+            assert!(
+                env.starts_with("BACKHAUL_") || env.starts_with("OTEL_"),
+                "{id}: {env}"
+            );
         }
         command.debug_assert();
     }

@@ -11,8 +11,9 @@ async fn main() -> anyhow::Result<()> {
         model,
         serve,
         log_format,
+        otlp,
     } = Config::parse();
-    telemetry::init(log_format);
+    let _flush = telemetry::init(log_format, &otlp).context("setting up trace export")?;
     telemetry::log_build_info();
 
     let handle = start(serve, ModelSource::Load(model))

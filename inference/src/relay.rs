@@ -197,6 +197,9 @@ pub struct RelayContext {
     /// From the caller's `traceparent`: joins this generation's log lines
     /// to the Worker's trace.
     pub trace_id: Option<String>,
+    /// The caller's `traceparent` (valid, or `None`): exported spans are
+    /// its children.
+    pub traceparent: Option<String>,
     pub api: Api,
     pub received: Instant,
     /// The request's deadline (`--request-timeout`, or a shorter
@@ -226,6 +229,9 @@ pub fn spawn(engine_rx: mpsc::Receiver<Response>, ctx: RelayContext) -> mpsc::Re
         trace_id = ctx.trace_id.as_deref().unwrap_or(""),
         api = ctx.api.as_str()
     );
+    if let Some(traceparent) = &ctx.traceparent {
+        backhaul_telemetry::continue_trace(&span, traceparent);
+    }
     tokio::spawn(run(engine_rx, client_tx, ctx).instrument(span));
     client_rx
 }

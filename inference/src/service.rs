@@ -177,6 +177,7 @@ impl InferenceService {
         let ValidatedRequest {
             request_id,
             trace_id,
+            traceparent,
             prompt,
             sampling,
             tools,
@@ -223,6 +224,7 @@ impl InferenceService {
             RelayContext {
                 request_id: request_id.clone(),
                 trace_id,
+                traceparent,
                 api,
                 received,
                 deadline,

@@ -115,6 +115,8 @@ pub struct ValidatedRequest {
     /// The trace this request belongs to (from a valid `traceparent`), so
     /// logs join the Worker's.
     pub trace_id: Option<String>,
+    /// The `traceparent` that trace id came from (a valid one only).
+    pub traceparent: Option<String>,
     pub prompt: Prompt,
     pub sampling: RequestedSampling,
     pub response_format: ResponseFormat,
@@ -287,9 +289,11 @@ pub fn validate(
             "cannot be combined with tool calling; send tool_choice \"none\" or no response_format",
         ));
     }
+    let trace_id = raw.traceparent.as_deref().and_then(trace_id);
     Ok(ValidatedRequest {
         request_id,
-        trace_id: raw.traceparent.as_deref().and_then(trace_id),
+        traceparent: raw.traceparent.filter(|_| trace_id.is_some()),
+        trace_id,
         prompt,
         sampling,
         response_format,

@@ -6,7 +6,7 @@
 mod common;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -15,61 +15,7 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// The server process; killed if the test ends without it exiting.
-struct Server {
-    child: Child,
-    http: String,
-    metrics: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    async fn start(extra: &[&str]) -> Self {
-        let port = |_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let [http, grpc, metrics] = [0, 1, 2].map(port);
-        let child = Command::new(env!("CARGO_BIN_EXE_backhaul-inference"))
-            .arg("--model")
-            .arg(model_path())
-            .args(["--device", "cpu", "--served-name", "smollm2"])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-            .arg("--api-key-file")
-            .arg(default_key_file())
-            .args(extra)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("the server binary starts");
-        let server = Self {
-            child,
-            http: format!("http://127.0.0.1:{http}"),
-            metrics: format!("http://127.0.0.1:{metrics}/metrics"),
-        };
-        eventually(WAIT, "the server to be ready", || async {
-            reqwest::get(format!("{}/ready", server.http))
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await;
-        server
-    }
-
-    async fn metric(&self, sample: &str) -> f64 {
-        metric_at(&self.metrics, sample).await
-    }
-
+impl ServerProcess {
     fn chat(&self, max_tokens: u32) -> tokio::task::JoinHandle<(u16, Value)> {
         let url = format!("{}/v1/chat/completions", self.http);
         tokio::spawn(async move {
@@ -107,7 +53,7 @@ fn assert_complete((status, body): &(u16, Value), max_tokens: u64) {
 async fn sigterm_answers_in_flight_and_queued_work_then_exits_zero() {
     let _turn = SERIAL.lock().await;
     let delay = Duration::from_secs(3);
-    let mut server = Server::start(&[
+    let mut server = ServerProcess::start(&[
         "--max-in-flight",
         "1",
         "--max-queue",

@@ -232,6 +232,11 @@ pub fn deployment(v: &ValidatedModelDeployment, region: &RegionSpec) -> Deployme
         json!({"name": "BACKHAUL_LOG_FORMAT", "value": "json"}),
         json!({"name": "HF_HOME", "value": HF_HOME}),
     ];
+    env.extend(
+        v.trace_env
+            .iter()
+            .map(|(name, value)| json!({"name": name, "value": value})),
+    );
     if let Some(secret) = &v.model.hub_token_secret {
         env.push(json!({
             "name": "HF_TOKEN",
@@ -400,6 +405,7 @@ pub(crate) mod tests {
             watch_namespace: None,
             identity: "test".into(),
             max_concurrent_reconciles: 16,
+            pod_trace_env: Vec::new(),
         };
         validate(&md, &config).unwrap()
     }
@@ -545,6 +551,41 @@ ownerReferences:
             c["ports"][2],
             json!({"name": "metrics", "containerPort": 9090, "protocol": "TCP"})
         );
+    }
+
+    #[test]
+    fn pods_export_traces_where_the_operator_does() {
+        let off = deployment(&validated(FIXTURE), &validated(FIXTURE).regions[0]);
+        let off = serde_json::to_value(off).unwrap();
+        let env = &off["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(!env.to_string().contains("OTEL_"), "{env}");
+
+        let mut v = validated(FIXTURE);
+        v.trace_env = backhaul_telemetry::OtlpArgs {
+            endpoint: Some("http://otel-collector.observability:4318".into()),
+            sample_ratio: 0.1,
+            service_name: Some("backhaul-operator".into()),
+        }
+        .child_env();
+        let on = serde_json::to_value(deployment(&v, &v.regions[0])).unwrap();
+        let env = on["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone();
+        for (name, value) in [
+            (
+                backhaul_telemetry::ENDPOINT_ENV,
+                "http://otel-collector.observability:4318",
+            ),
+            (backhaul_telemetry::SAMPLE_RATIO_ENV, "0.1"),
+        ] {
+            assert!(
+                env.contains(&json!({"name": name, "value": value})),
+                "{env:?}"
+            );
+        }
+        // The pods keep their own service name (the inference server's).
+        assert!(!json!(env).to_string().contains("OTEL_SERVICE_NAME"));
     }
 
     #[test]

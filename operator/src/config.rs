@@ -149,6 +149,9 @@ pub struct Args {
     /// Log format.
     #[arg(long, global = true, env = "BACKHAUL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// OpenTelemetry trace export (off unless --otlp-endpoint is set).
+    #[command(flatten)]
+    pub otlp: backhaul_telemetry::OtlpArgs,
 }
 
 /// Errors reading the configuration.
@@ -275,6 +278,9 @@ pub struct OperatorConfig {
     pub identity: String,
     /// ModelDeployments reconciled at once.
     pub max_concurrent_reconciles: u16,
+    /// Environment giving inference pods the operator's own trace export
+    /// (`--otlp-endpoint`); empty when it is off.
+    pub pod_trace_env: Vec<(&'static str, String)>,
 }
 
 impl OperatorConfig {
@@ -298,6 +304,7 @@ impl OperatorConfig {
             identity,
             max_concurrent_reconciles,
             log_format: _,
+            otlp,
         } = args;
         let publish = match (worker_url, publish_key_file, publish_key_id) {
             (None, _, _) => None,
@@ -333,6 +340,7 @@ impl OperatorConfig {
                 .filter(|i| !i.is_empty())
                 .map_or_else(default_identity, str::to_owned),
             max_concurrent_reconciles: *max_concurrent_reconciles,
+            pod_trace_env: otlp.child_env(),
         })
     }
 

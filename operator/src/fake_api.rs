@@ -223,6 +223,7 @@ fn context_config() -> OperatorConfig {
         watch_namespace: None,
         identity: "test".into(),
         max_concurrent_reconciles: 16,
+        pod_trace_env: Vec::new(),
     }
 }
 

@@ -71,6 +71,9 @@ pub enum RunError {
     /// The metrics server failed.
     #[error("metrics server: {0}")]
     Metrics(#[source] std::io::Error),
+    /// The OTLP trace exporter could not be set up.
+    #[error(transparent)]
+    Telemetry(#[from] backhaul_telemetry::TelemetryError),
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -165,7 +168,8 @@ async fn ready_when_synced(ctx: Arc<Context>, readiness: Readiness) {
 /// SIGTERM it finishes in-flight reconciles, still renewing, and releases
 /// the Lease so a standby takes over without waiting for it to expire.
 pub async fn run(args: Args) -> Result<(), RunError> {
-    telemetry::init(args.log_format);
+    // Held to the end of `run`: exports the last spans.
+    let _flush = telemetry::init(args.log_format, &args.otlp)?;
     let config = OperatorConfig::from_args(&args)?;
     tracing::info!(
         regions = ?config.regions,

@@ -61,6 +61,8 @@ pub struct ValidatedModelDeployment {
     pub regions: Vec<RegionSpec>,
     /// Every region name in the spec (served here or elsewhere).
     pub spec_regions: BTreeSet<String>,
+    /// Trace export environment for the pods (the operator's own export).
+    pub trace_env: Vec<(&'static str, String)>,
 }
 
 /// Checks `md` and narrows it to what `config` serves.
@@ -203,6 +205,7 @@ pub fn validate(
             .cloned()
             .collect(),
         spec_regions: spec.regions.iter().map(|r| r.name.clone()).collect(),
+        trace_env: config.pod_trace_env.clone(),
     })
 }
 
@@ -336,6 +339,7 @@ mod tests {
             watch_namespace: None,
             identity: "test".into(),
             max_concurrent_reconciles: 16,
+            pod_trace_env: Vec::new(),
         }
     }
 

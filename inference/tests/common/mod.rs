@@ -8,6 +8,7 @@
 use std::{
     io::Write,
     path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
@@ -374,4 +375,65 @@ pub async fn metric_at(url: &str, sample: &str) -> f64 {
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0.0)
+}
+
+/// The server process; killed if the test ends without it exiting.
+pub struct ServerProcess {
+    pub child: Child,
+    pub http: String,
+    pub metrics: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    /// Starts the binary on the test model and waits until it is ready.
+    pub async fn start(extra: &[&str]) -> Self {
+        let port = |_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let [http, grpc, metrics] = [0, 1, 2].map(port);
+        let child = Command::new(env!("CARGO_BIN_EXE_backhaul-inference"))
+            .arg("--model")
+            .arg(model_path())
+            .args(["--device", "cpu", "--served-name", "smollm2"])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .arg("--api-key-file")
+            .arg(default_key_file())
+            .args(extra)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the server binary starts");
+        let server = Self {
+            child,
+            http: format!("http://127.0.0.1:{http}"),
+            metrics: format!("http://127.0.0.1:{metrics}/metrics"),
+        };
+        eventually(
+            Duration::from_secs(120),
+            "the server to be ready",
+            || async {
+                reqwest::get(format!("{}/ready", server.http))
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            },
+        )
+        .await;
+        server
+    }
+
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_at(&self.metrics, sample).await
+    }
 }

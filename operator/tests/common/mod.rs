@@ -368,6 +368,7 @@ pub fn config(
             regions.map(|r| r.join("-")).unwrap_or_else(|| "all".into())
         ),
         max_concurrent_reconciles: 16,
+        pod_trace_env: Vec::new(),
     }
 }
 
@@ -507,7 +508,11 @@ impl Operator {
     /// Starts the controller after `adjust` has seen its context.
     pub fn start_with(config: OperatorConfig, adjust: impl FnOnce(&Context)) -> Self {
         // Logs with `--nocapture` (RUST_LOG to filter); a no-op after the first.
-        backhaul_operator::telemetry::init(backhaul_operator::config::LogFormat::Text);
+        // No trace export: OtlpArgs' default has no endpoint.
+        let _ = backhaul_operator::telemetry::init(
+            backhaul_operator::config::LogFormat::Text,
+            &backhaul_telemetry::OtlpArgs::default(),
+        );
         let metrics = Metrics::new();
         let client =
             backhaul_operator::counted_client(backhaul_testkit::cluster_config(), &metrics)

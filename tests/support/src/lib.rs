@@ -26,6 +26,8 @@
 //! (`NVIDIA-A100-SXM4-80GB`), each with `nvidia.com/gpu: 8`, labelled
 //! `topology.kubernetes.io/region=<region>` and `type=kwok`, without taints.
 
+pub mod otlp;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
