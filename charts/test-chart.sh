@@ -5,7 +5,8 @@
 #   2. helm template compared with the committed snapshots under
 #      charts/backhaul-operator/tests/ (--update rewrites them);
 #   3. what the templates render for particular values (secrets, RBAC scope,
-#      NetworkPolicy ports, image tags, the PodMonitor and dashboard ConfigMap);
+#      NetworkPolicy ports, image tags, the PodMonitor and dashboard ConfigMap,
+#      trace export's variables against telemetry/src/lib.rs);
 #      the inference PodMonitor against operator/src/build.rs and the Grafana
 #      dashboard's PromQL against the registered metrics (charts/check-monitoring.py);
 #   4. bad values fail `helm template` with the schema's or the chart's message;
@@ -91,7 +92,7 @@ render() { "$helm" template backhaul "$chart" --namespace backhaul-system --kube
 # the expression raises or is False.
 yq() {
   python3 -c '
-import json, sys, yaml
+import json, re, sys, yaml
 docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
 def obj(kind, name=None):
     found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
@@ -219,6 +220,31 @@ expect_render "networkPolicy: ingress to metrics only; egress to DNS, API server
 expect_render "networkPolicy: an https Worker without a port is reached on 443" \
   "--set networkPolicy.enabled=true --set workerUrl=https://w.example.com/base --set publishKey.id=k --set publishKey.existingSecret=k" \
   'obj("NetworkPolicy")["spec"]["egress"][2]["ports"] == [{"port": 443, "protocol": "TCP"}]'
+expect_render "tracing: off by default, no OTEL_* variable and no collector egress" "--set networkPolicy.enabled=true" \
+  'not [k for k in env if k.startswith("OTEL_")]' \
+  '[r["ports"][0]["port"] for r in obj("NetworkPolicy")["spec"]["egress"]] == [53, 443]'
+expect_render "tracing.otlp.sampleRatio without an endpoint: nothing is rendered" "--set tracing.otlp.sampleRatio=0.5" \
+  'not [k for k in env if k.startswith("OTEL_")]'
+# The names the operator's flags read (telemetry/src/lib.rs), not copies of them.
+otel_names="dict(re.findall(r'pub const (ENDPOINT_ENV|SAMPLE_RATIO_ENV): &str = \"([A-Z_]+)\";', open('telemetry/src/lib.rs').read()))"
+expect_render "tracing.otlp.endpoint: the operator gets the variables its --otlp-endpoint and --otlp-sample-ratio read" \
+  "--set tracing.otlp.endpoint=http://otel-collector.observability.svc:4318 --set-json tracing.otlp.sampleRatio=0.25" \
+  "(lambda n: sorted(n.values()) == [\"OTEL_EXPORTER_OTLP_ENDPOINT\", \"OTEL_TRACES_SAMPLER_ARG\"])($otel_names)" \
+  "(lambda n: env[n[\"ENDPOINT_ENV\"]] == \"http://otel-collector.observability.svc:4318\" and env[n[\"SAMPLE_RATIO_ENV\"]] == \"0.25\")($otel_names)" \
+  'sorted(k for k in env if k.startswith("OTEL_")) == ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER_ARG"]'
+expect_render "tracing.otlp.sampleRatio: 1 by default" \
+  "--set tracing.otlp.endpoint=https://otel.example.com" \
+  'env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://otel.example.com" and env["OTEL_TRACES_SAMPLER_ARG"] == "1"'
+expect_render "tracing.otlp.sampleRatio as --set gives it (a string)" \
+  "--set tracing.otlp.endpoint=http://c:4318 --set tracing.otlp.sampleRatio=0.05" \
+  'env["OTEL_TRACES_SAMPLER_ARG"] == "0.05"'
+expect_render "networkPolicy with tracing: egress to the collector's port, to the peers given" \
+  "--set networkPolicy.enabled=true --set tracing.otlp.endpoint=http://otel-collector.observability.svc:4318 --set networkPolicy.otlpCollector.to[0].namespaceSelector.matchLabels.team=obs" \
+  '[r["ports"][0]["port"] for r in obj("NetworkPolicy")["spec"]["egress"]] == [53, 443, 4318]' \
+  'obj("NetworkPolicy")["spec"]["egress"][2]["to"] == [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]'
+expect_render "networkPolicy with tracing: an https collector without a port is reached on 443, from anywhere" \
+  "--set networkPolicy.enabled=true --set tracing.otlp.endpoint=https://otel.example.com/otlp" \
+  'obj("NetworkPolicy")["spec"]["egress"][2] == {"ports": [{"port": 443, "protocol": "TCP"}]}'
 expect_render "serviceMonitor: scrapes the metrics port of the operator's Service" \
   "--set metrics.serviceMonitor.enabled=true --set metrics.serviceMonitor.labels.release=prom" \
   'obj("ServiceMonitor")["spec"]["endpoints"][0]["port"] == "metrics" and obj("ServiceMonitor")["metadata"]["labels"]["release"] == "prom"' \
@@ -289,6 +315,12 @@ bad "inferenceImage.cuda misspelt" "at '/inferenceImage/cuda': additional proper
 bad "inferencePodMonitor.interval not a duration" "at '/metrics/inferencePodMonitor/interval': '30 seconds' does not match pattern" --set "metrics.inferencePodMonitor.interval=30 seconds"
 bad "dashboards.label not a label key" "at '/dashboards/label': 'grafana dashboard' does not match pattern" --set "dashboards.label=grafana dashboard"
 bad "dashboards misspelt" "at '/dashboards': additional properties 'enable' not allowed" --set dashboards.enable=true
+bad "tracing.otlp.sampleRatio 1.5 (a number)" "at '/tracing/otlp/sampleRatio': maximum: got 1.5, want 1" --set tracing.otlp.endpoint=http://c:4318 --set-json tracing.otlp.sampleRatio=1.5
+bad "tracing.otlp.sampleRatio 1.5 (a --set string)" "at '/tracing/otlp/sampleRatio': '1.5' does not match pattern" --set tracing.otlp.endpoint=http://c:4318 --set tracing.otlp.sampleRatio=1.5
+bad "tracing.otlp.sampleRatio below 0" "at '/tracing/otlp/sampleRatio': minimum: got -0.1, want 0" --set-json tracing.otlp.sampleRatio=-0.1
+bad "tracing.otlp.endpoint without a scheme" "at '/tracing/otlp/endpoint': 'otel-collector:4318' does not match pattern" --set tracing.otlp.endpoint=otel-collector:4318
+bad "tracing.otlp.endpoint over gRPC" "at '/tracing/otlp/endpoint': 'grpc://otel-collector:4317' does not match pattern" --set tracing.otlp.endpoint=grpc://otel-collector:4317
+bad "tracing.otlp misspelt" "at '/tracing/otlp': additional properties 'endpiont' not allowed" --set tracing.otlp.endpiont=http://c:4318
 
 # ---------------------------------------------------------------------------
 # Against the local control plane

@@ -98,9 +98,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s/publish-key.pem" (include "backhaul-operator.publishKeyDir" .) }}
 {{- end }}
 
-{{/* The Worker's TCP port: explicit in workerUrl, else the scheme's. */}}
-{{- define "backhaul-operator.workerPort" -}}
-{{- $url := urlParse .Values.workerUrl }}
+{{/* The TCP port of an http(s) URL (the context): explicit in it, else the scheme's. */}}
+{{- define "backhaul-operator.urlPort" -}}
+{{- $url := urlParse . }}
 {{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" }}
 {{- if $port }}
 {{- $port }}
@@ -109,6 +109,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else }}
 {{- 443 }}
 {{- end }}
+{{- end }}
+
+{{/* The Worker's TCP port. */}}
+{{- define "backhaul-operator.workerPort" -}}
+{{- include "backhaul-operator.urlPort" .Values.workerUrl }}
 {{- end }}
 
 {{/*
