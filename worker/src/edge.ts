@@ -41,6 +41,17 @@ const REGION_FIELDS: Record<GenerationRequest["api"], Record<string, (v: unknown
 		n: (v) => !absent(v) && v !== 1,
 		logprobs: (v) => !absent(v) && v !== false,
 		top_logprobs: (v) => !absent(v),
+		// A region refuses these with a 400 naming the field (never drops
+		// them); so must a request the edge would have answered.
+		logit_bias: (v) => !absent(v) && !isEmptyObject(v),
+		functions: (v) => !absent(v) && !(Array.isArray(v) && v.length === 0),
+		function_call: (v) => !absent(v) && v !== "none",
+		audio: (v) => !absent(v),
+		modalities: (v) => !absent(v) && !(Array.isArray(v) && v.length === 1 && v[0] === "text"),
+		prediction: (v) => !absent(v),
+		web_search_options: (v) => !absent(v),
+		reasoning_effort: (v) => !absent(v),
+		verbosity: (v) => !absent(v),
 	},
 	completions: {
 		stop: (v) => !absent(v) && !(Array.isArray(v) && v.length === 0),
@@ -48,8 +59,13 @@ const REGION_FIELDS: Record<GenerationRequest["api"], Record<string, (v: unknown
 		n: (v) => !absent(v) && v !== 1,
 		echo: (v) => !absent(v) && v !== false,
 		suffix: (v) => !absent(v),
+		logit_bias: (v) => !absent(v) && !isEmptyObject(v),
+		best_of: (v) => !absent(v) && v !== 1,
+		logprobs: (v) => !absent(v) && v !== 0,
 	},
 };
+
+const isEmptyObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v) && Object.keys(v).length === 0;
 
 /**
  * The first field of `req` the edge cannot honour (see REGION_FIELDS), or

@@ -31,6 +31,19 @@ describe("edgeUnsupportedField", () => {
 		expect(edgeUnsupportedField(completionReq({ echo: true }))).toBe("echo");
 		expect(edgeUnsupportedField(completionReq({ suffix: "" }))).toBe("suffix");
 		expect(edgeUnsupportedField(completionReq({ stop: ["\n"] }))).toBe("stop");
+		// What a region refuses, rather than the edge dropping it.
+		expect(edgeUnsupportedField(chatReq({ logit_bias: { "1": 5 } }))).toBe("logit_bias");
+		expect(edgeUnsupportedField(chatReq({ functions: [{ name: "f" }] }))).toBe("functions");
+		expect(edgeUnsupportedField(chatReq({ function_call: "auto" }))).toBe("function_call");
+		expect(edgeUnsupportedField(chatReq({ audio: { voice: "alloy" } }))).toBe("audio");
+		expect(edgeUnsupportedField(chatReq({ modalities: ["text", "audio"] }))).toBe("modalities");
+		expect(edgeUnsupportedField(chatReq({ prediction: { type: "content", content: "x" } }))).toBe("prediction");
+		expect(edgeUnsupportedField(chatReq({ web_search_options: {} }))).toBe("web_search_options");
+		expect(edgeUnsupportedField(chatReq({ reasoning_effort: "low" }))).toBe("reasoning_effort");
+		expect(edgeUnsupportedField(chatReq({ verbosity: "low" }))).toBe("verbosity");
+		expect(edgeUnsupportedField(completionReq({ best_of: 2 }))).toBe("best_of");
+		expect(edgeUnsupportedField(completionReq({ logprobs: 3 }))).toBe("logprobs");
+		expect(edgeUnsupportedField(completionReq({ logit_bias: { "1": 5 } }))).toBe("logit_bias");
 	});
 	it("names messages for a conversation with tool calls or tool results", () => {
 		expect(edgeUnsupportedField(chatReq({}, [{ role: "tool", tool_call_id: "c", content: "r" }]))).toBe("messages");
@@ -46,11 +59,11 @@ describe("edgeUnsupportedField", () => {
 			{ tools: null, tool_choice: null, response_format: null, stop: null, min_p: null, n: null, logprobs: null, top_logprobs: null },
 			{ tool_choice: "auto" },
 			{ temperature: 0, top_p: 0.9, top_k: 4, seed: 7, frequency_penalty: 1, presence_penalty: 1, max_tokens: 5, stream: true },
-			{ user: "u", metadata: {}, store: true, logit_bias: { "1": 5 }, service_tier: "auto" },
+			{ user: "u", metadata: {}, store: true, logit_bias: {}, service_tier: "auto", functions: [], function_call: "none", modalities: ["text"] },
 		]) {
 			expect(edgeUnsupportedField(chatReq(extra)), JSON.stringify(extra)).toBeNull();
 		}
-		expect(edgeUnsupportedField(completionReq({ echo: false, n: 1, stop: null, best_of: 1, logprobs: null }))).toBeNull();
+		expect(edgeUnsupportedField(completionReq({ echo: false, n: 1, stop: null, best_of: 1, logprobs: 0, logit_bias: {} }))).toBeNull();
 		// tools and response_format mean something only to chat.
 		expect(edgeUnsupportedField(completionReq({ tools: [{}], response_format: { type: "json_object" } }))).toBeNull();
 	});
