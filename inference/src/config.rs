@@ -65,6 +65,13 @@ pub struct ModelArgs {
     /// Activation and weight dtype for plain models.
     #[arg(long, env = "BACKHAUL_DTYPE", value_enum, default_value_t = DtypeChoice::Auto)]
     pub dtype: DtypeChoice,
+    /// How one replica splits the model over several GPUs: `tensor`
+    /// (NCCL tensor parallelism over every visible GPU; a build with the
+    /// `nccl` feature) or `layers` (whole layers per GPU, one GPU busy at a
+    /// time; needs MISTRALRS_NO_NCCL=1 in an `nccl` build). Unset: the
+    /// engine's default for the build.
+    #[arg(long, env = "BACKHAUL_PARALLELISM", value_enum)]
+    pub parallelism: Option<ParallelismChoice>,
     /// Most sequences the engine batches together.
     #[arg(long, env = "BACKHAUL_MAX_NUM_SEQS", default_value_t = 32)]
     pub max_num_seqs: usize,
@@ -213,6 +220,12 @@ pub enum DtypeChoice {
     Bf16,
     F16,
     F32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ParallelismChoice {
+    Tensor,
+    Layers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

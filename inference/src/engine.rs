@@ -45,7 +45,7 @@ use mistralrs::{
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::{
-    config::{DeviceChoice, DtypeChoice, ModelArgs},
+    config::{DeviceChoice, DtypeChoice, ModelArgs, ParallelismChoice},
     error::InferenceError,
     model_source::{self, LocalModel, SourceError},
     prompt_bound,
@@ -129,6 +129,11 @@ impl Engine {
                 false
             }
         };
+        check_parallelism(
+            args.parallelism,
+            std::env::var("MISTRALRS_NO_NCCL").ok().as_deref(),
+        )
+        .map_err(config_error)?;
         let max_seq_len = args
             .max_seq_len
             .unwrap_or(AutoDeviceMapParams::DEFAULT_MAX_SEQ_LEN);
@@ -430,7 +435,7 @@ fn sampling_params(sampling: &Sampling) -> SamplingParams {
         top_n_logprobs: 0,
         frequency_penalty: sampling.frequency_penalty,
         presence_penalty: sampling.presence_penalty,
-        repetition_penalty: None,
+        repetition_penalty: sampling.repetition_penalty,
         stop_toks: (!sampling.stop.is_empty()).then(|| StopTokens::Seqs(sampling.stop.clone())),
         max_len: Some(sampling.max_tokens),
         logits_bias: None,
@@ -499,6 +504,30 @@ fn engine_tool(def: &ToolDef) -> mistralrs::Tool {
     }
 }
 
+/// The split a multi-GPU replica asked for, checked against what this
+/// build can do: tensor parallelism is mistral.rs's NCCL path (the `nccl`
+/// feature), which it takes whenever it is compiled in unless
+/// `MISTRALRS_NO_NCCL=1` turns it off before the engine starts.
+fn check_parallelism(
+    asked: Option<ParallelismChoice>,
+    no_nccl: Option<&str>,
+) -> Result<(), String> {
+    let nccl_off = no_nccl == Some("1");
+    match asked {
+        None => Ok(()),
+        Some(ParallelismChoice::Tensor) if !cfg!(feature = "nccl") => Err(
+            "--parallelism tensor needs a build with the `nccl` feature (the CUDA image); use --parallelism layers to place layers on the GPUs instead".into(),
+        ),
+        Some(ParallelismChoice::Tensor) if nccl_off => Err(
+            "--parallelism tensor, but MISTRALRS_NO_NCCL=1 turns NCCL off; unset it".into(),
+        ),
+        Some(ParallelismChoice::Layers) if cfg!(feature = "nccl") && !nccl_off => Err(
+            "--parallelism layers in a build with NCCL needs MISTRALRS_NO_NCCL=1 in the environment (the engine reads it before it starts)".into(),
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
 fn is_jinja(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "jinja")
 }
@@ -537,6 +566,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parallelism_is_checked_against_the_build() {
+        use ParallelismChoice::{Layers, Tensor};
+        assert_eq!(check_parallelism(None, None), Ok(()));
+        let nccl = cfg!(feature = "nccl");
+        // Without NCCL compiled in, layers is the only split.
+        assert_eq!(check_parallelism(Some(Tensor), None).is_ok(), nccl);
+        assert_eq!(check_parallelism(Some(Layers), None).is_ok(), !nccl);
+        assert_eq!(check_parallelism(Some(Layers), Some("1")), Ok(()));
+        assert!(check_parallelism(Some(Tensor), Some("1")).is_err());
+        if !nccl {
+            let error = check_parallelism(Some(Tensor), None).unwrap_err();
+            assert!(error.contains("`nccl` feature"), "{error}");
+        }
+    }
+
+    #[test]
     fn quantization_label_comes_from_the_file_name() {
         assert_eq!(
             gguf_quantization(&["SmolLM2-135M-Instruct.Q4_1.gguf".into()]),
@@ -560,6 +605,7 @@ mod tests {
             stop: vec!["END".into()],
             frequency_penalty: None,
             presence_penalty: None,
+            repetition_penalty: None,
         });
         assert_eq!(params.max_len, Some(7));
         assert!(matches!(params.stop_toks, Some(StopTokens::Seqs(ref s)) if s == &["END"]));

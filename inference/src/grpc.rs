@@ -222,6 +222,7 @@ fn raw_sampling(sampling: Option<pb::Sampling>) -> RawSampling {
         stop: s.stop,
         frequency_penalty: s.frequency_penalty.map(f64::from),
         presence_penalty: s.presence_penalty.map(f64::from),
+        repetition_penalty: None,
         seed: None,
         n: None,
     }

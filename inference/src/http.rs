@@ -235,6 +235,8 @@ struct BodySampling {
     stop: Option<OneOrMany>,
     frequency_penalty: Option<f64>,
     presence_penalty: Option<f64>,
+    /// An extension (vLLM, mistral.rs): 1 is none.
+    repetition_penalty: Option<f64>,
     seed: Option<i64>,
     n: Option<i64>,
 }
@@ -253,6 +255,7 @@ impl BodySampling {
             stop: self.stop.map(OneOrMany::into_vec).unwrap_or_default(),
             frequency_penalty: self.frequency_penalty,
             presence_penalty: self.presence_penalty,
+            repetition_penalty: self.repetition_penalty,
             seed: self.seed,
             n: self.n,
         }

@@ -14,6 +14,18 @@ async fn main() -> anyhow::Result<()> {
         otlp,
     } = Config::parse();
     let _flush = telemetry::init(log_format, &otlp).context("setting up trace export")?;
+    // mistral.rs's NCCL tensor parallelism runs this binary again, with the
+    // same flags, as one worker process per further GPU. A worker loads its
+    // shard and then serves the engine's replicated steps inside the load
+    // call; it must not bind the server's ports, which the first process
+    // holds.
+    if mistralrs::core::distributed::is_daemon() {
+        tracing::info!("tensor-parallel worker: loading this process's shard");
+        backhaul_inference::Engine::load(&model)
+            .await
+            .context("loading the model in a tensor-parallel worker")?;
+        return Ok(());
+    }
     telemetry::log_build_info();
 
     let handle = start(serve, ModelSource::Load(model))

@@ -102,6 +102,9 @@ pub struct RawSampling {
     pub stop: Vec<String>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
+    /// Multiplies down the logits of tokens already in the sequence; 1 is
+    /// none (an extension: vLLM, mistral.rs).
+    pub repetition_penalty: Option<f64>,
     /// Refused when set: mistral.rs 0.8.1 has no per-request seed.
     pub seed: Option<i64>,
     /// Refused unless 1.
@@ -212,6 +215,7 @@ pub struct RequestedSampling {
     pub stop: Vec<String>,
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
 }
 
 /// Final sampling settings with a definite token budget.
@@ -225,6 +229,7 @@ pub struct Sampling {
     pub stop: Vec<String>,
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> InferenceError {
@@ -438,6 +443,10 @@ fn validate_sampling(
     };
     let frequency_penalty = finite_in("frequency_penalty", raw.frequency_penalty, -2.0, 2.0)?;
     let presence_penalty = finite_in("presence_penalty", raw.presence_penalty, -2.0, 2.0)?;
+    let repetition_penalty = finite_in("repetition_penalty", raw.repetition_penalty, 0.0, 2.0)?;
+    if repetition_penalty == Some(0.0) {
+        return Err(invalid("repetition_penalty", "must be greater than 0"));
+    }
     let max_tokens = match raw.max_tokens {
         None => None,
         Some(m) if m < 1 => return Err(invalid("max_tokens", "must be at least 1")),
@@ -492,6 +501,7 @@ fn validate_sampling(
         stop: raw.stop,
         frequency_penalty: frequency_penalty.map(|v| v as f32),
         presence_penalty: presence_penalty.map(|v| v as f32),
+        repetition_penalty: repetition_penalty.map(|v| v as f32),
     })
 }
 
@@ -535,6 +545,7 @@ pub fn check_context(
         stop: requested.stop.clone(),
         frequency_penalty: requested.frequency_penalty,
         presence_penalty: requested.presence_penalty,
+        repetition_penalty: requested.repetition_penalty,
     })
 }
 
@@ -616,6 +627,14 @@ mod tests {
         assert_eq!(
             with(|s| s.frequency_penalty = Some(9.0)),
             "frequency_penalty"
+        );
+        assert_eq!(
+            with(|s| s.repetition_penalty = Some(0.0)),
+            "repetition_penalty"
+        );
+        assert_eq!(
+            with(|s| s.repetition_penalty = Some(2.01)),
+            "repetition_penalty"
         );
         assert_eq!(with(|s| s.stop = vec![String::new()]), "stop");
         assert_eq!(with(|s| s.seed = Some(1)), "seed");

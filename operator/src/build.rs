@@ -10,7 +10,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{ModelFormat, RegionSpec};
+use crate::crd::{ModelFormat, Parallelism, RegionSpec};
 use crate::validate::ValidatedModelDeployment;
 
 /// Label naming the ModelDeployment a child belongs to.
@@ -163,6 +163,9 @@ pub fn inference_args(v: &ValidatedModelDeployment) -> Vec<String> {
         "--dtype".into(),
         e.dtype.as_flag().into(),
     ]);
+    if v.resources.gpus_per_replica > 1 {
+        args.extend(["--parallelism".into(), e.parallelism.as_flag().into()]);
+    }
     if let Some(n) = e.max_num_seqs {
         args.extend(["--max-num-seqs".into(), n.to_string()]);
     }
@@ -198,6 +201,17 @@ pub fn inference_args(v: &ValidatedModelDeployment) -> Vec<String> {
         "json".into(),
     ]);
     args
+}
+
+/// What the engine reads from the environment for a multi-GPU split:
+/// layers turn mistral.rs's NCCL path off (it is read before the engine
+/// starts, so it cannot be a flag); tensor parallelism logs NCCL's
+/// warnings, which name a broken interconnect.
+fn parallelism_env(parallelism: Parallelism) -> Vec<serde_json::Value> {
+    match parallelism {
+        Parallelism::Tensor => vec![json!({"name": "NCCL_DEBUG", "value": "WARN"})],
+        Parallelism::Layers => vec![json!({"name": "MISTRALRS_NO_NCCL", "value": "1"})],
+    }
 }
 
 fn node_selector(v: &ValidatedModelDeployment, region: &RegionSpec) -> BTreeMap<String, String> {
@@ -242,6 +256,9 @@ pub fn deployment(v: &ValidatedModelDeployment, region: &RegionSpec) -> Deployme
             "name": "HF_TOKEN",
             "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
         }));
+    }
+    if gpus > 1 {
+        env.extend(parallelism_env(v.engine.parallelism));
     }
 
     let mut volumes = vec![
@@ -595,7 +612,7 @@ ownerReferences:
             inference_args(&v).join(" "),
             "--model hf://HuggingFaceTB/SmolLM2-135M-Instruct@main --format plain \
              --served-name smollm2-135m --chat-template /models/chat.jinja --isq Q8_0 \
-             --model-cache /var/cache/backhaul/models --device cuda --dtype bf16 \
+             --model-cache /var/cache/backhaul/models --device cuda --dtype bf16 --parallelism tensor \
              --max-num-seqs 16 --max-seq-len 4096 --paged-attn --paged-attn-gpu-mem-util 0.8 \
              --grpc-addr 0.0.0.0:50051 --http-addr 0.0.0.0:8000 --metrics-addr 0.0.0.0:9090 \
              --api-key-file /var/run/backhaul/upstream-auth/tokens --max-in-flight 32 --max-queue 64 \
@@ -709,6 +726,80 @@ ownerReferences:
             std::iter::once("backhaul-inference".to_owned()).chain(args.iter().cloned()),
         )
         .unwrap_or_else(|e| panic!("backhaul-inference refuses {args:?}:\n{e}"))
+    }
+
+    #[test]
+    fn the_examples_render_flags_the_inference_server_accepts() {
+        use serde::Deserialize;
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let mut seen = Vec::new();
+        for entry in std::fs::read_dir(examples).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for document in serde_yaml::Deserializer::from_str(&text) {
+                let value = serde_yaml::Value::deserialize(document).unwrap();
+                if value["kind"] != "ModelDeployment" {
+                    continue;
+                }
+                let mut md: ModelDeployment = serde_yaml::from_value(value)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                // As the API server would have it.
+                md.metadata.uid = Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427".into());
+                let v = validate(&md, &crate::validate::tests::config())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                parse_as_the_server(&v);
+                seen.push((path.file_name().unwrap().to_string_lossy().to_string(), v));
+            }
+        }
+        assert!(seen.len() >= 3, "{}", seen.len());
+        let (_, llama) = seen
+            .iter()
+            .find(|(name, _)| name == "llama-3.1-70b.yaml")
+            .expect("the 70B example");
+        let server = parse_as_the_server(llama);
+        assert_eq!(
+            server.model.parallelism,
+            Some(backhaul_inference::config::ParallelismChoice::Tensor)
+        );
+        assert_eq!(server.model.isq.as_deref(), Some("FP8"));
+        assert_eq!(llama.resources.gpus_per_replica, 4);
+        assert_eq!(llama.regions.len(), 3);
+        let pod = serde_json::to_value(deployment(llama, &llama.regions[0])).unwrap();
+        let c = &pod["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "4");
+        assert!(
+            c["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "NCCL_DEBUG", "value": "WARN"}))
+        );
+    }
+
+    #[test]
+    fn layer_parallelism_turns_nccl_off_in_the_pod() {
+        let mut v = validated(FIXTURE);
+        v.engine.parallelism = Parallelism::Layers;
+        let pod = serde_json::to_value(deployment(&v, &v.regions[0])).unwrap();
+        let env = &pod["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array()
+                .unwrap()
+                .contains(&json!({"name": "MISTRALRS_NO_NCCL", "value": "1"})),
+            "{env}"
+        );
+        assert!(
+            inference_args(&v)
+                .join(" ")
+                .contains("--parallelism layers")
+        );
+        // One GPU: nothing to split, nothing rendered.
+        v.resources.gpus_per_replica = 1;
+        assert!(!inference_args(&v).join(" ").contains("--parallelism"));
+        let pod = serde_json::to_value(deployment(&v, &v.regions[0])).unwrap();
+        assert!(!pod.to_string().contains("MISTRALRS_NO_NCCL"));
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub const GGUF_QUANTIZATION_MESSAGE: &str = "quantization (in-situ, --isq) appli
     validation = Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS-1035 label (at most 63 characters, starting with a letter): it names the regional Services")
 )]
+#[x_kube(validation = Rule::new(TENSOR_PARALLEL_RULE).message(TENSOR_PARALLEL_MESSAGE).field_path(".resources.gpusPerReplica"))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelDeploymentSpec {
     /// The model to serve and how clients name it.
@@ -95,6 +96,12 @@ pub struct ModelDeploymentSpec {
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
 }
+
+/// Tensor parallelism splits every layer evenly over the GPUs, which
+/// mistral.rs's NCCL path needs to be a power of two.
+pub const TENSOR_PARALLEL_RULE: &str = "!has(self.resources) || !has(self.resources.gpusPerReplica) || self.resources.gpusPerReplica in [0, 1, 2, 4, 8, 16, 32, 64] || (has(self.engine) && has(self.engine.parallelism) && self.engine.parallelism == 'layers')";
+/// What a user sees when [`TENSOR_PARALLEL_RULE`] fails.
+pub const TENSOR_PARALLEL_MESSAGE: &str = "tensor parallelism (engine.parallelism: tensor, the default) needs gpusPerReplica to be a power of two (1, 2, 4, 8, 16, 32 or 64); set engine.parallelism: layers to place whole layers on another count of GPUs";
 
 /// Weight format of the model.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
@@ -229,6 +236,35 @@ pub struct EngineSpec {
     #[serde(default = "default_drain_seconds")]
     #[schemars(range(min = 0, max = 3600))]
     pub drain_timeout_seconds: u32,
+    /// How a replica with several GPUs (`resources.gpusPerReplica` > 1)
+    /// splits the model; ignored with one GPU or none.
+    #[serde(default)]
+    pub parallelism: Parallelism,
+}
+
+/// How one replica's GPUs share the model.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Parallelism {
+    /// Tensor parallelism over NCCL: every layer is split over all the
+    /// GPUs, which work at once. Needs a power-of-two GPU count.
+    #[default]
+    Tensor,
+    /// Whole layers per GPU, one GPU busy at a time: any GPU count, less
+    /// speed. For GPUs without a fast interconnect, or odd counts.
+    Layers,
+}
+
+impl Parallelism {
+    /// The inference server's `--parallelism` value.
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            Parallelism::Tensor => "tensor",
+            Parallelism::Layers => "layers",
+        }
+    }
 }
 
 fn default_drain_seconds() -> u32 {
@@ -245,6 +281,7 @@ impl Default for EngineSpec {
             max_in_flight: None,
             max_queue: None,
             drain_timeout_seconds: default_drain_seconds(),
+            parallelism: Parallelism::default(),
         }
     }
 }

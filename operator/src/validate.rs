@@ -11,8 +11,8 @@ use url::{Host, Url};
 
 use crate::config::OperatorConfig;
 use crate::crd::{
-    EngineSpec, GGUF_QUANTIZATION_MESSAGE, ModelDeployment, ModelFormat, ModelSpec, RegionSpec,
-    ResourcesSpec, RoutingSpec,
+    EngineSpec, GGUF_QUANTIZATION_MESSAGE, ModelDeployment, ModelFormat, ModelSpec, Parallelism,
+    RegionSpec, ResourcesSpec, RoutingSpec,
 };
 
 /// One rejected field.
@@ -104,6 +104,14 @@ pub fn validate(
         err(
             "spec.resources.gpusPerReplica".into(),
             "must be between 0 and 64",
+        );
+    } else if spec.engine.parallelism == Parallelism::Tensor
+        && !(spec.resources.gpus_per_replica == 0
+            || spec.resources.gpus_per_replica.is_power_of_two())
+    {
+        err(
+            "spec.resources.gpusPerReplica".into(),
+            crate::crd::TENSOR_PARALLEL_MESSAGE,
         );
     }
     if spec.engine.drain_timeout_seconds > 3600 {
@@ -327,7 +335,7 @@ fn is_dns1035_label(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn config() -> OperatorConfig {
@@ -438,6 +446,38 @@ spec:
                     "  resources: {{gpusPerReplica: {gpus}}}\n  image: mine/inference:1\n"
                 )),
                 "mine/inference:1"
+            );
+        }
+    }
+
+    #[test]
+    fn tensor_parallelism_needs_a_power_of_two_gpu_count() {
+        let with = |resources: &str| {
+            validate(&md(&format!("{VALID}{resources}")), &config()).map(|v| v.engine.parallelism)
+        };
+        for gpus in [0, 1, 2, 4, 8, 64] {
+            assert_eq!(
+                with(&format!("  resources: {{gpusPerReplica: {gpus}}}\n")),
+                Ok(Parallelism::Tensor),
+                "{gpus}"
+            );
+        }
+        for gpus in [3, 6, 12] {
+            let e = with(&format!("  resources: {{gpusPerReplica: {gpus}}}\n")).unwrap_err();
+            assert_eq!(
+                e.0,
+                [FieldError {
+                    field: "spec.resources.gpusPerReplica".into(),
+                    message: crate::crd::TENSOR_PARALLEL_MESSAGE.into(),
+                }],
+                "{gpus}"
+            );
+            // Layers take any count.
+            assert_eq!(
+                with(&format!(
+                    "  resources: {{gpusPerReplica: {gpus}}}\n  engine: {{parallelism: layers}}\n"
+                )),
+                Ok(Parallelism::Layers)
             );
         }
     }

@@ -319,6 +319,48 @@ async fn deleting_withdraws_routes_and_children_go() {
     ns.cleanup().await;
 }
 
+/// Every ModelDeployment in examples/ is one the API server (schema and
+/// CEL rules) accepts as written.
+#[tokio::test]
+async fn the_examples_are_accepted_by_the_api_server() {
+    let client = client().await;
+    let _crd = install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "op-examples").await;
+    let ar = ApiResource::erase::<ModelDeployment>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut accepted = Vec::new();
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let mut value: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
+            if value["kind"] != "ModelDeployment" {
+                continue;
+            }
+            value["metadata"]["namespace"] = json!(ns.name());
+            let object: DynamicObject = serde_json::from_value(value).unwrap();
+            // Dry run: the server validates and admits, and stores nothing
+            // (local-demo.yaml and smollm2.yaml share a name).
+            let dry_run = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            let created = api
+                .create(&dry_run, &object)
+                .await
+                .unwrap_or_else(|e| panic!("{}: refused: {e}", path.display()));
+            accepted.push(created.name_any());
+        }
+    }
+    accepted.sort();
+    assert_eq!(accepted, ["llama-3-1-70b", "smollm2", "smollm2"]);
+    ns.cleanup().await;
+}
+
 /// Breaks a valid object in one way.
 type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
 
@@ -426,6 +468,29 @@ async fn bad_objects_are_rejected_naming_the_field() {
         ),
         other => panic!("gguf with quantization: expected a 422, got {other:?}"),
     }
+    // Tensor parallelism over 3 GPUs is refused saying why; layers take it.
+    let mut v = good.clone();
+    v["spec"]["resources"] = json!({"gpusPerReplica": 3});
+    match api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(v.clone()).unwrap(),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert!(
+            s.message
+                .contains(backhaul_operator::crd::TENSOR_PARALLEL_MESSAGE),
+            "{:?}",
+            s.message
+        ),
+        other => panic!("3 GPUs with tensor parallelism: expected a 422, got {other:?}"),
+    }
+    v["metadata"]["name"] = json!("three-gpus-layers");
+    v["spec"]["engine"] = json!({"parallelism": "layers"});
+    api.create(&PostParams::default(), &serde_json::from_value(v).unwrap())
+        .await
+        .expect("3 GPUs with layer parallelism accepted");
     // http to loopback is allowed (local development).
     let mut v = good.clone();
     v["spec"]["regions"][0]["endpoint"] = json!("http://127.0.0.1:8000");
