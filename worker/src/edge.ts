@@ -61,7 +61,7 @@ const REGION_FIELDS: Record<GenerationRequest["api"], Record<string, (v: unknown
 		suffix: (v) => !absent(v),
 		logit_bias: (v) => !absent(v) && !isEmptyObject(v),
 		best_of: (v) => !absent(v) && v !== 1,
-		logprobs: (v) => !absent(v) && v !== 0,
+		logprobs: (v) => !absent(v) && v !== 0 && v !== false,
 	},
 };
 

@@ -64,6 +64,7 @@ describe("edgeUnsupportedField", () => {
 			expect(edgeUnsupportedField(chatReq(extra)), JSON.stringify(extra)).toBeNull();
 		}
 		expect(edgeUnsupportedField(completionReq({ echo: false, n: 1, stop: null, best_of: 1, logprobs: 0, logit_bias: {} }))).toBeNull();
+		expect(edgeUnsupportedField(completionReq({ logprobs: false }))).toBeNull();
 		// tools and response_format mean something only to chat.
 		expect(edgeUnsupportedField(completionReq({ tools: [{}], response_format: { type: "json_object" } }))).toBeNull();
 	});
