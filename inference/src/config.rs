@@ -19,6 +19,11 @@ pub struct Config {
     /// Log line format.
     #[arg(long, env = "BACKHAUL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Download an `hf://` model into --model-cache, check every file
+    /// against the Hub's listing (size and hash; a bad file is fetched
+    /// again, once), and exit without serving: a weight cache's fill.
+    #[arg(long, env = "BACKHAUL_DOWNLOAD_ONLY")]
+    pub download_only: bool,
     /// OpenTelemetry trace export (off unless --otlp-endpoint is set).
     #[command(flatten, next_help_heading = "Tracing")]
     pub otlp: backhaul_telemetry::OtlpArgs,

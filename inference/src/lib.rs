@@ -40,6 +40,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod hub_files;
 pub mod json_scan;
 pub mod metrics;
 pub mod model_source;

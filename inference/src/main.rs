@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
         model,
         serve,
         log_format,
+        download_only,
         otlp,
     } = Config::parse();
     let _flush = telemetry::init(log_format, &otlp).context("setting up trace export")?;
@@ -27,6 +28,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     telemetry::log_build_info();
+    if download_only {
+        return download(&model).await;
+    }
 
     let handle = start(serve, ModelSource::Load(model))
         .await
@@ -38,6 +42,21 @@ async fn main() -> anyhow::Result<()> {
         drain.cancel();
     });
     handle.wait().await.context("serving")?;
+    Ok(())
+}
+
+/// `--download-only`: fetch and verify the model, then exit.
+async fn download(model: &backhaul_inference::config::ModelArgs) -> anyhow::Result<()> {
+    if backhaul_inference::model_source::HubRef::parse(&model.model).is_none() {
+        anyhow::bail!(
+            "--download-only needs an hf://org/repo[@revision] model, not `{}`",
+            model.model
+        );
+    }
+    let local = backhaul_inference::model_source::resolve(model)
+        .await
+        .context("downloading the model")?;
+    tracing::info!(model = %model.model, ?local, "model downloaded and verified");
     Ok(())
 }
 

@@ -5,9 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::{Repo, RepoType, api::tokio::ApiBuilder};
+use hf_hub::{
+    Repo, RepoType,
+    api::tokio::{ApiBuilder, ApiRepo},
+};
 
-use crate::config::{ModelArgs, ModelFormat};
+use crate::{
+    config::{ModelArgs, ModelFormat},
+    hub_files::{self, Listing},
+};
 
 /// Files ready to hand to the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,7 +185,15 @@ async fn download(args: &ModelArgs, hub: &HubRef) -> Result<LocalModel, SourceEr
     std::fs::create_dir_all(&args.model_cache)
         .map_err(|e| fail(format!("cannot create the cache directory: {e}")))?;
     let token = std::env::var("HF_TOKEN").ok();
-    let api = ApiBuilder::new()
+    let mut builder = ApiBuilder::new();
+    // A mirror or a Hub-compatible server of the user's (hf-hub reads it
+    // only in `from_env`, which would also move the cache).
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT")
+        && !endpoint.is_empty()
+    {
+        builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+    }
+    let api = builder
         .with_cache_dir(args.model_cache.clone())
         .with_progress(false)
         .with_token(token)
@@ -191,6 +205,17 @@ async fn download(args: &ModelArgs, hub: &HubRef) -> Result<LocalModel, SourceEr
         RepoType::Model,
         revision,
     ));
+    let listing: Listing = repo
+        .info_request()
+        .query(&[("blobs", "true")])
+        .send()
+        .await
+        .and_then(|response| response.error_for_status())
+        .map_err(|e| fail(format!("listing the revision's files: {e}")))?
+        .json()
+        .await
+        .map_err(|e| fail(format!("reading the revision's file listing: {e}")))?;
+    let fetch = |file: String| fetch_verified(&repo, &listing, file, &fail);
 
     if wants_gguf(args, false) {
         if args.gguf_files.is_empty() {
@@ -202,7 +227,7 @@ async fn download(args: &ModelArgs, hub: &HubRef) -> Result<LocalModel, SourceEr
         let mut dir = None;
         for file in &args.gguf_files {
             tracing::info!(model = %args.model, file, "downloading GGUF file");
-            let path = repo.get(file).await.map_err(|e| fail(e.to_string()))?;
+            let path = fetch(file.clone()).await?;
             dir = path.parent().map(Path::to_path_buf);
         }
         let dir = dir.ok_or_else(|| fail("downloaded file has no directory".into()))?;
@@ -212,8 +237,7 @@ async fn download(args: &ModelArgs, hub: &HubRef) -> Result<LocalModel, SourceEr
         });
     }
 
-    let info = repo.info().await.map_err(|e| fail(e.to_string()))?;
-    let listed: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
+    let listed: Vec<String> = listing.names().map(str::to_string).collect();
     let weights: Vec<&String> = listed
         .iter()
         .filter(|f| f.ends_with(".safetensors") || f.ends_with(".safetensors.index.json"))
@@ -230,20 +254,64 @@ async fn download(args: &ModelArgs, hub: &HubRef) -> Result<LocalModel, SourceEr
             .filter(|f| listed.iter().any(|l| l == *f))
             .map(|f| f.to_string()),
     ) {
-        let path = repo
-            .get(&file)
-            .await
-            .map_err(|e| fail(format!("{file}: {e}")))?;
+        let path = fetch(file).await?;
         dir = path.parent().map(Path::to_path_buf);
     }
     for file in weights {
         tracing::info!(model = %args.model, file, "downloading weights");
-        repo.get(file)
-            .await
-            .map_err(|e| fail(format!("{file}: {e}")))?;
+        fetch(file.clone()).await?;
     }
     let dir = dir.ok_or_else(|| fail("downloaded files have no directory".into()))?;
     Ok(LocalModel::Plain { dir })
+}
+
+/// `file` from the cache or the Hub, checked against the listing: a cached
+/// file that does not match (a download cut short, a corrupted disk) is
+/// discarded and downloaded again, once; a download that does not match
+/// either is an error naming the file. A partial download is resumed from
+/// where it stopped (hf-hub keeps it beside the blob).
+async fn fetch_verified(
+    repo: &ApiRepo,
+    listing: &Listing,
+    file: String,
+    fail: &impl Fn(String) -> SourceError,
+) -> Result<PathBuf, SourceError> {
+    let path = repo
+        .get(&file)
+        .await
+        .map_err(|e| fail(format!("{file}: {e}")))?;
+    let Some(expected) = listing.expected(&file) else {
+        tracing::warn!(
+            file,
+            "the Hub lists no size or hash for this file; not verified"
+        );
+        return Ok(path);
+    };
+    let check = |path: PathBuf, file: String, expected: hub_files::Expected| async move {
+        tokio::task::spawn_blocking(move || hub_files::check(&path, &file, &expected))
+            .await
+            .unwrap_or_else(|e| {
+                Err(hub_files::Mismatch::Unreadable {
+                    file: String::new(),
+                    message: e.to_string(),
+                })
+            })
+    };
+    match check(path.clone(), file.clone(), expected.clone()).await {
+        Ok(()) => Ok(path),
+        Err(mismatch) => {
+            tracing::warn!(%mismatch, "cached file does not match the Hub; downloading it again");
+            hub_files::discard(&path);
+            let path = repo
+                .download(&file)
+                .await
+                .map_err(|e| fail(format!("{file}: {e}")))?;
+            check(path.clone(), file.clone(), expected)
+                .await
+                .map_err(|m| fail(format!("the download does not match the Hub: {m}")))?;
+            Ok(path)
+        }
+    }
 }
 
 #[cfg(test)]

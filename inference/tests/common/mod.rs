@@ -394,6 +394,15 @@ impl Drop for ServerProcess {
 impl ServerProcess {
     /// Starts the binary on the test model and waits until it is ready.
     pub async fn start(extra: &[&str]) -> Self {
+        let model = model_path();
+        let mut args = vec!["--model", model.to_str().expect("a UTF-8 path")];
+        args.extend_from_slice(extra);
+        Self::start_with(&args, &[]).await
+    }
+
+    /// Starts the binary with `args` (which name the model) and extra
+    /// environment, and waits until it is ready.
+    pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = |_| {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -403,15 +412,14 @@ impl ServerProcess {
         };
         let [http, grpc, metrics] = [0, 1, 2].map(port);
         let child = Command::new(env!("CARGO_BIN_EXE_backhaul-inference"))
-            .arg("--model")
-            .arg(model_path())
             .args(["--device", "cpu", "--served-name", "smollm2"])
             .args(["--http-addr", &format!("127.0.0.1:{http}")])
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
             .arg("--api-key-file")
             .arg(default_key_file())
-            .args(extra)
+            .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .expect("the server binary starts");
