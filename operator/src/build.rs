@@ -730,31 +730,18 @@ ownerReferences:
 
     #[test]
     fn the_examples_render_flags_the_inference_server_accepts() {
-        use serde::Deserialize;
-        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
         let mut seen = Vec::new();
-        for entry in std::fs::read_dir(examples).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "yaml") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            for document in serde_yaml::Deserializer::from_str(&text) {
-                let value = serde_yaml::Value::deserialize(document).unwrap();
-                if value["kind"] != "ModelDeployment" {
-                    continue;
-                }
-                let mut md: ModelDeployment = serde_yaml::from_value(value)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                // As the API server would have it.
-                md.metadata.uid = Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427".into());
-                let v = validate(&md, &crate::validate::tests::config())
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                parse_as_the_server(&v);
-                seen.push((path.file_name().unwrap().to_string_lossy().to_string(), v));
-            }
+        for (file, value) in backhaul_testkit::examples::model_deployments() {
+            let mut md: ModelDeployment =
+                serde_json::from_value(value).unwrap_or_else(|e| panic!("{file}: {e}"));
+            // As the API server would have it.
+            md.metadata.uid = Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427".into());
+            let v = validate(&md, &crate::validate::tests::config())
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            parse_as_the_server(&v);
+            seen.push((file, v));
         }
-        assert!(seen.len() >= 3, "{}", seen.len());
+        assert_eq!(seen.len(), 3, "every ModelDeployment in examples/");
         let (_, llama) = seen
             .iter()
             .find(|(name, _)| name == "llama-3.1-70b.yaml")

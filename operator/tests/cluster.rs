@@ -164,10 +164,10 @@ async fn a_region_without_enough_gpus_is_degraded() {
     let ns = TestNamespace::new(&client, "op-gpu").await;
     let operator = Operator::start(config(ns.name(), None, None));
     let mds: Api<ModelDeployment> = ns.api();
-    // The fake nodes have 8 GPUs each: 9 per replica never fits.
+    // The fake nodes have 8 GPUs each: 16 per replica never fits.
     mds.create(
         &PostParams::default(),
-        &model_deployment("big", &[("ap-south", 1)], 9),
+        &model_deployment("big", &[("ap-south", 1)], 16),
     )
     .await
     .unwrap();
@@ -328,33 +328,21 @@ async fn the_examples_are_accepted_by_the_api_server() {
     let ns = TestNamespace::new(&client, "op-examples").await;
     let ar = ApiResource::erase::<ModelDeployment>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &ar);
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
     let mut accepted = Vec::new();
-    for entry in std::fs::read_dir(examples).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "yaml") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let mut value: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
-            if value["kind"] != "ModelDeployment" {
-                continue;
-            }
-            value["metadata"]["namespace"] = json!(ns.name());
-            let object: DynamicObject = serde_json::from_value(value).unwrap();
-            // Dry run: the server validates and admits, and stores nothing
-            // (local-demo.yaml and smollm2.yaml share a name).
-            let dry_run = PostParams {
-                dry_run: true,
-                ..PostParams::default()
-            };
-            let created = api
-                .create(&dry_run, &object)
-                .await
-                .unwrap_or_else(|e| panic!("{}: refused: {e}", path.display()));
-            accepted.push(created.name_any());
-        }
+    for (file, mut value) in backhaul_testkit::examples::model_deployments() {
+        value["metadata"]["namespace"] = json!(ns.name());
+        let object: DynamicObject = serde_json::from_value(value).unwrap();
+        // Dry run: the server validates and admits, and stores nothing
+        // (local-demo.yaml and smollm2.yaml share a name).
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        let created = api
+            .create(&dry_run, &object)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: refused: {e}"));
+        accepted.push(created.name_any());
     }
     accepted.sort();
     assert_eq!(accepted, ["llama-3-1-70b", "smollm2", "smollm2"]);

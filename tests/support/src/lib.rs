@@ -26,6 +26,7 @@
 //! (`NVIDIA-A100-SXM4-80GB`), each with `nvidia.com/gpu: 8`, labelled
 //! `topology.kubernetes.io/region=<region>` and `type=kwok`, without taints.
 
+pub mod examples;
 pub mod hub;
 pub mod otlp;
 
