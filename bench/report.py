@@ -18,7 +18,11 @@ DOCS = os.path.join(REPO, "docs", "benchmarks")
 RESULTS = os.path.join(DOCS, "results.json")
 SURFACES = {"backhaul_grpc": "Backhaul gRPC", "backhaul_http": "Backhaul HTTP (OpenAI SSE)"}
 TARGETS = {"in_process": "mistral.rs in-process", "backhaul_grpc": "Backhaul gRPC",
-           "backhaul_http": "Backhaul HTTP", "mistralrs_serve": "`mistralrs serve`"}
+           "backhaul_http": "Backhaul HTTP", "mistralrs_serve": "`mistralrs serve`",
+           "llama_cpp": "llama.cpp (llama-cpp-python server)"}
+# Issue 17's CPU targets against llama.cpp's server, same model, prompts and run.
+CPU_PEER_TPS_BOUND = 0.5
+CPU_PEER_TTFT_BOUND = 2.0
 
 GPU_COMMANDS = [
     "# on a machine with an NVIDIA GPU, CUDA 12 and its toolkit (nvcc) installed:",
@@ -50,6 +54,15 @@ def section_from_raw(name, raw):
                 # Server CPU per output token, Backhaul over the other (below 1: less).
                 "cpu_per_token_ratio_vs_inprocess": r.get("cpu_per_token_ratio_vs_inprocess", {}),
                 "cpu_per_token_ratio_vs_mistralrs_serve": r.get("cpu_per_token_ratio_vs_mistralrs_serve", {}),
+                "raw": r}
+    if name == "cpu-peer":
+        # Backhaul over llama.cpp's server, by surface and concurrency.
+        peer = lambda key: {s: per for s, per in (r.get(key) or {}).get("llama_cpp", {}).items()}
+        return {**base,
+                "ratio_vs_llama_cpp": {s: {c: v["ratio"] for c, v in per.items()}
+                                       for s, per in peer("ratio_vs_peers").items()},
+                "ttft_p50_ratio_vs_llama_cpp": {s: {c: v["p50"] for c, v in per.items()}
+                                                for s, per in peer("ttft_ratio_vs_peers").items()},
                 "raw": r}
     if name == "routing":
         return {**base,
@@ -335,6 +348,7 @@ def summary(results):
                 measured = (f"lowest {worst[0]:.3f} ({worst[1]}); every cell: "
                             + ", ".join(f"{v:.3f} ({w})" for v, w in ratios + il))
                 rows.append({"target": label, "measured": measured, "met": worst[0] >= bound})
+    rows += cpu_peer_rows(results.get("cpu_peer"))
     rt = results.get("routing")
     if rt:
         # The floor: what a Worker that only forwards adds under the same wrangler dev.
@@ -415,6 +429,84 @@ def summary(results):
                                  + ", ".join(f"K={k} {v:g}" for k, v in ec["coalescing_ratio"].items()),
                      "met": None})
     return rows
+
+
+def cpu_peer_rows(sec):
+    """Issue 17's CPU targets: Backhaul's output tokens/s and TTFT p50 against
+    llama.cpp's server, every concurrency measured."""
+    if not sec:
+        return []
+    tps = [(v, f"{SURFACES[s].split(' (')[0]} c={c}") for s, per in sec["ratio_vs_llama_cpp"].items()
+           for c, v in per.items()]
+    ttft = [(v, f"{SURFACES[s].split(' (')[0]} c={c}") for s, per in sec["ttft_p50_ratio_vs_llama_cpp"].items()
+            for c, v in per.items()]
+    rows = []
+    if tps:
+        worst = min(tps)
+        rows.append({"target": f"Backhaul ≥ {CPU_PEER_TPS_BOUND} × llama.cpp's server, output tok/s on the CPU, same "
+                               "model and run (issue 17)",
+                     "measured": f"lowest {worst[0]:.3f} ({worst[1]}); every cell: "
+                                 + ", ".join(f"{v:.3f} ({w})" for v, w in tps) + f" ({sec['date'][:10]}, section 7)",
+                     "met": worst[0] >= CPU_PEER_TPS_BOUND})
+    if ttft:
+        worst = max(ttft)
+        rows.append({"target": f"Backhaul's TTFT p50 ≤ {CPU_PEER_TTFT_BOUND:g} × llama.cpp's server's on the CPU (issue 17)",
+                     "measured": f"highest ×{worst[0]:.2f} ({worst[1]}); every cell: "
+                                 + ", ".join(f"×{v:.2f} ({w})" for v, w in ttft),
+                     "met": worst[0] <= CPU_PEER_TTFT_BOUND})
+    return rows
+
+
+def cpu_peer_section(sec):
+    """Section 7: Backhaul against llama.cpp's server on the CPU (issue 17)."""
+    L = ["## 7. CPU speed against llama.cpp (issue 17)", ""]
+    if not sec:
+        return L + ["Not measured yet: `BENCH=cpu-peer make bench`.", ""]
+    r = sec["raw"]
+    cfg = r["config"]
+    levels = [str(c) for c in cfg["concurrency"]]
+    t = r["targets"]
+    L += [f"Machine: {machine_line(sec)}.", "",
+          f"`backhaul-inference --device cpu` (dev profile; mistral.rs and candle at opt-level 3) over its OpenAI "
+          "HTTP/SSE surface against llama.cpp's OpenAI-compatible server, `llama_cpp.server` from "
+          "`llama-cpp-python` (built from source by pip with llama.cpp's defaults, `-march=native`, less AMX, which "
+          "faults in this VM: `scripts/bench.sh`), on the same GGUF file (`" + str(cfg["model"]) + "`), with the same context window (8,192 tokens) "
+          f"and the same load generator (`backhaul-bench`): {cfg['prompts']} fixed chat prompts, greedy (temperature "
+          f"0), `max_tokens` {cfg['max_tokens']}, streamed. Each round sends one batch of "
+          f"{', '.join(str(n) for n in cfg['requests_per_batch'])} request(s) (c = {', '.join(levels)} in flight) "
+          f"to each server in turn, the order rotated, {cfg['rounds']} rounds, each batch taking the prompts on from "
+          "where the last one stopped; so drift in this machine's load falls on both alike. Output tokens/s, TTFT "
+          "and ITL as in section 1. llama-cpp-python's server generates one request at a time (a lock around the "
+          "model; started with `--interrupt_requests false`, so a new request waits instead of cutting the stream "
+          "in progress short): at c > 1 its TTFT includes the wait for the requests ahead."
+          + (" It streamed no usage: its completion tokens are `max_tokens` where the stream ended for `length`, "
+             "else its text events." if not any(x.get("tokens_from_usage") for x in t.get("llama_cpp", {}).values())
+             else ""), "",
+          *inference_target_rows(t, levels), "",
+          f"Backhaul over llama.cpp (1.00 = equal). Targets (issue 17): output tokens/s ≥ {CPU_PEER_TPS_BOUND} × "
+          f"llama.cpp's, and TTFT ≤ {CPU_PEER_TTFT_BOUND:g} × llama.cpp's (p50), at every concurrency.", "",
+          "| surface | c | output tok/s (per round) | TTFT p50 | TTFT p99 | CPU/token | tok/s target | TTFT target |",
+          "|---|---|---|---|---|---|---|---|"]
+    yes = lambda ok: "met" if ok else "**not met**"
+    for s, per in (r.get("ratio_vs_peers") or {}).get("llama_cpp", {}).items():
+        for c in levels:
+            v = per.get(c)
+            if not v:
+                continue
+            ci = ratio_ci(v["rounds"])
+            ci = f" [95 % CI {ci[0]:.2f}–{ci[1]:.2f}]" if ci else ""
+            tt = r["ttft_ratio_vs_peers"]["llama_cpp"][s][c]
+            cpu = ((r.get("cpu_per_token_ratio_vs_peers") or {}).get("llama_cpp", {}).get(s) or {}).get(c)
+            L.append(f"| {SURFACES[s]} | {c} | {v['ratio']:.3f}{ci} ({', '.join(f'{x:.2f}' for x in v['rounds'])}) | "
+                     f"×{tt['p50']:.2f} | ×{tt['p99']:.2f} | {fmt(cpu, 3)} | {yes(v['ratio'] >= CPU_PEER_TPS_BOUND)} | "
+                     f"{yes(tt['p50'] <= CPU_PEER_TTFT_BOUND)} |")
+    same = r.get("same_greedy_text") or {}
+    if same:
+        L += ["", f"Same greedy text as {TARGETS.get(same['reference'], same['reference'])} at c=1, prompts: "
+              + ", ".join(f"{TARGETS.get(k, k)} {v}" for k, v in same["same"].items())
+              + " (two engines with different kernels need not pick the same token where two are close)."]
+    L += ["", "Command:", "", "```sh", sec["command"], "```", ""]
+    return L
 
 
 def fleet_rows(results):
@@ -591,7 +683,7 @@ def readme(results, made):
     L = ["# Benchmarks", "",
          "Generated by `make bench` (`scripts/bench.sh` → `bench/report.py`) from "
          "[`results.json`](results.json); every figure below is read from that file, which the same run wrote. "
-         "Re-run one section with `BENCH=inference|inference-interleaved|routing|control-plane|worker-table|edge-cache make bench` "
+         "Re-run one section with `BENCH=inference|inference-interleaved|cpu-peer|routing|control-plane|worker-table|edge-cache make bench` "
          "(comma-separate several); "
          "the others keep their last results.", "",
          "The machine these ran on is small and was shared (other builds ran beside some sections): the load "
@@ -849,6 +941,7 @@ def readme(results, made):
           "turns on mistral.rs's):", "", "```sh", *GPU_COMMANDS, "```", ""]
     L += issue15_section(results)
     L += edge_cache_section(results.get("edge_cache"), results.get("routing"))
+    L += cpu_peer_section(results.get("cpu_peer"))
     return "\n".join(L)
 
 

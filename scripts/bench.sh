@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: Backhaul's benchmarks, written to docs/benchmarks/.
 #
-#   BENCH=inference,inference-interleaved,routing,control-plane,worker-table,edge-cache scripts/bench.sh   (default: all six)
+#   BENCH=inference,inference-interleaved,cpu-peer,routing,control-plane,worker-table,edge-cache scripts/bench.sh   (default: all seven)
 #
 # Each section measures on this machine, writes its raw JSON under
 # $BACKHAUL_CACHE/bench/, and bench/report.py merges it into
@@ -14,6 +14,8 @@
 # INFERENCE_INTERLEAVED_ROUNDS (6), INFERENCE_INTERLEAVED_CONCURRENCY (1,4),
 # INFERENCE_PROFILE (1: `perf record` the servers through the main
 # inference run, when perf is installed),
+# CPU_PEER_ROUNDS (4), CPU_PEER_MAX_TOKENS (128), CPU_PEER_CONCURRENCY (1,4),
+# CPU_PEER_THREADS (llama.cpp's threads; default nproc),
 # ROUTING_REQUESTS (300, also the profile's),
 # CONTROL_PLANE_COUNTS (1,100,1000), and bench/control_plane.py's own
 # CONTROL_PLANE_* (its docstring),
@@ -28,12 +30,14 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$repo_root"
 
-sections=${BENCH:-inference,inference-interleaved,routing,control-plane,worker-table,edge-cache}
+sections=${BENCH:-inference,inference-interleaved,cpu-peer,routing,control-plane,worker-table,edge-cache}
 out_dir=$BACKHAUL_CACHE/bench
 mkdir -p "$out_dir"
 model=$BACKHAUL_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
 mistralrs_cli=$BACKHAUL_CACHE/mistralrs-cli/bin/mistralrs
 venv=$BACKHAUL_CACHE/venv-bench
+llamacpp_version=0.3.36
+llamacpp_venv=$BACKHAUL_CACHE/venv-llamacpp
 
 pids=()
 cleanup() {
@@ -114,6 +118,46 @@ ensure_mistralrs_cli() {
     --root "$BACKHAUL_CACHE/mistralrs-cli" --target-dir "$BACKHAUL_CACHE/mistralrs-cli-target"
 }
 
+# llama-cpp-python (llama.cpp's OpenAI-compatible server), installed once
+# into its own venv in the cache. pip builds llama.cpp from source with its
+# defaults (GGML_NATIVE: -march=native, tuned to this machine's CPU), about
+# 12 min on 2 cores, except AMX: on a CPU that reports AMX to a VM that does
+# not grant its tile state, llama.cpp's AMX matmul faults (SIGSEGV at
+# `ldtilecfg` in ggml_backend_amx_mul_mat, seen here), so it is compiled out.
+# The build's settings are stamped in the venv; other settings rebuild it,
+# bypassing pip's wheel cache.
+llamacpp_flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+ensure_llamacpp() {
+  local stamp="llama-cpp-python $llamacpp_version CFLAGS=$llamacpp_flags"
+  if [ "$(cat "$llamacpp_venv/backhaul-build" 2>/dev/null)" = "$stamp" ]; then
+    return
+  fi
+  echo "bench: installing llama-cpp-python[server]==$llamacpp_version into $llamacpp_venv (builds llama.cpp, ~12 min)" >&2
+  rm -rf "$llamacpp_venv"
+  python3 -m venv "$llamacpp_venv"
+  CFLAGS=$llamacpp_flags CXXFLAGS=$llamacpp_flags nice -n 19 "$llamacpp_venv/bin/pip" install --quiet \
+    --disable-pip-version-check --no-cache-dir "llama-cpp-python[server]==$llamacpp_version"
+  echo "$stamp" >"$llamacpp_venv/backhaul-build"
+}
+
+# Starts llama-cpp-python's server on a free port with the model and context
+# window backhaul-inference serves (SmolLM2: 8,192) and CPU_PEER_THREADS
+# threads: sets llamacpp_port, llamacpp_pid and llamacpp_cmd, and returns
+# once it answers. --interrupt_requests false: by default a new request cuts
+# the stream in progress short; with it, requests queue for the model.
+start_llamacpp() {
+  ensure_llamacpp
+  local threads=${CPU_PEER_THREADS:-$(nproc)}
+  llamacpp_port=$(free_port)
+  local args=(--model "$model" --model_alias smollm2 --n_ctx 8192 --n_threads "$threads" --n_threads_batch "$threads"
+    --interrupt_requests false --host 127.0.0.1 --port "$llamacpp_port")
+  llamacpp_cmd="python -m llama_cpp.server ${args[*]}"
+  "$llamacpp_venv/bin/python" -m llama_cpp.server "${args[@]}" >"$out_dir/llama-cpp-server.log" 2>&1 &
+  llamacpp_pid=$!
+  pids+=("$llamacpp_pid")
+  wait_http "http://127.0.0.1:$llamacpp_port/v1/models" 300
+}
+
 # Builds and starts backhaul-inference on free ports: sets grpc_port,
 # http_port and inference_pid, and returns once it is ready.
 start_inference() {
@@ -176,6 +220,31 @@ bench_inference_interleaved() {
   step "inference benchmark, interleaved" wrap inference-interleaved "$out_dir/inference-interleaved.json" \
     "backhaul-bench ${args[*]}" "$CARGO_TARGET_DIR/debug/backhaul-bench" "${args[@]}"
   stop_servers
+}
+
+# Backhaul against llama.cpp on the CPU (BENCH=cpu-peer, issue 17):
+# backhaul-inference's OpenAI HTTP surface and llama-cpp-python's server,
+# same GGUF, prompts and greedy sampling, interleaved as
+# inference-interleaved is (one batch of c requests per target per round,
+# order rotated); no in-process engine and no `mistralrs serve`
+# (results.json: cpu_peer).
+bench_cpu_peer() {
+  [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
+  start_inference
+  start_llamacpp
+  local args=(--model "$model" --no-in-process --http "http://127.0.0.1:$http_port" --backhaul-pid "$inference_pid"
+    --peer "llama_cpp=http://127.0.0.1:$llamacpp_port" --peer-pid "llama_cpp=$llamacpp_pid"
+    --rounds "${CPU_PEER_ROUNDS:-4}" --max-tokens "${CPU_PEER_MAX_TOKENS:-128}"
+    --concurrency "${CPU_PEER_CONCURRENCY:-1,4}" --requests-factor 1 --min-requests 1)
+  # The servers' ports change every run: the command recorded is the
+  # section's, with both servers' command lines.
+  local env=
+  if [ -n "${RAYON_NUM_THREADS:-}" ]; then env="RAYON_NUM_THREADS=$RAYON_NUM_THREADS "; fi
+  step "cpu peer benchmark" wrap cpu-peer "$out_dir/cpu-peer.json" \
+    "${env}BENCH=cpu-peer make bench   # backhaul-inference --device cpu and llama-cpp-python $llamacpp_version's $llamacpp_cmd, on free ports, then: backhaul-bench ${args[*]}" \
+    "$CARGO_TARGET_DIR/debug/backhaul-bench" "${args[@]}"
+  kill -TERM "$inference_pid" "$llamacpp_pid" 2>/dev/null || true
+  wait "$inference_pid" "$llamacpp_pid" 2>/dev/null || true
 }
 
 bench_inference() {
@@ -280,7 +349,7 @@ if [ "${1:-}" = --section ]; then
   exit
 fi
 ran=() failed=()
-for section in inference inference-interleaved routing control-plane worker-table edge-cache; do
+for section in inference inference-interleaved cpu-peer routing control-plane worker-table edge-cache; do
   has "$section" || continue
   if "$0" --section "$section"; then
     ran+=("$out_dir/$section.json")

@@ -1,5 +1,8 @@
 //! The inference benchmark: the same greedy chat requests against every
 //! target at each concurrency, in rounds that rotate the target order.
+//! Each batch's requests take the prompts in turn from where the previous
+//! round's batch stopped, so small batches (one request per round) still
+//! cover every prompt.
 
 use std::{
     collections::BTreeMap,
@@ -39,7 +42,8 @@ const HTTP: &str = "backhaul_http";
 const SERVE: &str = "mistralrs_serve";
 
 /// Inference benchmark: Backhaul's gRPC and HTTP surfaces against mistral.rs
-/// in-process and `mistralrs serve`, same model, prompts and greedy sampling.
+/// in-process, `mistralrs serve` and other OpenAI-compatible servers (peers,
+/// e.g. llama.cpp's), same model, prompts and greedy sampling.
 #[derive(clap::Parser, Debug)]
 #[command(name = "backhaul-bench", version)]
 pub struct Args {
@@ -65,6 +69,19 @@ pub struct Args {
     /// Model name `mistralrs serve` answers to.
     #[arg(long, default_value = "default")]
     serve_model: String,
+    /// Another OpenAI-compatible server measured beside Backhaul, as
+    /// NAME=BASE_URL (NAME: lowercase letters, digits, `_`; it keys the
+    /// results); it answers to the first model its /v1/models lists.
+    /// Repeatable.
+    #[arg(long, value_parser = parse_peer)]
+    peer: Vec<(String, String)>,
+    /// Process id of a peer's server, as NAME=PID, to account its CPU.
+    #[arg(long, value_parser = parse_peer_pid)]
+    peer_pid: Vec<(String, u32)>,
+    /// Leave mistral.rs in-process out (it is then not the reference for the
+    /// greedy-text check: the first target is).
+    #[arg(long)]
+    no_in_process: bool,
     /// Concurrency levels (requests in flight at once).
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     concurrency: Vec<usize>,
@@ -87,6 +104,36 @@ pub struct Args {
     /// Process id of `mistralrs serve`, likewise.
     #[arg(long)]
     serve_pid: Option<u32>,
+}
+
+/// Names the results already use for the built-in targets.
+const BUILT_IN: &[&str] = &[IN_PROCESS, GRPC, HTTP, SERVE];
+
+fn parse_peer(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=BASE_URL"))?;
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid || BUILT_IN.contains(&name) {
+        return Err(format!(
+            "{name:?}: a peer's name is lowercase letters, digits and `_`, and not one of {BUILT_IN:?}"
+        ));
+    }
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(format!("{url:?}: expected an http(s) base URL"));
+    }
+    Ok((name.to_string(), url.to_string()))
+}
+
+fn parse_peer_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=PID"))?;
+    let pid = pid.parse().map_err(|e| format!("{pid:?}: {e}"))?;
+    Ok((name.to_string(), pid))
 }
 
 /// Whose CPU one target's tokens cost: the process that generates them
@@ -124,11 +171,13 @@ impl Batch {
     }
 }
 
+/// `first_prompt`: where in `PROMPTS` the batch's first request starts.
 async fn run_batch(
     target: &Arc<Target>,
     account: CpuAccount,
     concurrency: usize,
     requests: usize,
+    first_prompt: usize,
     max_tokens: usize,
 ) -> anyhow::Result<Batch> {
     let next = Arc::new(AtomicUsize::new(0));
@@ -145,7 +194,7 @@ async fn run_batch(
                 if i >= requests {
                     return anyhow::Ok(samples);
                 }
-                let prompt = PROMPTS[i % PROMPTS.len()];
+                let prompt = PROMPTS[(first_prompt + i) % PROMPTS.len()];
                 let sample = target.run(prompt, max_tokens).await?;
                 samples.push((i, sample));
             }
@@ -203,6 +252,9 @@ struct Level {
     inter_token_ms: Millis,
     /// Absent when the server's process id was not given.
     cpu_per_token: Option<CpuPerToken>,
+    /// Requests whose completion tokens the server reported (usage); the
+    /// others were counted from the stream (see `Sample::tokens`).
+    tokens_from_usage: usize,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Value> {
@@ -212,32 +264,65 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         server,
         client: server.and(me),
     };
-    let mut targets: Vec<(&'static str, Arc<Target>)> = Vec::new();
-    let mut accounts: BTreeMap<&str, CpuAccount> = BTreeMap::new();
-    eprintln!("[bench] loading {} in-process", args.model.display());
-    targets.push((
-        IN_PROCESS,
-        Arc::new(Target::in_process(&args.model, args.device == "cpu").await?),
-    ));
-    accounts.insert(
-        IN_PROCESS,
-        CpuAccount {
-            server: me,
-            client: None,
-        },
-    );
+    let mut targets: Vec<(String, Arc<Target>)> = Vec::new();
+    let mut accounts: BTreeMap<String, CpuAccount> = BTreeMap::new();
+    if !args.no_in_process {
+        eprintln!("[bench] loading {} in-process", args.model.display());
+        targets.push((
+            IN_PROCESS.into(),
+            Arc::new(Target::in_process(&args.model, args.device == "cpu").await?),
+        ));
+        accounts.insert(
+            IN_PROCESS.into(),
+            CpuAccount {
+                server: me,
+                client: None,
+            },
+        );
+    }
     if let Some(addr) = &args.grpc {
-        targets.push((GRPC, Arc::new(Target::grpc(addr).await?)));
-        accounts.insert(GRPC, served_by(args.backhaul_pid));
+        targets.push((GRPC.into(), Arc::new(Target::grpc(addr).await?)));
+        accounts.insert(GRPC.into(), served_by(args.backhaul_pid));
     }
     if let Some(base) = &args.http {
-        targets.push((HTTP, Arc::new(Target::openai(base, &args.http_model)?)));
-        accounts.insert(HTTP, served_by(args.backhaul_pid));
+        targets.push((
+            HTTP.into(),
+            Arc::new(Target::openai(base, &args.http_model)?),
+        ));
+        accounts.insert(HTTP.into(), served_by(args.backhaul_pid));
     }
     if let Some(base) = &args.serve {
-        targets.push((SERVE, Arc::new(Target::openai(base, &args.serve_model)?)));
-        accounts.insert(SERVE, served_by(args.serve_pid));
+        targets.push((
+            SERVE.into(),
+            Arc::new(Target::openai(base, &args.serve_model)?),
+        ));
+        accounts.insert(SERVE.into(), served_by(args.serve_pid));
     }
+    let mut peer_models = serde_json::Map::new();
+    for (name, base) in &args.peer {
+        if accounts.contains_key(name) {
+            anyhow::bail!("--peer {name} given twice");
+        }
+        let (target, model) = Target::openai_first_model(base)
+            .await
+            .with_context(|| format!("peer {name}"))?;
+        let pid = args
+            .peer_pid
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, pid)| *pid);
+        targets.push((name.clone(), Arc::new(target)));
+        accounts.insert(name.clone(), served_by(pid));
+        peer_models.insert(name.clone(), json!(model));
+    }
+    if let Some((name, _)) = args
+        .peer_pid
+        .iter()
+        .find(|(n, _)| !accounts.contains_key(n))
+    {
+        anyhow::bail!("--peer-pid {name}: no --peer of that name");
+    }
+    anyhow::ensure!(!targets.is_empty(), "no target to measure");
 
     // Warm-up: two sequential requests each, and the greedy texts of every
     // prompt at concurrency 1, to check all targets generate the same thing.
@@ -253,7 +338,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         for prompt in PROMPTS {
             mine.push(target.run(prompt, args.max_tokens).await?.text);
         }
-        texts.insert(name, mine);
+        texts.insert(name.as_str(), mine);
         eprintln!("[bench] {name}: warmed up");
     }
 
@@ -265,9 +350,16 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             let n = targets.len();
             for k in 0..n {
                 let (name, target) = &targets[(k + round) % n];
-                let batch = run_batch(target, accounts[name], c, requests, args.max_tokens)
-                    .await
-                    .with_context(|| format!("{name} at concurrency {c}"))?;
+                let batch = run_batch(
+                    target,
+                    accounts[name],
+                    c,
+                    requests,
+                    round * requests,
+                    args.max_tokens,
+                )
+                .await
+                .with_context(|| format!("{name} at concurrency {c}"))?;
                 let tokens = batch.tokens();
                 let cpu = batch
                     .server_cpu_s
@@ -279,7 +371,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
                     tokens as f64 / batch.wall_s,
                     batch.wall_s
                 );
-                batches.entry((name, c)).or_default().push(batch);
+                batches.entry((name.as_str(), c)).or_default().push(batch);
             }
         }
     }
@@ -305,6 +397,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
                 ttft_ms: Millis::of_seconds(&ttft),
                 inter_token_ms: Millis::of_seconds(&gaps),
                 cpu_per_token: CpuPerToken::of(runs),
+                tokens_from_usage: samples.iter().filter(|s| s.tokens_from_usage).count(),
             },
         );
     }
@@ -351,31 +444,71 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         }
         Value::Object(out)
     };
+    // Time to first token, Backhaul's p50 and p99 over the other's (below 1:
+    // Backhaul answers sooner).
+    let ttft_ratio = |surface: &str, other: &str| -> Value {
+        let mut out = serde_json::Map::new();
+        for &c in &args.concurrency {
+            let ttft = |name: &str| Some(results.get(name)?.get(&c.to_string())?.ttft_ms);
+            if let (Some(a), Some(b)) = (ttft(surface), ttft(other)) {
+                out.insert(
+                    c.to_string(),
+                    json!({"p50": round3(a.p50 / b.p50), "p99": round3(a.p99 / b.p99)}),
+                );
+            }
+        }
+        Value::Object(out)
+    };
     let mut vs_in = serde_json::Map::new();
     let mut vs_serve = serde_json::Map::new();
     let mut cpu_vs_in = serde_json::Map::new();
     let mut cpu_vs_serve = serde_json::Map::new();
+    // peer → surface → concurrency → figure.
+    let mut vs_peers = serde_json::Map::new();
+    let mut cpu_vs_peers = serde_json::Map::new();
+    let mut ttft_vs_peers = serde_json::Map::new();
     for surface in [GRPC, HTTP] {
         if results.contains_key(surface) {
-            vs_in.insert(surface.into(), ratio(surface, IN_PROCESS));
-            cpu_vs_in.insert(surface.into(), cpu_ratio(surface, IN_PROCESS));
+            if results.contains_key(IN_PROCESS) {
+                vs_in.insert(surface.into(), ratio(surface, IN_PROCESS));
+                cpu_vs_in.insert(surface.into(), cpu_ratio(surface, IN_PROCESS));
+            }
             if results.contains_key(SERVE) {
                 vs_serve.insert(surface.into(), ratio(surface, SERVE));
                 cpu_vs_serve.insert(surface.into(), cpu_ratio(surface, SERVE));
             }
+            for (peer, _) in &args.peer {
+                let entry = |m: &mut serde_json::Map<String, Value>, v: Value| {
+                    if let Value::Object(per) = m.entry(peer.clone()).or_insert_with(|| json!({})) {
+                        per.insert(surface.into(), v);
+                    }
+                };
+                entry(&mut vs_peers, ratio(surface, peer));
+                entry(&mut cpu_vs_peers, cpu_ratio(surface, peer));
+                entry(&mut ttft_vs_peers, ttft_ratio(surface, peer));
+            }
         }
     }
 
-    let reference = &texts[IN_PROCESS];
+    // The greedy texts at c=1 against a reference: mistral.rs in-process,
+    // else the first target.
+    let reference = if texts.contains_key(IN_PROCESS) {
+        IN_PROCESS
+    } else {
+        targets[0].0.as_str()
+    };
     let same_text: BTreeMap<&str, String> = texts
         .iter()
         .map(|(name, t)| {
-            let same = t.iter().zip(reference).filter(|(a, b)| a == b).count();
-            (*name, format!("{same}/{}", reference.len()))
+            let same = t
+                .iter()
+                .zip(&texts[reference])
+                .filter(|(a, b)| a == b)
+                .count();
+            (*name, format!("{same}/{}", texts[reference].len()))
         })
         .collect();
-
-    Ok(json!({
+    let mut report = json!({
         "started": started.to_rfc3339(),
         "finished": chrono::Utc::now().to_rfc3339(),
         "config": {
@@ -393,6 +526,35 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "ratio_vs_mistralrs_serve": vs_serve,
         "cpu_per_token_ratio_vs_inprocess": cpu_vs_in,
         "cpu_per_token_ratio_vs_mistralrs_serve": cpu_vs_serve,
-        "same_greedy_text_as_inprocess": same_text,
-    }))
+        "same_greedy_text": {"reference": reference, "same": same_text},
+    });
+    if reference == IN_PROCESS {
+        report["same_greedy_text_as_inprocess"] = report["same_greedy_text"]["same"].clone();
+    }
+    if !args.peer.is_empty() {
+        report["peers"] = Value::Object(peer_models);
+        report["ratio_vs_peers"] = Value::Object(vs_peers);
+        report["cpu_per_token_ratio_vs_peers"] = Value::Object(cpu_vs_peers);
+        report["ttft_ratio_vs_peers"] = Value::Object(ttft_vs_peers);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_a_fresh_name_and_a_base_url() {
+        assert_eq!(
+            parse_peer("llama_cpp=http://127.0.0.1:8080"),
+            Ok(("llama_cpp".into(), "http://127.0.0.1:8080".into()))
+        );
+        assert!(parse_peer("llama_cpp").is_err());
+        assert!(parse_peer("Llama=http://x").is_err());
+        assert!(parse_peer("backhaul_http=http://x").is_err());
+        assert!(parse_peer("llama_cpp=127.0.0.1:8080").is_err());
+        assert_eq!(parse_peer_pid("llama_cpp=42"), Ok(("llama_cpp".into(), 42)));
+        assert!(parse_peer_pid("llama_cpp=x").is_err());
+    }
 }

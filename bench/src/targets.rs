@@ -1,7 +1,7 @@
 //! What the benchmark sends requests to, and how one streamed request is
 //! timed on each: mistral.rs in this process, an OpenAI-compatible SSE
-//! server (Backhaul's HTTP surface or `mistralrs serve`), Backhaul's gRPC
-//! `ChatStream`.
+//! server (Backhaul's HTTP surface, `mistralrs serve`, or a named peer such
+//! as llama.cpp's server), Backhaul's gRPC `ChatStream`.
 //!
 //! Every target gets the same chat prompt, greedy sampling (temperature 0)
 //! and `max_tokens`. A "token event" is one streamed piece of non-empty text;
@@ -29,9 +29,12 @@ use tonic::transport::Channel;
 pub struct Sample {
     pub ttft_s: f64,
     pub gaps_s: Vec<f64>,
-    /// Completion tokens as the server reports them (usage), else the
-    /// number of token events.
+    /// Completion tokens as the server reports them (usage); else
+    /// `max_tokens` when the stream ended for `length`; else the number of
+    /// token events.
     pub tokens: usize,
+    /// Whether `tokens` came from the server's usage.
+    pub tokens_from_usage: bool,
     pub text: String,
 }
 
@@ -71,12 +74,21 @@ impl Timer {
         self.text.push_str(piece);
     }
 
-    fn finish(self, usage_tokens: Option<usize>) -> anyhow::Result<Sample> {
+    /// `length_tokens`: `max_tokens` when the stream ended with finish
+    /// reason `length` (it generated exactly that many), for servers that
+    /// stream no usage (llama-cpp-python's), whose text events need not be
+    /// one per token.
+    fn finish(
+        self,
+        usage_tokens: Option<usize>,
+        length_tokens: Option<usize>,
+    ) -> anyhow::Result<Sample> {
         let ttft_s = self.ttft_s.context("the stream carried no text")?;
         Ok(Sample {
             ttft_s,
             gaps_s: self.gaps_s,
-            tokens: usage_tokens.unwrap_or(self.events),
+            tokens: usage_tokens.or(length_tokens).unwrap_or(self.events),
+            tokens_from_usage: usage_tokens.is_some(),
             text: self.text,
         })
     }
@@ -132,6 +144,24 @@ impl Target {
             url: format!("{}/v1/chat/completions", base.trim_end_matches('/')),
             model: model.to_string(),
         })
+    }
+
+    /// An OpenAI-compatible server, answering to the first model its
+    /// `GET {base}/v1/models` lists; returns that name too.
+    pub async fn openai_first_model(base: &str) -> anyhow::Result<(Self, String)> {
+        let url = format!("{}/v1/models", base.trim_end_matches('/'));
+        let list: serde_json::Value = reqwest::get(&url)
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .error_for_status()?
+            .json()
+            .await?;
+        let model = list
+            .pointer("/data/0/id")
+            .and_then(|id| id.as_str())
+            .with_context(|| format!("{url} lists no model"))?
+            .to_string();
+        Ok((Self::openai(base, &model)?, model))
     }
 
     pub async fn grpc(addr: &str) -> anyhow::Result<Self> {
@@ -214,7 +244,7 @@ async fn run_in_process(model: &Model, prompt: &str, max_tokens: usize) -> anyho
             other => bail!("unexpected engine response {}", response_kind(&other)),
         }
     }
-    timer.finish(usage)
+    timer.finish(usage, None)
 }
 
 fn response_kind(r: &Response) -> &'static str {
@@ -252,6 +282,7 @@ async fn run_openai(
     let mut stream = response.bytes_stream();
     let mut buffer = Vec::<u8>::new();
     let mut usage = None;
+    let mut length = None;
     'read: while let Some(bytes) = stream.next().await {
         buffer.extend_from_slice(&bytes?);
         while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
@@ -280,9 +311,16 @@ async fn run_openai(
             {
                 usage = Some(n as usize);
             }
+            if event
+                .pointer("/choices/0/finish_reason")
+                .and_then(|r| r.as_str())
+                == Some("length")
+            {
+                length = Some(max_tokens);
+            }
         }
     }
-    timer.finish(usage)
+    timer.finish(usage, length)
 }
 
 async fn run_grpc(
@@ -312,5 +350,5 @@ async fn run_grpc(
             usage = Some(u.completion_tokens as usize);
         }
     }
-    timer.finish(usage)
+    timer.finish(usage, None)
 }
