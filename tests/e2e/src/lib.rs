@@ -40,6 +40,23 @@ pub mod openai;
 pub mod pods;
 
 /// A free TCP port on 127.0.0.1.
+/// SIGINT or SIGTERM: the harnesses' processes are in process groups of
+/// their own, so a terminal's Ctrl-C does not reach them; a runner that
+/// returns on this drops (stops) them.
+pub async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use backhaul_e2e::clusters::LocalRegion;
-use backhaul_e2e::{SseData, SseParser, Worker, check, header_text, logs_dir, openai};
+use backhaul_e2e::{SseData, SseParser, Worker, check, header_text, interrupted, logs_dir, openai};
 use backhaul_operator::publish::RouteRouting;
 use futures::FutureExt;
 use serde_json::{Value, json};
@@ -162,22 +162,6 @@ fn main() -> ExitCode {
     });
     drop(runtime);
     code
-}
-
-/// SIGINT or SIGTERM: the processes are in process groups of their own, so
-/// a terminal's Ctrl-C does not reach them; returning drops (stops) them.
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "interrupted",
-        _ = term.recv() => "terminated",
-    }
 }
 
 /// The Worker (with the response cache on for [`MODEL`]) and the region side

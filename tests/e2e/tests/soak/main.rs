@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use backhaul_e2e::clusters::LocalRegion;
-use backhaul_e2e::{Worker, logs_dir, repo_root};
+use backhaul_e2e::{Worker, interrupted, logs_dir, repo_root};
 use backhaul_operator::publish::{RouteRouting, rfc3339_seconds};
 use tokio::sync::oneshot;
 
@@ -191,22 +191,6 @@ fn main() -> ExitCode {
     // the Worker: each stops its process group.
     drop(runtime);
     code
-}
-
-/// SIGINT or SIGTERM: the soak's processes are in process groups of their
-/// own, so a terminal's Ctrl-C does not reach them; they are stopped here.
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "interrupted",
-        _ = term.recv() => "terminated",
-    }
 }
 
 /// The whole soak: setup, the run, the checks, the outputs. `Ok(false)`:
