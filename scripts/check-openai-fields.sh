@@ -3,15 +3,15 @@
 # official SDKs send for chat completions and legacy completions must have a
 # row in docs/openai-compatibility.md, and the doc must name the SDK versions
 # it was audited against: the Python package pinned for the inference
-# server's client tests (inference/tests/openai_client.rs, in
+# server's client tests (tests/support/src/openai_python.rs, in
 # $BACKHAUL_CACHE/venv-openai, created here when missing) and the Node
 # package pinned in worker/package.json. About a second when both are there.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$repo_root"
 
-version=$(sed -n 's/^const OPENAI_VERSION: &str = "\(.*\)";$/\1/p' inference/tests/openai_client.rs)
-[ -n "$version" ] || { echo "check-openai-fields: no OPENAI_VERSION in inference/tests/openai_client.rs" >&2; exit 1; }
+version=$(sed -n 's/^pub const OPENAI_VERSION: &str = "\(.*\)";$/\1/p' tests/support/src/openai_python.rs)
+[ -n "$version" ] || { echo "check-openai-fields: no OPENAI_VERSION in tests/support/src/openai_python.rs" >&2; exit 1; }
 python=${BACKHAUL_OPENAI_PYTHON:-$BACKHAUL_CACHE/venv-openai/bin/python}
 if ! "$python" -c 'import openai, sys; sys.exit(openai.__version__ != sys.argv[1])' "$version" 2>/dev/null; then
   [ -z "${BACKHAUL_OPENAI_PYTHON:-}" ] || { echo "check-openai-fields: $python has no openai==$version" >&2; exit 1; }

@@ -61,58 +61,9 @@ except openai.AuthenticationError as e:
 print("openai client ok:", repr(streamed))
 "#;
 
-/// The `openai` release the test is pinned to.
-const OPENAI_VERSION: &str = "3.54.0";
-
-/// An interpreter with the pinned `openai` package, creating the venv on
-/// first use.
+/// An interpreter with the pinned `openai` package (testkit's).
 fn python() -> PathBuf {
-    if let Ok(python) = std::env::var("BACKHAUL_OPENAI_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let cache = std::env::var("BACKHAUL_CACHE").map_or_else(
-        |_| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/backhaul"),
-        PathBuf::from,
-    );
-    let venv = cache.join("venv-openai");
-    let python = venv.join("bin/python");
-    let has_pinned = |python: &PathBuf| {
-        python.is_file()
-            && Command::new(python)
-                .args([
-                    "-c",
-                    "import openai, sys; sys.exit(openai.__version__ != sys.argv[1])",
-                ])
-                .arg(OPENAI_VERSION)
-                .status()
-                .is_ok_and(|s| s.success())
-    };
-    if has_pinned(&python) {
-        return python;
-    }
-    eprintln!("creating {} with openai=={OPENAI_VERSION}", venv.display());
-    let run = |command: &mut Command| {
-        let output = command.output().expect("python3 runs");
-        assert!(
-            output.status.success(),
-            "{command:?} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
-    run(Command::new(&python).args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        &format!("openai=={OPENAI_VERSION}"),
-    ]));
-    assert!(
-        has_pinned(&python),
-        "openai {OPENAI_VERSION} not importable"
-    );
-    python
+    backhaul_testkit::openai_python::python().unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test]

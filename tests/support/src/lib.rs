@@ -28,6 +28,7 @@
 
 pub mod examples;
 pub mod hub;
+pub mod openai_python;
 pub mod otlp;
 
 use std::future::Future;
