@@ -57,6 +57,24 @@ pub async fn interrupted() -> &'static str {
     }
 }
 
+/// How one case of a runner ended: it panicked (`Err`), ran past its
+/// timeout (`Ok(Err)`), or returned its result.
+pub type CaseOutcome = std::thread::Result<Result<anyhow::Result<()>, tokio::time::error::Elapsed>>;
+
+/// Prints how case `name` ended, as every runner does; true when it passed.
+pub fn report_case(name: &str, secs: f64, timeout: Duration, outcome: CaseOutcome) -> bool {
+    match outcome {
+        Ok(Ok(Ok(()))) => {
+            eprintln!("test {name} ... ok ({secs:.1}s)");
+            return true;
+        }
+        Ok(Ok(Err(error))) => eprintln!("test {name} ... FAILED ({secs:.1}s): {error:#}"),
+        Ok(Err(_)) => eprintln!("test {name} ... FAILED: did not finish within {timeout:?}"),
+        Err(_) => eprintln!("test {name} ... FAILED ({secs:.1}s): panicked (see above)"),
+    }
+    false
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -125,20 +125,8 @@ fn main() -> ExitCode {
             .await;
             let secs = t.elapsed().as_secs_f64();
             release_abandoned(&ctx.client).await;
-            match outcome {
-                Ok(Ok(Ok(()))) => eprintln!("test {name} ... ok ({secs:.1}s)"),
-                Ok(Ok(Err(error))) => {
-                    eprintln!("test {name} ... FAILED ({secs:.1}s): {error:#}");
-                    failed.push(*name);
-                }
-                Ok(Err(_)) => {
-                    eprintln!("test {name} ... FAILED: did not finish within 240 s");
-                    failed.push(*name);
-                }
-                Err(_) => {
-                    eprintln!("test {name} ... FAILED ({secs:.1}s): panicked (see above)");
-                    failed.push(*name);
-                }
+            if !backhaul_e2e::report_case(name, secs, Duration::from_secs(240), outcome) {
+                failed.push(*name);
             }
         }
         drop(ctx);

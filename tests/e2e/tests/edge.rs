@@ -128,20 +128,8 @@ fn main() -> ExitCode {
                 }
             };
             let secs = t.elapsed().as_secs_f64();
-            match outcome {
-                Ok(Ok(Ok(()))) => eprintln!("test {name} ... ok ({secs:.1}s)"),
-                Ok(Ok(Err(error))) => {
-                    eprintln!("test {name} ... FAILED ({secs:.1}s): {error:#}");
-                    failed.push(*name);
-                }
-                Ok(Err(_)) => {
-                    eprintln!("test {name} ... FAILED: did not finish within {CASE_TIMEOUT:?}");
-                    failed.push(*name);
-                }
-                Err(_) => {
-                    eprintln!("test {name} ... FAILED ({secs:.1}s): panicked (see above)");
-                    failed.push(*name);
-                }
+            if !backhaul_e2e::report_case(name, secs, CASE_TIMEOUT, outcome) {
+                failed.push(*name);
             }
         }
         // The Worker and the region stop here (their process groups).
