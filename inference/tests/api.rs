@@ -12,21 +12,6 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const PROMPT: &str = "What is the capital of France? Answer in one sentence.";
 
-async fn http_chat(
-    handle: &backhaul_inference::ServerHandle,
-    body: Value,
-) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
-    let response = http()
-        .post(http_url(handle, "/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .expect("HTTP request");
-    let status = response.status();
-    let headers = response.headers().clone();
-    (status, headers, response.text().await.expect("body"))
-}
-
 #[tokio::test]
 async fn grpc_and_http_give_the_same_greedy_text_streamed_and_unary() {
     let _turn = SERIAL.lock().await;

@@ -10,16 +10,9 @@ use common::*;
 use serde_json::{Value, json};
 
 async fn post_chat(handle: &backhaul_inference::ServerHandle, body: Value) -> (u16, Value) {
-    let response = http()
-        .post(http_url(handle, "/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .expect("HTTP request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
+    let (status, _, text) = http_chat(handle, body).await;
     let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"));
-    (status, value)
+    (status.as_u16(), value)
 }
 
 async fn post_chat_stream(handle: &backhaul_inference::ServerHandle, body: Value) -> Vec<Value> {

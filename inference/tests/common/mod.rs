@@ -445,3 +445,19 @@ impl ServerProcess {
         metric_at(&self.metrics, sample).await
     }
 }
+
+/// POSTs a chat completion body over HTTP: status, headers and body text.
+pub async fn http_chat(
+    handle: &backhaul_inference::ServerHandle,
+    body: serde_json::Value,
+) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
+    let response = http()
+        .post(http_url(handle, "/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("HTTP request");
+    let status = response.status();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.expect("body"))
+}
