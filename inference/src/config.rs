@@ -63,6 +63,12 @@ pub struct ModelArgs {
         default_value = "/var/cache/backhaul/models"
     )]
     pub model_cache: PathBuf,
+    /// Resolve an hf:// model from --model-cache alone, without contacting
+    /// the Hub: the cache must hold a completed `--download-only` fill of
+    /// the same model (a weight cache, mounted read-only). Every file is
+    /// checked against the listing the fill saved.
+    #[arg(long, env = "BACKHAUL_HUB_OFFLINE")]
+    pub hub_offline: bool,
     /// Device to run on; `auto` uses CUDA device 0 when built with the
     /// `cuda` feature and one is present, else the CPU.
     #[arg(long, env = "BACKHAUL_DEVICE", value_enum, default_value_t = DeviceChoice::Auto)]

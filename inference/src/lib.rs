@@ -38,6 +38,7 @@ pub mod config;
 pub mod connections;
 pub mod engine;
 pub mod error;
+pub mod fill_progress;
 pub mod grpc;
 pub mod http;
 pub mod hub_files;

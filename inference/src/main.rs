@@ -53,7 +53,7 @@ async fn download(model: &backhaul_inference::config::ModelArgs) -> anyhow::Resu
             model.model
         );
     }
-    let local = backhaul_inference::model_source::resolve(model)
+    let local = backhaul_inference::model_source::fill(model)
         .await
         .context("downloading the model")?;
     tracing::info!(model = %model.model, ?local, "model downloaded and verified");

@@ -12,6 +12,7 @@ use hf_hub::{
 
 use crate::{
     config::{ModelArgs, ModelFormat},
+    fill_progress::FillProgress,
     hub_files::{self, Listing},
 };
 
@@ -101,7 +102,7 @@ pub async fn resolve(args: &ModelArgs) -> Result<LocalModel, SourceError> {
             model: model.clone(),
             message,
         })?;
-        return download(args, &hub).await;
+        return download(args, &hub, false).await;
     }
     let path = PathBuf::from(&model);
     if path.is_file() {
@@ -175,13 +176,69 @@ const PLAIN_OPTIONAL: &[&str] = &[
     "preprocessor_config.json",
 ];
 
-async fn download(args: &ModelArgs, hub: &HubRef) -> Result<LocalModel, SourceError> {
+/// A weight cache's fill (`--download-only`): downloads and verifies an
+/// `hf://` model like [`resolve`], printing its progress, and saves the
+/// listing it verified against as the cache's completion record.
+pub async fn fill(args: &ModelArgs) -> Result<LocalModel, SourceError> {
+    match HubRef::parse(&args.model) {
+        Some(Ok(hub)) => download(args, &hub, true).await,
+        Some(Err(message)) => Err(SourceError::Invalid {
+            model: args.model.clone(),
+            message,
+        }),
+        None => Err(SourceError::Invalid {
+            model: args.model.clone(),
+            message: "a fill needs an hf://org/repo[@revision] model".into(),
+        }),
+    }
+}
+
+/// Where a completed fill of `repo` at `revision` saves the listing its
+/// files were verified against. Its presence is what `--hub-offline` needs:
+/// hf-hub's own layout cannot tell a finished download from one cut short.
+pub fn completion_record(cache: &Path, repo: &str, revision: &str) -> PathBuf {
+    cache.join("backhaul-fills").join(format!(
+        "{}@{}.json",
+        repo.replace('/', "--"),
+        revision.replace('/', "%2F")
+    ))
+}
+
+async fn download(args: &ModelArgs, hub: &HubRef, report: bool) -> Result<LocalModel, SourceError> {
     let cache = args.model_cache.display().to_string();
     let fail = |message: String| SourceError::Download {
         model: args.model.clone(),
         cache: cache.clone(),
         message,
     };
+    let revision = hub.revision.clone().unwrap_or_else(|| "main".to_string());
+    let record = completion_record(&args.model_cache, &hub.repo, &revision);
+    let hf_repo = Repo::with_revision(hub.repo.clone(), RepoType::Model, revision);
+    let cached = hf_hub::Cache::new(args.model_cache.clone()).repo(hf_repo.clone());
+    if args.hub_offline {
+        let listing = read_record(&record).map_err(|message| SourceError::Download {
+            model: args.model.clone(),
+            cache: cache.clone(),
+            message,
+        })?;
+        let files = needed_files(args, &listing)?;
+        let mut paths = Vec::new();
+        for file in &files {
+            let path = cached.get(file).ok_or_else(|| {
+                fail(format!(
+                    "{file} is not in the cache, though its fill completed"
+                ))
+            })?;
+            if let Some(expected) = listing.expected(file) {
+                verify(path.clone(), file.clone(), expected)
+                    .await
+                    .map_err(|m| fail(format!("the cache does not match its fill: {m}")))?;
+            }
+            paths.push(path);
+        }
+        return local_model(args, &paths, &fail);
+    }
+
     std::fs::create_dir_all(&args.model_cache)
         .map_err(|e| fail(format!("cannot create the cache directory: {e}")))?;
     let token = std::env::var("HF_TOKEN").ok();
@@ -199,12 +256,7 @@ async fn download(args: &ModelArgs, hub: &HubRef) -> Result<LocalModel, SourceEr
         .with_token(token)
         .build()
         .map_err(|e| fail(e.to_string()))?;
-    let revision = hub.revision.clone().unwrap_or_else(|| "main".to_string());
-    let repo = api.repo(Repo::with_revision(
-        hub.repo.clone(),
-        RepoType::Model,
-        revision,
-    ));
+    let repo = api.repo(hf_repo);
     let listing: Listing = repo
         .info_request()
         .query(&[("blobs", "true")])
@@ -215,54 +267,123 @@ async fn download(args: &ModelArgs, hub: &HubRef) -> Result<LocalModel, SourceEr
         .json()
         .await
         .map_err(|e| fail(format!("reading the revision's file listing: {e}")))?;
-    let fetch = |file: String| fetch_verified(&repo, &listing, file, &fail);
+    let files = needed_files(args, &listing)?;
+    let size = |file: &str| listing.expected(file).map_or(0, |e| e.size);
+    let progress = if report {
+        FillProgress::printing(
+            files.iter().map(|f| size(f)).sum(),
+            u32::try_from(files.len()).unwrap_or(u32::MAX),
+        )
+    } else {
+        FillProgress::default()
+    };
+    let mut paths = Vec::new();
+    for file in &files {
+        tracing::info!(model = %args.model, file, "fetching");
+        let path = fetch_verified(&repo, &cached, &listing, file, &progress, &fail).await?;
+        progress.file_done(size(file));
+        paths.push(path);
+    }
+    if report {
+        save_record(&record, &listing).map_err(|e| {
+            fail(format!(
+                "saving the fill's record {}: {e}",
+                record.display()
+            ))
+        })?;
+    }
+    local_model(args, &paths, &fail)
+}
 
+/// The files `args` needs from a revision: the named GGUF files, or a plain
+/// model's config, tokenizer and safetensors.
+fn needed_files(args: &ModelArgs, listing: &Listing) -> Result<Vec<String>, SourceError> {
+    let invalid = |message: &str| SourceError::Invalid {
+        model: args.model.clone(),
+        message: message.into(),
+    };
     if wants_gguf(args, false) {
         if args.gguf_files.is_empty() {
-            return Err(SourceError::Invalid {
-                model: args.model.clone(),
-                message: "a GGUF model from the Hub needs --gguf-file".into(),
-            });
+            return Err(invalid("a GGUF model from the Hub needs --gguf-file"));
         }
-        let mut dir = None;
-        for file in &args.gguf_files {
-            tracing::info!(model = %args.model, file, "downloading GGUF file");
-            let path = fetch(file.clone()).await?;
-            dir = path.parent().map(Path::to_path_buf);
-        }
-        let dir = dir.ok_or_else(|| fail("downloaded file has no directory".into()))?;
-        return Ok(LocalModel::Gguf {
-            dir,
-            files: args.gguf_files.clone(),
-        });
+        return Ok(args.gguf_files.clone());
     }
-
-    let listed: Vec<String> = listing.names().map(str::to_string).collect();
-    let weights: Vec<&String> = listed
+    let listed: Vec<&str> = listing.names().collect();
+    let weights: Vec<String> = listed
         .iter()
         .filter(|f| f.ends_with(".safetensors") || f.ends_with(".safetensors.index.json"))
+        .map(|f| f.to_string())
         .collect();
     if weights.is_empty() {
-        return Err(fail(
-            "the repo has no .safetensors weights (use --gguf-file for GGUF repos)".into(),
-        ));
+        return Err(SourceError::Download {
+            model: args.model.clone(),
+            cache: args.model_cache.display().to_string(),
+            message: "the repo has no .safetensors weights (use --gguf-file for GGUF repos)".into(),
+        });
     }
-    let mut dir = None;
-    for file in PLAIN_REQUIRED.iter().map(|f| f.to_string()).chain(
-        PLAIN_OPTIONAL
-            .iter()
-            .filter(|f| listed.iter().any(|l| l == *f))
-            .map(|f| f.to_string()),
-    ) {
-        let path = fetch(file).await?;
-        dir = path.parent().map(Path::to_path_buf);
+    Ok(PLAIN_REQUIRED
+        .iter()
+        .chain(PLAIN_OPTIONAL.iter().filter(|f| listed.contains(f)))
+        .map(|f| f.to_string())
+        .chain(weights)
+        .collect())
+}
+
+/// The model the fetched `paths` (all in one snapshot directory) make.
+fn local_model(
+    args: &ModelArgs,
+    paths: &[PathBuf],
+    fail: &impl Fn(String) -> SourceError,
+) -> Result<LocalModel, SourceError> {
+    let dir = paths
+        .last()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .ok_or_else(|| fail("no files were fetched".into()))?;
+    Ok(if wants_gguf(args, false) {
+        LocalModel::Gguf {
+            dir,
+            files: args.gguf_files.clone(),
+        }
+    } else {
+        LocalModel::Plain { dir }
+    })
+}
+
+fn read_record(record: &Path) -> Result<Listing, String> {
+    let text = std::fs::read_to_string(record).map_err(|e| {
+        format!(
+            "--hub-offline: no completed fill of this revision in the cache ({}: {e})",
+            record.display()
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", record.display()))
+}
+
+/// Written whole, then renamed into place: a fill killed while writing it
+/// leaves no record rather than half of one.
+fn save_record(record: &Path, listing: &Listing) -> std::io::Result<()> {
+    if let Some(dir) = record.parent() {
+        std::fs::create_dir_all(dir)?;
     }
-    for file in weights {
-        tracing::info!(model = %args.model, file, "downloading weights");
-        fetch(file.clone()).await?;
-    }
-    let dir = dir.ok_or_else(|| fail("downloaded files have no directory".into()))?;
-    Ok(LocalModel::Plain { dir })
+    let partial = record.with_extension("json.partial");
+    std::fs::write(&partial, serde_json::to_vec_pretty(listing)?)?;
+    std::fs::rename(&partial, record)
+}
+
+async fn verify(
+    path: PathBuf,
+    file: String,
+    expected: hub_files::Expected,
+) -> Result<(), hub_files::Mismatch> {
+    tokio::task::spawn_blocking(move || hub_files::check(&path, &file, &expected))
+        .await
+        .unwrap_or_else(|e| {
+            Err(hub_files::Mismatch::Unreadable {
+                file: String::new(),
+                message: e.to_string(),
+            })
+        })
 }
 
 /// `file` from the cache or the Hub, checked against the listing: a cached
@@ -272,41 +393,35 @@ async fn download(args: &ModelArgs, hub: &HubRef) -> Result<LocalModel, SourceEr
 /// where it stopped (hf-hub keeps it beside the blob).
 async fn fetch_verified(
     repo: &ApiRepo,
+    cached: &hf_hub::CacheRepo,
     listing: &Listing,
-    file: String,
+    file: &str,
+    progress: &FillProgress,
     fail: &impl Fn(String) -> SourceError,
 ) -> Result<PathBuf, SourceError> {
-    let path = repo
-        .get(&file)
-        .await
-        .map_err(|e| fail(format!("{file}: {e}")))?;
-    let Some(expected) = listing.expected(&file) else {
+    let download = || async {
+        repo.download_with_progress(file, progress.clone())
+            .await
+            .map_err(|e| fail(format!("{file}: {e}")))
+    };
+    let path = match cached.get(file) {
+        Some(path) => path,
+        None => download().await?,
+    };
+    let Some(expected) = listing.expected(file) else {
         tracing::warn!(
             file,
             "the Hub lists no size or hash for this file; not verified"
         );
         return Ok(path);
     };
-    let check = |path: PathBuf, file: String, expected: hub_files::Expected| async move {
-        tokio::task::spawn_blocking(move || hub_files::check(&path, &file, &expected))
-            .await
-            .unwrap_or_else(|e| {
-                Err(hub_files::Mismatch::Unreadable {
-                    file: String::new(),
-                    message: e.to_string(),
-                })
-            })
-    };
-    match check(path.clone(), file.clone(), expected.clone()).await {
+    match verify(path.clone(), file.to_string(), expected.clone()).await {
         Ok(()) => Ok(path),
         Err(mismatch) => {
             tracing::warn!(%mismatch, "cached file does not match the Hub; downloading it again");
             hub_files::discard(&path);
-            let path = repo
-                .download(&file)
-                .await
-                .map_err(|e| fail(format!("{file}: {e}")))?;
-            check(path.clone(), file.clone(), expected)
+            let path = download().await?;
+            verify(path.clone(), file.to_string(), expected)
                 .await
                 .map_err(|m| fail(format!("the download does not match the Hub: {m}")))?;
             Ok(path)

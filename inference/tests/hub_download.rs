@@ -3,6 +3,10 @@
 //! downloads nothing; a transfer corrupted once is detected and fetched
 //! again; one that stays corrupted fails naming the file; a damaged cache
 //! is repaired; and a server started from an `hf://` SmolLM2 serves it.
+//! A fill (a weight cache's Job) prints its progress for the operator and
+//! saves its record; `--hub-offline` (a replica on a filled cache) loads
+//! from the cache without the Hub, and refuses a cache whose fill did not
+//! complete or whose files changed since.
 
 mod common;
 
@@ -169,4 +173,111 @@ async fn a_server_started_from_an_hf_model_serves_it() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(hub.served_bytes(), std::fs::metadata(&gguf).unwrap().len());
+}
+
+fn offline_args(cache: &Path) -> backhaul_inference::config::ModelArgs {
+    use clap::Parser;
+    backhaul_inference::Config::try_parse_from([
+        "backhaul-inference",
+        "--model",
+        &format!("hf://{REPO}@main"),
+        "--format",
+        "gguf",
+        "--gguf-file",
+        FILE,
+        "--hub-offline",
+        "--model-cache",
+        cache.to_str().unwrap(),
+    ])
+    .unwrap()
+    .model
+}
+
+#[tokio::test]
+async fn a_fill_reports_progress_to_the_last_byte_and_saves_its_record() {
+    let weights = tiny_weights();
+    let hub = hub_with(weights.clone()).await;
+    let cache = tempfile::tempdir().unwrap();
+    let output = download(&hub, cache.path()).await;
+    assert_ok(&output);
+    let log = String::from_utf8_lossy(&output.stdout);
+    let last = backhaul_telemetry::DownloadProgress::last_in(&log).expect("a progress line");
+    let size = weights.len() as u64;
+    assert_eq!(
+        last,
+        backhaul_telemetry::DownloadProgress {
+            bytes_done: size,
+            bytes_total: size,
+            files_done: 1,
+            files_total: 1,
+        }
+    );
+    // The first line gives the totals before any byte arrives.
+    let first = log
+        .lines()
+        .find_map(backhaul_telemetry::DownloadProgress::last_in)
+        .unwrap();
+    assert_eq!((first.bytes_done, first.bytes_total), (0, size));
+    assert!(
+        backhaul_inference::model_source::completion_record(cache.path(), REPO, "main").is_file()
+    );
+}
+
+#[tokio::test]
+async fn offline_resolution_reads_a_completed_fill_without_the_hub() {
+    let weights = tiny_weights();
+    let hub = hub_with(weights.clone()).await;
+    let cache = tempfile::tempdir().unwrap();
+    assert_ok(&download(&hub, cache.path()).await);
+    // Gone: a request to it would fail.
+    drop(hub);
+    let local = backhaul_inference::model_source::resolve(&offline_args(cache.path()))
+        .await
+        .unwrap();
+    let backhaul_inference::model_source::LocalModel::Gguf { dir, files } = local else {
+        panic!("a GGUF model")
+    };
+    assert_eq!(files, vec![FILE.to_string()]);
+    assert_eq!(std::fs::read(dir.join(FILE)).unwrap(), weights);
+}
+
+#[tokio::test]
+async fn offline_resolution_refuses_an_unfinished_or_altered_cache() {
+    let weights = tiny_weights();
+    let hub = hub_with(weights.clone()).await;
+    let cache = tempfile::tempdir().unwrap();
+    assert_ok(&download(&hub, cache.path()).await);
+
+    // Altered after the fill (same size, other bytes, a later mtime).
+    let blob = std::fs::canonicalize(cached(cache.path())).unwrap();
+    let mut altered = weights.clone();
+    altered[7] ^= 1;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(&blob, &altered).unwrap();
+    let err = backhaul_inference::model_source::resolve(&offline_args(cache.path()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does not match its fill") && err.contains(FILE),
+        "{err}"
+    );
+
+    // A fill that never finished leaves no record.
+    std::fs::remove_file(backhaul_inference::model_source::completion_record(
+        cache.path(),
+        REPO,
+        "main",
+    ))
+    .unwrap();
+    let err = backhaul_inference::model_source::resolve(&offline_args(cache.path()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no completed fill"), "{err}");
+    assert_eq!(
+        hub.served_bytes(),
+        weights.len() as u64,
+        "offline never downloads"
+    );
 }

@@ -13,6 +13,11 @@
 //!   and a [`Flush`] guard that exports what is left when the binary ends.
 //! - [`continue_trace`] makes a span the child of a W3C `traceparent`, so
 //!   a region's spans join the routing Worker's trace.
+//! - [`download_progress`]: the progress line a weight cache's fill prints
+//!   and the operator reads back from its log.
+
+pub mod download_progress;
+pub use download_progress::DownloadProgress;
 
 use std::{collections::HashMap, time::Duration};
 
