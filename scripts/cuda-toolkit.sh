@@ -6,8 +6,8 @@
 # artifacts. Needs python3 with pip, unzip and flock; no GPU, no driver.
 #
 #   scripts/cuda-toolkit.sh           into $BACKHAUL_CACHE/cuda/toolkit-<hash of
-#                                     the pin file>, shared by every clone;
-#                                     a complete one is reused as it is
+#                                     cuda-wheels.txt>, shared by every
+#                                     clone; a complete one is reused as it is
 #   scripts/cuda-toolkit.sh DIR       into DIR (the Dockerfile's /opt/cuda)
 #
 # The layout: the wheels' nvidia/cu13 tree (bin/nvcc, nvvm/bin/cicc,
@@ -22,6 +22,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 pins=$here/cuda-wheels.txt
+# The directory is named by the pins: a change to the layout made below must
+# come with a change to cuda-wheels.txt (its comment will do).
 stamp=$(sha256sum "$pins" | cut -c1-12)
 cache=${BACKHAUL_CACHE:-$HOME/.cache/backhaul}/cuda
 root=${1:-$cache/toolkit-$stamp}
@@ -74,15 +76,12 @@ chmod -R a+rX "$new"
 # the host's driver. Never shipped in an image.
 make_libcuda_stub() {
   mkdir -p "$new/lib/stubs"
-  grep -ohE '\bCUresult CUDAAPI (cu[A-Za-z0-9_]+)\(' "$new/include/cuda.h" |
-    sed -E 's/.* (cu[A-Za-z0-9_]+)\(/\1/' | sort -u |
-    awk '{ printf "int %s(void) { return 34; }\n", $1 }' >"$tmp/libcuda_stub.c"
-  # cuda.h maps each name to a versioned symbol (cuMemAlloc -> cuMemAlloc_v2);
-  # define both spellings. A _v2 that already exists on its own is skipped.
-  grep -ohE '^#define (cu[A-Za-z0-9_]+) +(cu[A-Za-z0-9_]+)\b' "$new/include/cuda.h" |
-    awk '{ print $3 }' | sort -u | while read -r sym; do
-      grep -q "^int $sym(" "$tmp/libcuda_stub.c" || echo "int $sym(void) { return 34; }"
-    done >>"$tmp/libcuda_stub.c"
+  # The declarations' names, and the versioned symbols cuda.h maps them to
+  # (#define cuMemAlloc cuMemAlloc_v2): both spellings are defined.
+  {
+    grep -ohE '\bCUresult CUDAAPI cu[A-Za-z0-9_]+\(' "$new/include/cuda.h" | sed -E 's/.* (cu[A-Za-z0-9_]+)\(/\1/'
+    grep -ohE '^#define cu[A-Za-z0-9_]+ +cu[A-Za-z0-9_]+\b' "$new/include/cuda.h" | awk '{ print $3 }'
+  } | sort -u | awk '{ printf "int %s(void) { return 34; }\n", $1 }' >"$tmp/libcuda_stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$new/lib/stubs/libcuda.so" "$tmp/libcuda_stub.c"
 }
 make_libcuda_stub
