@@ -34,8 +34,9 @@ if [ -n "${CARGO_BUILD_JOBS:-}" ]; then
   export CUDAFORGE_THREADS=${CUDAFORGE_THREADS:-$CARGO_BUILD_JOBS}
 fi
 out=${BACKHAUL_CUDA_CHECK_OUT:-$repo_root/docs/cuda-check.json}
-record=$(mktemp)
-trap 'rm -f "$record"' EXIT
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+record=$work/record
 
 # timed NAME CMD...: step, plus a line in the record.
 timed() {
@@ -47,13 +48,20 @@ timed() {
   return $rc
 }
 
+# What the record says about the start: the commit checked, whether cargo's
+# target directory and the toolkit were there already.
+commit=$(git rev-parse --short HEAD)
+clean=true
+[ -z "$(git status --porcelain --untracked-files=no)" ] || clean=false
 cold=false
 [ -d "$CARGO_TARGET_DIR/debug" ] || cold=true
+toolkit_cached=false
+[ -f "$BACKHAUL_CACHE/cuda/toolkit-$(sha256sum scripts/cuda-wheels.txt | cut -c1-12)/.complete" ] && toolkit_cached=true
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date +%s)
 
-toolkit() { cuda_root=$(scripts/cuda-toolkit.sh); }
-timed "CUDA toolkit from PyPI (scripts/cuda-wheels.txt)" toolkit
+timed "CUDA toolkit from PyPI (scripts/cuda-wheels.txt)" scripts/cuda-toolkit.sh >"$work/root"
+cuda_root=$(cat "$work/root")
 # Where each tool looks: nvcc on PATH (cudaforge, mistralrs-quant's and
 # cudarc's version probes), CUDA_HOME/CUDA_PATH/CUDA_ROOT for headers and
 # libraries (cudarc, cudaforge), LIBRARY_PATH for a linker.
@@ -80,10 +88,11 @@ pins = [l.split()[0] for l in open("scripts/cuda-wheels.txt") if l[:1].isalpha()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
 record = {
     "date": run("date", "-u", "+%Y-%m-%dT%H:%M:%SZ"),
-    "commit": run("git", "rev-parse", "--short", "HEAD"),
-    "worktree_clean": run("git", "status", "--porcelain", "--untracked-files=no") == "",
+    "commit": "$commit",
+    "worktree_clean": "$clean" == "true",
     "command": "make check-cuda",
     "cold": "$cold" == "true",
+    "toolkit_was_cached": "$toolkit_cached" == "true",
     "machine": f"{run('nproc')} x {cpu}, {platform.system()} {platform.release()}",
     "load_average_before": "$load_before",
     "load_average_after": " ".join(open("/proc/loadavg").read().split()[:3]),
