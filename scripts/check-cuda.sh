@@ -56,7 +56,7 @@ clean=true
 cold=false
 [ -d "$CARGO_TARGET_DIR/debug" ] || cold=true
 toolkit_cached=false
-[ -f "$BACKHAUL_CACHE/cuda/toolkit-$(sha256sum scripts/cuda-wheels.txt | cut -c1-12)/.complete" ] && toolkit_cached=true
+compgen -G "$BACKHAUL_CACHE/cuda/toolkit-$(sha256sum scripts/cuda-wheels.txt | cut -c1-12)-*/.complete" >/dev/null && toolkit_cached=true
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date +%s)
 

@@ -6,8 +6,9 @@
 # artifacts. Needs python3 with pip, unzip and flock; no GPU, no driver.
 #
 #   scripts/cuda-toolkit.sh           into $BACKHAUL_CACHE/cuda/toolkit-<hash of
-#                                     cuda-wheels.txt>, shared by every
-#                                     clone; a complete one is reused as it is
+#                                     cuda-wheels.txt>-<layout>, shared by
+#                                     every clone; a complete one is reused
+#                                     as it is
 #   scripts/cuda-toolkit.sh DIR       into DIR (the Dockerfile's /opt/cuda)
 #
 # The layout: the wheels' nvidia/cu13 tree (bin/nvcc, nvvm/bin/cicc,
@@ -22,9 +23,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 pins=$here/cuda-wheels.txt
-# The directory is named by the pins: a change to the layout made below must
-# come with a change to cuda-wheels.txt (its comment will do).
-stamp=$(sha256sum "$pins" | cut -c1-12)
+# The directory is named by the pins and the layout's version: bump layout
+# with any change to what this script makes.
+layout=2
+stamp=$(sha256sum "$pins" | cut -c1-12)-$layout
 cache=${BACKHAUL_CACHE:-$HOME/.cache/backhaul}/cuda
 root=${1:-$cache/toolkit-$stamp}
 
@@ -69,18 +71,22 @@ done
 chmod -R a+rX "$new"
 
 # make_libcuda_stub: a shared library named libcuda.so.1 that defines every
-# driver API function (cu*) the toolkit's headers declare, each returning
-# CUDA_ERROR_STUB_LIBRARY (34) as NVIDIA's own stub does. It exists only so
-# `cargo build` can link (cudarc links libcuda with `dynamic-linking`); the
-# binary records libcuda.so.1, which the NVIDIA container runtime mounts from
-# the host's driver. Never shipped in an image.
+# driver API function (cu*) cuda.h declares, under each name it can take (the
+# versioned cuMemAlloc_v2, the legacy cuMemAlloc, the per-thread-stream
+# _ptds/_ptsz ones), plus the profiler's three (cudaProfiler.h is not in the
+# wheels), each returning CUDA_ERROR_STUB_LIBRARY (34) as NVIDIA's own stub
+# does. It exists only so that a binary links (cudarc links libcuda with
+# `dynamic-linking`): the binary records libcuda.so.1, which the NVIDIA
+# container runtime mounts from the host's driver. Never shipped in an image.
 make_libcuda_stub() {
+  local defs
   mkdir -p "$new/lib/stubs"
-  # The declarations' names, and the versioned symbols cuda.h maps them to
-  # (#define cuMemAlloc cuMemAlloc_v2): both spellings are defined.
   {
-    grep -ohE '\bCUresult CUDAAPI cu[A-Za-z0-9_]+\(' "$new/include/cuda.h" | sed -E 's/.* (cu[A-Za-z0-9_]+)\(/\1/'
-    grep -ohE '^#define cu[A-Za-z0-9_]+ +cu[A-Za-z0-9_]+\b' "$new/include/cuda.h" | awk '{ print $3 }'
+    for defs in -U__CUDA_API_VERSION_INTERNAL -D__CUDA_API_VERSION_INTERNAL -DCUDA_API_PER_THREAD_DEFAULT_STREAM; do
+      echo '#include <cuda.h>' | cc -E -P "$defs" -I "$new/include" -x c - | tr '\n' ' ' |
+        grep -oE 'CUresult +cu[A-Za-z0-9_]+ *\(' | grep -oE 'cu[A-Za-z0-9_]+'
+    done
+    printf '%s\n' cuProfilerInitialize cuProfilerStart cuProfilerStop
   } | sort -u | awk '{ printf "int %s(void) { return 34; }\n", $1 }' >"$tmp/libcuda_stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$new/lib/stubs/libcuda.so" "$tmp/libcuda_stub.c"
 }
