@@ -12,7 +12,7 @@ export PATH := $(BACKHAUL_CACHE)/bin:$(PATH)
 
 CARGO ?= cargo
 
-.PHONY: help tools model cluster-up cluster-down test e2e soak demo demo-down bench lint fmt generate worker-deps images
+.PHONY: help tools model cluster-up cluster-down test e2e soak demo demo-down bench lint fmt generate worker-deps images check-cuda
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ generate: ## Regenerate every committed generated file
 
 worker-deps: ## Install the Worker's npm packages (pinned) and its Node toolchain
 	scripts/worker-deps.sh
+
+check-cuda: ## Compile backhaul-inference with --features cuda and cuda,nccl, no GPU (CUDA from PyPI, cached); writes docs/cuda-check.json
+	scripts/check-cuda.sh
 
 images: ## Build the operator and inference images from the workspace's build (IMAGES_ARGS: --load, --binaries=source, --push)
 	scripts/images.sh $(IMAGES_ARGS)

@@ -13,7 +13,8 @@
 #                       image is skipped (the workspace is not built with
 #                       --features cuda).
 #   source              each Dockerfile compiles its binary with --release
-#                       (needs the Rust and CUDA base images).
+#                       (needs the Rust base image; the CUDA image
+#                       fetches its toolkit from PyPI, scripts/cuda-wheels.txt).
 #
 # The engine: the one DOCKER_HOST reaches, or Debian's dockerd started for
 # this run (scripts/docker-engine.sh) and stopped at the end. Base images
