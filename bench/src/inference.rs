@@ -104,6 +104,12 @@ pub struct Args {
     /// Process id of `mistralrs serve`, likewise.
     #[arg(long)]
     serve_pid: Option<u32>,
+    /// Most sequences the in-process engine batches together (it also
+    /// sizes the automatic device map); give the servers the same
+    /// (`backhaul-inference --max-num-seqs`, `mistralrs serve --max-seqs`).
+    /// Requests beyond it wait in the engine's queue.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_num_seqs: u32,
 }
 
 /// Names the results already use for the built-in targets.
@@ -270,7 +276,14 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         eprintln!("[bench] loading {} in-process", args.model.display());
         targets.push((
             IN_PROCESS.into(),
-            Arc::new(Target::in_process(&args.model, args.device == "cpu").await?),
+            Arc::new(
+                Target::in_process(
+                    &args.model,
+                    args.device == "cpu",
+                    args.max_num_seqs as usize,
+                )
+                .await?,
+            ),
         ));
         accounts.insert(
             IN_PROCESS.into(),
@@ -520,6 +533,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             "concurrency": args.concurrency,
             "requests_per_batch": args.concurrency.iter().map(|c| (args.requests_factor * c).max(args.min_requests)).collect::<Vec<_>>(),
             "rounds": args.rounds,
+            "in_process_max_num_seqs": args.max_num_seqs,
         },
         "targets": results,
         "ratio_vs_inprocess": vs_in,
@@ -556,5 +570,18 @@ mod tests {
         assert!(parse_peer("llama_cpp=127.0.0.1:8080").is_err());
         assert_eq!(parse_peer_pid("llama_cpp=42"), Ok(("llama_cpp".into(), 42)));
         assert!(parse_peer_pid("llama_cpp=x").is_err());
+    }
+
+    #[test]
+    fn the_in_process_engine_batches_32_sequences_unless_told() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from(["backhaul-bench", "--model", "m.gguf"].iter().chain(extra))
+        };
+        assert_eq!(parse(&[]).unwrap().max_num_seqs, 32);
+        let args = parse(&["--max-num-seqs", "128", "--concurrency", "1,8,32,128"]).unwrap();
+        assert_eq!(args.max_num_seqs, 128);
+        assert_eq!(args.concurrency, [1, 8, 32, 128]);
+        assert!(parse(&["--max-num-seqs", "0"]).is_err());
     }
 }
