@@ -197,9 +197,10 @@ def markdown(doc):
     L += ["Command:", "", "```sh", run.get("command", "?"), "```", ""]
     L += [f"Settings: concurrency {run.get('concurrency')}, {run.get('max_tokens')} tokens per answer (greedy), "
           f"{run.get('rounds')} round(s), a batch of max(c, {run.get('min_requests')}) requests per target, level "
-          f"and round; every engine batches up to {run.get('max_seqs')} sequences "
-          "(`backhaul-inference --max-num-seqs/--max-in-flight/--max-queue`, `mistralrs serve --max-seqs`, "
-          "the in-process engine's `--max-num-seqs`); no PagedAttention on any of them.", ""]
+          f"and round; every engine batches up to {run.get('max_seqs')} sequences and plans its device map for "
+          f"that many of {run.get('max_seq_len')} tokens (`backhaul-inference --max-num-seqs/--max-in-flight/"
+          "--max-queue/--max-seq-len`, `mistralrs serve --max-seqs/--max-batch-size/--max-seq-len`, backhaul-bench's "
+          "`--max-num-seqs/--max-seq-len` for the in-process engine); no PagedAttention on any of them.", ""]
     for m in doc["models"]:
         info = m["model"] or {}
         L += [f"## {m['shape']}", ""]

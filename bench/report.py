@@ -958,6 +958,23 @@ def gpu_section():
           "written there from SmolLM2's GGUF header with random weights in the real layout (`bench/gguf.py`: a "
           "decode step reads and computes what the trained model's does; the text is noise).", "",
           "```sh", *GPU_COMMANDS, "```", ""]
+    if not measured:
+        L += ["Before its first GPU run:", "",
+              "- The CUDA binaries are not built yet. `pack` needs the CUDA 13 toolkit here (the GPU machine's driver "
+              "is CUDA 13.0 and its libraries are CUDA 13's, which the binaries link by soname): nvcc, the headers, "
+              "cuBLAS/cuBLASLt, cuRAND, NVRTC, the runtime and a `libcuda.so` stub to link against; then two "
+              "mistral.rs builds with CUDA (Backhaul's workspace, release, and `cargo install mistralrs-cli`), "
+              "sharing one target directory.",
+              "- The bundle must fit the 64 MiB a call carries with the working tree (about 4 MiB): the CPU bundle "
+              "is 17 MiB for backhaul-inference and backhaul-bench (126 MB stripped; the archive stores mistral.rs "
+              "once). CUDA builds add the kernels, also stored once; `pack` says the size and refuses a bundle "
+              "that does not fit.",
+              "- Time on an H200, warm (nothing built there): about 5 to 6 minutes of the 8 allowed, estimated, not "
+              "measured: unpacking and the copy-bandwidth check under 30 s; SmolLM2 about 1.5 min (three loads, "
+              "warm-ups, 4 levels × 3 targets × 2 rounds of at most 128 requests of 128 tokens); the 8B-shaped "
+              "model about 3.5 min (writing its 4.5 GiB, three loads, the same levels at about 100 tokens/s per "
+              "sequence). The script keeps a 450 s budget: the 8B model starts only with 240 s left, and a "
+              "benchmark still running at the end is cut off and reported as not measured.", ""]
     return L
 
 

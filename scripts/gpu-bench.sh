@@ -44,6 +44,10 @@
 #   GPU_BENCH_ROUNDS       2 / 1
 #   GPU_BENCH_MIN_REQUESTS 4 / 2           a batch is max(c, this) requests
 #   GPU_BENCH_MAX_SEQS     the largest concurrency / 32: every engine's batch limit
+#   GPU_BENCH_MAX_SEQ_LEN  1024 / 4096     the context every engine's automatic device map
+#                                          plans for, with GPU_BENCH_MAX_SEQS sequences
+#                                          (mistral.rs's default, 4096, plans 69 GB of KV
+#                                          cache for the 8B model at 128 sequences)
 #   GPU_BENCH_GRPC         0               1: Backhaul's gRPC surface too
 #   GPU_BENCH_BUDGET_S     450 / 1200      the whole run's wall-time budget: a model
 #                                          after the first starts only with
@@ -238,9 +242,10 @@ run() {
     : "${GPU_BENCH_ROUNDS:=1}" "${GPU_BENCH_MIN_REQUESTS:=2}" "${GPU_BENCH_BUDGET_S:=1200}" "${GPU_BENCH_MODEL_MIN_S:=60}"
     name=gpu-bench-cpu-dryrun
   fi
-  local max_c seqs
+  local max_c seqs seq_len
   max_c=$(tr ',' '\n' <<<"$GPU_BENCH_CONCURRENCY" | sort -n | tail -n 1)
   seqs=${GPU_BENCH_MAX_SEQS:-$([ "$device" = cuda ] && echo "$max_c" || echo 32)}
+  seq_len=${GPU_BENCH_MAX_SEQ_LEN:-$([ "$device" = cuda ] && echo 1024 || echo 4096)}
   budget=$GPU_BENCH_BUDGET_S
   model_min=$GPU_BENCH_MODEL_MIN_S
   out=${OUT:-$repo_root/docs/benchmarks}
@@ -297,11 +302,14 @@ run() {
   local serve_flags=()
   if [ -n "$serve_bin" ]; then
     # mistralrs-cli's flags for the settings every engine here shares: the
-    # batch limit, and PagedAttention off (it is on by default on CUDA and
-    # would take 90% of the GPU's memory for its cache).
+    # batch limit, the device map's plan (its batch defaults to 1), and
+    # PagedAttention off (it is on by default on CUDA and would take 90% of
+    # the GPU's memory for its cache).
     local help
     help=$("$serve_bin" serve --help 2>&1 || true)
     if grep -q -- '--max-seqs' <<<"$help"; then serve_flags+=(--max-seqs "$seqs"); fi
+    if grep -q -- '--max-seq-len' <<<"$help"; then serve_flags+=(--max-seq-len "$seq_len"); fi
+    if grep -q -- '--max-batch-size' <<<"$help"; then serve_flags+=(--max-batch-size "$seqs"); fi
     if grep -q -- '--paged-attn <' <<<"$help"; then
       serve_flags+=(--paged-attn off)
     elif grep -q -- '--no-paged-attn' <<<"$help"; then
@@ -314,7 +322,7 @@ run() {
 
   local cmd="GPU_BENCH_DEVICE=$device GPU_BENCH_MODELS=$GPU_BENCH_MODELS GPU_BENCH_CONCURRENCY=$GPU_BENCH_CONCURRENCY"
   cmd+=" GPU_BENCH_MAX_TOKENS=$GPU_BENCH_MAX_TOKENS GPU_BENCH_ROUNDS=$GPU_BENCH_ROUNDS GPU_BENCH_MIN_REQUESTS=$GPU_BENCH_MIN_REQUESTS"
-  cmd+=" GPU_BENCH_MAX_SEQS=$seqs scripts/gpu-bench.sh run   # after: GPU_BENCH_DEVICE=$device scripts/gpu-bench.sh pack"
+  cmd+=" GPU_BENCH_MAX_SEQS=$seqs GPU_BENCH_MAX_SEQ_LEN=$seq_len scripts/gpu-bench.sh run   # after: GPU_BENCH_DEVICE=$device scripts/gpu-bench.sh pack"
 
   # 4. Each model: synthesize it, start both servers, measure, stop them.
   local shape order=0 IFS_=$IFS
@@ -353,13 +361,13 @@ run() {
   cpu_model=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
   python3 - "$run_dir/run.json" "$cmd" "$device" "$started" "$((SECONDS - t0))" "$GPU_BENCH_CONCURRENCY" \
     "$GPU_BENCH_MAX_TOKENS" "$GPU_BENCH_ROUNDS" "$GPU_BENCH_MIN_REQUESTS" "$seqs" "$(nproc) x $cpu_model" \
-    "$load_before" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'EOF'
+    "$load_before" "$(cut -d' ' -f1-3 /proc/loadavg)" "$seq_len" <<'EOF'
 import datetime, json, sys
-out, cmd, device, started, seconds, conc, max_tokens, rounds, min_req, seqs, cpu, load_before, load_after = sys.argv[1:]
+out, cmd, device, started, seconds, conc, max_tokens, rounds, min_req, seqs, cpu, load_before, load_after, seq_len = sys.argv[1:]
 json.dump({"command": cmd, "device": device, "started": started,
            "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "seconds": int(seconds), "concurrency": [int(c) for c in conc.split(",")], "max_tokens": int(max_tokens),
-           "rounds": int(rounds), "min_requests": int(min_req), "max_seqs": int(seqs), "cpu": cpu,
+           "rounds": int(rounds), "min_requests": int(min_req), "max_seqs": int(seqs), "max_seq_len": int(seq_len), "cpu": cpu,
            "loadavg_before": load_before.split(), "loadavg_after": load_after.split()}, open(out, "w"), indent=2)
 EOF
   python3 bench/gpu_report.py "$run_dir" "$out" "$name"
@@ -370,12 +378,12 @@ EOF
 }
 
 # One model's servers and benchmark (run's locals: shape, gguf, d, logs,
-# bin, serve_bin, serve_flags, seqs, t0, budget).
+# bin, serve_bin, serve_flags, seqs, seq_len, t0, budget).
 bench_model() {
   local grpc_port http_port metrics_port serve_port inf_pid serve_pid= serve_model
   grpc_port=$(free_port) http_port=$(free_port) metrics_port=$(free_port)
   local inf_args=(--model "$gguf" --served-name smollm2 --device "$device" --allow-unauthenticated
-    --max-num-seqs "$seqs" --max-in-flight "$seqs" --max-queue "$seqs"
+    --max-num-seqs "$seqs" --max-in-flight "$seqs" --max-queue "$seqs" --max-seq-len "$seq_len"
     --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" --metrics-addr "127.0.0.1:$metrics_port")
   "$bin/backhaul-inference" "${inf_args[@]}" >"$logs/$shape-backhaul-inference.log" 2>&1 &
   inf_pid=$!
@@ -395,11 +403,20 @@ bench_model() {
   wait_up "http://127.0.0.1:$http_port/ready" "$inf_pid" 600 "$logs/$shape-backhaul-inference.log" ||
     { echo "backhaul-inference did not come up (log: $shape-backhaul-inference.log)" >"$d/error.txt"; return 1; }
   local bench_args=(--model "$gguf" --device "$device")
-  # A backhaul-bench from before --max-num-seqs batches 32 in-process.
-  if grep -q -- '--max-num-seqs' <<<"$("$bin/backhaul-bench" --help)"; then
+  # A backhaul-bench from before --max-num-seqs and --max-seq-len plans
+  # 32 sequences of 4096 tokens in-process.
+  local bench_help
+  bench_help=$("$bin/backhaul-bench" --help)
+  if grep -q -- '--max-num-seqs' <<<"$bench_help"; then
     bench_args+=(--max-num-seqs "$seqs")
   elif [ "$seqs" != 32 ]; then
     echo "this backhaul-bench has no --max-num-seqs (it batches 32 in-process, not $seqs): pack a newer one" >"$d/error.txt"
+    return 1
+  fi
+  if grep -q -- '--max-seq-len' <<<"$bench_help"; then
+    bench_args+=(--max-seq-len "$seq_len")
+  elif [ "$seq_len" != 4096 ]; then
+    echo "this backhaul-bench has no --max-seq-len (it plans 4096 tokens in-process, not $seq_len): pack a newer one" >"$d/error.txt"
     return 1
   fi
   bench_args+=(--http "http://127.0.0.1:$http_port" --http-model smollm2 --backhaul-pid "$inf_pid"

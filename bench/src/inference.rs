@@ -110,6 +110,13 @@ pub struct Args {
     /// Requests beyond it wait in the engine's queue.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     max_num_seqs: u32,
+    /// Context the in-process engine's automatic device map plans for,
+    /// with --max-num-seqs sequences (mistral.rs's default: 4096); give the
+    /// servers the same (`backhaul-inference --max-seq-len`, `mistralrs
+    /// serve --max-seq-len`). At 128 sequences the default plans a KV cache
+    /// larger than an 80 GB GPU for an 8B model and maps layers to the CPU.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_seq_len: u32,
 }
 
 /// Names the results already use for the built-in targets.
@@ -281,6 +288,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
                     &args.model,
                     args.device == "cpu",
                     args.max_num_seqs as usize,
+                    args.max_seq_len as usize,
                 )
                 .await?,
             ),
@@ -534,6 +542,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             "requests_per_batch": args.concurrency.iter().map(|c| (args.requests_factor * c).max(args.min_requests)).collect::<Vec<_>>(),
             "rounds": args.rounds,
             "in_process_max_num_seqs": args.max_num_seqs,
+            "in_process_max_seq_len": args.max_seq_len,
         },
         "targets": results,
         "ratio_vs_inprocess": vs_in,
@@ -573,15 +582,25 @@ mod tests {
     }
 
     #[test]
-    fn the_in_process_engine_batches_32_sequences_unless_told() {
+    fn the_in_process_engine_plans_32_sequences_of_4096_tokens_unless_told() {
         use clap::Parser;
         let parse = |extra: &[&str]| {
             Args::try_parse_from(["backhaul-bench", "--model", "m.gguf"].iter().chain(extra))
         };
-        assert_eq!(parse(&[]).unwrap().max_num_seqs, 32);
-        let args = parse(&["--max-num-seqs", "128", "--concurrency", "1,8,32,128"]).unwrap();
-        assert_eq!(args.max_num_seqs, 128);
+        let args = parse(&[]).unwrap();
+        assert_eq!((args.max_num_seqs, args.max_seq_len), (32, 4096));
+        let args = parse(&[
+            "--max-num-seqs",
+            "128",
+            "--max-seq-len",
+            "1024",
+            "--concurrency",
+            "1,8,32,128",
+        ])
+        .unwrap();
+        assert_eq!((args.max_num_seqs, args.max_seq_len), (128, 1024));
         assert_eq!(args.concurrency, [1, 8, 32, 128]);
         assert!(parse(&["--max-num-seqs", "0"]).is_err());
+        assert!(parse(&["--max-seq-len", "0"]).is_err());
     }
 }
