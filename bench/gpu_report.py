@@ -185,7 +185,9 @@ def markdown(doc):
     bundle = doc["bundle"] or {}
     L += [f"Run {run.get('started', '?')} to {run.get('finished', '?')} ({fmt(run.get('seconds'), 0)} s); "
           f"binaries packed {bundle.get('packed', '?')} at commit `{bundle.get('commit', '?')}`"
-          + (" with uncommitted changes" if bundle.get("dirty") else "") + ".", ""]
+          + (" with uncommitted changes" if bundle.get("dirty") else "")
+          + (f"; this script at `{run['commit']}`" + (" with uncommitted changes" if run.get("dirty") else "")
+             if run.get("commit") else "") + ".", ""]
     if gpu:
         L += [f"GPU: **{gpu.get('name')}**, {gpu.get('memory.total')} MiB, driver {gpu.get('driver_version')}; "
               f"HBM bandwidth {fmt(doc['hbm_tb_per_s'], 2)} TB/s (datasheet)"
@@ -215,6 +217,9 @@ def markdown(doc):
         b = m["bench"]
         if not b:
             continue
+        if "in_process_max_num_seqs" not in b.get("config", {}):
+            L += ["This backhaul-bench predates `--max-num-seqs`/`--max-seq-len`: its in-process engine planned its "
+                  "built-in 32 sequences of 4096 tokens.", ""]
         L += ["| target | c | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | requests | tokens |",
               "|---|---|---|---|---|---|---|"]
         for target, levels in ordered(b["targets"]):
@@ -250,7 +255,7 @@ def markdown(doc):
                          f"{pct(r.get('decode_fraction_of_hbm'))} |")
             L += [""]
         if m.get("servers"):
-            L += ["Servers:", "", "```sh", *m["servers"].values(), "```", ""]
+            L += ["Commands (ports chosen free at run time):", "", "```sh", *m["servers"].values(), "```", ""]
     skipped = (doc["bundle"] or {}).get("missing") or []
     if skipped:
         L += ["Left out: " + "; ".join(skipped) + ".", ""]

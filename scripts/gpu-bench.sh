@@ -362,12 +362,16 @@ run() {
   python3 - "$run_dir/run.json" "$cmd" "$device" "$started" "$((SECONDS - t0))" "$GPU_BENCH_CONCURRENCY" \
     "$GPU_BENCH_MAX_TOKENS" "$GPU_BENCH_ROUNDS" "$GPU_BENCH_MIN_REQUESTS" "$seqs" "$(nproc) x $cpu_model" \
     "$load_before" "$(cut -d' ' -f1-3 /proc/loadavg)" "$seq_len" <<'EOF'
-import datetime, json, sys
+import datetime, json, subprocess, sys
 out, cmd, device, started, seconds, conc, max_tokens, rounds, min_req, seqs, cpu, load_before, load_after, seq_len = sys.argv[1:]
+# The script's own commit, where the tree has its .git (not on the device machine).
+git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
+commit = git("rev-parse", "--short", "HEAD") or None
+dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
 json.dump({"command": cmd, "device": device, "started": started,
            "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "seconds": int(seconds), "concurrency": [int(c) for c in conc.split(",")], "max_tokens": int(max_tokens),
-           "rounds": int(rounds), "min_requests": int(min_req), "max_seqs": int(seqs), "max_seq_len": int(seq_len), "cpu": cpu,
+           "rounds": int(rounds), "min_requests": int(min_req), "max_seqs": int(seqs), "max_seq_len": int(seq_len), "cpu": cpu, "commit": commit, "dirty": dirty,
            "loadavg_before": load_before.split(), "loadavg_after": load_after.split()}, open(out, "w"), indent=2)
 EOF
   python3 bench/gpu_report.py "$run_dir" "$out" "$name"
@@ -398,8 +402,6 @@ bench_model() {
     pids+=("$serve_pid")
     servers+=("mistralrs ${serve_args[*]}")
   fi
-  python3 -c 'import json, sys; print(json.dumps(dict(zip(["backhaul_inference", "mistralrs_serve"], sys.argv[1:])), indent=2))' \
-    "${servers[@]}" >"$d/servers.json"
   wait_up "http://127.0.0.1:$http_port/ready" "$inf_pid" 600 "$logs/$shape-backhaul-inference.log" ||
     { echo "backhaul-inference did not come up (log: $shape-backhaul-inference.log)" >"$d/error.txt"; return 1; }
   local bench_args=(--model "$gguf" --device "$device")
@@ -435,6 +437,8 @@ bench_model() {
     echo "not measured: the run's ${budget} s budget was spent before the benchmark could start" >"$d/error.txt"
     return 1
   fi
+  python3 -c 'import json, sys; print(json.dumps(dict(zip(["backhaul_bench", "backhaul_inference", "mistralrs_serve"], sys.argv[1:])), indent=2))' \
+    "backhaul-bench ${bench_args[*]}" "${servers[@]}" >"$d/servers.json"
   echo "gpu-bench: $shape: backhaul-bench ${bench_args[*]} (cut off after $left s)" >&2
   local rc=0
   timeout --signal=TERM "$left" "$bin/backhaul-bench" "${bench_args[@]}" >"$d/bench.json.tmp" 2> >(tee "$logs/$shape-bench.log" >&2) || rc=$?
