@@ -12,7 +12,7 @@ export PATH := $(BACKHAUL_CACHE)/bin:$(PATH)
 
 CARGO ?= cargo
 
-.PHONY: help tools model cluster-up cluster-down test e2e soak demo demo-down bench lint fmt generate worker-deps images check-cuda
+.PHONY: help tools model cluster-up cluster-down test e2e soak demo demo-down bench gpu-bench-pack gpu-bench lint fmt generate worker-deps images check-cuda
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,12 @@ demo-down: ## Stop everything make demo started
 
 bench: tools model worker-deps ## Benchmarks; writes docs/benchmarks/
 	scripts/bench.sh
+
+gpu-bench-pack: model ## Bundle the GPU benchmark's binaries and model header into .gpu-bench/ (GPU_BENCH_DEVICE=cuda|cpu)
+	scripts/gpu-bench.sh pack
+
+gpu-bench: ## The GPU benchmark from .gpu-bench/ (on the GPU machine; GPU_BENCH_DEVICE=cpu: its CPU dry run); writes the device's OUT folder or docs/benchmarks/
+	scripts/gpu-bench.sh run
 
 lint: worker-deps ## rustfmt, clippy -D warnings, Worker type check, OpenAI field audit drift
 	$(CARGO) fmt --all -- --check

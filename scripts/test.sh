@@ -58,6 +58,8 @@ step "soak, short (Worker, two regions, load and faults)" scripts/soak.sh --shor
 step "edge (Worker in front of a real region)" env BACKHAUL_E2E_LOGS="$BACKHAUL_CACHE/edge/logs" \
   cargo test --workspace --locked --test edge || failed+=(edge)
 step "helm chart" charts/test-chart.sh || failed+=(chart)
+# The GPU benchmark's model writer and report (bench/gguf.py, bench/gpu_report.py).
+step "bench python tests" python3 -m unittest discover -s bench -p 'test_*.py' || failed+=(bench-python)
 step "worker tests (workerd)" bash -c 'source scripts/node-env.sh && cd worker && npm test' || failed+=(worker)
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -104,6 +104,19 @@ pub struct Args {
     /// Process id of `mistralrs serve`, likewise.
     #[arg(long)]
     serve_pid: Option<u32>,
+    /// Most sequences the in-process engine batches together (it also
+    /// sizes the automatic device map); give the servers the same
+    /// (`backhaul-inference --max-num-seqs`, `mistralrs serve --max-seqs`).
+    /// Requests beyond it wait in the engine's queue.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_num_seqs: u32,
+    /// Context the in-process engine's automatic device map plans for,
+    /// with --max-num-seqs sequences (mistral.rs's default: 4096); give the
+    /// servers the same (`backhaul-inference --max-seq-len`, `mistralrs
+    /// serve --max-seq-len`). At 128 sequences the default plans a KV cache
+    /// larger than an 80 GB GPU for an 8B model and maps layers to the CPU.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_seq_len: u32,
 }
 
 /// Names the results already use for the built-in targets.
@@ -270,7 +283,15 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         eprintln!("[bench] loading {} in-process", args.model.display());
         targets.push((
             IN_PROCESS.into(),
-            Arc::new(Target::in_process(&args.model, args.device == "cpu").await?),
+            Arc::new(
+                Target::in_process(
+                    &args.model,
+                    args.device == "cpu",
+                    args.max_num_seqs as usize,
+                    args.max_seq_len as usize,
+                )
+                .await?,
+            ),
         ));
         accounts.insert(
             IN_PROCESS.into(),
@@ -520,6 +541,8 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             "concurrency": args.concurrency,
             "requests_per_batch": args.concurrency.iter().map(|c| (args.requests_factor * c).max(args.min_requests)).collect::<Vec<_>>(),
             "rounds": args.rounds,
+            "in_process_max_num_seqs": args.max_num_seqs,
+            "in_process_max_seq_len": args.max_seq_len,
         },
         "targets": results,
         "ratio_vs_inprocess": vs_in,
@@ -556,5 +579,28 @@ mod tests {
         assert!(parse_peer("llama_cpp=127.0.0.1:8080").is_err());
         assert_eq!(parse_peer_pid("llama_cpp=42"), Ok(("llama_cpp".into(), 42)));
         assert!(parse_peer_pid("llama_cpp=x").is_err());
+    }
+
+    #[test]
+    fn the_in_process_engine_plans_32_sequences_of_4096_tokens_unless_told() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from(["backhaul-bench", "--model", "m.gguf"].iter().chain(extra))
+        };
+        let args = parse(&[]).unwrap();
+        assert_eq!((args.max_num_seqs, args.max_seq_len), (32, 4096));
+        let args = parse(&[
+            "--max-num-seqs",
+            "128",
+            "--max-seq-len",
+            "1024",
+            "--concurrency",
+            "1,8,32,128",
+        ])
+        .unwrap();
+        assert_eq!((args.max_num_seqs, args.max_seq_len), (128, 1024));
+        assert_eq!(args.concurrency, [1, 8, 32, 128]);
+        assert!(parse(&["--max-num-seqs", "0"]).is_err());
+        assert!(parse(&["--max-seq-len", "0"]).is_err());
     }
 }

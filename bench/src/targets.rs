@@ -110,9 +110,16 @@ pub enum Target {
 
 impl Target {
     /// Loads the GGUF file with the settings `backhaul-inference` uses: no
-    /// Hub token, 32 sequences, automatic device map for the default
-    /// context; on the CPU when `cpu` (`--device cpu`), else the best device.
-    pub async fn in_process(gguf: &Path, cpu: bool) -> anyhow::Result<Self> {
+    /// Hub token, `max_num_seqs` sequences (its `--max-num-seqs`, 32 by
+    /// default), automatic device map for `max_seq_len` tokens (its
+    /// `--max-seq-len`, by default mistral.rs's 4096) and that batch; on the
+    /// CPU when `cpu` (`--device cpu`), else the best device.
+    pub async fn in_process(
+        gguf: &Path,
+        cpu: bool,
+        max_num_seqs: usize,
+        max_seq_len: usize,
+    ) -> anyhow::Result<Self> {
         let dir = gguf.parent().context("model path has no directory")?;
         let file = gguf
             .file_name()
@@ -121,10 +128,10 @@ impl Target {
             .to_string();
         let mut builder = GgufModelBuilder::new(dir.to_string_lossy(), vec![file])
             .with_token_source(TokenSource::None)
-            .with_max_num_seqs(32)
+            .with_max_num_seqs(max_num_seqs)
             .with_device_mapping(DeviceMapSetting::Auto(AutoDeviceMapParams::Text {
-                max_seq_len: AutoDeviceMapParams::DEFAULT_MAX_SEQ_LEN,
-                max_batch_size: 32,
+                max_seq_len,
+                max_batch_size: max_num_seqs,
             }));
         if cpu {
             builder = builder.with_force_cpu();
