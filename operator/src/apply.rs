@@ -217,30 +217,47 @@ impl AppliedRegion {
     }
 }
 
-/// Applies one region's Deployment, Service and PodDisruptionBudget where
-/// they changed, each unless an object `v` does not control holds its name
-/// (the others are still applied).
+/// What to do with a region's Deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentPlan<'a> {
+    /// Apply the spec's Deployment, loading from the weight cache claim
+    /// named, if any.
+    Apply(Option<&'a str>),
+    /// Leave the Deployment as it is, or absent, while the weight cache it
+    /// is to load from fills.
+    Hold,
+}
+
+/// Applies one region's Deployment (as `plan` says), Service and
+/// PodDisruptionBudget where they changed, each unless an object `v` does
+/// not control holds its name (the others are still applied).
 pub async fn apply_region(
     client: &Client,
     cache: &ChildCache,
     v: &ValidatedModelDeployment,
     region: &RegionSpec,
+    plan: DeploymentPlan<'_>,
 ) -> Result<AppliedRegion, ApplyError> {
     let mut conflicts = Vec::new();
-    let desired = build::deployment(v, region);
-    let name = desired.name_any();
-    let deployment = match ensure(client, cache, &v.namespace, &v.owner, desired.clone()).await? {
-        Ensured::Answered(applied) => Some(applied),
-        Ensured::Cached => Some(
-            cache
-                .deployment(&v.namespace, &name)
-                .map(|d| (*d).clone())
-                .unwrap_or(desired),
-        ),
-        Ensured::Foreign(conflict) => {
-            conflicts.push(conflict);
-            None
+    let deployment = match plan {
+        DeploymentPlan::Apply(weights) => {
+            let desired = build::deployment(v, region, weights);
+            let name = desired.name_any();
+            match ensure(client, cache, &v.namespace, &v.owner, desired.clone()).await? {
+                Ensured::Answered(applied) => Some(applied),
+                Ensured::Cached => Some(
+                    cache
+                        .deployment(&v.namespace, &name)
+                        .map(|d| (*d).clone())
+                        .unwrap_or(desired),
+                ),
+                Ensured::Foreign(conflict) => {
+                    conflicts.push(conflict);
+                    None
+                }
+            }
         }
+        DeploymentPlan::Hold => held_deployment(client, cache, v, &region.name).await?,
     };
     let service = build::service(v, region);
     if let Ensured::Foreign(conflict) =
@@ -258,6 +275,31 @@ pub async fn apply_region(
         deployment,
         conflicts,
     })
+}
+
+/// The region's live Deployment when it is this ModelDeployment's (the
+/// cache's copy, else a read).
+async fn held_deployment(
+    client: &Client,
+    cache: &ChildCache,
+    v: &ValidatedModelDeployment,
+    region: &str,
+) -> Result<Option<Deployment>, ApplyError> {
+    let name = build::child_name(&v.name, region);
+    let live = match cache.deployment(&v.namespace, &name) {
+        Some(d) => Some((*d).clone()),
+        None => Api::<Deployment>::namespaced(client.clone(), &v.namespace)
+            .get_opt(&name)
+            .await
+            .map_err(|source| ApplyError {
+                verb: "get",
+                kind: "Deployment",
+                namespace: v.namespace.clone(),
+                name: name.clone(),
+                source,
+            })?,
+    };
+    Ok(live.filter(|d| controlled_by(&d.metadata, &v.owner.uid)))
 }
 
 fn model_selector(v: &ValidatedModelDeployment) -> String {

@@ -38,6 +38,12 @@ pub const CACHE_DIR: &str = "/var/cache/backhaul";
 pub const MODEL_CACHE_DIR: &str = "/var/cache/backhaul/models";
 /// `HF_HOME`: the root filesystem is read-only, so it lives on the cache volume.
 pub const HF_HOME: &str = "/var/cache/backhaul/huggingface";
+/// Where a region's weight cache (`spec.model.cache`) is mounted: read-only
+/// in replicas, read-write in its fill.
+pub const WEIGHTS_DIR: &str = "/var/lib/backhaul/weights";
+/// Annotation on a region's Deployment naming the weight cache claim its
+/// pods mount, so the operator knows which caches are still in use.
+pub const WEIGHTS_CLAIM_ANNOTATION: &str = "backhaul.dev/weights-claim";
 /// Where `spec.model.volume` is mounted.
 pub const MODEL_VOLUME_DIR: &str = "/models";
 /// Non-root user the inference server runs as.
@@ -126,10 +132,10 @@ fn metadata(v: &ValidatedModelDeployment, region: &str) -> Value {
     })
 }
 
-/// Flags of `backhaul-inference` for this spec.
-pub fn inference_args(v: &ValidatedModelDeployment) -> Vec<String> {
+/// The flags naming the model's files: the same for a replica and for a
+/// weight cache's fill, which must fetch exactly what the replica loads.
+pub fn model_args(v: &ValidatedModelDeployment) -> Vec<String> {
     let m = &v.model;
-    let e = &v.engine;
     let mut args: Vec<String> = vec![
         "--model".into(),
         m.source.clone(),
@@ -143,6 +149,15 @@ pub fn inference_args(v: &ValidatedModelDeployment) -> Vec<String> {
     for f in &m.gguf_files {
         args.extend(["--gguf-file".into(), f.clone()]);
     }
+    args
+}
+
+/// Flags of `backhaul-inference` for this spec; `weights`: the ready weight
+/// cache the replicas load from (mounted at [`WEIGHTS_DIR`]).
+pub fn inference_args(v: &ValidatedModelDeployment, weights: Option<&str>) -> Vec<String> {
+    let m = &v.model;
+    let e = &v.engine;
+    let mut args = model_args(v);
     args.extend(["--served-name".into(), m.served_name.clone()]);
     if let Some(t) = &m.chat_template {
         args.extend(["--chat-template".into(), t.clone()]);
@@ -150,9 +165,15 @@ pub fn inference_args(v: &ValidatedModelDeployment) -> Vec<String> {
     if let Some(q) = &m.quantization {
         args.extend(["--isq".into(), q.clone()]);
     }
+    match weights {
+        Some(_) => args.extend([
+            "--model-cache".into(),
+            WEIGHTS_DIR.into(),
+            "--hub-offline".into(),
+        ]),
+        None => args.extend(["--model-cache".into(), MODEL_CACHE_DIR.into()]),
+    }
     args.extend([
-        "--model-cache".into(),
-        MODEL_CACHE_DIR.into(),
         "--device".into(),
         if v.resources.gpus_per_replica > 0 {
             "cuda"
@@ -203,6 +224,28 @@ pub fn inference_args(v: &ValidatedModelDeployment) -> Vec<String> {
     args
 }
 
+/// The environment of every pod that reads the model: JSON logs, where
+/// Hugging Face state goes, the Hub token, and the operator's own (trace
+/// export, Hub endpoint).
+pub fn pod_env(v: &ValidatedModelDeployment) -> Vec<Value> {
+    let mut env = vec![
+        json!({"name": "BACKHAUL_LOG_FORMAT", "value": "json"}),
+        json!({"name": "HF_HOME", "value": HF_HOME}),
+    ];
+    env.extend(
+        v.pod_env
+            .iter()
+            .map(|(name, value)| json!({"name": name, "value": value})),
+    );
+    if let Some(secret) = &v.model.hub_token_secret {
+        env.push(json!({
+            "name": "HF_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
+        }));
+    }
+    env
+}
+
 /// What the engine reads from the environment for a multi-GPU split:
 /// layers turn mistral.rs's NCCL path off (it is read before the engine
 /// starts, so it cannot be a flag); tensor parallelism logs NCCL's
@@ -214,7 +257,10 @@ fn parallelism_env(parallelism: Parallelism) -> Vec<serde_json::Value> {
     }
 }
 
-fn node_selector(v: &ValidatedModelDeployment, region: &RegionSpec) -> BTreeMap<String, String> {
+pub fn node_selector(
+    v: &ValidatedModelDeployment,
+    region: &RegionSpec,
+) -> BTreeMap<String, String> {
     let mut sel = BTreeMap::from([(NODE_REGION_LABEL.to_owned(), region.name.clone())]);
     if let Some(p) = &v.resources.gpu_product {
         sel.insert(NODE_GPU_PRODUCT_LABEL.to_owned(), p.clone());
@@ -225,8 +271,12 @@ fn node_selector(v: &ValidatedModelDeployment, region: &RegionSpec) -> BTreeMap<
     sel
 }
 
-/// The region's Deployment.
-pub fn deployment(v: &ValidatedModelDeployment, region: &RegionSpec) -> Deployment {
+/// The region's Deployment; `weights`: the claim of its ready weight cache.
+pub fn deployment(
+    v: &ValidatedModelDeployment,
+    region: &RegionSpec,
+    weights: Option<&str>,
+) -> Deployment {
     let gpus = v.resources.gpus_per_replica;
     let mut requests = serde_json::Map::new();
     let mut limits = serde_json::Map::new();
@@ -242,21 +292,7 @@ pub fn deployment(v: &ValidatedModelDeployment, region: &RegionSpec) -> Deployme
         limits.insert(GPU_RESOURCE.into(), json!(gpus.to_string()));
     }
 
-    let mut env = vec![
-        json!({"name": "BACKHAUL_LOG_FORMAT", "value": "json"}),
-        json!({"name": "HF_HOME", "value": HF_HOME}),
-    ];
-    env.extend(
-        v.trace_env
-            .iter()
-            .map(|(name, value)| json!({"name": name, "value": value})),
-    );
-    if let Some(secret) = &v.model.hub_token_secret {
-        env.push(json!({
-            "name": "HF_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
-        }));
-    }
+    let mut env = pod_env(v);
     if gpus > 1 {
         env.extend(parallelism_env(v.engine.parallelism));
     }
@@ -279,6 +315,13 @@ pub fn deployment(v: &ValidatedModelDeployment, region: &RegionSpec) -> Deployme
         json!({"name": "tmp", "mountPath": "/tmp"}),
         json!({"name": "upstream-auth", "mountPath": crate::upstream_auth::MOUNT_DIR, "readOnly": true}),
     ];
+    if let Some(claim) = weights {
+        volumes.push(json!({
+            "name": "weights",
+            "persistentVolumeClaim": {"claimName": claim, "readOnly": true},
+        }));
+        mounts.push(json!({"name": "weights", "mountPath": WEIGHTS_DIR, "readOnly": true}));
+    }
     if let Some(vol) = &v.model.volume {
         volumes.push(json!({
             "name": "models",
@@ -302,10 +345,14 @@ pub fn deployment(v: &ValidatedModelDeployment, region: &RegionSpec) -> Deployme
     };
     let drain = i64::from(v.engine.drain_timeout_seconds);
 
+    let mut meta = metadata(v, &region.name);
+    if let Some(claim) = weights {
+        meta["annotations"] = json!({WEIGHTS_CLAIM_ANNOTATION: claim});
+    }
     let value = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(v, &region.name),
+        "metadata": meta,
         "spec": {
             "replicas": region.replicas,
             "revisionHistoryLimit": 3,
@@ -336,7 +383,7 @@ pub fn deployment(v: &ValidatedModelDeployment, region: &RegionSpec) -> Deployme
                     "containers": [{
                         "name": "inference",
                         "image": v.image,
-                        "args": inference_args(v),
+                        "args": inference_args(v, weights),
                         "env": env,
                         "ports": [
                             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -422,7 +469,7 @@ pub(crate) mod tests {
             watch_namespace: None,
             identity: "test".into(),
             max_concurrent_reconciles: 16,
-            pod_trace_env: Vec::new(),
+            pod_env: Vec::new(),
         };
         validate(&md, &config).unwrap()
     }
@@ -470,7 +517,7 @@ spec:
     #[test]
     fn deployment_requests_gpus_and_selects_region_nodes() {
         let v = validated(FIXTURE);
-        let d = j(&deployment(&v, &v.regions[0]));
+        let d = j(&deployment(&v, &v.regions[0], None));
         let expected: Value = serde_yaml::from_str(
             r#"
 name: smollm2-us-east-27a0dbd6
@@ -572,19 +619,19 @@ ownerReferences:
 
     #[test]
     fn pods_export_traces_where_the_operator_does() {
-        let off = deployment(&validated(FIXTURE), &validated(FIXTURE).regions[0]);
+        let off = deployment(&validated(FIXTURE), &validated(FIXTURE).regions[0], None);
         let off = serde_json::to_value(off).unwrap();
         let env = &off["spec"]["template"]["spec"]["containers"][0]["env"];
         assert!(!env.to_string().contains("OTEL_"), "{env}");
 
         let mut v = validated(FIXTURE);
-        v.trace_env = backhaul_telemetry::OtlpArgs {
+        v.pod_env = backhaul_telemetry::OtlpArgs {
             endpoint: Some("http://otel-collector.observability:4318".into()),
             sample_ratio: 0.1,
             service_name: Some("backhaul-operator".into()),
         }
         .child_env();
-        let on = serde_json::to_value(deployment(&v, &v.regions[0])).unwrap();
+        let on = serde_json::to_value(deployment(&v, &v.regions[0], None)).unwrap();
         let env = on["spec"]["template"]["spec"]["containers"][0]["env"]
             .as_array()
             .unwrap()
@@ -609,7 +656,7 @@ ownerReferences:
     fn inference_flags_follow_the_spec() {
         let v = validated(FIXTURE);
         assert_eq!(
-            inference_args(&v).join(" "),
+            inference_args(&v, None).join(" "),
             "--model hf://HuggingFaceTB/SmolLM2-135M-Instruct@main --format plain \
              --served-name smollm2-135m --chat-template /models/chat.jinja --isq Q8_0 \
              --model-cache /var/cache/backhaul/models --device cuda --dtype bf16 --parallelism tensor \
@@ -623,7 +670,7 @@ ownerReferences:
     #[test]
     fn region_node_selector_overrides_region_label() {
         let v = validated(FIXTURE);
-        let d = j(&deployment(&v, &v.regions[1]));
+        let d = j(&deployment(&v, &v.regions[1], None));
         assert_eq!(
             d["spec"]["template"]["spec"]["nodeSelector"]["topology.kubernetes.io/region"],
             "europe-west1"
@@ -658,10 +705,10 @@ ownerReferences:
                 .replace("gpusPerReplica: 2", "gpusPerReplica: 0")
                 .replace("pagedAttention: {gpuMemoryUtilization: 0.8}", ""),
         );
-        let d = j(&deployment(&v, &v.regions[0]));
+        let d = j(&deployment(&v, &v.regions[0], None));
         let c = &d["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["resources"]["limits"], json!({"memory": "16Gi"}));
-        assert!(inference_args(&v).join(" ").contains("--device cpu"));
+        assert!(inference_args(&v, None).join(" ").contains("--device cpu"));
         assert_eq!(c["image"], "backhaul-inference:test");
     }
 
@@ -669,7 +716,7 @@ ownerReferences:
     fn cpu_pods_run_the_cpu_image_and_gpu_pods_the_cuda_image() {
         let image = |yaml: &str| {
             let v = validated(yaml);
-            j(&deployment(&v, &v.regions[0]))["spec"]["template"]["spec"]["containers"][0]["image"]
+            j(&deployment(&v, &v.regions[0], None))["spec"]["template"]["spec"]["containers"][0]["image"]
                 .clone()
         };
         assert_eq!(image(FIXTURE), "backhaul-inference:test-cuda");
@@ -719,13 +766,36 @@ ownerReferences:
     /// `inference_args` parsed by the inference server's own parser, as the
     /// container's entrypoint would: a renamed or retyped flag fails here
     /// instead of crash-looping every pod.
-    fn parse_as_the_server(v: &ValidatedModelDeployment) -> backhaul_inference::Config {
+    /// With a weight cache, the replicas' flags on a ready cache and the
+    /// fill's flags too.
+    pub(crate) fn parse_as_the_server(v: &ValidatedModelDeployment) -> backhaul_inference::Config {
         use clap::Parser;
-        let args = inference_args(v);
-        backhaul_inference::Config::try_parse_from(
-            std::iter::once("backhaul-inference".to_owned()).chain(args.iter().cloned()),
-        )
-        .unwrap_or_else(|e| panic!("backhaul-inference refuses {args:?}:\n{e}"))
+        let parse = |args: Vec<String>| {
+            backhaul_inference::Config::try_parse_from(
+                std::iter::once("backhaul-inference".to_owned()).chain(args.iter().cloned()),
+            )
+            .unwrap_or_else(|e| panic!("backhaul-inference refuses {args:?}:\n{e}"))
+        };
+        if v.model.cache.is_some() {
+            let replica = parse(inference_args(v, Some("claim")));
+            assert!(replica.model.hub_offline && !replica.download_only);
+            let fill = parse(crate::weights_cache::fill_args(v));
+            assert!(fill.download_only && !fill.model.hub_offline);
+            assert_eq!(
+                (
+                    fill.model.model,
+                    fill.model.gguf_files,
+                    fill.model.model_cache
+                ),
+                (
+                    replica.model.model,
+                    replica.model.gguf_files,
+                    replica.model.model_cache
+                ),
+                "the fill fetches what the replicas load, where they load it from"
+            );
+        }
+        parse(inference_args(v, None))
     }
 
     #[test]
@@ -754,7 +824,7 @@ ownerReferences:
         assert_eq!(server.model.isq.as_deref(), Some("FP8"));
         assert_eq!(llama.resources.gpus_per_replica, 4);
         assert_eq!(llama.regions.len(), 3);
-        let pod = serde_json::to_value(deployment(llama, &llama.regions[0])).unwrap();
+        let pod = serde_json::to_value(deployment(llama, &llama.regions[0], None)).unwrap();
         let c = &pod["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "4");
         assert!(
@@ -769,7 +839,7 @@ ownerReferences:
     fn layer_parallelism_turns_nccl_off_in_the_pod() {
         let mut v = validated(FIXTURE);
         v.engine.parallelism = Parallelism::Layers;
-        let pod = serde_json::to_value(deployment(&v, &v.regions[0])).unwrap();
+        let pod = serde_json::to_value(deployment(&v, &v.regions[0], None)).unwrap();
         let env = &pod["spec"]["template"]["spec"]["containers"][0]["env"];
         assert!(
             env.as_array()
@@ -778,14 +848,14 @@ ownerReferences:
             "{env}"
         );
         assert!(
-            inference_args(&v)
+            inference_args(&v, None)
                 .join(" ")
                 .contains("--parallelism layers")
         );
         // One GPU: nothing to split, nothing rendered.
         v.resources.gpus_per_replica = 1;
-        assert!(!inference_args(&v).join(" ").contains("--parallelism"));
-        let pod = serde_json::to_value(deployment(&v, &v.regions[0])).unwrap();
+        assert!(!inference_args(&v, None).join(" ").contains("--parallelism"));
+        let pod = serde_json::to_value(deployment(&v, &v.regions[0], None)).unwrap();
         assert!(!pod.to_string().contains("MISTRALRS_NO_NCCL"));
     }
 

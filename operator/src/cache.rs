@@ -426,6 +426,8 @@ pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
         "PodDisruptionBudget" => "PodDisruptionBudget",
         "Pod" => "Pod",
         "Secret" => "Secret",
+        "Job" => "Job",
+        "PersistentVolumeClaim" => "PersistentVolumeClaim",
         _ => "object",
     }
 }

@@ -113,6 +113,11 @@ pub struct Args {
     /// Watch only this namespace; all namespaces when unset.
     #[arg(long, global = true, env = "BACKHAUL_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// A Hugging Face Hub mirror or Hub-compatible server for `hf://`
+    /// models, given to every inference pod and weight cache fill as
+    /// `HF_ENDPOINT`; the public Hub when unset.
+    #[arg(long, global = true, env = "BACKHAUL_HUB_ENDPOINT")]
+    pub hub_endpoint: Option<Url>,
     /// Address of the /metrics, /healthz and /readyz server.
     #[arg(
         long,
@@ -278,9 +283,9 @@ pub struct OperatorConfig {
     pub identity: String,
     /// ModelDeployments reconciled at once.
     pub max_concurrent_reconciles: u16,
-    /// Environment giving inference pods the operator's own trace export
-    /// (`--otlp-endpoint`); empty when it is off.
-    pub pod_trace_env: Vec<(&'static str, String)>,
+    /// Environment every inference pod and fill gets from the operator's
+    /// flags: its own trace export (`--otlp-endpoint`) and `--hub-endpoint`.
+    pub pod_env: Vec<(&'static str, String)>,
 }
 
 impl OperatorConfig {
@@ -297,6 +302,7 @@ impl OperatorConfig {
             publish_concurrency,
             regions,
             watch_namespace,
+            hub_endpoint,
             metrics_addr: _,
             leader_election: _,
             lease_name: _,
@@ -340,7 +346,15 @@ impl OperatorConfig {
                 .filter(|i| !i.is_empty())
                 .map_or_else(default_identity, str::to_owned),
             max_concurrent_reconciles: *max_concurrent_reconciles,
-            pod_trace_env: otlp.child_env(),
+            pod_env: otlp
+                .child_env()
+                .into_iter()
+                .chain(
+                    hub_endpoint
+                        .iter()
+                        .map(|url| ("HF_ENDPOINT", url.as_str().trim_end_matches('/').to_owned())),
+                )
+                .collect(),
         })
     }
 

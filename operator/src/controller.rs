@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PartialObjectMeta};
@@ -30,7 +31,8 @@ use crate::build;
 use crate::cache::{self, ChildCache, ChildWriters};
 use crate::config::OperatorConfig;
 use crate::crd::{
-    FINALIZER, ModelDeployment, ModelDeploymentStatus, RegionStatus, SKIP_UNPUBLISH_ANNOTATION,
+    CacheStatus, FINALIZER, ModelDeployment, ModelDeploymentStatus, RegionStatus,
+    SKIP_UNPUBLISH_ANNOTATION,
 };
 use crate::metrics::Metrics;
 use crate::observe::{self, RegionObservation};
@@ -39,6 +41,7 @@ use crate::route_sync::{DesiredRoutes, ObjectKey, RouteState, RouteSync, SyncCon
 use crate::status::{self, Publication};
 use crate::upstream_auth::{self, Credential};
 use crate::validate::{ValidatedModelDeployment, ValidationError, validate};
+use crate::weights_cache;
 
 /// The ModelDeployment watch's item: an object that does not deserialize is
 /// reported and skipped rather than failing the whole list.
@@ -428,6 +431,10 @@ pub struct ObservedRegion {
     /// Whether its traffic reaches this object's pods (its Deployment and
     /// Service are its own).
     pub routable: bool,
+    /// Its weight cache, when the spec asks for one.
+    pub cache: Option<CacheStatus>,
+    /// Weight cache claims its replicas mount or are to mount.
+    pub weights_in_use: Vec<String>,
 }
 
 impl ObservedRegion {
@@ -450,9 +457,23 @@ async fn reconcile_apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     };
     // The Worker's credential first: the pods mount it.
     let credential = upstream_auth::ensure(&ctx.client, &ctx.children, &v).await?;
-    let observed = apply_and_observe(ctx, &v, &credential).await?;
-    apply::prune(&ctx.client, &ctx.children, &v, ctx.serves()).await?;
     let prev = md.status.clone().unwrap_or_default();
+    let observed = apply_and_observe(ctx, &v, &credential, &prev).await?;
+    apply::prune(&ctx.client, &ctx.children, &v, ctx.serves()).await?;
+    // Only objects that have or had a cache pay the two lists (a resync of
+    // any other sends no request).
+    let had_cache = v.model.cache.is_some()
+        || observed.iter().any(|o| !o.weights_in_use.is_empty())
+        || prev.regions.iter().any(|r| r.cache.is_some());
+    if had_cache {
+        let in_use = observed
+            .iter()
+            .flat_map(|o| o.weights_in_use.clone())
+            .collect();
+        for removed in weights_cache::prune(&ctx.client, &v, &in_use, ctx.serves()).await? {
+            tracing::info!(%removed, "deleted a weight cache no replica uses");
+        }
+    }
     let now = publish::rfc3339_seconds(SystemTime::now());
     let routes = desired_routes(&v, &observed, &credential, &prev, ctx.serves(), &now);
     let held = match &ctx.sync {
@@ -483,19 +504,51 @@ async fn apply_and_observe(
     ctx: &Context,
     v: &ValidatedModelDeployment,
     credential: &Credential,
+    prev: &ModelDeploymentStatus,
 ) -> Result<Vec<ObservedRegion>, Error> {
     let mut observed = Vec::new();
     for (index, region) in v.regions.iter().enumerate() {
-        let applied = match credential {
+        let foreign = matches!(credential, Credential::Foreign(_));
+        let cache = match &v.model.cache {
+            Some(spec) if !foreign => {
+                let prev_cache = prev
+                    .regions
+                    .iter()
+                    .find(|e| e.name == region.name)
+                    .and_then(|e| e.cache.as_ref());
+                Some(weights_cache::ensure(&ctx.client, v, region, spec, prev_cache).await?)
+            }
+            _ => None,
+        };
+        let plan = match &cache {
+            None => apply::DeploymentPlan::Apply(None),
+            Some(c) => match c.ready_claim() {
+                Some(claim) => apply::DeploymentPlan::Apply(Some(claim)),
+                None => apply::DeploymentPlan::Hold,
+            },
+        };
+        let mut applied = match credential {
             // Never let the pods mount someone else's Secret as their tokens.
             Credential::Foreign(conflict) => apply::AppliedRegion {
                 deployment: None,
                 conflicts: vec![conflict.clone()],
             },
-            _ => apply::apply_region(&ctx.client, &ctx.children, v, region).await?,
+            _ => apply::apply_region(&ctx.client, &ctx.children, v, region, plan).await?,
         };
+        if let Some(conflict) = cache.as_ref().and_then(|c| c.conflict.clone()) {
+            applied.conflicts.push(conflict);
+        }
+        let weights_in_use = weights_in_use(
+            cache.as_ref().map(|c| c.status.claim_name.as_str()),
+            applied.deployment.as_ref(),
+        );
         let conflicts: Vec<String> = applied.conflicts.iter().map(ToString::to_string).collect();
         let observation = match &applied.deployment {
+            None if conflicts.is_empty() && cache.is_some() => observe::waiting_for_weights(
+                &region.name,
+                region.replicas,
+                cache.as_ref().map(|c| &c.status),
+            ),
             Some(deployment) if conflicts.is_empty() => {
                 let (_, complete) = observe::deployment_readiness(deployment);
                 let pods = if region.replicas > 0 && !complete {
@@ -517,9 +570,33 @@ async fn apply_and_observe(
             index,
             observation,
             routable: applied.routable(),
+            cache: cache.map(|c| c.status),
+            weights_in_use,
         });
     }
     Ok(observed)
+}
+
+/// The weight cache claims a region still needs: the spec's (filling or
+/// served), and the one its Deployment's pods mount until the Deployment
+/// has rolled onto the spec's.
+fn weights_in_use(desired: Option<&str>, deployment: Option<&Deployment>) -> Vec<String> {
+    let mounted = deployment.and_then(|d| {
+        d.metadata
+            .annotations
+            .as_ref()?
+            .get(build::WEIGHTS_CLAIM_ANNOTATION)
+            .cloned()
+    });
+    let rolled = deployment.is_some_and(|d| observe::deployment_readiness(d).1);
+    let mut claims: Vec<String> = desired.map(str::to_owned).into_iter().collect();
+    if let Some(m) = mounted
+        && (Some(m.as_str()) != desired || !rolled)
+        && !claims.contains(&m)
+    {
+        claims.push(m);
+    }
+    claims
 }
 
 /// The object's whole desired publication: a route for every ready,
@@ -604,14 +681,17 @@ pub fn region_entries(
         .map(|o| {
             let region = &v.regions[o.index];
             let prev_entry = prev.regions.iter().find(|e| e.name == region.name);
-            status::region_status(
-                prev_entry,
-                &o.observation,
-                &region.endpoint,
-                v.generation,
-                &publication(held, &region.name, o.ready(v), credential),
-                now,
-            )
+            RegionStatus {
+                cache: o.cache.clone(),
+                ..status::region_status(
+                    prev_entry,
+                    &o.observation,
+                    &region.endpoint,
+                    v.generation,
+                    &publication(held, &region.name, o.ready(v), credential),
+                    now,
+                )
+            }
         })
         .collect();
     let gone = prev
@@ -636,8 +716,11 @@ pub fn region_entries(
 /// not touch the Deployment), else at the slow resync.
 pub fn requeue_after(observed: &[ObservedRegion]) -> Duration {
     let settled = observed.iter().all(|o| {
-        o.observation.phase == observe::phase::READY
-            || o.observation.phase == observe::phase::SCALED_TO_ZERO
+        (o.observation.phase == observe::phase::READY
+            || o.observation.phase == observe::phase::SCALED_TO_ZERO)
+            && o.cache
+                .as_ref()
+                .is_none_or(|c| c.phase == weights_cache::phase::READY)
     });
     if settled { RESYNC } else { NOT_READY_REQUEUE }
 }
@@ -695,6 +778,12 @@ async fn record_transitions(
 ) {
     for entry in &now.regions {
         let before = prev.regions.iter().find(|e| e.name == entry.name);
+        if let Some(cache) = &entry.cache {
+            let was = before.and_then(|b| b.cache.as_ref());
+            for (type_, reason, note) in cache_events(&entry.name, was, cache) {
+                ctx.event(md, type_, reason, "WeightsCache", note).await;
+            }
+        }
         if entry.phase == observe::phase::DEGRADED
             && before.is_none_or(|b| b.phase != entry.phase || b.reason != entry.reason)
         {
@@ -740,6 +829,55 @@ async fn record_transitions(
             .await;
         }
     }
+}
+
+/// The Events a region's weight cache warrants between two statuses: a
+/// fill starting, each failed attempt, giving up, and the cache Ready.
+pub fn cache_events(
+    region: &str,
+    was: Option<&CacheStatus>,
+    now: &CacheStatus,
+) -> Vec<(EventType, &'static str, String)> {
+    let was = was.filter(|w| w.claim_name == now.claim_name);
+    let phase_was = was.map(|w| w.phase.as_str());
+    let what = format!(
+        "region {region}: weight cache {} ({})",
+        now.claim_name, now.source
+    );
+    let detail = now.message.clone().unwrap_or_default();
+    let mut events = Vec::new();
+    if now.failed_attempts > was.map_or(0, |w| w.failed_attempts)
+        && now.phase != weights_cache::phase::FAILED
+    {
+        events.push((
+            EventType::Warning,
+            "WeightsFillRetrying",
+            format!("{what}: {detail}"),
+        ));
+    }
+    if phase_was != Some(now.phase.as_str()) {
+        match now.phase.as_str() {
+            weights_cache::phase::DOWNLOADING
+                if phase_was != Some(weights_cache::phase::DOWNLOADING) =>
+            {
+                events.push((
+                    EventType::Normal,
+                    "WeightsFilling",
+                    format!("{what}: filling"),
+                ))
+            }
+            weights_cache::phase::READY => {
+                events.push((EventType::Normal, "WeightsReady", format!("{what}: ready")))
+            }
+            weights_cache::phase::FAILED => events.push((
+                EventType::Warning,
+                "WeightsFillFailed",
+                format!("{what}: {detail}"),
+            )),
+            _ => {}
+        }
+    }
+    events
 }
 
 async fn reconcile_invalid(
@@ -1021,6 +1159,8 @@ mod tests {
                 message: None,
             },
             routable: true,
+            cache: None,
+            weights_in_use: Vec::new(),
         }
     }
 
@@ -1193,5 +1333,103 @@ mod tests {
             unpublish_wait(Some(deleted), 120, at(-30)),
             Some(Duration::from_secs(120))
         );
+    }
+
+    fn cache(phase: &str, failed_attempts: i32) -> CacheStatus {
+        CacheStatus {
+            claim_name: "c".into(),
+            source: "hf://a/b@v2".into(),
+            phase: phase.into(),
+            failed_attempts,
+            message: Some("401 Unauthorized".into()),
+            ..CacheStatus::default()
+        }
+    }
+
+    fn reasons(events: Vec<(EventType, &'static str, String)>) -> Vec<&'static str> {
+        events.into_iter().map(|(_, r, _)| r).collect()
+    }
+
+    #[test]
+    fn cache_transitions_are_recorded_once_each() {
+        use weights_cache::phase::*;
+        let pending = cache(PENDING, 0);
+        assert!(cache_events("us", None, &pending).is_empty());
+        assert_eq!(
+            reasons(cache_events("us", Some(&pending), &cache(DOWNLOADING, 0))),
+            ["WeightsFilling"]
+        );
+        // Progress within Downloading is no event.
+        assert!(
+            cache_events("us", Some(&cache(DOWNLOADING, 0)), &cache(DOWNLOADING, 0)).is_empty()
+        );
+        // Each failed attempt is one Warning, naming the cause.
+        let retry = cache_events("us", Some(&cache(DOWNLOADING, 0)), &cache(DOWNLOADING, 1));
+        assert_eq!(retry.len(), 1);
+        assert_eq!(retry[0].0, EventType::Warning);
+        assert!(retry[0].2.contains("401 Unauthorized") && retry[0].2.contains("region us"));
+        assert_eq!(
+            reasons(cache_events(
+                "us",
+                Some(&cache(DOWNLOADING, 6)),
+                &cache(FAILED, 7)
+            )),
+            ["WeightsFillFailed"]
+        );
+        assert_eq!(
+            reasons(cache_events(
+                "us",
+                Some(&cache(DOWNLOADING, 0)),
+                &cache(READY, 0)
+            )),
+            ["WeightsReady"]
+        );
+        // A new claim (another revision) starts over.
+        let other = CacheStatus {
+            claim_name: "d".into(),
+            ..cache(DOWNLOADING, 0)
+        };
+        assert_eq!(
+            reasons(cache_events("us", Some(&cache(READY, 0)), &other)),
+            ["WeightsFilling"]
+        );
+    }
+
+    fn deployment_on(claim: &str, rolled: bool) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "d", "generation": 2,
+                "annotations": {build::WEIGHTS_CLAIM_ANNOTATION: claim}},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"observedGeneration": if rolled { 2 } else { 1 },
+                "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_old_cache_is_kept_until_the_deployment_has_rolled_off_it() {
+        assert_eq!(weights_in_use(Some("new"), None), ["new"]);
+        assert_eq!(
+            weights_in_use(Some("new"), Some(&deployment_on("old", true))),
+            ["new", "old"],
+            "held on the old cache while the new one fills"
+        );
+        assert_eq!(
+            weights_in_use(Some("new"), Some(&deployment_on("new", false))),
+            ["new"]
+        );
+        assert_eq!(
+            weights_in_use(Some("new"), Some(&deployment_on("new", true))),
+            ["new"]
+        );
+        // The cache left the spec: kept until the pods stop mounting it.
+        assert_eq!(
+            weights_in_use(None, Some(&deployment_on("old", false))),
+            ["old"]
+        );
+        let plain: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "d"}, "spec": {"selector": {}, "template": {}}}))
+        .unwrap();
+        assert!(weights_in_use(None, Some(&plain)).is_empty());
     }
 }

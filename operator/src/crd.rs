@@ -119,6 +119,7 @@ pub enum ModelFormat {
 #[x_kube(validation = Rule::new("self.format != 'gguf' || (has(self.ggufFiles) && size(self.ggufFiles) > 0)").message("ggufFiles must name at least one file when format is gguf").field_path(".ggufFiles"))]
 #[x_kube(validation = Rule::new("self.format != 'plain' || !has(self.ggufFiles) || size(self.ggufFiles) == 0").message("ggufFiles is only valid with format gguf").field_path(".ggufFiles"))]
 #[x_kube(validation = Rule::new("self.format != 'gguf' || !has(self.quantization)").message(GGUF_QUANTIZATION_MESSAGE).field_path(".quantization"))]
+#[x_kube(validation = Rule::new("!has(self.cache) || self.source.startsWith('hf://')").message(CACHE_SOURCE_MESSAGE).field_path(".cache"))]
 pub struct ModelSpec {
     /// Where the weights are: a path inside the image or the model volume
     /// (`/models/...`), or `hf://org/repo[@revision]` to download from the Hugging Face Hub.
@@ -149,6 +150,46 @@ pub struct ModelSpec {
     /// A PersistentVolumeClaim holding models, mounted read-only at `/models`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<ModelVolume>,
+    /// A weight cache per region for an `hf://` source: a PersistentVolumeClaim
+    /// filled once by a download Job, then mounted read-only by every replica,
+    /// which starts only once the fill is complete. A new source (another
+    /// revision) fills a new cache before the replicas roll onto it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<ModelCacheSpec>,
+}
+
+/// What `spec.model.cache` must be, in words.
+pub const CACHE_SOURCE_MESSAGE: &str =
+    "cache needs an hf:// source: it holds what its fill downloads from the Hub";
+
+/// Each region's weight cache.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCacheSpec {
+    /// Size of each region's claim: the weights, with room for one file's
+    /// partial download (e.g. `160Gi` for a 70B model in bf16).
+    pub size: Quantity,
+    /// StorageClass of the claims; the cluster's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// `ReadWriteMany` (the default: replicas on any node of the region share
+    /// one fill, e.g. NFS, CephFS, EFS, Filestore) or `ReadWriteOnce` (the
+    /// fill and every replica on one node).
+    #[serde(default)]
+    pub access_mode: CacheAccessMode,
+}
+
+/// Access mode of a weight cache's claim.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum CacheAccessMode {
+    /// Mounted by pods on any number of nodes.
+    #[default]
+    ReadWriteMany,
+    /// Mounted by pods on one node at a time.
+    ReadWriteOnce,
 }
 
 /// A key of a Secret in the object's namespace.
@@ -510,6 +551,10 @@ pub struct RegionStatus {
     /// Human readable detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The region's weight cache (`spec.model.cache`): the one being filled
+    /// or, once it is Ready, served from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStatus>,
     /// Whether the Worker holds a route for this region.
     #[serde(default)]
     pub published: bool,
@@ -522,6 +567,34 @@ pub struct RegionStatus {
     /// The operator serving this region has no Worker to publish to.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub publication_disabled: bool,
+}
+
+/// One region's weight cache.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheStatus {
+    /// The PersistentVolumeClaim (and its fill Job).
+    pub claim_name: String,
+    /// The `hf://` source it holds.
+    pub source: String,
+    /// `Pending`, `Downloading`, `Ready` or `Failed`.
+    pub phase: String,
+    /// Bytes downloaded and verified so far (while Downloading, and once Ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downloaded_bytes: Option<u64>,
+    /// Bytes the model's files take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    /// Fill attempts that failed (each retried with backoff until the limit).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_attempts: i32,
+    /// Detail: progress, or why the fill failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// One region of this model's fleet as the routing Worker's table shows it

@@ -208,7 +208,8 @@ fn upstream_secret_object() -> k8s_openapi::api::core::v1::Secret {
 fn deployment(ready: i32) -> Value {
     let v = crate::validate::validate(&md(true, None, false), &context_config()).unwrap();
     let mut d =
-        serde_json::to_value::<Deployment>(crate::build::deployment(&v, &v.regions[0])).unwrap();
+        serde_json::to_value::<Deployment>(crate::build::deployment(&v, &v.regions[0], None))
+            .unwrap();
     d["metadata"]["generation"] = json!(1);
     d["status"] = json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": ready});
     d
@@ -223,7 +224,7 @@ fn context_config() -> OperatorConfig {
         watch_namespace: None,
         identity: "test".into(),
         max_concurrent_reconciles: 16,
-        pod_trace_env: Vec::new(),
+        pod_env: Vec::new(),
     }
 }
 
@@ -459,7 +460,7 @@ async fn a_resync_of_an_unchanged_object_sends_no_request() {
     // adopted with one read each and no write; the next resync sends nothing.
     let v = crate::validate::validate(&md(true, None, false), &context_config()).unwrap();
     let region = &v.regions[0];
-    let mut live_deployment = crate::cache::with_digest(crate::build::deployment(&v, region));
+    let mut live_deployment = crate::cache::with_digest(crate::build::deployment(&v, region, None));
     live_deployment.metadata.generation = Some(1);
     live_deployment.metadata.resource_version = Some("7".into());
     let mut live = serde_json::to_value(&live_deployment).unwrap();

@@ -33,6 +33,7 @@ pub mod status;
 pub mod telemetry;
 pub mod upstream_auth;
 pub mod validate;
+pub mod weights_cache;
 
 use std::sync::Arc;
 use std::time::Duration;

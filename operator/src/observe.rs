@@ -176,6 +176,45 @@ pub fn observe_region(
     }
 }
 
+/// Reason of a region whose replicas wait for their weight cache's fill.
+pub const WAITING_FOR_WEIGHTS: &str = "WaitingForWeights";
+/// Reason of a region whose weight cache's fill gave up.
+pub const WEIGHTS_FILL_FAILED: &str = "WeightsFillFailed";
+
+/// A region with no Deployment yet because its weight cache is not Ready:
+/// Progressing while the fill runs, Degraded once it gave up.
+pub fn waiting_for_weights(
+    name: &str,
+    replicas: i32,
+    cache: Option<&crate::crd::CacheStatus>,
+) -> RegionObservation {
+    let failed = cache.is_some_and(|c| c.phase == crate::weights_cache::phase::FAILED);
+    let message = cache.map(|c| {
+        format!(
+            "weight cache {} is {}{}",
+            c.claim_name,
+            c.phase,
+            c.message
+                .as_ref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        )
+    });
+    let (phase, reason) = match (replicas, failed) {
+        (0, _) => (phase::SCALED_TO_ZERO, None),
+        (_, true) => (phase::DEGRADED, Some(WEIGHTS_FILL_FAILED.to_owned())),
+        (_, false) => (phase::PROGRESSING, Some(WAITING_FOR_WEIGHTS.to_owned())),
+    };
+    RegionObservation {
+        name: name.to_owned(),
+        replicas,
+        ready_replicas: 0,
+        phase,
+        reason,
+        message: message.filter(|_| replicas > 0),
+    }
+}
+
 /// Reason of a region where an object the ModelDeployment does not control
 /// holds the name of one of its children.
 pub const CHILD_CONFLICT: &str = "ChildConflict";

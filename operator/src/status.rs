@@ -87,6 +87,7 @@ pub fn region_status(
         published_at: None,
         publish_error,
         publication_disabled: disabled,
+        cache: None,
     };
     if published {
         let same_content = prev.is_some_and(|p| {

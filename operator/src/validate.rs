@@ -61,8 +61,8 @@ pub struct ValidatedModelDeployment {
     pub regions: Vec<RegionSpec>,
     /// Every region name in the spec (served here or elsewhere).
     pub spec_regions: BTreeSet<String>,
-    /// Trace export environment for the pods (the operator's own export).
-    pub trace_env: Vec<(&'static str, String)>,
+    /// Environment every pod gets from the operator's flags (trace export, Hub endpoint).
+    pub pod_env: Vec<(&'static str, String)>,
 }
 
 /// Checks `md` and narrows it to what `config` serves.
@@ -213,7 +213,7 @@ pub fn validate(
             .cloned()
             .collect(),
         spec_regions: spec.regions.iter().map(|r| r.name.clone()).collect(),
-        trace_env: config.pod_trace_env.clone(),
+        pod_env: config.pod_env.clone(),
     })
 }
 
@@ -347,7 +347,7 @@ pub(crate) mod tests {
             watch_namespace: None,
             identity: "test".into(),
             max_concurrent_reconciles: 16,
-            pod_trace_env: Vec::new(),
+            pod_env: Vec::new(),
         }
     }
 

@@ -424,6 +424,20 @@ async fn bad_objects_are_rejected_naming_the_field() {
             Box::new(|v| v["spec"]["model"]["quantization"] = json!("Q4K")),
             "spec.model.quantization",
         ),
+        (
+            // A cache holds what its fill downloads from the Hub.
+            "cache of a local path",
+            Box::new(|v| v["spec"]["model"]["cache"] = json!({"size": "10Gi"})),
+            "spec.model.cache",
+        ),
+        (
+            "cache access mode",
+            Box::new(|v| {
+                v["spec"]["model"]["source"] = json!("hf://org/repo");
+                v["spec"]["model"]["cache"] = json!({"size": "10Gi", "accessMode": "ReadOnlyMany"});
+            }),
+            "spec.model.cache.accessMode",
+        ),
     ];
     for (what, mutate, field) in cases {
         let mut v = good.clone();
@@ -456,6 +470,30 @@ async fn bad_objects_are_rejected_naming_the_field() {
         ),
         other => panic!("gguf with quantization: expected a 422, got {other:?}"),
     }
+    // A cache of a local path is refused saying why; of an hf:// source it
+    // is taken.
+    let mut v = good.clone();
+    v["spec"]["model"]["cache"] = json!({"size": "10Gi"});
+    match api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(v.clone()).unwrap(),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert!(
+            s.message
+                .contains(backhaul_operator::crd::CACHE_SOURCE_MESSAGE),
+            "{:?}",
+            s.message
+        ),
+        other => panic!("a cache of a local path: expected a 422, got {other:?}"),
+    }
+    v["metadata"]["name"] = json!("cached");
+    v["spec"]["model"]["source"] = json!("hf://org/repo@v1");
+    api.create(&PostParams::default(), &serde_json::from_value(v).unwrap())
+        .await
+        .expect("a cache of an hf:// source accepted");
     // Tensor parallelism over 3 GPUs is refused saying why; layers take it.
     let mut v = good.clone();
     v["spec"]["resources"] = json!({"gpusPerReplica": 3});

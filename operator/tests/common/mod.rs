@@ -368,7 +368,7 @@ pub fn config(
             regions.map(|r| r.join("-")).unwrap_or_else(|| "all".into())
         ),
         max_concurrent_reconciles: 16,
-        pod_trace_env: Vec::new(),
+        pod_env: Vec::new(),
     }
 }
 

@@ -130,6 +130,74 @@ impl ModelVolume {
     }
 }
 
+/// The real node's address on its pods' bridge (`node_host_ip` in
+/// tests/cluster/lib.sh): a server the tests start here on it is reachable
+/// from the pods, as a Hub mirror would be.
+pub const NODE_HOST_IP: &str = "10.201.0.1";
+
+/// Empty hostPath PersistentVolumes of one StorageClass name, for the claims
+/// the operator makes (weight caches) to bind to: one per claim, each a
+/// fresh directory under the cache, writable by the pods' user. Removed
+/// with [`WeightVolumes::remove`] (the volumes outlive the namespace).
+pub struct WeightVolumes {
+    client: Client,
+    /// `storageClassName` of the volumes: give it to the claims.
+    pub class: String,
+    names: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+impl WeightVolumes {
+    /// Creates `count` volumes of 1 GiB for `namespace`.
+    pub async fn create(client: &Client, namespace: &str, count: usize) -> Result<Self> {
+        let class = format!("weights-{namespace}");
+        let mut this = Self {
+            client: client.clone(),
+            class: class.clone(),
+            names: Vec::new(),
+            dirs: Vec::new(),
+        };
+        for i in 0..count {
+            let name = format!("{class}-{i}");
+            let dir = cache_dir().join("e2e").join("weights").join(&name);
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            // The pods run as a non-root user, and hostPath ignores fsGroup.
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+            this.dirs.push(dir.clone());
+            let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": name, "labels": {"backhaul.dev/e2e": "true"}},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteMany", "ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": class,
+                    "hostPath": {"path": dir, "type": "Directory"},
+                },
+            }))?;
+            Api::<PersistentVolume>::all(client.clone())
+                .create(&PostParams::default(), &pv)
+                .await
+                .with_context(|| format!("create PersistentVolume {name}"))?;
+            this.names.push(name);
+        }
+        Ok(this)
+    }
+
+    /// Deletes the volumes and their directories.
+    pub async fn remove(self) {
+        for name in &self.names {
+            let _ = Api::<PersistentVolume>::all(self.client.clone())
+                .delete(name, &DeleteParams::background())
+                .await;
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// One region's public endpoint: a NodePort Service, answering on
 /// 127.0.0.1, in front of the pods the operator makes for that region
 /// (selected by the labels it puts on them).

@@ -94,6 +94,10 @@ fn main() -> ExitCode {
         ("operator_recovers_from_a_higher_stored_sequence", |c| {
             Box::pin(stale_sequence(c))
         }),
+        (
+            "weights_cache_fills_once_then_replicas_and_a_new_revision_roll_on_it",
+            |c| Box::pin(weights_cache(c)),
+        ),
     ];
     let selected: Vec<_> = tests
         .into_iter()
@@ -1907,4 +1911,357 @@ fn rfc3339(unix: u64) -> String {
         secs % 3600 / 60,
         secs % 60
     )
+}
+
+/// `status.regions[0].cache` of the test's object.
+async fn cache_status(model: &Model) -> Option<serde_json::Value> {
+    let object = model.api.get(&model.name).await.ok()?;
+    let cache = object.data["status"]["regions"][0]["cache"].clone();
+    (!cache.is_null()).then_some(cache)
+}
+
+/// Waits until the region's cache for `source` is Ready; returns the claim.
+async fn wait_cache_ready(model: &Model, source: &str, op: &Operator) -> Result<String> {
+    let ready = wait_for(Duration::from_secs(120), || async {
+        let c = cache_status(model).await?;
+        (c["source"] == source && c["phase"] == "Ready")
+            .then(|| c["claimName"].as_str().map(str::to_owned))?
+    })
+    .await;
+    match ready {
+        Ok(claim) => Ok(claim),
+        Err(_) => bail!(
+            "the weight cache of {source} not Ready within 120 s: {:?}; operator log {}; pods: {}",
+            cache_status(model).await,
+            operator_log(op),
+            model.describe_pods().await
+        ),
+    }
+}
+
+/// Ready pods of the region, by name, and when each became Ready.
+async fn ready_since(ctx: &Ctx, region: &PodRegion) -> Result<Vec<(String, Duration)>> {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Ok(region
+        .ready_pods(&ctx.client)
+        .await?
+        .iter()
+        .map(|p| {
+            let created = p
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or(now);
+            let ready_at = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0)
+                .unwrap_or(now);
+            let took = ready_at.duration_since(created);
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                Duration::from_secs_f64(took.as_secs_f64().max(0.0)),
+            )
+        })
+        .collect())
+}
+
+/// Waits for `n` Ready pods of the region, none in `not`; returns how long
+/// the new ones took from creation to Ready.
+async fn wait_ready_pods(
+    ctx: &Ctx,
+    model: &Model,
+    region: &PodRegion,
+    n: usize,
+    not: &[String],
+) -> Result<Vec<Duration>> {
+    let shared: &Ctx = ctx;
+    let found = wait_for(Duration::from_secs(120), || async {
+        let pods = ready_since(shared, region).await.ok()?;
+        let all = region.pods(&shared.client).await.ok()?;
+        (pods.len() == n && all.len() == n && pods.iter().all(|(p, _)| !not.contains(p)))
+            .then_some(pods)
+    })
+    .await;
+    match found {
+        Ok(pods) => Ok(pods.into_iter().map(|(_, took)| took).collect()),
+        Err(_) => bail!(
+            "{n} Ready pods (none of {not:?}) not there within 120 s: {}",
+            model.describe_pods().await
+        ),
+    }
+}
+
+async fn weights_cache(ctx: &mut Ctx) -> Result<()> {
+    use backhaul_testkit::hub::{FakeHub, HubFile};
+    const REPO: &str = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF";
+    let gguf = std::fs::read(backhaul_e2e::model_file())?;
+    let size = gguf.len() as u64;
+    // A Hub the pods reach, as a cluster reaches the Hub or its mirror,
+    // at 32 MB/s, so the fill lasts long enough to watch.
+    let hub = FakeHub::start_on(
+        pods::NODE_HOST_IP,
+        REPO,
+        vec![HubFile {
+            name: pods::MODEL_FILE.into(),
+            content: std::sync::Arc::new(gguf),
+        }],
+    )
+    .await;
+    hub.limit_rate(32_000_000);
+    let model = Model::new(ctx, "weights").await?;
+    let volumes = pods::WeightVolumes::create(&ctx.client, &model.namespace, 2).await?;
+    let result = weights_cache_steps(ctx, &model, &hub, &volumes.class, size).await;
+    model.teardown().await;
+    volumes.remove().await;
+    result
+}
+
+async fn weights_cache_steps(
+    ctx: &mut Ctx,
+    model: &Model,
+    hub: &backhaul_testkit::hub::FakeHub,
+    class: &str,
+    size: u64,
+) -> Result<()> {
+    let op = Operator::start_with_args(
+        &ctx.kubeconfig,
+        &model.namespace,
+        &ctx.worker,
+        None,
+        &format!("operator-{}", model.namespace),
+        backhaul_e2e::PUBLISHER_KEY_ID,
+        &["--hub-endpoint", &hub.url],
+    )
+    .await?;
+    let region = PodRegion::expose(&ctx.client, &model.namespace, &model.name, "us-east").await?;
+    let (node_selector, tolerations) = pods::on_real_node();
+    let v1 = "hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF@v1";
+    let applied = Instant::now();
+    model
+        .create(serde_json::json!({
+            "model": {"source": v1, "format": "gguf", "ggufFiles": [pods::MODEL_FILE],
+                      "servedName": model.served,
+                      "cache": {"size": "1Gi", "storageClassName": class}},
+            "engine": {"drainTimeoutSeconds": 20},
+            "resources": {"gpusPerReplica": 0},
+            "regions": [{"name": "us-east", "replicas": 1,
+                         "location": {"latitude": US_EAST.0, "longitude": US_EAST.1},
+                         "endpoint": region.endpoint(), "nodeSelector": node_selector,
+                         "tolerations": tolerations}],
+            "routing": routing(60),
+        }))
+        .await?;
+
+    // The fill reports its bytes while the region has no replica.
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &model.namespace);
+    let downloading = wait_for(Duration::from_secs(90), || async {
+        let c = cache_status(model).await?;
+        let done = c["downloadedBytes"].as_u64()?;
+        (c["phase"] == "Downloading" && done > 0 && done < size).then_some(c)
+    })
+    .await;
+    let Ok(downloading) = downloading else {
+        bail!(
+            "no Downloading status with 0 < downloadedBytes < {size} within 90 s: {:?}; operator log {}; pods: {}",
+            cache_status(model).await,
+            operator_log(&op),
+            model.describe_pods().await
+        );
+    };
+    check(
+        downloading["totalBytes"] == size,
+        "the fill's progress",
+        || format!("totalBytes is not the file's {size} bytes: {downloading}"),
+    )?;
+    let replicas_while_filling = deployments.list(&ListParams::default()).await?.items.len();
+    check(replicas_while_filling == 0, "the operator", || {
+        format!("a Deployment exists while the cache fills ({downloading})")
+    })?;
+
+    // Ready: the first replica starts from the cache and serves.
+    let claim_v1 = wait_cache_ready(model, v1, &op).await?;
+    let filled = applied.elapsed();
+    model
+        .wait_serving(
+            &ctx.worker,
+            std::slice::from_ref(&region),
+            &operator_log(&op),
+        )
+        .await?;
+    let first = applied.elapsed();
+    let first_pod = wait_ready_pods(ctx, model, &region, 1, &[]).await?;
+    check(hub.served_bytes() == size, "the weight cache", || {
+        format!(
+            "the Hub served {} bytes for one {size}-byte file",
+            hub.served_bytes()
+        )
+    })?;
+    let answer = chat(&ctx.worker.url(), &model.served, NEW_YORK, 4, || {}).await?;
+    expect_region(&answer, "us-east", 1, &ctx.worker)?;
+
+    // A second replica, and a restarted pod, start without downloading.
+    let before: Vec<String> = region
+        .pods(&ctx.client)
+        .await?
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let patch = serde_json::json!({"spec": {"regions": [{"name": "us-east", "replicas": 2,
+        "location": {"latitude": US_EAST.0, "longitude": US_EAST.1}, "endpoint": region.endpoint(),
+        "nodeSelector": pods::on_real_node().0, "tolerations": pods::on_real_node().1}]}});
+    model
+        .api
+        .patch(&model.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let two = wait_ready_pods(ctx, model, &region, 2, &[]).await?;
+    let second = two
+        .iter()
+        .copied()
+        .zip(ready_since(ctx, &region).await?)
+        .find(|(_, (name, _))| !before.contains(name))
+        .map(|(took, _)| took)
+        .unwrap_or_default();
+    let victim = before.first().cloned().unwrap_or_default();
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(ctx.client.clone(), &model.namespace)
+        .delete(&victim, &DeleteParams::default())
+        .await?;
+    let after_restart =
+        wait_ready_pods(ctx, model, &region, 2, std::slice::from_ref(&victim)).await?;
+    let restarted = after_restart.iter().copied().min().unwrap_or_default();
+    check(hub.served_bytes() == size, "the weight cache", || {
+        format!(
+            "a second replica or a restarted pod downloaded: the Hub served {} bytes, {size} expected",
+            hub.served_bytes()
+        )
+    })?;
+
+    // A new revision fills a second cache, with its first transfer
+    // corrupted (detected and fetched again), while the replicas serve on
+    // from the first; then they roll onto it without failing a request,
+    // and the first cache is deleted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (url, served, stop) = (ctx.worker.url(), model.served.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                results.push(chat(&url, &served, NEW_YORK, 4, || {}).await);
+            }
+            results
+        })
+    };
+    hub.corrupt_next(1);
+    let v2 = "hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF@v2";
+    let patch = serde_json::json!({"spec": {"model": {"source": v2}}});
+    model
+        .api
+        .patch(&model.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let claim_v2 = wait_cache_ready(model, v2, &op).await;
+    let shared: &Ctx = ctx;
+    let rolled = match &claim_v2 {
+        Ok(claim) => wait_for(Duration::from_secs(150), || async {
+            let d = deployments
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .pop()?;
+            let on = d
+                .metadata
+                .annotations
+                .as_ref()?
+                .get("backhaul.dev/weights-claim")?
+                .clone();
+            let status = d.status.clone()?;
+            let pods = region.pods(&shared.client).await.ok()?;
+            (on == *claim
+                && status.observed_generation == d.metadata.generation
+                && status.updated_replicas == Some(2)
+                && status.ready_replicas == Some(2)
+                && pods.len() == 2)
+                .then_some(())
+        })
+        .await
+        .ok(),
+        Err(_) => None,
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let results = client.await?;
+    let claim_v2 = claim_v2?;
+    if rolled.is_none() {
+        bail!(
+            "the rollout onto the new cache: not done within 150 s: {}",
+            model.describe_pods().await
+        );
+    }
+    check(claim_v2 != claim_v1, "the weight cache", || {
+        format!("a new revision reused the claim {claim_v1}")
+    })?;
+    check(
+        hub.served_bytes() == 3 * size,
+        "the new revision's fill",
+        || {
+            format!(
+                "the Hub served {} bytes; expected {} (the corrupted transfer and its repeat)",
+                hub.served_bytes(),
+                3 * size
+            )
+        },
+    )?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| match r {
+            Ok(c) if complete(c) => None,
+            Ok(c) => Some(format!(
+                "{} from {:?}: {:?} {}",
+                c.status, c.region, c.error_event, c.body
+            )),
+            Err(e) => Some(format!("{e:#}")),
+        })
+        .collect();
+    check(
+        !results.is_empty() && failed.is_empty(),
+        "the revision change",
+        || {
+            format!(
+                "{} of {} requests failed: {failed:?}",
+                failed.len(),
+                results.len()
+            )
+        },
+    )?;
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &model.namespace);
+    let old_gone = wait_for(Duration::from_secs(60), || async {
+        claims
+            .get_opt(&claim_v1)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    check(old_gone.is_ok(), "the operator", || {
+        format!("the first revision's cache {claim_v1} is still there after the roll")
+    })?;
+    eprintln!(
+        "  weights cache: fill of {size} bytes Ready {:.1} s after apply; first replica serving \
+         {:.1} s after apply (pod created to Ready {:.1} s); second replica {:.1} s, restarted \
+         pod {:.1} s (no download); revision change under load: {} requests, none failed",
+        filled.as_secs_f64(),
+        first.as_secs_f64(),
+        first_pod.first().copied().unwrap_or_default().as_secs_f64(),
+        second.as_secs_f64(),
+        restarted.as_secs_f64(),
+        results.len()
+    );
+    drop(op);
+    Ok(())
 }

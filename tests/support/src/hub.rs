@@ -1,4 +1,5 @@
-//! A stand-in Hugging Face Hub on 127.0.0.1, for `HF_ENDPOINT`: one
+//! A stand-in Hugging Face Hub on 127.0.0.1 (or an address of the caller's,
+//! such as the local cluster's pod gateway), for `HF_ENDPOINT`: one
 //! model repository in the Hub's layout, as hf-hub reads it.
 //!
 //! - `GET /api/models/{org}/{repo}/revision/{rev}` lists the files with
@@ -10,7 +11,8 @@
 //!
 //! It counts the bytes of file content it serves (probes excluded), and can
 //! be told to corrupt the next downloads, to test what a client does with a
-//! bad transfer.
+//! bad transfer, or to serve at a set rate, so a download lasts long enough
+//! to watch.
 
 use std::{
     collections::BTreeMap,
@@ -48,6 +50,8 @@ struct Shared {
     served_bytes: AtomicU64,
     /// Downloads (range requests past the probe) still to corrupt.
     corrupt_next: Mutex<u32>,
+    /// Bytes per second over all downloads, and when the link is next free.
+    rate: Mutex<Option<(u64, tokio::time::Instant)>>,
 }
 
 /// The fake Hub; stopped when dropped.
@@ -62,6 +66,11 @@ pub struct FakeHub {
 impl FakeHub {
     /// Serves `files` as the repository `repo` (`org/name`) at any revision.
     pub async fn start(repo: &str, files: Vec<HubFile>) -> Self {
+        Self::start_on("127.0.0.1", repo, files).await
+    }
+
+    /// [`FakeHub::start`] on `ip` (a port of its own).
+    pub async fn start_on(ip: &str, repo: &str, files: Vec<HubFile>) -> Self {
         let shared = Arc::new(Shared {
             repo: repo.to_string(),
             files: files.into_iter().map(|f| (f.name.clone(), f)).collect(),
@@ -71,7 +80,7 @@ impl FakeHub {
             .route("/api/models/{org}/{name}/revision/{rev}", get(listing))
             .route("/{org}/{name}/resolve/{rev}/{*file}", get(resolve))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
             .expect("bind the fake Hub");
         let url = format!("http://{}", listener.local_addr().expect("address"));
@@ -89,6 +98,12 @@ impl FakeHub {
     /// Flips a byte in each of the next `n` downloads of a file.
     pub fn corrupt_next(&self, n: u32) {
         *self.shared.corrupt_next.lock().expect("lock") = n;
+    }
+
+    /// Serves file content at most `bytes_per_second`, all downloads together.
+    pub fn limit_rate(&self, bytes_per_second: u64) {
+        *self.shared.rate.lock().expect("lock") =
+            Some((bytes_per_second.max(1), tokio::time::Instant::now()));
     }
 }
 
@@ -163,6 +178,19 @@ async fn resolve(
         });
     let mut body = f.content[start as usize..=end as usize].to_vec();
     let probe = start == 0 && end == 0;
+    let free_at = shared
+        .rate
+        .lock()
+        .expect("lock")
+        .as_mut()
+        .map(|(rate, next)| {
+            let begin = (*next).max(tokio::time::Instant::now());
+            *next = begin + std::time::Duration::from_secs_f64(body.len() as f64 / *rate as f64);
+            *next
+        });
+    if let Some(at) = free_at.filter(|_| !probe) {
+        tokio::time::sleep_until(at).await;
+    }
     if !probe {
         shared
             .served_bytes
