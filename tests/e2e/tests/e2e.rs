@@ -2001,8 +2001,9 @@ async fn weights_cache(ctx: &mut Ctx) -> Result<()> {
     const REPO: &str = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF";
     let gguf = std::fs::read(backhaul_e2e::model_file())?;
     let size = gguf.len() as u64;
-    // A Hub the pods reach, as a cluster reaches the Hub or its mirror,
-    // at 32 MB/s, so the fill lasts long enough to watch.
+    // A Hub the pods reach, as a cluster reaches the Hub or its mirror, at
+    // 3 MB/s for the first fill, so it lasts long enough to watch (the
+    // operator looks every 10 s while a cache fills).
     let hub = FakeHub::start_on(
         pods::NODE_HOST_IP,
         REPO,
@@ -2012,7 +2013,7 @@ async fn weights_cache(ctx: &mut Ctx) -> Result<()> {
         }],
     )
     .await;
-    hub.limit_rate(32_000_000);
+    hub.limit_rate(3_000_000);
     let model = Model::new(ctx, "weights").await?;
     let volumes = pods::WeightVolumes::create(&ctx.client, &model.namespace, 2).await?;
     let result = weights_cache_steps(ctx, &model, &hub, &volumes.class, size).await;
@@ -2078,6 +2079,7 @@ async fn weights_cache_steps(
         "the fill's progress",
         || format!("totalBytes is not the file's {size} bytes: {downloading}"),
     )?;
+    hub.limit_rate(1 << 40);
     let replicas_while_filling = deployments.list(&ListParams::default()).await?.items.len();
     check(replicas_while_filling == 0, "the operator", || {
         format!("a Deployment exists while the cache fills ({downloading})")
