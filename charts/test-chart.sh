@@ -210,6 +210,12 @@ expect_render "inferenceImage.cuda.repository alone keeps the derived tag" \
 expect_render "watchNamespace: permissions bound in that namespace only" "--set watchNamespace=models" \
   'not has("ClusterRoleBinding") and obj("RoleBinding", "backhaul-backhaul-operator")["metadata"]["namespace"] == "models"' \
   'env["BACKHAUL_WATCH_NAMESPACE"] == "models"'
+expect_render "hubEndpoint reaches the operator (for HF_ENDPOINT in pods); unset by default" "--set hubEndpoint=https://hf-mirror.internal" \
+  'env["BACKHAUL_HUB_ENDPOINT"] == "https://hf-mirror.internal"'
+expect_render "weight caches: the operator makes and deletes claims and fill Jobs and reads fill logs, and may not update them" "" \
+  '"BACKHAUL_HUB_ENDPOINT" not in env' \
+  '[r["verbs"] for r in obj("ClusterRole")["rules"] if r["resources"] in (["persistentvolumeclaims"], ["jobs"])] == [["get", "list", "watch", "create", "delete"]] * 2' \
+  '[r["verbs"] for r in obj("ClusterRole")["rules"] if r["resources"] == ["pods/log"]] == [["get"]]'
 expect_render "leaderElection off: no Lease permissions" "--set leaderElection.enabled=false" \
   'not has("Role") and env["BACKHAUL_LEADER_ELECTION"] == "false" and "BACKHAUL_LEASE_NAME" not in env'
 expect_render "networkPolicy: ingress to metrics only; egress to DNS, API server and the Worker's port" \
