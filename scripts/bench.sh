@@ -140,6 +140,31 @@ ensure_llamacpp() {
   echo "$stamp" >"$llamacpp_venv/backhaul-build"
 }
 
+# CPU_PEER_QUANT=q8_0: both servers of the cpu-peer section serve SmolLM2
+# re-quantized from the shipped Q4_1 to Q8_0 by llama.cpp's own quantizer
+# (llama_model_quantize through llama-cpp-python, deterministic: the same
+# bytes every run), written beside the original once. candle has SIMD
+# (AVX2) kernels for Q8_0 and none for Q4_1, so this is the format a CPU
+# build for x86-64-v3 can be fast on; llama.cpp has SIMD for both.
+requantized_model() {
+  local quant=$1 out=$BACKHAUL_CACHE/models/SmolLM2-135M-Instruct.${1^^}.gguf
+  if [ ! -s "$out" ]; then
+    ensure_llamacpp
+    "$llamacpp_venv/bin/python" - "$model" "$out.partial" "$quant" >"$out_dir/requantize.log" 2>&1 <<'PY'
+import ctypes, sys
+import llama_cpp
+src, dst, quant = sys.argv[1:]
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0}[quant]
+params.allow_requantize = True
+params.nthread = 1
+sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)))
+PY
+    mv "$out.partial" "$out"
+  fi
+  echo "$out"
+}
+
 # Starts llama-cpp-python's server on a free port with the model and context
 # window backhaul-inference serves (SmolLM2: 8,192) and CPU_PEER_THREADS
 # threads: sets llamacpp_port, llamacpp_pid and llamacpp_cmd, and returns
@@ -230,6 +255,8 @@ bench_inference_interleaved() {
 # (results.json: cpu_peer).
 bench_cpu_peer() {
   [ -f "$model" ] || { echo "bench: $model missing (make model)" >&2; return 1; }
+  local shipped=$model
+  if [ -n "${CPU_PEER_QUANT:-}" ]; then model=$(requantized_model "$CPU_PEER_QUANT"); fi
   start_inference
   start_llamacpp
   local args=(--model "$model" --no-in-process --http "http://127.0.0.1:$http_port" --backhaul-pid "$inference_pid"
@@ -240,11 +267,14 @@ bench_cpu_peer() {
   # section's, with both servers' command lines.
   local env=
   if [ -n "${RAYON_NUM_THREADS:-}" ]; then env="RAYON_NUM_THREADS=$RAYON_NUM_THREADS "; fi
+  if [ -n "${CPU_PEER_QUANT:-}" ]; then env="${env}CPU_PEER_QUANT=$CPU_PEER_QUANT "; fi
+  if [ -n "${BACKHAUL_INFERENCE_BIN:-}" ]; then env="${env}BACKHAUL_INFERENCE_BIN=$BACKHAUL_INFERENCE_BIN "; fi
   step "cpu peer benchmark" wrap cpu-peer "$out_dir/cpu-peer.json" \
     "${env}BENCH=cpu-peer make bench   # backhaul-inference --device cpu and llama-cpp-python $llamacpp_version's $llamacpp_cmd, on free ports, then: backhaul-bench ${args[*]}" \
     "$CARGO_TARGET_DIR/debug/backhaul-bench" "${args[@]}"
   kill -TERM "$inference_pid" "$llamacpp_pid" 2>/dev/null || true
   wait "$inference_pid" "$llamacpp_pid" 2>/dev/null || true
+  model=$shipped
 }
 
 bench_inference() {

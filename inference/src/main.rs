@@ -5,8 +5,41 @@ use anyhow::Context;
 use backhaul_inference::{Config, ModelSource, start, telemetry};
 use clap::Parser;
 
+fn main() -> anyhow::Result<()> {
+    require_cpu_features();
+    run()
+}
+
+/// A build for x86-64-v3 (`-C target-cpu=x86-64-v3`: AVX2 and FMA, which
+/// candle's quantized kernels need to use SIMD at all) dies of an illegal
+/// instruction on an older CPU, somewhere in the middle of loading a model.
+/// Say so at once instead. Checked before the runtime starts, while nothing
+/// compiled for AVX2 has run yet.
+fn require_cpu_features() {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        let missing: Vec<&str> = [
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("bmi2", std::arch::is_x86_feature_detected!("bmi2")),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| (!present).then_some(name))
+        .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "backhaul-inference: this build is for x86-64-v3 CPUs (AVX2, FMA, BMI2; Intel \
+                 Haswell, AMD Excavator and later), and this CPU lacks {}; use a build for \
+                 baseline x86-64",
+                missing.join(", ")
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let Config {
         model,
         serve,
