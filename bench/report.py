@@ -452,8 +452,9 @@ def cpu_peer_rows(sec):
     return rows
 
 
-def cpu_peer_section(sec):
-    """Section 7: Backhaul against llama.cpp's server on the CPU (issue 17)."""
+def cpu_peer_section(sec, before=None):
+    """Section 7: Backhaul against llama.cpp's server on the CPU (issue 17),
+    with the run before the issue's changes (`cpu_peer_before`) beside it."""
     L = ["## 7. CPU speed against llama.cpp (issue 17)", ""]
     if not sec:
         return L + ["Not measured yet: `BENCH=cpu-peer make bench`.", ""]
@@ -461,8 +462,12 @@ def cpu_peer_section(sec):
     cfg = r["config"]
     levels = [str(c) for c in cfg["concurrency"]]
     t = r["targets"]
+    build = ("a build for x86-64-v3 (`RUSTFLAGS='-C target-cpu=x86-64-v3'`, its own `CARGO_TARGET_DIR` "
+             "`$BACKHAUL_CACHE/target-v3`: candle's quantized kernels use AVX2 only when compiled for it; "
+             "Q8_0 has such kernels, Q4_1 none), dev profile"
+             if "target-v3" in sec.get("command", "") else "dev profile")
     L += [f"Machine: {machine_line(sec)}.", "",
-          f"`backhaul-inference --device cpu` (dev profile; mistral.rs and candle at opt-level 3) over its OpenAI "
+          f"`backhaul-inference --device cpu` ({build}; mistral.rs and candle at opt-level 3) over its OpenAI "
           "HTTP/SSE surface against llama.cpp's OpenAI-compatible server, `llama_cpp.server` from "
           "`llama-cpp-python` (built from source by pip with llama.cpp's defaults, `-march=native`, less AMX, which "
           "faults in this VM: `scripts/bench.sh`), on the same GGUF file (`" + str(cfg["model"]) + "`), with the same context window (8,192 tokens) "
@@ -501,6 +506,18 @@ def cpu_peer_section(sec):
               + ", ".join(f"{TARGETS.get(k, k)} {v}" for k, v in same["same"].items())
               + " (two engines with different kernels need not pick the same token where two are close)."]
     L += ["", "Command:", "", "```sh", sec["command"], "```", ""]
+    if before:
+        L += ["Before (the first run, the baseline x86-64 build on the shipped Q4_1 file, "
+              f"{before['date'][:10]}): Backhaul over llama.cpp, output tok/s and TTFT p50.", "",
+              "| surface | c | tok/s before | tok/s now | TTFT p50 before | TTFT p50 now |", "|---|---|---|---|---|---|"]
+        for s, cells in before["ratio_vs_llama_cpp"].items():
+            for c, was in cells.items():
+                now = sec["ratio_vs_llama_cpp"].get(s, {}).get(c)
+                tt_was = before["ttft_p50_ratio_vs_llama_cpp"][s][c]
+                tt_now = sec["ttft_p50_ratio_vs_llama_cpp"].get(s, {}).get(c)
+                L.append(f"| {SURFACES[s]} | {c} | {was:.3f} | {fmt(now, 3)} | ×{tt_was:.2f} | "
+                         + (f"×{tt_now:.2f}" if tt_now is not None else "–") + " |")
+        L += ["", "Command:", "", "```sh", before["command"], "```", ""]
     return L
 
 
@@ -935,7 +952,7 @@ def readme(results, made):
     L += gpu_section()
     L += issue15_section(results)
     L += edge_cache_section(results.get("edge_cache"), results.get("routing"))
-    L += cpu_peer_section(results.get("cpu_peer"))
+    L += cpu_peer_section(results.get("cpu_peer"), results.get("cpu_peer_before"))
     return "\n".join(L)
 
 
