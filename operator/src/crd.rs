@@ -581,10 +581,10 @@ pub struct CacheStatus {
     pub phase: String,
     /// Bytes downloaded and verified so far (while Downloading, and once Ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub downloaded_bytes: Option<u64>,
+    pub downloaded_bytes: Option<i64>,
     /// Bytes the model's files take.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total_bytes: Option<u64>,
+    pub total_bytes: Option<i64>,
     /// Fill attempts that failed (each retried with backoff until the limit).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failed_attempts: i32,

@@ -287,11 +287,12 @@ pub fn observe(
         claim_name: claim.to_owned(),
         source: source.to_owned(),
         phase: phase::PENDING.into(),
+        // int64, as Kubernetes API conventions ask of integer fields.
         downloaded_bytes: progress
-            .map(|p| p.bytes_done)
+            .map(|p| i64::try_from(p.bytes_done).unwrap_or(i64::MAX))
             .or(prev.and_then(|p| p.downloaded_bytes)),
         total_bytes: progress
-            .map(|p| p.bytes_total)
+            .map(|p| i64::try_from(p.bytes_total).unwrap_or(i64::MAX))
             .or(prev.and_then(|p| p.total_bytes)),
         failed_attempts,
         message: None,
