@@ -68,6 +68,16 @@ fn cached(cache: &Path) -> PathBuf {
         .join(FILE)
 }
 
+/// Rewrites the cached file with one byte of `weights` flipped at `at`:
+/// same size, other bytes, a later modification time than its check.
+async fn alter_in_place(cache: &Path, weights: &[u8], at: usize) {
+    let blob = std::fs::canonicalize(cached(cache)).unwrap();
+    let mut altered = weights.to_vec();
+    altered[at] ^= 1;
+    tokio::time::sleep(Duration::from_millis(20)).await; // a later mtime
+    std::fs::write(&blob, &altered).unwrap();
+}
+
 fn assert_ok(output: &Output) {
     assert!(
         output.status.success(),
@@ -130,11 +140,7 @@ async fn a_truncated_or_altered_cache_is_repaired() {
     assert_eq!(std::fs::read(cached(cache.path())).unwrap(), weights);
 
     // Same size, other bytes, written after it was verified.
-    let blob = std::fs::canonicalize(cached(cache.path())).unwrap();
-    let mut altered = weights.clone();
-    altered[12_345] ^= 1;
-    tokio::time::sleep(Duration::from_millis(20)).await; // a later mtime
-    std::fs::write(&blob, &altered).unwrap();
+    alter_in_place(cache.path(), &weights, 12_345).await;
     assert_ok(&download(&hub, cache.path()).await);
     assert_eq!(hub.served_bytes(), 3 * weights.len() as u64);
     assert_eq!(std::fs::read(cached(cache.path())).unwrap(), weights);
@@ -248,12 +254,8 @@ async fn offline_resolution_refuses_an_unfinished_or_altered_cache() {
     let cache = tempfile::tempdir().unwrap();
     assert_ok(&download(&hub, cache.path()).await);
 
-    // Altered after the fill (same size, other bytes, a later mtime).
-    let blob = std::fs::canonicalize(cached(cache.path())).unwrap();
-    let mut altered = weights.clone();
-    altered[7] ^= 1;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    std::fs::write(&blob, &altered).unwrap();
+    // Altered after the fill.
+    alter_in_place(cache.path(), &weights, 7).await;
     let err = backhaul_inference::model_source::resolve(&offline_args(cache.path()))
         .await
         .unwrap_err()

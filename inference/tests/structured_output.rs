@@ -16,14 +16,8 @@ async fn post_chat(handle: &backhaul_inference::ServerHandle, body: Value) -> (u
 }
 
 async fn post_chat_stream(handle: &backhaul_inference::ServerHandle, body: Value) -> Vec<Value> {
-    let response = http()
-        .post(http_url(handle, "/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .expect("HTTP request");
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.expect("body");
+    let (status, _, text) = http_chat(handle, body).await;
+    assert_eq!(status, 200, "{text}");
     let payloads = sse_payloads(&text);
     assert_eq!(
         payloads.last().map(String::as_str),

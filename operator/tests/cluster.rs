@@ -349,6 +349,26 @@ async fn the_examples_are_accepted_by_the_api_server() {
     ns.cleanup().await;
 }
 
+/// Creating `v` is refused with a message containing `message` (`what`
+/// names the case in a failure).
+async fn refused_saying(
+    api: &Api<DynamicObject>,
+    v: &serde_json::Value,
+    message: &str,
+    what: &str,
+) {
+    match api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(v.clone()).unwrap(),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert!(s.message.contains(message), "{what}: {:?}", s.message),
+        other => panic!("{what}: expected a 422, got {other:?}"),
+    }
+}
+
 /// Breaks a valid object in one way.
 type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
 
@@ -458,37 +478,24 @@ async fn bad_objects_are_rejected_naming_the_field() {
     // The gguf + quantization refusal says why, in the server's terms.
     let mut v = good.clone();
     v["spec"]["model"]["quantization"] = json!("Q4K");
-    match api
-        .create(&PostParams::default(), &serde_json::from_value(v).unwrap())
-        .await
-    {
-        Err(kube::Error::Api(s)) => assert!(
-            s.message
-                .contains(backhaul_operator::crd::GGUF_QUANTIZATION_MESSAGE),
-            "{:?}",
-            s.message
-        ),
-        other => panic!("gguf with quantization: expected a 422, got {other:?}"),
-    }
+    refused_saying(
+        &api,
+        &v,
+        backhaul_operator::crd::GGUF_QUANTIZATION_MESSAGE,
+        "gguf with quantization",
+    )
+    .await;
     // A cache of a local path is refused saying why; of an hf:// source it
     // is taken.
     let mut v = good.clone();
     v["spec"]["model"]["cache"] = json!({"size": "10Gi"});
-    match api
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(v.clone()).unwrap(),
-        )
-        .await
-    {
-        Err(kube::Error::Api(s)) => assert!(
-            s.message
-                .contains(backhaul_operator::crd::CACHE_SOURCE_MESSAGE),
-            "{:?}",
-            s.message
-        ),
-        other => panic!("a cache of a local path: expected a 422, got {other:?}"),
-    }
+    refused_saying(
+        &api,
+        &v,
+        backhaul_operator::crd::CACHE_SOURCE_MESSAGE,
+        "a cache of a local path",
+    )
+    .await;
     v["metadata"]["name"] = json!("cached");
     v["spec"]["model"]["source"] = json!("hf://org/repo@v1");
     api.create(&PostParams::default(), &serde_json::from_value(v).unwrap())
@@ -497,21 +504,13 @@ async fn bad_objects_are_rejected_naming_the_field() {
     // Tensor parallelism over 3 GPUs is refused saying why; layers take it.
     let mut v = good.clone();
     v["spec"]["resources"] = json!({"gpusPerReplica": 3});
-    match api
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(v.clone()).unwrap(),
-        )
-        .await
-    {
-        Err(kube::Error::Api(s)) => assert!(
-            s.message
-                .contains(backhaul_operator::crd::TENSOR_PARALLEL_MESSAGE),
-            "{:?}",
-            s.message
-        ),
-        other => panic!("3 GPUs with tensor parallelism: expected a 422, got {other:?}"),
-    }
+    refused_saying(
+        &api,
+        &v,
+        backhaul_operator::crd::TENSOR_PARALLEL_MESSAGE,
+        "3 GPUs with tensor parallelism",
+    )
+    .await;
     v["metadata"]["name"] = json!("three-gpus-layers");
     v["spec"]["engine"] = json!({"parallelism": "layers"});
     api.create(&PostParams::default(), &serde_json::from_value(v).unwrap())

@@ -578,6 +578,38 @@ fn complete(chat: &backhaul_e2e::Chat) -> bool {
     chat.status == 200 && chat.content_events > 0 && chat.done && chat.error_event.is_none()
 }
 
+/// A client asking the model from New York, one request after another,
+/// until `stop`; yields every answer.
+fn chat_until(
+    ctx: &Ctx,
+    model: &Model,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Result<backhaul_e2e::Chat>>> {
+    let (url, served) = (ctx.worker.url(), model.served.clone());
+    tokio::spawn(async move {
+        let mut results = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            results.push(chat(&url, &served, NEW_YORK, 4, || {}).await);
+        }
+        results
+    })
+}
+
+/// The answers among `results` that did not [`complete`], in words.
+fn incomplete(results: &[Result<backhaul_e2e::Chat>]) -> Vec<String> {
+    results
+        .iter()
+        .filter_map(|r| match r {
+            Ok(c) if complete(c) => None,
+            Ok(c) => Some(format!(
+                "{} from {:?}: {:?} {}",
+                c.status, c.region, c.error_event, c.body
+            )),
+            Err(e) => Some(format!("{e:#}")),
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 
 async fn happy_path(ctx: &mut Ctx) -> Result<()> {
@@ -1022,16 +1054,7 @@ async fn rolling_update(ctx: &mut Ctx) -> Result<()> {
     // cores more would queue behind the new pods' model loading until the
     // Worker's first-byte timeout, which measures the machine, not the roll.)
     let stop = Arc::new(AtomicBool::new(false));
-    let client = {
-        let (url, served, stop) = (ctx.worker.url(), model.served.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut results = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                results.push(chat(&url, &served, NEW_YORK, 4, || {}).await);
-            }
-            results
-        })
-    };
+    let client = chat_until(ctx, &model, stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rolled = Instant::now();
     // An engine setting: a new pod template in every region.
@@ -1072,17 +1095,7 @@ async fn rolling_update(ctx: &mut Ctx) -> Result<()> {
         "the rolling update",
         || format!("pods before {before:?}, after {after:?}: nothing was replaced"),
     )?;
-    let failed: Vec<String> = results
-        .iter()
-        .filter_map(|r| match r {
-            Ok(c) if complete(c) => None,
-            Ok(c) => Some(format!(
-                "{} from {:?}: {:?} {}",
-                c.status, c.region, c.error_event, c.body
-            )),
-            Err(e) => Some(format!("{e:#}")),
-        })
-        .collect();
+    let failed = incomplete(&results);
     let worst_ttft = results
         .iter()
         .filter_map(|r| r.as_ref().ok()?.first_content_after)
@@ -2147,16 +2160,7 @@ async fn weights_cache_steps(
     // from the first; then they roll onto it without failing a request,
     // and the first cache is deleted.
     let stop = Arc::new(AtomicBool::new(false));
-    let client = {
-        let (url, served, stop) = (ctx.worker.url(), model.served.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut results = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                results.push(chat(&url, &served, NEW_YORK, 4, || {}).await);
-            }
-            results
-        })
-    };
+    let client = chat_until(ctx, model, stop.clone());
     hub.corrupt_next(1);
     let v2 = "hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF@v2";
     let patch = serde_json::json!({"spec": {"model": {"source": v2}}});
@@ -2217,17 +2221,7 @@ async fn weights_cache_steps(
             )
         },
     )?;
-    let failed: Vec<String> = results
-        .iter()
-        .filter_map(|r| match r {
-            Ok(c) if complete(c) => None,
-            Ok(c) => Some(format!(
-                "{} from {:?}: {:?} {}",
-                c.status, c.region, c.error_event, c.body
-            )),
-            Err(e) => Some(format!("{e:#}")),
-        })
-        .collect();
+    let failed = incomplete(&results);
     check(
         !results.is_empty() && failed.is_empty(),
         "the revision change",
